@@ -1,0 +1,160 @@
+"""torch.library custom ops: one per public operation, each taking the concrete backend name.
+
+Each op has a fake (meta) implementation, so torch.compile can trace through it without
+running it, and the cross-entropy ops have autograd formulas whose backward is itself a
+custom op (the backward recomputes logits tile by tile in the fused backends).
+Validation and backend choice happen in the public functions, before these are called.
+"""
+from typing import Tuple
+
+import torch
+from torch import Tensor
+
+from .backends import get_backend
+from .backends.reference import compute_dtype
+from ._sinkhorn_loop import run_sinkhorn
+
+_NS = "sigma_kernels"
+
+
+def _vec(t, n, dtype):
+    return t.new_empty((n,), dtype=dtype)
+
+
+# --- Sinkhorn -----------------------------------------------------------------------------
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_solve", mutates_args=())
+def sinkhorn_solve(scores: Tensor, inv_eps: float, n_iters: int, tol: float, check_every: int,
+                   backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    b = get_backend(backend)
+    m, k = scores.shape
+    return run_sinkhorn(b.sinkhorn_col_lse, b.sinkhorn_row_step, (scores,), m, k, inv_eps, n_iters,
+                        tol=tol, check_every=check_every, dtype=compute_dtype(scores))
+
+
+@sinkhorn_solve.register_fake
+def _(scores, inv_eps, n_iters, tol, check_every, backend):
+    dt = compute_dtype(scores)
+    return _vec(scores, scores.shape[0], dt), _vec(scores, scores.shape[1], dt), scores.new_empty((), dtype=dt)
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_solve_streaming", mutates_args=())
+def sinkhorn_solve_streaming(x: Tensor, c: Tensor, inv_eps: float, n_iters: int, tol: float,
+                             check_every: int, backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    b = get_backend(backend)
+    return run_sinkhorn(b.streaming_col_lse, b.streaming_row_step, (x, c), x.shape[0], c.shape[0],
+                        inv_eps, n_iters, tol=tol, check_every=check_every, dtype=compute_dtype(x, c))
+
+
+@sinkhorn_solve_streaming.register_fake
+def _(x, c, inv_eps, n_iters, tol, check_every, backend):
+    dt = compute_dtype(x, c)
+    return _vec(x, x.shape[0], dt), _vec(x, c.shape[0], dt), x.new_empty((), dtype=dt)
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_plan", mutates_args=())
+def sinkhorn_plan(scores: Tensor, u: Tensor, v: Tensor, inv_eps: float, log_m: float, backend: str) -> Tensor:
+    return get_backend(backend).sinkhorn_plan(scores, u, v, inv_eps, log_m)
+
+
+@sinkhorn_plan.register_fake
+def _(scores, u, v, inv_eps, log_m, backend):
+    return scores.new_empty(scores.shape, dtype=compute_dtype(scores))
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_assign", mutates_args=())
+def sinkhorn_assign(scores: Tensor, v: Tensor, inv_eps: float, backend: str) -> Tensor:
+    return get_backend(backend).sinkhorn_assign(scores, v, inv_eps)
+
+
+@sinkhorn_assign.register_fake
+def _(scores, v, inv_eps, backend):
+    return _vec(scores, scores.shape[0], torch.int64)
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_assign_streaming", mutates_args=())
+def sinkhorn_assign_streaming(x: Tensor, c: Tensor, v: Tensor, inv_eps: float, backend: str) -> Tensor:
+    return get_backend(backend).streaming_assign(x, c, v, inv_eps)
+
+
+@sinkhorn_assign_streaming.register_fake
+def _(x, c, v, inv_eps, backend):
+    return _vec(x, x.shape[0], torch.int64)
+
+
+# --- Linear + cross-entropy ---------------------------------------------------------------
+
+@torch.library.custom_op(f"{_NS}::linear_cross_entropy", mutates_args=())
+def linear_cross_entropy(x: Tensor, c: Tensor, target: Tensor, scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+    return get_backend(backend).linear_cross_entropy_forward(x, c, target, scale)
+
+
+@linear_cross_entropy.register_fake
+def _(x, c, target, scale, backend):
+    dt = compute_dtype(x, c)
+    return _vec(x, x.shape[0], dt), _vec(x, x.shape[0], dt)
+
+
+@torch.library.custom_op(f"{_NS}::linear_cross_entropy_backward", mutates_args=())
+def linear_cross_entropy_backward(grad: Tensor, x: Tensor, c: Tensor, target: Tensor, lse: Tensor,
+                                  scale: float, backend: str) -> Tuple[Tensor, Tensor]:
+    return get_backend(backend).linear_cross_entropy_backward(grad, x, c, target, lse, scale)
+
+
+@linear_cross_entropy_backward.register_fake
+def _(grad, x, c, target, lse, scale, backend):
+    return torch.empty_like(x), torch.empty_like(c)
+
+
+def _lce_setup(ctx, inputs, output):
+    x, c, target, scale, backend = inputs
+    ctx.save_for_backward(x, c, target, output[1])
+    ctx.scale, ctx.backend = scale, backend
+
+
+def _lce_backward(ctx, grad_loss, grad_lse):
+    x, c, target, lse = ctx.saved_tensors
+    dx, dc = linear_cross_entropy_backward(grad_loss, x, c, target, lse, ctx.scale, ctx.backend)
+    return dx, dc, None, None, None
+
+
+linear_cross_entropy.register_autograd(_lce_backward, setup_context=_lce_setup)
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_target_cross_entropy", mutates_args=())
+def sinkhorn_target_cross_entropy(x: Tensor, c: Tensor, y: Tensor, cy: Tensor, v: Tensor, inv_eps: float,
+                                  scale: float, soft: bool, backend: str) -> Tuple[Tensor, Tensor]:
+    return get_backend(backend).sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft)
+
+
+@sinkhorn_target_cross_entropy.register_fake
+def _(x, c, y, cy, v, inv_eps, scale, soft, backend):
+    dt = compute_dtype(x, c)
+    return _vec(x, x.shape[0], dt), _vec(x, x.shape[0], dt)
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_target_cross_entropy_backward", mutates_args=())
+def sinkhorn_target_cross_entropy_backward(grad: Tensor, x: Tensor, c: Tensor, y: Tensor, cy: Tensor, v: Tensor,
+                                           lse: Tensor, inv_eps: float, scale: float, soft: bool,
+                                           backend: str) -> Tuple[Tensor, Tensor]:
+    return get_backend(backend).sinkhorn_target_cross_entropy_backward(grad, x, c, y, cy, v, lse, inv_eps, scale, soft)
+
+
+@sinkhorn_target_cross_entropy_backward.register_fake
+def _(grad, x, c, y, cy, v, lse, inv_eps, scale, soft, backend):
+    return torch.empty_like(x), torch.empty_like(c)
+
+
+def _stce_setup(ctx, inputs, output):
+    x, c, y, cy, v, inv_eps, scale, soft, backend = inputs
+    ctx.save_for_backward(x, c, y, cy, v, output[1])
+    ctx.args = (inv_eps, scale, soft, backend)
+
+
+def _stce_backward(ctx, grad_loss, grad_lse):
+    x, c, y, cy, v, lse = ctx.saved_tensors
+    dx, dc = sinkhorn_target_cross_entropy_backward(grad_loss, x, c, y, cy, v, lse, *ctx.args)
+    return dx, dc, None, None, None, None, None, None, None
+
+
+sinkhorn_target_cross_entropy.register_autograd(_stce_backward, setup_context=_stce_setup)

@@ -1,0 +1,102 @@
+"""Argument checks for the public ops. Shape/dtype/device checks only: no host syncs, except
+the index-range check on CPU tensors (free there); on accelerators it is a device-side assert."""
+import math
+import numbers
+
+import torch
+
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def check_matrix(name, t):
+    """A non-empty floating-point 2-D tensor."""
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+    if t.dim() != 2:
+        raise ValueError(f"{name} must be 2-D (rows, columns), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} must be non-empty, got shape {tuple(t.shape)}")
+
+
+def check_vector(name, t, length, *, floating=True):
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if floating and t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor, got {t.dtype}")
+    if t.dim() != 1 or t.shape[0] != length:
+        raise ValueError(f"{name} must have shape ({length},), got {tuple(t.shape)}")
+
+
+def check_same_device(**tensors):
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        listed = ", ".join(f"{n} on {d}" for n, d in devices.items())
+        raise ValueError(f"all tensors must be on one device, got {listed}")
+
+
+def check_features(z_name, z, c_name, c):
+    """z (M, D) and c (K, D): both matrices, same D, same device."""
+    check_matrix(z_name, z)
+    check_matrix(c_name, c)
+    if z.shape[1] != c.shape[1]:
+        raise ValueError(f"{z_name} has D={z.shape[1]} features but {c_name} has D={c.shape[1]}; "
+                         f"expected {z_name} (M, D) and {c_name} (K, D)")
+    check_same_device(**{z_name: z, c_name: c})
+
+
+def check_positive(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a positive real number, got {type(value).__name__}")
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"{name} must be finite and > 0, got {value}")
+    return float(value)
+
+
+def check_iterations(name, value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return int(value)
+
+
+def check_tolerance(tol, check_every):
+    """tol None/0 disables early stopping; otherwise a positive float checked every few iterations."""
+    if tol is None:
+        tol = 0.0
+    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
+        raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
+    return float(tol), check_iterations("check_every", check_every)
+
+
+def check_target(target, m, k, device):
+    """int64 class indices (M,) in [0, K) or floating probabilities (M, K). Returns 'hard'/'soft'."""
+    if not isinstance(target, torch.Tensor):
+        raise TypeError(f"target must be a torch.Tensor, got {type(target).__name__}")
+    if target.device != device:
+        raise ValueError(f"target is on {target.device} but the features are on {device}")
+    if target.is_floating_point():
+        if target.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"probability target must be float16/bfloat16/float32/float64, got {target.dtype}")
+        if tuple(target.shape) != (m, k):
+            raise ValueError(f"probability target must have shape (M, K) = ({m}, {k}), got {tuple(target.shape)}")
+        return "soft"
+    if target.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"target must be int64 class indices (M,) or float probabilities (M, K), got {target.dtype}")
+    if tuple(target.shape) != (m,):
+        raise ValueError(f"index target must have shape (M,) = ({m},), got {tuple(target.shape)}")
+    check_index_range("target", target, k)
+    return "hard"
+
+
+def check_index_range(name, index, k):
+    if torch.compiler.is_compiling():
+        return
+    if index.device.type == "cpu":
+        if index.numel() and bool(((index < 0) | (index >= k)).any()):
+            bad = index[(index < 0) | (index >= k)][0].item()
+            raise ValueError(f"{name} holds class index {bad}, outside [0, K) with K={k}")
+    else:
+        torch._assert_async(((index >= 0) & (index < k)).all(), f"{name} holds a class index outside [0, K)")

@@ -1,0 +1,152 @@
+"""Backend registry: which implementations of the primitive ops exist, and which one to use.
+
+A backend is a module exposing the primitives below (see `reference.py` for their exact
+equations). Every backend must agree with `reference` to floating-point tolerance.
+
+    SUPPORTED_DTYPES                         input dtypes it accepts
+    sinkhorn_col_lse(S, u, inv_eps)          -> (K,)
+    sinkhorn_row_step(S, v, inv_eps, log_m)  -> (u (M,), col (K,))
+    sinkhorn_assign(S, v, inv_eps)           -> int64 (M,)
+    sinkhorn_plan(S, u, v, inv_eps, log_m)   -> (M, K)
+    streaming_col_lse(x, c, u, inv_eps)      the same three with S = x·cᵀ never stored
+    streaming_row_step(x, c, v, inv_eps, log_m)
+    streaming_assign(x, c, v, inv_eps)
+    linear_cross_entropy_forward(x, c, target, scale)              -> (loss (M,), lse (M,))
+    linear_cross_entropy_backward(g, x, c, target, lse, scale)     -> (dx, dc)
+    sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft)
+    sinkhorn_target_cross_entropy_backward(g, x, c, y, cy, v, lse, inv_eps, scale, soft)
+
+A backend may leave a primitive out; the reference one is then used for it, and
+`backend_info()` lists it under "fallbacks" so the gap is visible.
+
+Choice: an explicit `backend=` wins; with "auto", the environment variable
+SIGMA_KERNELS_BACKEND (if set) decides; otherwise CUDA tensors get "triton" when it is
+available, CPU tensors get "cpu" when the compiled extension is built, and anything else
+gets "reference".
+"""
+import importlib
+import os
+import types
+
+import torch
+
+BACKENDS = ("reference", "cpu", "triton")
+ENV_VAR = "SIGMA_KERNELS_BACKEND"
+
+PRIMITIVES = (
+    "sinkhorn_col_lse",
+    "sinkhorn_row_step",
+    "sinkhorn_assign",
+    "sinkhorn_plan",
+    "streaming_col_lse",
+    "streaming_row_step",
+    "streaming_assign",
+    "linear_cross_entropy_forward",
+    "linear_cross_entropy_backward",
+    "sinkhorn_target_cross_entropy_forward",
+    "sinkhorn_target_cross_entropy_backward",
+)
+
+_MODULES = {
+    "reference": "sigma_kernels.backends.reference",
+    "cpu": "sigma_kernels.backends.cpu",
+    "triton": "sigma_kernels.backends.triton",
+}
+
+
+class BackendUnavailableError(RuntimeError):
+    """Raised when a backend is asked for but cannot run here."""
+
+
+_cache = {}
+
+
+def _load(name):
+    """Return (namespace, None) or (None, reason)."""
+    if name in _cache:
+        return _cache[name]
+    try:
+        module = importlib.import_module(_MODULES[name])
+        check = getattr(module, "unavailable_reason", None)
+        reason = check() if check is not None else None
+    except Exception as exc:  # an optional backend that fails to import is just unavailable
+        module, reason = None, f"{type(exc).__name__}: {exc}"
+    if reason is not None:
+        result = (None, reason)
+    else:
+        reference = importlib.import_module(_MODULES["reference"])
+        fallbacks = tuple(p for p in PRIMITIVES if not hasattr(module, p))
+        ns = types.SimpleNamespace(
+            name=name,
+            supported_dtypes=getattr(module, "SUPPORTED_DTYPES", reference.SUPPORTED_DTYPES),
+            device_types=getattr(module, "DEVICE_TYPES", None),
+            fallbacks=fallbacks,
+            **{p: getattr(module, p, getattr(reference, p)) for p in PRIMITIVES},
+        )
+        result = (ns, None)
+    _cache[name] = result
+    return result
+
+
+def get_backend(name):
+    """The backend namespace for `name`; BackendUnavailableError says why if it cannot run."""
+    if name not in BACKENDS:
+        raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
+    ns, reason = _load(name)
+    if ns is None:
+        raise BackendUnavailableError(f"backend {name!r} is not available: {reason}")
+    return ns
+
+
+def is_available(name):
+    return name in BACKENDS and _load(name)[0] is not None
+
+
+def available_backends():
+    """Names of the backends that can run in this process."""
+    return [b for b in BACKENDS if is_available(b)]
+
+
+def backend_info():
+    """{name: {"available": bool, "reason": str|None, "fallbacks": tuple}} for every backend."""
+    info = {}
+    for b in BACKENDS:
+        ns, reason = _load(b)
+        info[b] = {"available": ns is not None, "reason": reason,
+                   "fallbacks": ns.fallbacks if ns is not None else ()}
+    return info
+
+
+def resolve_backend(backend, device, dtype=None):
+    """Turn a `backend=` argument into a concrete backend name for tensors on `device`."""
+    # torch.compile runs this once at trace time and bakes in the name (no import tracing).
+    return _resolve_backend_cached(backend, str(torch.device(device)), dtype, os.environ.get(ENV_VAR, ""))
+
+
+@torch.compiler.assume_constant_result
+def _resolve_backend_cached(backend, device, dtype, env):
+    if not isinstance(backend, str):
+        raise TypeError(f"backend must be a string, got {type(backend).__name__}")
+    if backend == "auto":
+        env = env.strip()
+        if env and env != "auto":
+            if env not in BACKENDS:
+                raise ValueError(f"{ENV_VAR} must be one of {('auto',) + BACKENDS}, got {env!r}")
+            backend = env
+    if backend == "auto":
+        device = torch.device(device)
+        if dtype == torch.float64:
+            return "reference"  # the kernels are single-precision; float64 is for checking
+        if device.type == "cuda" and is_available("triton"):
+            return "triton"
+        if device.type == "cpu" and is_available("cpu"):
+            return "cpu"
+        return "reference"
+    ns = get_backend(backend)
+    if dtype is not None and dtype not in ns.supported_dtypes:
+        raise TypeError(f"backend {backend!r} does not support dtype {dtype}; "
+                        f"supported: {list(ns.supported_dtypes)} (use backend='reference')")
+    if ns.device_types is not None and torch.device(device).type not in ns.device_types:
+        raise ValueError(f"backend {backend!r} runs on {list(ns.device_types)} tensors, "
+                         f"got tensors on {torch.device(device)}")
+    return backend

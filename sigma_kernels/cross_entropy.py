@@ -1,0 +1,100 @@
+"""Prototype scoring and the (swapped) cross-entropy between prototype softmaxes and targets.
+
+z is L2-normalised inside (gradients flow through the normalisation); prototypes are used as
+given (SPEC §1.1: the caller renormalises them, without grad). Logits are
+normalize(z)·prototypesᵀ/τ, accumulated in float32.
+"""
+import torch
+
+from . import _library as lib
+from . import _validation as val
+from .backends import resolve_backend
+from .backends.reference import compute_dtype
+from .sinkhorn import normalize_rows
+
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def prototype_scores(z, prototypes, temperature=1.0):
+    """normalize(z)·prototypesᵀ / temperature -> (M, K) float32 (float64 for float64 input).
+
+    A plain matmul: it materialises M×K, so use it for inspection, not in the fused loss.
+    """
+    val.check_features("z", z, "prototypes", prototypes)
+    tau = val.check_positive("temperature", temperature)
+    return normalize_rows(z) @ prototypes.to(compute_dtype(z, prototypes)).T / tau
+
+
+def prototype_softmax(z, prototypes, temperature=1.0):
+    """softmax over prototypes of `prototype_scores` -> (M, K)."""
+    return torch.softmax(prototype_scores(z, prototypes, temperature), dim=1)
+
+
+def prototype_log_softmax(z, prototypes, temperature=1.0):
+    """log_softmax over prototypes of `prototype_scores` -> (M, K)."""
+    return torch.log_softmax(prototype_scores(z, prototypes, temperature), dim=1)
+
+
+def _reduce(rows, reduction):
+    if reduction == "mean":
+        return rows.mean()
+    if reduction == "sum":
+        return rows.sum()
+    return rows
+
+
+def _check_reduction(reduction):
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def swap_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", backend="auto"):
+    """Cross-entropy of softmax(normalize(z)·prototypesᵀ/τ) against `target`.
+
+    z: (M, D); prototypes: (K, D); target: int64 class indices (M,) (hard) or probabilities
+    (M, K) (soft; treated as constants). reduction: "mean" (over the M rows; default), "sum",
+    or "none" (per-row (M,)). Differentiable w.r.t. z and prototypes; float32 result.
+    """
+    val.check_features("z", z, "prototypes", prototypes)
+    tau = val.check_positive("temperature", temperature)
+    _check_reduction(reduction)
+    m, k = z.shape[0], prototypes.shape[0]
+    kind = val.check_target(target, m, k, z.device)
+    dt = compute_dtype(z, prototypes)
+    name = resolve_backend(backend, z.device, dt)
+    x = normalize_rows(z)
+    c = prototypes.to(dt)
+    t = target.detach().to(torch.int64) if kind == "hard" else target.detach()
+    rows, _ = lib.linear_cross_entropy(x, c, t, 1.0 / tau, name)
+    return _reduce(rows, reduction)
+
+
+def swap_cross_entropy_sinkhorn(z, prototypes, z_target, prototypes_target, v_target, epsilon,
+                                temperature=0.1, *, targets="hard", reduction="mean", backend="auto"):
+    """`swap_cross_entropy` with targets from another branch's Sinkhorn, computed on the fly.
+
+    The target of row i is Q_i· = softmax_k(normalize(z_target_i)·prototypes_targetᵀ/ε + v_target)
+    ("soft") or its argmax ("hard"), where v_target (K,) are that branch's Sinkhorn prototype
+    potentials (see `sinkhorn_streaming`). No M×K array is stored by the fused backends.
+    Gradients flow to z and prototypes only.
+    """
+    val.check_features("z", z, "prototypes", prototypes)
+    val.check_features("z_target", z_target, "prototypes_target", prototypes_target)
+    m, k = z.shape[0], prototypes.shape[0]
+    if tuple(z_target.shape[:1]) != (m,) or prototypes_target.shape[0] != k:
+        raise ValueError(f"z_target must have M={m} rows and prototypes_target K={k} rows, got "
+                         f"{tuple(z_target.shape)} and {tuple(prototypes_target.shape)}")
+    val.check_vector("v_target", v_target, k)
+    val.check_same_device(z=z, z_target=z_target, v_target=v_target)
+    tau = val.check_positive("temperature", temperature)
+    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
+    if targets not in ("hard", "soft"):
+        raise ValueError(f"targets must be 'hard' or 'soft', got {targets!r}")
+    _check_reduction(reduction)
+    dt = compute_dtype(z, prototypes)
+    name = resolve_backend(backend, z.device, dt)
+    x, c = normalize_rows(z), prototypes.to(dt)
+    y, cy = normalize_rows(z_target.detach()), prototypes_target.detach().to(dt)
+    rows, _ = lib.sinkhorn_target_cross_entropy(x, c, y, cy, v_target.detach().to(dt), inv_eps, 1.0 / tau,
+                                                targets == "soft", name)
+    return _reduce(rows, reduction)

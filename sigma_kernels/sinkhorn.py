@@ -1,0 +1,104 @@
+"""Public Sinkhorn-Knopp API (balanced, log-domain; SPEC §1.3).
+
+All functions run without autograd (Sinkhorn targets are constants of the loss) and return
+float32 tensors (float64 for float64 input).
+"""
+import math
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from . import _library as lib
+from . import _validation as val
+from .backends import resolve_backend
+from .backends.reference import compute_dtype
+
+
+class SinkhornResult(NamedTuple):
+    """u (M,), v (K,) as in SPEC §1.3, and the column marginal error Σ_k |Σ_i P_ik - 1/K| ()."""
+    u: torch.Tensor
+    v: torch.Tensor
+    marginal_error: torch.Tensor
+
+
+def _check_common(epsilon, n_iters, tol, check_every):
+    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
+    n_iters = val.check_iterations("n_iters", n_iters)
+    tol, check_every = val.check_tolerance(tol, check_every)
+    return inv_eps, n_iters, tol, check_every
+
+
+def sinkhorn_solve(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
+    """Balanced Sinkhorn on a score matrix.
+
+    scores: (M, K) float16/bfloat16/float32/float64 (e.g. cosine similarities).
+    epsilon: entropic regularisation ε > 0 (Q ∝ exp(S/ε)). n_iters: (prototype, token)
+    normalisation pairs. tol: optional early stop on the marginal error, checked every
+    `check_every` iterations (one host sync per check). Returns a SinkhornResult.
+    """
+    val.check_matrix("scores", scores)
+    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    name = resolve_backend(backend, scores.device, scores.dtype)
+    return SinkhornResult(*lib.sinkhorn_solve(scores.detach(), inv_eps, n_iters, tol, check_every, name))
+
+
+def sinkhorn_potentials(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
+    """(u (M,), v (K,)) of `sinkhorn_solve`; Q_ik = M·exp(S_ik/ε + u_i + v_k)."""
+    u, v, _ = sinkhorn_solve(scores, epsilon, n_iters, tol=tol, check_every=check_every, backend=backend)
+    return u, v
+
+
+def sinkhorn(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
+    """Balanced assignment Q (M, K): rows sum to 1, columns to M/K (at convergence)."""
+    val.check_matrix("scores", scores)
+    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    name = resolve_backend(backend, scores.device, scores.dtype)
+    s = scores.detach()
+    u, v, _ = lib.sinkhorn_solve(s, inv_eps, n_iters, tol, check_every, name)
+    return lib.sinkhorn_plan(s, u, v, inv_eps, math.log(s.shape[0]), name)
+
+
+def sinkhorn_assign(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
+    """Hard assignment argmax_k Q_ik (int64 (M,), ties to the lowest index) without building Q."""
+    val.check_matrix("scores", scores)
+    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    name = resolve_backend(backend, scores.device, scores.dtype)
+    s = scores.detach()
+    _, v, _ = lib.sinkhorn_solve(s, inv_eps, n_iters, tol, check_every, name)
+    return lib.sinkhorn_assign(s, v, inv_eps, name)
+
+
+def normalize_rows(z):
+    """z / ‖z‖ per row in float32 (float64 stays float64); differentiable."""
+    return F.normalize(z.to(compute_dtype(z)), dim=-1, eps=1e-12)
+
+
+def _streaming_operands(z, prototypes, normalize, backend):
+    val.check_features("z", z, "prototypes", prototypes)
+    dt = compute_dtype(z, prototypes)
+    x = normalize_rows(z.detach()) if normalize else z.detach().to(dt)
+    c = prototypes.detach().to(dt)
+    name = resolve_backend(backend, z.device, dt)
+    return x, c, name
+
+
+def sinkhorn_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True, tol=None, check_every=5,
+                       backend="auto"):
+    """Sinkhorn on S = normalize(z)·prototypesᵀ without storing S (in the fused backends).
+
+    z: (M, D), prototypes: (K, D), used as given (normalise them yourself if needed).
+    normalize=False uses z as given. Returns a SinkhornResult.
+    """
+    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    x, c, name = _streaming_operands(z, prototypes, normalize, backend)
+    return SinkhornResult(*lib.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name))
+
+
+def sinkhorn_assign_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True, tol=None,
+                              check_every=5, backend="auto"):
+    """Hard Sinkhorn assignment (int64 (M,)) of normalize(z)·prototypesᵀ, never storing S."""
+    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    x, c, name = _streaming_operands(z, prototypes, normalize, backend)
+    _, v, _ = lib.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name)
+    return lib.sinkhorn_assign_streaming(x, c, v, inv_eps, name)
