@@ -1,0 +1,15 @@
+"""Test-session setup. Without a CUDA device the Triton kernels run under the interpreter on
+CPU tensors; TRITON_INTERPRET must be set before triton decorates any kernel."""
+import os
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+from hypothesis import settings  # noqa: E402
+
+# Interpreted kernels are slow per call: no deadlines, few examples by default.
+settings.register_profile("default", deadline=None, max_examples=25, print_blob=True)
+settings.register_profile("thorough", deadline=None, max_examples=300, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
