@@ -1,0 +1,118 @@
+"""Reference prototype scoring and swapped cross-entropy: values vs float64 NumPy, gradients
+by gradcheck, and the identities between its modes."""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, strategies as st
+
+import sigma_kernels as sk
+from truth import cross_entropy_f64
+
+REF = dict(backend="reference")
+odd_dims = st.sampled_from([1, 2, 5, 19, 29, 37])
+
+
+def features(m, k, d, seed=0, dtype=torch.float32):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, d, generator=g).to(dtype)
+    c = F.normalize(torch.randn(k, d, generator=g), dim=1).to(dtype)
+    return z, c
+
+
+@given(m=odd_dims, k=odd_dims, d=st.sampled_from([1, 3, 19]), seed=st.integers(0, 2**16),
+       soft=st.booleans(), tau=st.sampled_from([0.1, 1.0]))
+def test_loss_matches_float64(m, k, d, seed, soft, tau):
+    z, c = features(m, k, d, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    target = torch.softmax(torch.randn(m, k, generator=g), 1) if soft else torch.randint(0, k, (m,), generator=g)
+    loss = sk.swap_cross_entropy(z, c, target, tau, **REF)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert abs(loss.item() - cross_entropy_f64(z.numpy(), c.numpy(), target.numpy(), tau)) <= 1e-4 * max(1.0, abs(loss.item()))
+
+
+def test_soft_one_hot_equals_hard_and_plain_torch():
+    z, c = features(37, 29, 19, seed=1)
+    idx = torch.randint(0, 29, (37,), generator=torch.Generator().manual_seed(2))
+    hard = sk.swap_cross_entropy(z, c, idx, 0.1, **REF)
+    soft = sk.swap_cross_entropy(z, c, F.one_hot(idx, 29).float(), 0.1, **REF)
+    plain = F.cross_entropy(F.normalize(z, dim=1) @ c.T / 0.1, idx)
+    torch.testing.assert_close(hard, soft)
+    torch.testing.assert_close(hard, plain)
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_gradcheck_float64(soft):
+    z, c = features(7, 5, 3, seed=3, dtype=torch.float64)
+    z.requires_grad_()
+    c.requires_grad_()
+    g = torch.Generator().manual_seed(4)
+    target = torch.softmax(torch.randn(7, 5, generator=g, dtype=torch.float64), 1) if soft else torch.randint(0, 5, (7,), generator=g)
+    assert torch.autograd.gradcheck(lambda a, b: sk.swap_cross_entropy(a, b, target, 0.1, **REF), (z, c))
+
+
+@pytest.mark.parametrize("soft", [False, True])
+def test_gradcheck_sinkhorn_targets_float64(soft):
+    z, c = features(6, 4, 3, seed=5, dtype=torch.float64)
+    y, _ = features(6, 4, 3, seed=6, dtype=torch.float64)
+    v = sk.sinkhorn_streaming(y, c, 0.05, 3, **REF).v
+    cy = c.clone()  # gradcheck perturbs c in place; the target side must stay fixed
+    z.requires_grad_()
+    c.requires_grad_()
+    fn = lambda a, b: sk.swap_cross_entropy_sinkhorn(a, b, y, cy, v, 0.05, 0.1,
+                                                     targets="soft" if soft else "hard", **REF)
+    assert torch.autograd.gradcheck(fn, (z, c))
+
+
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+def test_sinkhorn_targets_on_the_fly_equal_materialised_targets(targets):
+    z, c = features(37, 29, 19, seed=7)
+    y, _ = features(37, 29, 19, seed=8)
+    res = sk.sinkhorn_streaming(y, c, 0.05, 10, **REF)
+    q = sk.sinkhorn(sk.prototype_scores(y, c), 0.05, 10, **REF)
+    target = q if targets == "soft" else q.argmax(1)
+    a = sk.swap_cross_entropy_sinkhorn(z, c, y, c, res.v, 0.05, 0.1, targets=targets, **REF)
+    b = sk.swap_cross_entropy(z, c, target, 0.1, **REF)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_match_plain_torch_autograd():
+    z, c = features(29, 13, 7, seed=9)
+    t = torch.softmax(torch.randn(29, 13, generator=torch.Generator().manual_seed(10)), 1)
+    z1, c1 = z.clone().requires_grad_(), c.clone().requires_grad_()
+    z2, c2 = z.clone().requires_grad_(), c.clone().requires_grad_()
+    sk.swap_cross_entropy(z1, c1, t, 0.1, **REF).backward()
+    (-(t * torch.log_softmax(F.normalize(z2, dim=1) @ c2.T / 0.1, 1)).sum(1).mean()).backward()
+    torch.testing.assert_close(z1.grad, z2.grad)
+    torch.testing.assert_close(c1.grad, c2.grad)
+
+
+def test_reductions():
+    z, c = features(11, 5, 4, seed=11)
+    t = torch.arange(11) % 5
+    rows = sk.swap_cross_entropy(z, c, t, reduction="none", **REF)
+    assert rows.shape == (11,)
+    torch.testing.assert_close(sk.swap_cross_entropy(z, c, t, reduction="sum", **REF), rows.sum())
+    torch.testing.assert_close(sk.swap_cross_entropy(z, c, t, **REF), rows.mean())
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_give_fp32_loss_and_grads_in_input_dtype(dtype):
+    z, c = features(37, 29, 19, seed=12, dtype=dtype)
+    z.requires_grad_()
+    c.requires_grad_()
+    t = torch.arange(37) % 29
+    loss = sk.swap_cross_entropy(z, c, t, **REF)
+    loss.backward()
+    assert loss.dtype == torch.float32 and z.grad.dtype == dtype and c.grad.dtype == dtype
+    truth = cross_entropy_f64(z.detach().float().numpy(), c.detach().float().numpy(), t.numpy(), 0.1)
+    assert abs(loss.item() - truth) < 1e-4 * max(1, truth)
+
+
+def test_prototype_scores_softmax_helpers():
+    z, c = features(13, 7, 5, seed=13)
+    s = sk.prototype_scores(z, c, 0.5)
+    x = z.double() / z.double().norm(dim=1, keepdim=True)
+    np.testing.assert_allclose(s.double().numpy(), (x @ c.double().T / 0.5).numpy(), atol=1e-6)
+    torch.testing.assert_close(sk.prototype_softmax(z, c, 0.5), torch.softmax(s, 1))
+    torch.testing.assert_close(sk.prototype_log_softmax(z, c, 0.5), torch.log_softmax(s, 1))

@@ -1,0 +1,109 @@
+"""Backend selection, availability errors, import without the extension, torch.compile."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import sigma_kernels as sk
+from sigma_kernels import backends
+
+
+def test_reference_always_available():
+    assert "reference" in sk.available_backends()
+    assert sk.backend_info()["reference"] == {"available": True, "reason": None, "fallbacks": ()}
+
+
+def test_auto_picks_by_device(monkeypatch):
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    expected_cpu = "cpu" if backends.is_available("cpu") else "reference"
+    assert sk.resolve_backend("auto", "cpu", torch.float32) == expected_cpu
+    assert sk.resolve_backend("auto", "cpu", torch.float64) == "reference"
+    if backends.is_available("triton"):
+        assert sk.resolve_backend("auto", "cuda", torch.float32) == "triton"
+
+
+def test_environment_variable_overrides_auto_only(monkeypatch):
+    monkeypatch.setenv(backends.ENV_VAR, "reference")
+    assert sk.resolve_backend("auto", "cpu", torch.float32) == "reference"
+    if backends.is_available("triton"):
+        assert sk.resolve_backend("triton", "cpu", torch.float32) == "triton"  # explicit wins
+    monkeypatch.setenv(backends.ENV_VAR, "bogus")
+    with pytest.raises(ValueError, match=backends.ENV_VAR):
+        sk.resolve_backend("auto", "cpu", torch.float32)
+
+
+def test_unavailable_backend_is_a_clear_error(monkeypatch):
+    monkeypatch.setitem(backends._cache, "cpu", (None, "the compiled extension is not built"))
+    with pytest.raises(sk.BackendUnavailableError, match="backend 'cpu' is not available: the compiled extension"):
+        sk.sinkhorn(torch.randn(4, 3), 0.05, 2, backend="cpu")
+    monkeypatch.delenv(backends.ENV_VAR, raising=False)
+    assert sk.resolve_backend("auto", "cpu", torch.float32) == "reference"
+
+
+def test_missing_primitives_fall_back_to_reference_visibly(monkeypatch):
+    import types
+    fake = types.ModuleType("fake_backend")
+    fake.sinkhorn_assign = lambda s, v, inv_eps: torch.zeros(s.shape[0], dtype=torch.int64)
+    monkeypatch.setitem(sys.modules, "fake_backend", fake)
+    monkeypatch.setitem(backends._MODULES, "cpu", "fake_backend")
+    monkeypatch.delitem(backends._cache, "cpu", raising=False)
+    ns = backends.get_backend("cpu")
+    assert ns.sinkhorn_assign is fake.sinkhorn_assign
+    assert "sinkhorn_row_step" in ns.fallbacks and "sinkhorn_assign" not in ns.fallbacks
+    monkeypatch.delitem(backends._cache, "cpu")
+
+
+def test_import_and_run_without_the_extension():
+    code = (
+        "import sys; sys.modules['sigma_kernels._C'] = None\n"
+        "import torch, sigma_kernels as sk\n"
+        "assert not sk.backend_info()['cpu']['available']\n"
+        "assert sk.resolve_backend('auto', 'cpu', torch.float32) == 'reference'\n"
+        "q = sk.sinkhorn(torch.randn(5, 3), 0.05, 3)\n"
+        "assert torch.allclose(q.sum(1), torch.ones(5))\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != backends.ENV_VAR}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+def test_torch_compile_fullgraph_through_every_op():
+    def step(s, z, c):
+        idx = sk.sinkhorn_assign(s, 0.05, 3)
+        q = sk.sinkhorn(s, 0.05, 3)
+        r = sk.sinkhorn_streaming(z, c, 0.05, 3)
+        return (sk.swap_cross_entropy(z, c, idx) + sk.swap_cross_entropy(z, c, q)
+                + sk.swap_cross_entropy_sinkhorn(z, c, z, c, r.v, 0.05, targets="soft"))
+
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(37, 29, generator=g)
+    z = torch.randn(37, 19, generator=g)
+    c = torch.nn.functional.normalize(torch.randn(29, 19, generator=g), dim=1)
+    z1, c1 = z.clone().requires_grad_(), c.clone().requires_grad_()
+    z2, c2 = z.clone().requires_grad_(), c.clone().requires_grad_()
+    compiled = torch.compile(step, fullgraph=True, backend="eager")
+    a = compiled(s, z1, c1)
+    b = step(s, z2, c2)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(z1.grad, z2.grad)
+    torch.testing.assert_close(c1.grad, c2.grad)
+
+
+def test_custom_ops_pass_opcheck():
+    from torch.library import opcheck
+    g = torch.Generator().manual_seed(1)
+    s = torch.randn(7, 5, generator=g)
+    x = torch.nn.functional.normalize(torch.randn(7, 3, generator=g), dim=1).requires_grad_()
+    c = torch.randn(5, 3, generator=g).requires_grad_()
+    t = torch.randint(0, 5, (7,), generator=g)
+    ops = torch.ops.sigma_kernels
+    opcheck(ops.sinkhorn_solve, (s, 20.0, 3, 0.0, 5, "reference"))
+    opcheck(ops.sinkhorn_assign, (s, torch.zeros(5), 20.0, "reference"))
+    opcheck(ops.linear_cross_entropy, (x, c, t, 10.0, "reference"))
+    opcheck(ops.sinkhorn_target_cross_entropy, (x, c, x.detach(), c.detach(), torch.zeros(5), 20.0, 10.0, True, "reference"))
