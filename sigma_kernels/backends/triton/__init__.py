@@ -15,3 +15,8 @@ def unavailable_reason():
     if os.environ.get("TRITON_INTERPRET") != "1" and not torch.cuda.is_available():
         return "no CUDA device (set TRITON_INTERPRET=1 to run the kernels on CPU tensors)"
     return None
+
+
+if unavailable_reason() is None:
+    from .sinkhorn import sinkhorn_assign, sinkhorn_col_lse, sinkhorn_plan, sinkhorn_row_step  # noqa: E402,F401
+    from .streaming import streaming_assign, streaming_col_lse, streaming_row_step  # noqa: E402,F401

@@ -1,0 +1,151 @@
+"""Shared pieces of the Triton kernels: block-size heuristics, the score-tile loader, launch helpers.
+
+Block sizes are fixed by small Python heuristics (no autotuning: autotune with several configs
+needs a GPU driver, and the interpreter runs the same kernels). Under TRITON_INTERPRET=1 every
+program instance is slow Python, so the heuristics pick few, large blocks there.
+"""
+import contextlib
+import functools
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+
+NEG_INF = float("-inf")
+
+# Precision of tl.dot on fp32 score operands. "tf32x3" uses tensor cores with (close to) fp32
+# accuracy; plain "tf32" rounds S/ε by ~1e-3·(1/ε) (SPEC §3 warns this moves Q by percents).
+# fp16/bf16 operands are multiplied exactly with fp32 accumulation whatever this says.
+DOT_PRECISION = os.environ.get("SIGMA_TRITON_DOT_PRECISION", "tf32x3")
+
+
+class BlockConfig:
+    """Block-size knobs. Tests shrink them (see `override_blocks`) to exercise multi-tile paths."""
+
+    def __init__(self):
+        if INTERPRET:
+            self.block_m, self.block_k, self.block_d = 64, 64, 64
+            self.block_k_scores = 64       # column tile of kernels that read a materialised S
+            self.max_programs = 4          # split-M partial rows of the column reduction
+            self.max_single_k = 4096       # fused Sinkhorn step keeps a whole row in one tile
+        else:
+            self.block_m, self.block_k, self.block_d = 64, 64, 64
+            self.block_k_scores = 256
+            self.max_programs = None       # 4 waves of the device's SM count
+            self.max_single_k = 4096
+        self.num_warps = 4
+
+
+CONFIG = BlockConfig()
+
+
+@contextlib.contextmanager
+def override_blocks(**kwargs):
+    """Temporarily set BlockConfig fields (block_m, block_k, block_d, max_programs, max_single_k)."""
+    old = {k: getattr(CONFIG, k) for k in kwargs}
+    for k, v in kwargs.items():
+        if not hasattr(CONFIG, k):
+            raise AttributeError(f"unknown block setting {k!r}")
+        setattr(CONFIG, k, v)
+    try:
+        yield CONFIG
+    finally:
+        for k, v in old.items():
+            setattr(CONFIG, k, v)
+
+
+def pow2_block(n, cap, floor=16):
+    """Smallest power of two >= n, clamped to [floor, cap] (tl.dot needs dimensions >= 16)."""
+    return max(floor, min(cap, triton.next_power_of_2(max(int(n), 1))))
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index):
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def target_programs(device):
+    """How many programs to aim for in a split-M reduction (a few waves of SMs; a few under the interpreter)."""
+    if CONFIG.max_programs is not None:
+        return CONFIG.max_programs
+    if device.type == "cuda":
+        return 4 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return 4
+
+
+def split_rows(m, block_m, programs):
+    """Split m rows into at most `programs` contiguous chunks of whole row blocks.
+
+    Returns (rows_per_program, number_of_programs).
+    """
+    row_blocks = triton.cdiv(m, block_m)
+    per = triton.cdiv(row_blocks, max(1, min(programs, row_blocks))) * block_m
+    return per, triton.cdiv(m, per)
+
+
+# Under the interpreter tl.dot is wrong on bf16 inputs (SPEC §6): operands are cast to fp32 first.
+UPCAST_DOT = INTERPRET
+
+
+def as_f32_vector(t):
+    """A contiguous fp32 view/copy of a potential or per-row vector."""
+    return t.to(torch.float32).contiguous()
+
+
+# --- jit helpers ---------------------------------------------------------------------------
+
+@triton.jit
+def load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
+                FACTORED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """fp32 score tile (len(rows), len(cols)): loaded from S, or x[rows]·c[cols]ᵀ recomputed with tl.dot.
+
+    Out-of-range entries are 0; callers mask them.
+    """
+    rmask = rows < M
+    cmask = cols < K
+    if FACTORED:
+        acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
+        for d0 in range(0, D, BLOCK_D):
+            d = d0 + tl.arange(0, BLOCK_D)
+            dmask = d < D
+            xt = tl.load(x_ptr + rows[:, None] * x_sm + d[None, :] * x_sd,
+                         mask=rmask[:, None] & dmask[None, :], other=0.0)
+            ct = tl.load(c_ptr + cols[None, :] * c_sk + d[:, None] * c_sd,
+                         mask=cmask[None, :] & dmask[:, None], other=0.0)
+            if UPCAST:
+                xt = xt.to(tl.float32)
+                ct = ct.to(tl.float32)
+            acc = tl.dot(xt, ct, acc, input_precision=PREC)
+        return acc
+    else:
+        s = tl.load(s_ptr + rows[:, None] * s_sm + cols[None, :] * s_sk,
+                    mask=rmask[:, None] & cmask[None, :], other=0.0)
+        return s.to(tl.float32)
+
+
+@triton.jit
+def fold_columns(col_max, col_sum, w):
+    """Fold a (rows, cols) tile w into running per-column (max, Σexp(w - max)); -inf entries add nothing."""
+    new_max = tl.maximum(col_max, tl.max(w, axis=0))
+    shift = finite_or_zero(new_max)
+    col_sum = col_sum * tl.exp(col_max - shift) + tl.sum(tl.exp(w - shift[None, :]), axis=0)
+    return new_max, col_sum
+
+
+@triton.jit
+def fold_rows(row_max, row_sum, t):
+    """Fold a (rows, cols) tile t into running per-row (max, Σexp(t - max)); -inf entries add nothing."""
+    new_max = tl.maximum(row_max, tl.max(t, axis=1))
+    shift = finite_or_zero(new_max)
+    row_sum = row_sum * tl.exp(row_max - shift) + tl.sum(tl.exp(t - shift[:, None]), axis=1)
+    return new_max, row_sum
+
+
+@triton.jit
+def finite_or_zero(m):
+    """A running max that is -inf (nothing seen yet) becomes 0, so exp(t - m) stays NaN-free."""
+    return tl.where(m == float("-inf"), 0.0, m)

@@ -1,0 +1,309 @@
+"""Log-domain Sinkhorn kernels on a materialised score matrix S (M, K), plus the row / split-M
+column reductions that the streaming kernels (streaming.py) share.
+
+Notation as in reference.py: t_ik = S_ik·inv_eps + v_k (row side), w_ik = S_ik·inv_eps + u_i
+(column side). Everything is accumulated in fp32 whatever the dtype of S.
+
+One read of S per iteration (`sinkhorn_row_step`). A program owns a contiguous chunk of rows.
+When the whole (padded) row fits one tile (K <= CONFIG.max_single_k, e.g. K = 3000 -> 4096),
+it loads a BLOCK_M x K tile once, finishes those rows' LSE (new u) and, from the same registers,
+folds w = a + u into per-column running (max, Σexp) kept in registers across all of its row
+blocks; it writes one partial row per program, so the partial buffers are (programs, K), small
+next to S. When K is larger, a program owns one row block: a first sweep over the K tiles
+finishes the row LSE, and a second sweep over the same BLOCK_M x K strip (just read, so served
+from L2 on a GPU, not HBM) writes that block's column partials (row blocks, K). Either way a
+small second kernel combines the partials into the (K,) column LSE (split-M: all SMs busy when
+M >> K, instead of ceil(K/BLOCK) programs).
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (CONFIG, DOT_PRECISION, UPCAST_DOT, finite_or_zero, fold_columns, fold_rows,
+                      load_scores, pow2_block, split_rows, target_programs)
+
+
+# --- kernels -------------------------------------------------------------------------------
+
+@triton.jit
+def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v_ptr, out_ptr,
+                      M, K, D, inv_eps, log_m,
+                      ASSIGN: tl.constexpr, FACTORED: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Row reduction of t_ik = S_ik·inv_eps + v_k over k, one row block per program.
+
+    ASSIGN=False: out_i = -log_m - LSE_k t_ik (fp32). ASSIGN=True: out_i = argmax_k t_ik (int64;
+    ties to the lowest index: the first maximum within a tile, and a later tile only wins if it
+    is strictly larger).
+    """
+    pid = tl.program_id(0)
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    run_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        s = load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
+                        FACTORED, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+        v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
+        t = tl.where(cmask[None, :], s * inv_eps + v[None, :], float("-inf"))
+        if ASSIGN:
+            tile_max = tl.max(t, axis=1)
+            tile_idx = tl.min(tl.where(t == tile_max[:, None], cols[None, :], K), axis=1)
+            better = tile_max > run_max
+            run_idx = tl.where(better, tile_idx, run_idx)
+            run_max = tl.where(better, tile_max, run_max)
+        else:
+            run_max, run_sum = fold_rows(run_max, run_sum, t)
+    rmask = rows < M
+    if ASSIGN:
+        tl.store(out_ptr + rows, run_idx.to(tl.int64), mask=rmask)
+    else:
+        tl.store(out_ptr + rows, -log_m - (finite_or_zero(run_max) + tl.log(run_sum)), mask=rmask)
+
+
+@triton.jit
+def col_partial_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, u_ptr, pmax_ptr, psum_ptr,
+                       M, K, D, rows_per_prog, inv_eps,
+                       FACTORED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                       BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Split-M column LSE of w_ik = S_ik·inv_eps + u_i: program (g, j) folds rows
+    [g·rows_per_prog, (g+1)·rows_per_prog) of column tile j into (max, Σexp) partial row g."""
+    g = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    cmask = cols < K
+    col_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
+    col_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
+    row_start = g * rows_per_prog
+    for m0 in range(row_start, row_start + rows_per_prog, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        s = load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
+                        FACTORED, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+        u = tl.load(u_ptr + rows, mask=rmask, other=0.0)
+        w = tl.where(rmask[:, None], s * inv_eps + u[:, None], float("-inf"))
+        col_max, col_sum = fold_columns(col_max, col_sum, w)
+    tl.store(pmax_ptr + g * K + cols, col_max, mask=cmask)
+    tl.store(psum_ptr + g * K + cols, col_sum, mask=cmask)
+
+
+@triton.jit
+def combine_partials_kernel(pmax_ptr, psum_ptr, out_ptr, G, K, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
+    """out_k = LSE over the G partial rows: max + log Σ_g sum_g·exp(max_g - max)."""
+    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    cmask = cols < K
+    run_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
+    run_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
+    for g0 in range(0, G, BLOCK_G):
+        gs = g0 + tl.arange(0, BLOCK_G)
+        mask = (gs < G)[:, None] & cmask[None, :]
+        pm = tl.load(pmax_ptr + gs[:, None] * K + cols[None, :], mask=mask, other=float("-inf"))
+        ps = tl.load(psum_ptr + gs[:, None] * K + cols[None, :], mask=mask, other=0.0)
+        new_max = tl.maximum(run_max, tl.max(pm, axis=0))
+        shift = finite_or_zero(new_max)
+        run_sum = run_sum * tl.exp(run_max - shift) + tl.sum(ps * tl.exp(pm - shift[None, :]), axis=0)
+        run_max = new_max
+    # padded columns have run_sum = 0: log(1) keeps the (unstored) lanes finite
+    tl.store(out_ptr + cols, finite_or_zero(run_max) + tl.log(tl.where(cmask, run_sum, 1.0)), mask=cmask)
+
+
+@triton.jit
+def fused_row_step_kernel(s_ptr, s_sm, s_sk, v_ptr, u_ptr, pmax_ptr, psum_ptr, M, K, rows_per_prog, inv_eps, log_m,
+                          SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """u_i = -log_m - LSE_k(a_ik + v_k) and split-M column partials of a_ik + u_i (a = S·inv_eps).
+
+    SINGLE_TILE: BLOCK_K >= K, the program walks rows_per_prog rows, each tile read once and the
+    column partials kept in registers. Otherwise rows_per_prog == BLOCK_M and the row block's
+    strip is swept twice (row LSE, then column partials; the second sweep hits L2).
+    """
+    pid = tl.program_id(0)
+    row_start = pid * rows_per_prog
+    if SINGLE_TILE:
+        cols = tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
+        col_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
+        col_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
+        for m0 in range(row_start, row_start + rows_per_prog, BLOCK_M):
+            rows = m0 + tl.arange(0, BLOCK_M)
+            rmask = rows < M
+            a = tl.load(s_ptr + rows[:, None] * s_sm + cols[None, :] * s_sk,
+                        mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32) * inv_eps
+            t = tl.where(cmask[None, :], a + v[None, :], float("-inf"))
+            row_max = tl.max(t, axis=1)
+            shift = finite_or_zero(row_max)
+            u = -log_m - (shift + tl.log(tl.sum(tl.exp(t - shift[:, None]), axis=1)))
+            tl.store(u_ptr + rows, u, mask=rmask)
+            w = tl.where(rmask[:, None] & cmask[None, :], a + u[:, None], float("-inf"))
+            col_max, col_sum = fold_columns(col_max, col_sum, w)
+        tl.store(pmax_ptr + pid * K + cols, col_max, mask=cmask)
+        tl.store(psum_ptr + pid * K + cols, col_sum, mask=cmask)
+    else:
+        rows = row_start + tl.arange(0, BLOCK_M)
+        rmask = rows < M
+        row_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        row_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            cmask = cols < K
+            a = tl.load(s_ptr + rows[:, None] * s_sm + cols[None, :] * s_sk,
+                        mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32) * inv_eps
+            v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
+            row_max, row_sum = fold_rows(row_max, row_sum, tl.where(cmask[None, :], a + v[None, :], float("-inf")))
+        u = -log_m - (finite_or_zero(row_max) + tl.log(row_sum))
+        tl.store(u_ptr + rows, u, mask=rmask)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            cmask = cols < K
+            a = tl.load(s_ptr + rows[:, None] * s_sm + cols[None, :] * s_sk,
+                        mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32) * inv_eps
+            w = tl.where(rmask[:, None] & cmask[None, :], a + u[:, None], float("-inf"))
+            blk_max = tl.max(w, axis=0)
+            shift = finite_or_zero(blk_max)
+            tl.store(pmax_ptr + pid * K + cols, blk_max, mask=cmask)
+            tl.store(psum_ptr + pid * K + cols, tl.sum(tl.exp(w - shift[None, :]), axis=0), mask=cmask)
+
+
+@triton.jit
+def plan_kernel(s_ptr, s_sm, s_sk, u_ptr, v_ptr, q_ptr, M, K, inv_eps, log_m,
+                BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Q_ik = exp(S_ik·inv_eps + u_i + v_k + log_m), fp32, row-major (M, K)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_K + tl.arange(0, BLOCK_K)
+    rmask = rows < M
+    cmask = cols < K
+    mask = rmask[:, None] & cmask[None, :]
+    s = tl.load(s_ptr + rows[:, None] * s_sm + cols[None, :] * s_sk, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(u_ptr + rows, mask=rmask, other=0.0)
+    v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
+    q = tl.exp(s * inv_eps + u[:, None] + v[None, :] + log_m)
+    tl.store(q_ptr + rows[:, None] * K + cols[None, :], q, mask=mask)
+
+
+# --- launch helpers shared with streaming.py ------------------------------------------------
+
+def _f32(t):
+    return t.to(torch.float32).contiguous()
+
+
+def _warps(tile_elems):
+    return 8 if tile_elems >= 8192 else 4
+
+
+def combine_partials(pmax, psum):
+    """(G, K) partial (max, Σexp) -> (K,) column LSE."""
+    g, k = pmax.shape
+    out = torch.empty(k, dtype=torch.float32, device=pmax.device)
+    block_k = pow2_block(k, 128)
+    block_g = pow2_block(g, 64, floor=1)
+    combine_partials_kernel[(triton.cdiv(k, block_k),)](pmax, psum, out, g, k, BLOCK_G=block_g, BLOCK_K=block_k)
+    return out
+
+
+def row_reduce(operands, v, inv_eps, log_m, assign):
+    """-log_m - LSE_k(S·inv_eps + v) (fp32 (M,)) or its argmax (int64 (M,)).
+
+    operands: (S,) materialised, or (x, c) with S = x·cᵀ recomputed tile by tile.
+    """
+    factored = len(operands) == 2
+    s_args, x_args, c_args, m, k, d = _operand_args(operands)
+    out = torch.empty(m, dtype=torch.int64 if assign else torch.float32, device=operands[0].device)
+    if factored:
+        block_m, block_k = pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k)
+    else:
+        block_m, block_k = pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k_scores)
+    block_d = pow2_block(d, CONFIG.block_d)
+    row_reduce_kernel[(triton.cdiv(m, block_m),)](
+        *s_args, *x_args, *c_args, _f32(v), out, m, k, d, float(inv_eps), float(log_m),
+        ASSIGN=assign, FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d,
+        UPCAST=UPCAST_DOT, PREC=DOT_PRECISION, num_warps=_warps(block_m * block_k))
+    return out
+
+
+def col_lse(operands, u, inv_eps):
+    """LSE_i(S_ik·inv_eps + u_i) -> (K,) fp32, split over M then combined."""
+    factored = len(operands) == 2
+    s_args, x_args, c_args, m, k, d = _operand_args(operands)
+    block_m = pow2_block(m, CONFIG.block_m)
+    block_k = pow2_block(k, CONFIG.block_k if factored else CONFIG.block_k_scores)
+    block_d = pow2_block(d, CONFIG.block_d)
+    col_tiles = triton.cdiv(k, block_k)
+    per, g = split_rows(m, block_m, triton.cdiv(target_programs(operands[0].device), col_tiles))
+    pmax = torch.empty((g, k), dtype=torch.float32, device=operands[0].device)
+    psum = torch.empty_like(pmax)
+    col_partial_kernel[(g, col_tiles)](
+        *s_args, *x_args, *c_args, _f32(u), pmax, psum, m, k, d, per, float(inv_eps),
+        FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d,
+        UPCAST=UPCAST_DOT, PREC=DOT_PRECISION, num_warps=_warps(block_m * block_k))
+    return combine_partials(pmax, psum)
+
+
+def _operand_args(operands):
+    """Pointer/stride triples for load_scores: (S args, x args, c args, M, K, D); unused ones repeat S or x."""
+    if len(operands) == 1:
+        (s,) = operands
+        _check_matrix("scores", s)
+        s_args = (s, s.stride(0), s.stride(1))
+        return s_args, s_args, s_args, s.shape[0], s.shape[1], 1
+    x, c = operands
+    _check_matrix("x", x)
+    _check_matrix("c", c)
+    if x.shape[1] != c.shape[1]:
+        raise ValueError(f"x (M, D) and c (K, D) must share D, got {tuple(x.shape)} and {tuple(c.shape)}")
+    x_args = (x, x.stride(0), x.stride(1))
+    return x_args, x_args, (c, c.stride(0), c.stride(1)), x.shape[0], c.shape[0], x.shape[1]
+
+
+def _check_matrix(name, t):
+    if t.dim() != 2 or t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"{name} must be a 2-D float16/bfloat16/float32 tensor for the triton backend, "
+                        f"got {t.dtype} of shape {tuple(t.shape)}")
+
+
+# --- primitives ------------------------------------------------------------------------------
+
+def sinkhorn_col_lse(scores, u, inv_eps):
+    """LSE_i(S_ik·inv_eps + u_i) -> (K,) fp32."""
+    return col_lse((scores,), u, inv_eps)
+
+
+def sinkhorn_row_step(scores, v, inv_eps, log_m):
+    """(u (M,), col (K,)) fp32 with one read of S (see the module docstring)."""
+    _check_matrix("scores", scores)
+    m, k = scores.shape
+    dev = scores.device
+    u = torch.empty(m, dtype=torch.float32, device=dev)
+    if triton.next_power_of_2(k) <= CONFIG.max_single_k:
+        block_k = pow2_block(k, CONFIG.max_single_k, floor=1)
+        block_m = pow2_block(m, max(1, min(CONFIG.block_m, 16384 // block_k)), floor=1)
+        per, g = split_rows(m, block_m, target_programs(dev))
+        single = True
+    else:
+        block_k, block_m = CONFIG.block_k_scores, pow2_block(m, CONFIG.block_m, floor=1)
+        per, g = block_m, triton.cdiv(m, block_m)
+        single = False
+    pmax = torch.empty((g, k), dtype=torch.float32, device=dev)
+    psum = torch.empty_like(pmax)
+    fused_row_step_kernel[(g,)](scores, scores.stride(0), scores.stride(1), _f32(v), u, pmax, psum,
+                                m, k, per, float(inv_eps), float(log_m),
+                                SINGLE_TILE=single, BLOCK_M=block_m, BLOCK_K=block_k,
+                                num_warps=_warps(block_m * block_k))
+    return u, combine_partials(pmax, psum)
+
+
+def sinkhorn_assign(scores, v, inv_eps):
+    """argmax_k(S_ik·inv_eps + v_k) -> int64 (M,), ties to the lowest index; Q is never written."""
+    return row_reduce((scores,), v, inv_eps, 0.0, assign=True)
+
+
+def sinkhorn_plan(scores, u, v, inv_eps, log_m):
+    """Q (M, K) fp32."""
+    _check_matrix("scores", scores)
+    m, k = scores.shape
+    q = torch.empty((m, k), dtype=torch.float32, device=scores.device)
+    block_m, block_k = pow2_block(m, CONFIG.block_m, floor=1), pow2_block(k, CONFIG.block_k_scores, floor=1)
+    plan_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))](
+        scores, scores.stride(0), scores.stride(1), _f32(u), _f32(v), q, m, k, float(inv_eps), float(log_m),
+        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=_warps(block_m * block_k))
+    return q
