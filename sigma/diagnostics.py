@@ -1,0 +1,59 @@
+"""Health metrics of a Sinkhorn clustering step, as tensors (no host syncs).
+
+For one branch with scores S (M, K) and Sinkhorn prototype potentials v (K,), the assignment of
+token i is Q_i· = softmax_k(S_ik/ε + v_k) (SPEC §1.3, after the final token step) and its hard
+label argmax_k Q_ik. Reported:
+  entropy            mean_i H(Q_i·) in nats (0 = one-hot targets, ln K = uniform)
+  usage_perplexity   exp H(p), p_k = fraction of tokens whose hard label is k (K when all are used
+                     equally, 1 when every token has the same label)
+  unused_prototypes  number of prototypes that are no token's hard label (int64)
+Under data parallelism the sums are all-reduced, so the numbers describe the global batch.
+"""
+import torch
+
+from sigma_kernels.distributed import all_reduce_sum
+
+# Rows per chunk when the scores are recomputed from factors: bounds the extra memory to
+# CHUNK_ROWS × K floats, as the streaming loss promises O(M + K) memory.
+CHUNK_ROWS = 4096
+
+
+def _accumulate(logits, counts):
+    """Σ_i H(softmax(logits_i)) over the rows; adds the rows' argmax histogram into counts."""
+    log_q = torch.log_softmax(logits, dim=1)
+    entropy_sum = -(log_q.exp() * log_q).sum()
+    labels = torch.argmax(logits, dim=1)
+    counts.index_add_(0, labels, torch.ones_like(labels, dtype=counts.dtype))
+    return entropy_sum
+
+
+@torch.no_grad()
+def assignment_stats(v, inv_eps, *, scores=None, x=None, prototypes=None, m_global=None, process_group=None):
+    """Metrics of Q = softmax_k(S/ε + v) for scores given as `scores` (M, K) or as normalised
+    factors `x` (M, D) and `prototypes` (K, D) (S = x·prototypesᵀ, recomputed in row chunks).
+
+    m_global: total token count over ranks (defaults to the local M). Returns a dict of 0-d
+    tensors: entropy, usage_perplexity (float32/64) and unused_prototypes (int64).
+    """
+    k = v.shape[0]
+    dt = v.dtype
+    counts = torch.zeros(k, dtype=dt, device=v.device)
+    entropy_sum = torch.zeros((), dtype=dt, device=v.device)
+    if scores is not None:
+        m_local = scores.shape[0]
+        entropy_sum = entropy_sum + _accumulate(scores.to(dt) * inv_eps + v, counts)
+    else:
+        m_local = x.shape[0]
+        c = prototypes.to(dt)
+        for start in range(0, m_local, CHUNK_ROWS):
+            logits = x[start:start + CHUNK_ROWS].to(dt) @ c.T * inv_eps + v
+            entropy_sum = entropy_sum + _accumulate(logits, counts)
+    counts = all_reduce_sum(counts, process_group)
+    entropy_sum = all_reduce_sum(entropy_sum, process_group)
+    m = m_global if m_global is not None else m_local
+    p = counts / m
+    return {
+        "entropy": entropy_sum / m,
+        "usage_perplexity": torch.exp(-torch.special.xlogy(p, p).sum()),
+        "unused_prototypes": (counts == 0).sum(),
+    }

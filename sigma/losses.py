@@ -1,0 +1,264 @@
+"""The SIGMA objective (SPEC §1) as a loss module for VideoMAE-style training loops.
+
+    criterion = SinkhornSwapLoss(num_prototypes=3000, dim=256)
+    loss = criterion(pred, target_feats, bool_masked_pos)
+
+All arithmetic is delegated to the `sigma_kernels` ops (which pick a backend); this module only
+wires SPEC §1 together: prototype renormalisation, two Sinkhorn solves, two swapped
+cross-entropies.
+"""
+import numbers
+
+import torch
+import torch.nn as nn
+
+from sigma_kernels import (normalize_rows, prototype_scores, sinkhorn_solve, sinkhorn_streaming,
+                           swap_cross_entropy_sinkhorn)
+from sigma_kernels import _validation as val
+from sigma_kernels.backends import BACKENDS
+from sigma_kernels.distributed import (global_count, sinkhorn_solve_distributed, sinkhorn_streaming_distributed,
+                                       world_size)
+
+from .diagnostics import assignment_stats
+
+_TARGETS = ("hard", "soft")
+
+
+def _check_int(name, value, minimum=1):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+class SinkhornSwapLoss(nn.Module):
+    """Swapped prediction of Sinkhorn cluster assignments between a video model and a projection
+    network (SIGMA, SPEC §1). Owns the prototypes C (num_prototypes, dim), an nn.Parameter.
+
+    Args:
+        num_prototypes: K, number of prototypes (clusters).
+        dim: D, feature dimension of `pred`, `target_feats` and the prototypes.
+        epsilon: ε, entropic regularisation of Sinkhorn (Q ∝ exp(S/ε)); released configs 0.05/0.03.
+        sinkhorn_iterations: (prototype, token) normalisation pairs per solve.
+        temperature: τ of the prototype softmax in the cross-entropies.
+        targets: "hard" (argmax of Q, ties to the lowest index; the released models) or "soft" (Q).
+        backend: sigma_kernels backend, "auto" | "reference" | "cpu" | "triton".
+        tol: optional early stop of Sinkhorn once the column marginal error <= tol, tested every
+            `check_every` iterations (each test is one host sync; None = always run all iterations).
+        check_every: see tol.
+        streaming: True solves Sinkhorn from the factors (normalize(z), C) without storing the M×K
+            scores (fused backends); False materialises the scores once per branch; "auto" streams
+            when M·K >= `STREAMING_MIN_ELEMENTS`. The cross-entropies never store M×K in the fused
+            backends either way.
+        process_group: data-parallel group for the global equipartition (SPEC §1.6). None uses the
+            default group when torch.distributed is initialised with world size > 1.
+        compute_stats: compute the diagnostics of `last_stats` at every forward.
+
+    Data parallelism: every rank's loss is Σ_{its tokens} ℓ_i · W / M_global (W ranks, M_global
+    tokens over all ranks), so that gradient averaging over ranks (DDP, FSDP) yields exactly the
+    gradient of the single-process loss on the concatenated batch; the mean of the ranks' losses
+    is that loss (with equal token counts per rank, each rank's loss is its local mean). Put this
+    module inside the DDP-wrapped model (or average the prototypes' gradient yourself) and keep the
+    prototypes equal on all ranks.
+    """
+
+    STREAMING_MIN_ELEMENTS = 1 << 25
+
+    def __init__(self, num_prototypes=3000, dim=256, epsilon=0.05, sinkhorn_iterations=10, temperature=0.1,
+                 targets="hard", backend="auto", tol=None, streaming="auto", process_group=None, *,
+                 check_every=5, compute_stats=True):
+        super().__init__()
+        self.num_prototypes = _check_int("num_prototypes", num_prototypes)
+        self.dim = _check_int("dim", dim)
+        self.epsilon = val.check_positive("epsilon", epsilon)
+        self.sinkhorn_iterations = val.check_iterations("sinkhorn_iterations", sinkhorn_iterations)
+        self.temperature = val.check_positive("temperature", temperature)
+        if targets not in _TARGETS:
+            raise ValueError(f"targets must be one of {_TARGETS}, got {targets!r}")
+        self.targets = targets
+        if not isinstance(backend, str) or backend not in ("auto",) + BACKENDS:
+            raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
+        self.backend = backend
+        tol, check_every = val.check_tolerance(tol, check_every)
+        self.tol = tol if tol > 0 else None
+        self.check_every = check_every
+        if not (streaming is True or streaming is False or (isinstance(streaming, str) and streaming == "auto")):
+            raise ValueError(f"streaming must be 'auto', True or False, got {streaming!r}")
+        self.streaming = streaming
+        self.process_group = process_group
+        self.compute_stats = bool(compute_stats)
+        self.prototypes = nn.Parameter(torch.empty(self.num_prototypes, self.dim))
+        self.reset_parameters()
+        self.last_stats = {}
+
+    def reset_parameters(self):
+        """Random normal rows scaled to unit norm (as SwAV initialises its prototypes)."""
+        with torch.no_grad():
+            nn.init.normal_(self.prototypes)
+            self.prototypes.copy_(normalize_rows(self.prototypes))
+
+    def extra_repr(self):
+        return (f"num_prototypes={self.num_prototypes}, dim={self.dim}, epsilon={self.epsilon}, "
+                f"sinkhorn_iterations={self.sinkhorn_iterations}, temperature={self.temperature}, "
+                f"targets={self.targets!r}, backend={self.backend!r}, tol={self.tol}, streaming={self.streaming!r}")
+
+    # --- input handling -------------------------------------------------------------------
+
+    def _check_features(self, name, t):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dtype not in val.FLOAT_DTYPES:
+            raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        if t.dim() not in (2, 3):
+            raise ValueError(f"{name} must be (B, N, D) or flattened (M, D), got shape {tuple(t.shape)}")
+        if t.shape[-1] != self.dim:
+            raise ValueError(f"{name} has D={t.shape[-1]} features but the loss was built with dim={self.dim}")
+        if t.device != self.prototypes.device:
+            raise ValueError(f"{name} is on {t.device} but the prototypes are on {self.prototypes.device}")
+
+    @staticmethod
+    def _check_mask_counts(mask, n_per_sample):
+        """Every sample must mask exactly n_per_sample tubes (a host sync only on CPU, where it is free)."""
+        if torch.compiler.is_compiling():
+            return
+        counts = mask.sum(dim=1)
+        if mask.device.type == "cpu":
+            bad = counts != n_per_sample
+            if bool(bad.any()):
+                raise ValueError(
+                    f"mask selects {counts.tolist()} tubes per sample, but a (B, N_mask, D) input needs exactly "
+                    f"N_mask={n_per_sample} in every sample; pass (B, N, D) inputs to allow unequal counts")
+        else:
+            torch._assert_async((counts == n_per_sample).all(),
+                                "mask must select the same number of tubes (N_mask) in every sample")
+
+    def flatten_inputs(self, pred, target_feats, mask=None):
+        """(M, D) rows of pred and target_feats, in the same token order.
+
+        Without mask: both (M, D), or both (B, N, D) (all N tokens used). With a boolean mask
+        (B, N) (True = masked, VideoMAE's `bool_masked_pos`): each input is either (B, N, D) —
+        the masked rows are selected, unequal counts per sample allowed — or (B, N_mask, D), the
+        masked tokens already gathered in row-major order (`x[mask].reshape(B, -1, D)`), which
+        needs N_mask masked tubes in every sample.
+        """
+        self._check_features("pred", pred)
+        self._check_features("target_feats", target_feats)
+        if mask is None:
+            if pred.shape != target_feats.shape:
+                raise ValueError(f"pred {tuple(pred.shape)} and target_feats {tuple(target_feats.shape)} must have "
+                                 f"the same shape when no mask is given")
+            zv, zp = pred.reshape(-1, self.dim), target_feats.reshape(-1, self.dim)
+        else:
+            if not isinstance(mask, torch.Tensor):
+                raise TypeError(f"mask must be a boolean torch.Tensor (B, N), got {type(mask).__name__}")
+            if mask.dtype != torch.bool:
+                raise TypeError(f"mask must be a boolean tensor (True = masked tube), got {mask.dtype}")
+            if mask.dim() != 2:
+                raise ValueError(f"mask must be (B, N), got shape {tuple(mask.shape)}")
+            if mask.device != pred.device:
+                raise ValueError(f"mask is on {mask.device} but pred is on {pred.device}")
+            b, n = mask.shape
+            for name, t in (("pred", pred), ("target_feats", target_feats)):
+                if t.dim() != 3 or t.shape[0] != b:
+                    raise ValueError(f"with a mask of shape {(b, n)}, {name} must be (B, N, D) or (B, N_mask, D) "
+                                     f"with B={b}, got {tuple(t.shape)}")
+            gathered = [t.shape[1] for t in (pred, target_feats) if t.shape[1] != n]
+            if len(set(gathered)) > 1:
+                raise ValueError(f"pred {tuple(pred.shape)} and target_feats {tuple(target_feats.shape)} hold "
+                                 f"different numbers of masked tubes")
+            if gathered:
+                self._check_mask_counts(mask, gathered[0])
+            zv, zp = (t[mask] if t.shape[1] == n else t.reshape(-1, self.dim) for t in (pred, target_feats))
+            if zv.shape[0] != zp.shape[0]:
+                raise ValueError(f"pred gives {zv.shape[0]} masked tokens but target_feats gives {zp.shape[0]}")
+        if zv.shape[0] == 0:
+            raise ValueError("no tokens to train on: the mask has no True entry (or the inputs are empty)")
+        return zv, zp
+
+    # --- the objective ----------------------------------------------------------------------
+
+    def _use_streaming(self, m):
+        if self.streaming == "auto":
+            return m * self.num_prototypes >= self.STREAMING_MIN_ELEMENTS
+        return self.streaming
+
+    def _solve(self, z, streaming, group):
+        """Sinkhorn (no grad) of one branch: (SinkhornResult, scores (M, K) or None)."""
+        c = self.prototypes.detach()
+        kwargs = dict(tol=self.tol, check_every=self.check_every, backend=self.backend)
+        if streaming:
+            if group is None:
+                res = sinkhorn_streaming(z, c, self.epsilon, self.sinkhorn_iterations, **kwargs)
+            else:
+                res = sinkhorn_streaming_distributed(z, c, self.epsilon, self.sinkhorn_iterations,
+                                                     process_group=group, **kwargs)
+            return res, None
+        with torch.no_grad():
+            scores = prototype_scores(z.detach(), c)
+        if group is None:
+            res = sinkhorn_solve(scores, self.epsilon, self.sinkhorn_iterations, **kwargs)
+        else:
+            res = sinkhorn_solve_distributed(scores, self.epsilon, self.sinkhorn_iterations, process_group=group,
+                                             **kwargs)
+        return res, scores
+
+    def forward(self, pred, target_feats, mask=None, *, return_stats=False):
+        """SIGMA loss L = CE(S_v/τ, target(Q_p)) + CE(S_p/τ, target(Q_v)) (SPEC §1.5), a 0-d tensor.
+
+        pred: video-model predictions, target_feats: projection-network features; (B, N, D) with
+        an optional bool mask (B, N) (True = masked), (B, N_mask, D), or (M, D) — see
+        `flatten_inputs`. Any float dtype; computed in float32 (float64 stays float64), with
+        autocast disabled inside. Gradients: the first term reaches pred only (prototypes
+        detached), the second reaches target_feats and the prototypes.
+        With return_stats=True returns (loss, stats) where stats is also kept in `last_stats`.
+        """
+        zv, zp = self.flatten_inputs(pred, target_feats, mask)
+        with torch.autocast(device_type=zv.device.type, enabled=False):
+            # SPEC §1.1: unit rows, in place and outside autograd, so dL/dC is the raw gradient.
+            with torch.no_grad():
+                self.prototypes.copy_(normalize_rows(self.prototypes))
+            w = world_size(self.process_group)
+            group = (self.process_group if self.process_group is not None else torch.distributed.group.WORLD) \
+                if w > 1 else None
+            m = zv.shape[0]
+            m_global = global_count(m, zv.device, group) if group is not None else m
+            streaming = self._use_streaming(m)
+            res_v, scores_v = self._solve(zv, streaming, group)
+            res_p, scores_p = self._solve(zp, streaming, group)
+
+            c = self.prototypes
+            reduction = "mean" if group is None else "sum"
+            common = dict(targets=self.targets, reduction=reduction, backend=self.backend)
+            # Video-model term: the prototypes are detached (SPEC §1.2), the targets come from Q_p.
+            loss_v = swap_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon, self.temperature,
+                                                 **common)
+            # Projection term: live prototypes, targets from Q_v.
+            loss_p = swap_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **common)
+            if group is not None:
+                scale = w / m_global
+                loss_v, loss_p = loss_v * scale, loss_p * scale
+            loss = loss_v + loss_p
+
+            stats = None
+            if self.compute_stats or return_stats:
+                stats = self._stats(zv, zp, scores_v, scores_p, res_v, res_p, loss_v, loss_p, m_global, group)
+                self.last_stats = stats
+        return (loss, stats) if return_stats else loss
+
+    @torch.no_grad()
+    def _stats(self, zv, zp, scores_v, scores_p, res_v, res_p, loss_v, loss_p, m_global, group):
+        inv_eps = 1.0 / self.epsilon
+        stats = {"loss_v": loss_v.detach(), "loss_p": loss_p.detach()}
+        for tag, z, scores, res in (("v", zv, scores_v, res_v), ("p", zp, scores_p, res_p)):
+            if scores is not None:
+                branch = assignment_stats(res.v, inv_eps, scores=scores, m_global=m_global, process_group=group)
+            else:
+                branch = assignment_stats(res.v, inv_eps, x=normalize_rows(z.detach()),
+                                          prototypes=self.prototypes.detach(), m_global=m_global,
+                                          process_group=group)
+            for key, value in branch.items():
+                stats[f"{key}_{tag}"] = value
+            stats[f"marginal_error_{tag}"] = res.marginal_error
+        return stats
+
