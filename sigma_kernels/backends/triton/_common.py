@@ -29,11 +29,13 @@ class BlockConfig:
         if INTERPRET:
             self.block_m, self.block_k, self.block_d = 64, 64, 64
             self.block_k_scores = 64       # column tile of kernels that read a materialised S
+            self.block_d_out = 64          # feature chunk of a dx / dc output tile
             self.max_programs = 4          # split-M partial rows of the column reduction
             self.max_single_k = 4096       # fused Sinkhorn step keeps a whole row in one tile
         else:
             self.block_m, self.block_k, self.block_d = 64, 64, 64
             self.block_k_scores = 256
+            self.block_d_out = 128
             self.max_programs = None       # 4 waves of the device's SM count
             self.max_single_k = 4096
         self.num_warps = 4
@@ -44,7 +46,8 @@ CONFIG = BlockConfig()
 
 @contextlib.contextmanager
 def override_blocks(**kwargs):
-    """Temporarily set BlockConfig fields (block_m, block_k, block_d, max_programs, max_single_k)."""
+    """Temporarily set BlockConfig fields (block_m, block_k, block_d, block_d_out, block_k_scores,
+    max_programs, max_single_k)."""
     old = {k: getattr(CONFIG, k) for k in kwargs}
     for k, v in kwargs.items():
         if not hasattr(CONFIG, k):

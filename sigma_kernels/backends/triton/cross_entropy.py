@@ -1,0 +1,337 @@
+"""Fused linear + cross-entropy: logits = scale·x·cᵀ recomputed tile by tile, never stored.
+
+Forward: one program per row block sweeps the K tiles with an online row LSE and accumulates what
+the loss needs from the target. Targets (TARGET constexpr):
+    HARD     int64 indices (M,)                     loss_i = lse_i - logit_i,t_i
+    SOFT     probabilities (M, K), any row sums     loss_i = (Σ_k t_ik)·lse_i - Σ_k t_ik·logit_ik
+    SINKHORN soft targets from the other branch: q_ik = softmax_k(b_ik), b = inv_eps·y·cyᵀ + v,
+             computed in the same sweep with their own online LSE: loss_i = lse_i - Σ_k q_ik·logit_ik
+    SINKHORN_HARD  the same b, running argmax (ties to the lowest index): loss_i = lse_i - logit_i,argmax
+Backward: dlogit_ik = g_i·scale·(p_ik·Σ_k t_ik - t_ik) with p = exp(logit - lse). Two
+deterministic kernels recompute the logit tiles: dx (grid: row blocks x D chunks, reduction over K
+in registers) and dc (grid: K tiles x D chunks x M splits, reduction over the split's rows in
+registers, fp32 partials (splits, K, D) summed afterwards). Sinkhorn targets in the backward:
+hard ones are first turned into indices (streaming_assign), soft ones need each row's target
+LSE, computed by a row sweep over y·cyᵀ before the two kernels.
+"""
+import torch
+import triton
+import triton.language as tl
+
+from ._common import (CONFIG, DOT_PRECISION, UPCAST_DOT, finite_or_zero, fold_rows, load_scores, pow2_block,
+                      split_rows, target_programs)
+from .sinkhorn import _check_matrix, _f32, _warps, row_reduce
+
+HARD, SOFT, SINKHORN, SINKHORN_HARD = 0, 1, 2, 3
+
+
+@triton.jit
+def _logits_tile(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D, scale,
+                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                 UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """scale·x[rows]·c[cols]ᵀ in fp32 with padded columns at -inf."""
+    s = load_scores(x_ptr, x_sm, x_sd, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
+                    True, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+    return tl.where((cols < K)[None, :], s * scale, float("-inf"))
+
+
+@triton.jit
+def _sinkhorn_logits_tile(y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, rows, cols, M, K, DY, inv_eps,
+                          BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                          UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Target logits b = inv_eps·y[rows]·cy[cols]ᵀ + v[cols] in fp32 with padded columns at -inf."""
+    s = load_scores(y_ptr, y_sm, y_sd, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, rows, cols, M, K, DY,
+                    True, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+    cmask = cols < K
+    v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
+    return tl.where(cmask[None, :], s * inv_eps + v[None, :], float("-inf"))
+
+
+@triton.jit
+def _target_tile(tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
+                 rows, cols, M, K, DY, inv_eps, TARGET: tl.constexpr,
+                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                 UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Target tile t (fp32, 0 outside the matrix) for the backward: one-hot, given probabilities,
+    or Sinkhorn soft targets exp(b - lse_b) (nlse_t_ptr holds -lse_b per row)."""
+    rmask = rows < M
+    mask = rmask[:, None] & (cols < K)[None, :]
+    if TARGET == 0:
+        idx = tl.load(tidx_ptr + rows, mask=rmask, other=-1)
+        t = tl.where(cols[None, :] == idx[:, None], 1.0, 0.0)
+    elif TARGET == 1:
+        t = tl.load(t_ptr + rows[:, None] * t_sm + cols[None, :] * t_sk, mask=mask, other=0.0).to(tl.float32)
+    else:
+        b = _sinkhorn_logits_tile(y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, rows, cols, M, K, DY, inv_eps,
+                                  BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+        nl = tl.load(nlse_t_ptr + rows, mask=rmask, other=0.0)
+        t = tl.where(mask, tl.exp(b + nl[:, None]), 0.0)
+    return t
+
+
+@triton.jit
+def ce_forward_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd,
+                      tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr,
+                      loss_ptr, lse_ptr, M, K, D, DY, scale, inv_eps,
+                      TARGET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                      UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Per-row loss and logit LSE for one row block (see the module docstring for TARGET)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
+    l_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
+    picked = tl.zeros([BLOCK_M], dtype=tl.float32)      # target logit (hard) / Σ t·logit (soft)
+    t_sum = tl.zeros([BLOCK_M], dtype=tl.float32)       # Σ_k t_ik (SOFT) / Σ exp(b - b_max) (SINKHORN)
+    b_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    if TARGET == 0:
+        idx = tl.load(tidx_ptr + rows, mask=rmask, other=-1)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        cmask = cols < K
+        logits = _logits_tile(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D, scale,
+                              BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+        l_max, l_sum = fold_rows(l_max, l_sum, logits)
+        finite_logits = tl.where(cmask[None, :], logits, 0.0)
+        if TARGET == 0:
+            picked += tl.sum(tl.where(cols[None, :] == idx[:, None], finite_logits, 0.0), axis=1)
+        elif TARGET == 1:
+            t = tl.load(t_ptr + rows[:, None] * t_sm + cols[None, :] * t_sk,
+                        mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
+            t_sum += tl.sum(t, axis=1)
+            picked += tl.sum(t * finite_logits, axis=1)
+        else:
+            b = _sinkhorn_logits_tile(y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, rows, cols, M, K, DY, inv_eps,
+                                      BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+            tile_max = tl.max(b, axis=1)
+            if TARGET == 2:
+                new_max = tl.maximum(b_max, tile_max)
+                shift = finite_or_zero(new_max)
+                rescale = tl.exp(b_max - shift)
+                e = tl.exp(b - shift[:, None])
+                t_sum = t_sum * rescale + tl.sum(e, axis=1)
+                picked = picked * rescale + tl.sum(e * finite_logits, axis=1)
+                b_max = new_max
+            else:
+                first = tl.min(tl.where(b == tile_max[:, None], cols[None, :], K), axis=1)
+                at_first = tl.sum(tl.where(cols[None, :] == first[:, None], finite_logits, 0.0), axis=1)
+                better = tile_max > b_max
+                picked = tl.where(better, at_first, picked)
+                b_max = tl.where(better, tile_max, b_max)
+    lse = finite_or_zero(l_max) + tl.log(l_sum)
+    if TARGET == 1:
+        loss = t_sum * lse - picked
+    elif TARGET == 2:
+        loss = lse - picked / t_sum
+    else:
+        loss = lse - picked
+    tl.store(loss_ptr + rows, loss, mask=rmask)
+    tl.store(lse_ptr + rows, lse, mask=rmask)
+
+
+@triton.jit
+def _dlogits_tile(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, lse, g_tsum, g_scale,
+                  tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
+                  rows, cols, M, K, D, DY, scale, inv_eps, TARGET: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                  UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """dLoss/dlogit tile times scale: g_i·scale·(p_ik·Σt_i - t_ik); 0 outside the matrix.
+
+    g_tsum = g_i·scale·Σ_k t_ik and g_scale = g_i·scale per row (0 for padded rows)."""
+    logits = _logits_tile(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D, scale,
+                          BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+    p = tl.exp(logits - lse[:, None])
+    t = _target_tile(tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
+                     rows, cols, M, K, DY, inv_eps, TARGET, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+    return p * g_tsum[:, None] - t * g_scale[:, None]
+
+
+@triton.jit
+def _row_grad_factors(g_ptr, tsum_ptr, lse_ptr, rows, M, scale, TARGET: tl.constexpr):
+    rmask = rows < M
+    g = tl.load(g_ptr + rows, mask=rmask, other=0.0) * scale
+    if TARGET == 1:
+        g_tsum = g * tl.load(tsum_ptr + rows, mask=rmask, other=0.0)
+    else:
+        g_tsum = g
+    lse = tl.load(lse_ptr + rows, mask=rmask, other=0.0)
+    return g, g_tsum, lse
+
+
+@triton.jit
+def ce_backward_dx_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, g_ptr, tsum_ptr, lse_ptr,
+                          tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
+                          dx_ptr, M, K, D, DY, scale, inv_eps,
+                          TARGET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                          BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """dx[rows, d chunk] = Σ_k dlogit_ik·c_k,d (fp32 accumulation, stored in dx's dtype)."""
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    dout = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    rmask = rows < M
+    domask = dout < D
+    g_scale, g_tsum, lse = _row_grad_factors(g_ptr, tsum_ptr, lse_ptr, rows, M, scale, TARGET)
+    acc = tl.zeros([BLOCK_M, BLOCK_DO], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        cols = k0 + tl.arange(0, BLOCK_K)
+        dl = _dlogits_tile(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, lse, g_tsum, g_scale,
+                           tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
+                           rows, cols, M, K, D, DY, scale, inv_eps, TARGET, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+        ct = tl.load(c_ptr + cols[:, None] * c_sk + dout[None, :] * c_sd,
+                     mask=(cols < K)[:, None] & domask[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(dl, ct, acc, input_precision=PREC)
+    tl.store(dx_ptr + rows[:, None] * D + dout[None, :], acc.to(dx_ptr.dtype.element_ty),
+             mask=rmask[:, None] & domask[None, :])
+
+
+@triton.jit
+def ce_backward_dc_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, g_ptr, tsum_ptr, lse_ptr,
+                          tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
+                          dc_ptr, M, K, D, DY, rows_per_prog, scale, inv_eps,
+                          TARGET: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                          BLOCK_D: tl.constexpr, BLOCK_DO: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """Partial dc[split, cols, d chunk] = Σ_{i in split} dlogit_ik·x_i,d (fp32)."""
+    cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
+    dout = tl.program_id(1) * BLOCK_DO + tl.arange(0, BLOCK_DO)
+    split = tl.program_id(2)
+    domask = dout < D
+    acc = tl.zeros([BLOCK_K, BLOCK_DO], dtype=tl.float32)
+    row_start = split * rows_per_prog
+    for m0 in range(row_start, row_start + rows_per_prog, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        g_scale, g_tsum, lse = _row_grad_factors(g_ptr, tsum_ptr, lse_ptr, rows, M, scale, TARGET)
+        dl = _dlogits_tile(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, lse, g_tsum, g_scale,
+                           tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
+                           rows, cols, M, K, D, DY, scale, inv_eps, TARGET, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+        xt = tl.load(x_ptr + rows[:, None] * x_sm + dout[None, :] * x_sd,
+                     mask=(rows < M)[:, None] & domask[None, :], other=0.0).to(tl.float32)
+        acc = tl.dot(tl.trans(dl), xt, acc, input_precision=PREC)
+    tl.store(dc_ptr + split * K * D + cols[:, None] * D + dout[None, :], acc,
+             mask=(cols < K)[:, None] & domask[None, :])
+
+
+# --- launchers -------------------------------------------------------------------------------
+
+def _blocks(m, k, d, dy=1):
+    return (pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k),
+            pow2_block(max(d, dy), CONFIG.block_d))
+
+
+def _check_factors(x, c):
+    _check_matrix("x", x)
+    _check_matrix("c", c)
+    if x.shape[1] != c.shape[1]:
+        raise ValueError(f"x (M, D) and c (K, D) must share D, got {tuple(x.shape)} and {tuple(c.shape)}")
+
+
+def _target_args(kind, target, sinkhorn, dummy_f32, dummy_i64):
+    """Kernel arguments for the target: (tidx, t, t_sm, t_sk, y, y_sm, y_sd, cy, cy_sk, cy_sd, v)."""
+    tidx = target if kind == HARD else dummy_i64
+    t = target if kind == SOFT else dummy_f32
+    t_strides = (target.stride(0), target.stride(1)) if kind == SOFT else (0, 0)
+    if sinkhorn is not None:
+        y, cy, v = sinkhorn
+        y_args = (y, y.stride(0), y.stride(1), cy, cy.stride(0), cy.stride(1), v)
+    else:
+        y_args = (dummy_f32, 0, 0, dummy_f32, 0, 0, dummy_f32)
+    return (tidx, t, *t_strides, *y_args)
+
+
+def _classify(target, m, k):
+    if target.is_floating_point():
+        if target.shape != (m, k):
+            raise ValueError(f"soft target must have shape ({m}, {k}), got {tuple(target.shape)}")
+        return SOFT
+    if target.shape != (m,):
+        raise ValueError(f"hard target must have shape ({m},), got {tuple(target.shape)}")
+    return HARD
+
+
+def _forward(x, c, kind, target, sinkhorn, scale, inv_eps):
+    m, k, d = x.shape[0], c.shape[0], x.shape[1]
+    dy = sinkhorn[0].shape[1] if sinkhorn is not None else 1
+    dev = x.device
+    loss = torch.empty(m, dtype=torch.float32, device=dev)
+    lse = torch.empty(m, dtype=torch.float32, device=dev)
+    block_m, block_k, block_d = _blocks(m, k, d, dy)
+    dummy_f32 = loss
+    dummy_i64 = target if kind == HARD else torch.empty(1, dtype=torch.int64, device=dev)
+    ce_forward_kernel[(triton.cdiv(m, block_m),)](
+        x, x.stride(0), x.stride(1), c, c.stride(0), c.stride(1),
+        *_target_args(kind, target, sinkhorn, dummy_f32, dummy_i64),
+        loss, lse, m, k, d, dy, float(scale), float(inv_eps),
+        TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d,
+        UPCAST=UPCAST_DOT, PREC=DOT_PRECISION, num_warps=_warps(block_m * block_k))
+    return loss, lse
+
+
+def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_eps):
+    m, k, d = x.shape[0], c.shape[0], x.shape[1]
+    dy = sinkhorn[0].shape[1] if sinkhorn is not None else 1
+    dev = x.device
+    g = _f32(grad_rows)
+    lse = _f32(lse)
+    # Σ_k t_ik for probability targets (fp32 accumulation, no (M, K) copy); 1 for the others.
+    tsum = torch.sum(target, dim=1, dtype=torch.float32) if kind == SOFT else g
+    dummy_f32 = g
+    dummy_i64 = target if kind == HARD else torch.empty(1, dtype=torch.int64, device=dev)
+    nlse_t = nlse_t if nlse_t is not None else g
+    targs = _target_args(kind, target, sinkhorn, dummy_f32, dummy_i64)
+    block_m, block_k, block_d = _blocks(m, k, d, dy)
+    block_do = pow2_block(d, CONFIG.block_d_out)
+    d_chunks = triton.cdiv(d, block_do)
+    common = dict(TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_DO=block_do,
+                  UPCAST=UPCAST_DOT, PREC=DOT_PRECISION, num_warps=_warps(block_m * max(block_k, block_do)))
+    x_args = (x, x.stride(0), x.stride(1), c, c.stride(0), c.stride(1), g, tsum, lse, *targs, nlse_t)
+
+    dx = torch.empty((m, d), dtype=x.dtype, device=dev)
+    ce_backward_dx_kernel[(triton.cdiv(m, block_m), d_chunks)](
+        *x_args, dx, m, k, d, dy, float(scale), float(inv_eps), **common)
+
+    k_tiles = triton.cdiv(k, block_k)
+    per, splits = split_rows(m, block_m, triton.cdiv(target_programs(dev), k_tiles * d_chunks))
+    dc_parts = torch.empty((splits, k, d), dtype=torch.float32, device=dev)
+    ce_backward_dc_kernel[(k_tiles, d_chunks, splits)](
+        *x_args, dc_parts, m, k, d, dy, per, float(scale), float(inv_eps), **common)
+    dc = dc_parts[0] if splits == 1 else dc_parts.sum(0)
+    return dx, dc.to(c.dtype)
+
+
+# --- primitives ------------------------------------------------------------------------------
+
+def linear_cross_entropy_forward(x, c, target, scale):
+    """(loss (M,), lse (M,)) fp32 for logits scale·x·cᵀ; target int64 (M,) or probabilities (M, K)."""
+    _check_factors(x, c)
+    kind = _classify(target, x.shape[0], c.shape[0])
+    return _forward(x, c, kind, target, None, scale, 0.0)
+
+
+def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale):
+    """(dx, dc) of Σ_i grad_rows_i·loss_i, in the dtypes of x and c."""
+    _check_factors(x, c)
+    kind = _classify(target, x.shape[0], c.shape[0])
+    return _backward(grad_rows, x, c, kind, target, None, None, lse, scale, 0.0)
+
+
+def _sinkhorn_operands(x, c, y, cy, v):
+    _check_factors(x, c)
+    _check_factors(y, cy)
+    if y.shape[0] != x.shape[0] or cy.shape[0] != c.shape[0]:
+        raise ValueError(f"y must have M={x.shape[0]} rows and cy K={c.shape[0]} rows, "
+                         f"got {tuple(y.shape)} and {tuple(cy.shape)}")
+    return y, cy, _f32(v)
+
+
+def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
+    """CE of softmax(scale·x·cᵀ) against Sinkhorn targets of y·cyᵀ with potentials v (module docstring)."""
+    sinkhorn = _sinkhorn_operands(x, c, y, cy, v)
+    dummy = torch.empty(0, dtype=torch.int64, device=x.device)
+    return _forward(x, c, SINKHORN if soft else SINKHORN_HARD, dummy, sinkhorn, scale, inv_eps)
+
+
+def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft):
+    sinkhorn = _sinkhorn_operands(x, c, y, cy, v)
+    if not soft:
+        index = row_reduce((y, cy), sinkhorn[2], inv_eps, 0.0, assign=True)
+        return _backward(grad_rows, x, c, HARD, index, None, None, lse, scale, inv_eps)
+    nlse_t = row_reduce((y, cy), sinkhorn[2], inv_eps, 0.0, assign=False)  # -LSE_k(b_ik) per row
+    dummy = torch.empty(0, dtype=torch.int64, device=x.device)
+    return _backward(grad_rows, x, c, SINKHORN, dummy, sinkhorn, nlse_t, lse, scale, inv_eps)
