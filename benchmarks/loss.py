@@ -1,0 +1,268 @@
+"""Whole-loss benchmark: the SIGMA loss (both directions, forward + backward), ours vs research style.
+
+    python benchmarks/loss.py                          # quick default
+    python benchmarks/loss.py --full                   # SPEC §2 sizes
+    python benchmarks/loss.py --sizes ssv2-vits --targets hard --providers 'research-eager,cpu*'
+
+One step = L = CE(S_v/τ, target(Q_p)) + CE(S_p/τ, target(Q_v)) (SPEC §1) and the gradients
+dL/dz_v, dL/dz_p, dL/dC. Inputs z_v, z_p (M, D) (normalised inside), prototypes C (K, D) with unit
+rows. Providers:
+- research-eager / research-compile: `research_style.research_loss` (materialised scores,
+  exp-domain Sinkhorn, F.cross_entropy, float32) and torch.compile of it;
+- reference / cpu / triton: the public sigma_kernels ops with that backend: `sinkhorn_streaming`
+  per branch (potentials from (z, C), no grad) and `swap_cross_entropy_sinkhorn` per term
+  (targets recomputed from the other branch's z, C and potentials tile by tile; prototypes
+  detached in the video term). In the fused backends no M×K array is stored;
+- <backend>-assign (hard targets only): `sinkhorn_assign_streaming` per branch, then
+  `swap_cross_entropy` against the index targets;
+- SinkhornSwapLoss: `sigma.losses.SinkhornSwapLoss` (backend "auto", stats off), when importable.
+
+Reported: median time of warm steps, peak extra memory, |L − L_float64| and the max abs error of
+the gradients against a float64 log-domain computation of the same loss (with hard targets, a
+near-tie that rounds differently flips one token's target: a visible but legitimate gradient
+difference), speed-up and memory relative to research-eager with the same targets.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _common as common  # noqa: E402
+from benchmarks.research_style import research_loss  # noqa: E402
+
+# label: (M, K, D, ε) — SPEC §2; "quick" is small enough for a laptop CPU.
+PRESETS = {
+    "quick": (2048, 3000, 256, 0.05),
+    "ssv2-vits": (22528, 3000, 256, 0.05),
+    "ssv2-vitb": (22528, 3000, 768, 0.03),
+    "ssv2-vitb-b32": (45056, 3000, 256, 0.03),
+}
+FULL_SIZES = "ssv2-vits,ssv2-vitb"
+BACKENDS = ("reference", "cpu", "triton")
+PROVIDERS = (("research-eager", "research-compile") + BACKENDS + tuple(f"{b}-assign" for b in BACKENDS)
+             + ("SinkhornSwapLoss",))
+
+
+class Unavailable(Exception):
+    """The provider cannot run here (or not with these targets); the message says why."""
+
+
+def make_problem(m, k, d, device, dtype, seed=0):
+    """z_v, z_p (M, D) leaves in `dtype`, prototypes C (K, D) float32 leaf with unit rows; the two
+    branches are correlated (z_p = z_v + noise) and half the tokens lie near a prototype."""
+    g = torch.Generator().manual_seed(seed)
+    c = F.normalize(torch.randn(k, d, generator=g), dim=1)
+    z_v = torch.randn(m, d, generator=g)
+    z_v[: m // 2] += c[torch.randint(0, k, (m // 2,), generator=g)] * math.sqrt(d) / 2
+    z_p = z_v + 0.5 * torch.randn(m, d, generator=g)
+    leaf = lambda t, dt: t.to(device=device, dtype=dt).requires_grad_()  # noqa: E731
+    return leaf(z_v, dtype), leaf(z_p, dtype), leaf(c, torch.float32)
+
+
+def ops_loss(z_v, z_p, c, eps, iters, tau, targets, backend):
+    """The SIGMA loss from the public sigma_kernels ops with one backend (SPEC §1)."""
+    import sigma_kernels as sk
+    res_v = sk.sinkhorn_streaming(z_v, c, eps, iters, backend=backend)
+    res_p = sk.sinkhorn_streaming(z_p, c, eps, iters, backend=backend)
+    video = sk.swap_cross_entropy_sinkhorn(z_v, c.detach(), z_p, c, res_p.v, eps, tau, targets=targets,
+                                           backend=backend)
+    proj = sk.swap_cross_entropy_sinkhorn(z_p, c, z_v, c, res_v.v, eps, tau, targets=targets, backend=backend)
+    return video + proj
+
+
+def ops_assign_loss(z_v, z_p, c, eps, iters, tau, backend):
+    """Hard-target variant: index targets from `sinkhorn_assign_streaming`, then plain swapped CE."""
+    import sigma_kernels as sk
+    t_v = sk.sinkhorn_assign_streaming(z_v, c, eps, iters, backend=backend)
+    t_p = sk.sinkhorn_assign_streaming(z_p, c, eps, iters, backend=backend)
+    return (sk.swap_cross_entropy(z_v, c.detach(), t_p, tau, backend=backend)
+            + sk.swap_cross_entropy(z_p, c, t_v, tau, backend=backend))
+
+
+def float64_loss_and_grads(z_v, z_p, c, eps, iters, tau, targets):
+    """The loss and (dz_v, dz_p, dC) in float64, log-domain Sinkhorn (common.float64_sinkhorn)."""
+    zv, zp, c64 = (t.detach().double().requires_grad_() for t in (z_v, z_p, c))
+    s_v = F.normalize(zv, dim=1) @ c64.detach().T
+    s_p = F.normalize(zp, dim=1) @ c64.T
+    m, k = s_v.shape
+    with torch.no_grad():
+        target = {}
+        for tag, s in (("v", s_v), ("p", s_p)):
+            _, v = common.float64_sinkhorn(lambda i0, i1: s[i0:i1], m, k, eps, iters)
+            logits = s / eps + v
+            target[tag] = logits.argmax(dim=1) if targets == "hard" else torch.softmax(logits, dim=1)
+            del logits
+    loss = F.cross_entropy(s_v / tau, target["p"]) + F.cross_entropy(s_p / tau, target["v"])
+    grads = torch.autograd.grad(loss, (zv, zp, c64))
+    return loss.detach(), grads
+
+
+def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
+    """(loss_fn, grad_inputs, output note); loss_fn() -> scalar loss of (z_v, z_p, c)."""
+    if name == "research-eager":
+        return (lambda: research_loss(z_v, z_p, c, eps, iters, tau, targets)), (z_v, z_p, c), "materialised"
+    if name == "research-compile":
+        compiled = torch.compile(research_loss, dynamic=False)
+        return (lambda: compiled(z_v, z_p, c, eps, iters, tau, targets)), (z_v, z_p, c), "materialised"
+    if name in BACKENDS or name.endswith("-assign"):
+        backend = name[: -len("-assign")] if name.endswith("-assign") else name
+        _check_backend(backend, z_v.device, z_v.dtype)
+        if name.endswith("-assign"):
+            if targets != "hard":
+                raise ValueError(f"{name} computes index (hard) targets only")
+            return ((lambda: ops_assign_loss(z_v, z_p, c, eps, iters, tau, backend)), (z_v, z_p, c),
+                    "streaming, index targets")
+        return ((lambda: ops_loss(z_v, z_p, c, eps, iters, tau, targets, backend)), (z_v, z_p, c),
+                "streaming, targets on the fly")
+    if name == "SinkhornSwapLoss":
+        try:
+            from sigma.losses import SinkhornSwapLoss
+            from sigma_kernels import resolve_backend
+        except Exception as exc:
+            raise Unavailable(f"sigma.losses.SinkhornSwapLoss is not importable ({type(exc).__name__}: {exc})")
+        k, d = c.shape
+        module = SinkhornSwapLoss(num_prototypes=k, dim=d, epsilon=eps, sinkhorn_iterations=iters, temperature=tau,
+                                  targets=targets, backend="auto", compute_stats=False).to(c.device)
+        with torch.no_grad():
+            module.prototypes.copy_(c)
+        resolved = resolve_backend("auto", z_v.device, torch.float32)
+        return (lambda: module(z_v, z_p)), (z_v, z_p, module.prototypes), f"backend auto -> {resolved}"
+    raise ValueError(f"unknown provider {name!r}")
+
+
+def _check_backend(name, device, dtype):
+    from sigma_kernels.backends import BackendUnavailableError, get_backend
+    try:
+        ns = get_backend(name)
+    except BackendUnavailableError as exc:
+        raise Unavailable(str(exc))
+    if ns.device_types is not None and device.type not in ns.device_types:
+        raise Unavailable(f"backend {name!r} runs on {list(ns.device_types)} tensors, not {device.type}")
+    if dtype not in ns.supported_dtypes:
+        raise Unavailable(f"backend {name!r} does not support {dtype}")
+
+
+def step_fn(loss_fn, inputs):
+    """One training step's loss work: forward and the three gradients."""
+    def step():
+        loss = loss_fn()
+        grads = torch.autograd.grad(loss, inputs)
+        return loss.detach(), grads
+    return step
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help=f"run the SPEC §2 sizes ({FULL_SIZES})")
+    p.add_argument("--sizes", default=None,
+                   help=f"comma list of presets {sorted(PRESETS)} or MxKxD[@eps] (default: quick)")
+    p.add_argument("--epsilon", type=float, default=None, help="override ε of every size")
+    p.add_argument("--iters", type=int, default=10, help="Sinkhorn iterations (default 10)")
+    p.add_argument("--temperature", type=float, default=0.1, help="τ (default 0.1)")
+    p.add_argument("--targets", default="hard,soft", help="hard, soft or hard,soft (default)")
+    p.add_argument("--dtype", default="float32", help="dtype of z_v, z_p (prototypes stay float32)")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--providers", default=None, help=f"comma list of glob patterns over {list(PROVIDERS)}")
+    p.add_argument("--repeats", type=int, default=None, help="timed steps per provider (default 3 on CPU, 10 on CUDA)")
+    p.add_argument("--no-check", action="store_true", help="skip the float64 accuracy check (saves memory)")
+    p.add_argument("--out", default=common.RESULTS_DIR, help="output folder for the CSV and PNG")
+    p.add_argument("--no-plot", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = common.parse_dtype(args.dtype)
+    sizes = common.parse_sizes(args.sizes or (FULL_SIZES if args.full else "quick"), PRESETS)
+    targets_list = [t.strip() for t in args.targets.split(",") if t.strip()]
+    if not targets_list or any(t not in ("hard", "soft") for t in targets_list):
+        raise SystemExit(f"--targets must be hard, soft or hard,soft, got {args.targets!r}")
+    providers = common.select(PROVIDERS, args.providers)
+    if not providers:
+        raise SystemExit(f"--providers {args.providers!r} matches none of {list(PROVIDERS)}")
+    repeats = args.repeats or (10 if device.type == "cuda" else 3)
+    if repeats < 1 or args.iters < 1:
+        raise SystemExit("--repeats and --iters must be >= 1")
+
+    meta = common.run_metadata("loss", device)
+    log = common.CsvLog(args.out, meta)
+    print(common.describe(meta), flush=True)
+    print(f"memory method: {common.mem_method(device)}; repeats {repeats}; writing {log.path}", flush=True)
+    tau = args.temperature
+
+    for label, m, k, d, eps in sizes:
+        eps = args.epsilon if args.epsilon is not None else (eps if eps is not None else 0.05)
+        z_v, z_p, c = make_problem(m, k, d, device, dtype)
+        for targets in targets_list:
+            truth = None
+            note = ""
+            if not args.no_check:
+                t0 = time.perf_counter()
+                truth = float64_loss_and_grads(z_v, z_p, c, eps, args.iters, tau, targets)
+                note = f" (float64 truth {time.perf_counter() - t0:.1f} s, L = {float(truth[0]):.4f})"
+            print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={args.iters} tau={tau} targets={targets} "
+                  f"dtype={common.dtype_name(dtype)}{note}", flush=True)
+            base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=args.iters, tau=tau, targets=targets,
+                        dtype=common.dtype_name(dtype))
+            for i, name in enumerate(providers, 1):
+                if name.endswith("-assign") and targets != "hard":
+                    continue  # index targets are hard by nature
+                prefix = f"[{i}/{len(providers)}] {name:<18} {targets:<4}"
+                try:
+                    loss_fn, inputs, output = make_provider(name, z_v, z_p, c, eps, args.iters, tau, targets)
+                except Unavailable as exc:
+                    print(f"{prefix} skipped: {exc}", flush=True)
+                    log.add(provider=name, status=f"skipped: {exc}", **base)
+                    continue
+                try:
+                    r = common.bench(step_fn(loss_fn, inputs), device, repeats)
+                    loss, grads = r.pop("out")
+                    err = grad_err = float("nan")
+                    if truth is not None:
+                        err = common.max_abs_error([(loss, truth[0])])
+                        grad_err = common.max_abs_error(zip(grads, truth[1]))
+                except Exception as exc:  # a failing provider must not stop the others
+                    msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                    print(f"{prefix} failed: {msg}", flush=True)
+                    log.add(provider=name, status=f"failed: {msg}", **base)
+                    continue
+                finally:
+                    loss_fn = inputs = None
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                print(f"{prefix} median {r['median_ms']:10.1f} ms  (first {r['first_ms']:.0f} ms)  "
+                      f"peak {r['peak_mem_mb'] if r['peak_mem_mb'] is not None else float('nan'):9.1f} MiB  "
+                      f"|dL| {err:.1e}  max|dgrad| {grad_err:.1e}", flush=True)
+                log.add(provider=name, output=output, repeats=repeats, max_err=err, grad_err=grad_err,
+                        err_what="|L - L_float64|; grad_err: max |grad - grad_float64|" if truth else "",
+                        status="ok", **base, **r)
+            truth = None
+        del z_v, z_p, c
+
+    common.fill_ratios(log.rows, ("size", "targets"))
+    log.rewrite()
+    columns = [("provider", "provider"), ("size", "size"), ("targets", "targets"), ("median ms", "median_ms"),
+               ("speed-up", "speedup"), ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"),
+               ("|dL|", "max_err"), ("max|dgrad|", "grad_err"), ("status", "status")]
+    print("\n" + common.format_table(log.rows, columns))
+    print(f"\nCSV: {log.path}")
+    if not args.no_plot:
+        for r in log.rows:
+            r["_series"] = f"{r['size']} {r['targets']}"
+        png = common.plot_bars(log.rows, log.png_path, common.describe(meta), "provider", "_series")
+        if png:
+            print(f"PNG: {png}")
+    return log.path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,249 @@
+"""Sinkhorn benchmark: our backends against the research-code style and outside peers.
+
+    python benchmarks/sinkhorn.py                      # quick default (about a minute on 2 CPU cores)
+    python benchmarks/sinkhorn.py --full               # the sizes of SPEC §2
+    python benchmarks/sinkhorn.py --sizes ssv2-vits,4096x1000x128@0.1 --providers 'cpu*,research-*'
+
+The problem: z (M, D) and prototypes C (K, D) with unit rows, scores S = z·Cᵀ, balanced Sinkhorn
+with ε and a fixed number of iterations (no early stop), SPEC §1.3. Providers:
+- research-eager / research-compile: `research_style.research_sinkhorn` (exp domain, float32) and
+  torch.compile of it, on S -> Q;
+- pot-sinkhorn_log: POT's `ot.bregman.sinkhorn_log` (torch backend) with a = 1/M, b = 1/K,
+  cost -S, reg = ε, numItermax = iters, stopThr = 0 -> Q = M·plan. Same iteration as ours
+  (prototype update first, from zero potentials, plan from the potentials after the token
+  update), but it also evaluates the marginal error on its first iteration (one extra pass over
+  M×K) and materialises -S/ε and the plan;
+- reference / cpu / triton: `sigma_kernels.sinkhorn(S, backend=...)` -> Q;
+- <backend>-streaming: `sigma_kernels.sinkhorn_streaming(z, C, backend=...)` -> potentials,
+  from the factors, never storing S in the fused backends (the score products are in the time);
+- flash-sinkhorn (CUDA, when importable): its alternating solver on the equivalent
+  squared-Euclidean problem (prototypes as sources, tokens as targets, half cost
+  ½‖c−z‖² = 1 − z·c on unit vectors, blur ε): same plan, constants cancel -> potentials.
+
+For each: median time of warm runs, peak extra memory, the max abs error of Q against a float64
+log-domain Sinkhorn on the same z, C (for potential outputs, Q rebuilt from them in float64),
+speed-up = research-eager median / median. Results: benchmarks/results/<device>-<date>-sinkhorn.csv
+and .png.
+"""
+import argparse
+import math
+import os
+import sys
+import time
+
+import torch
+
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import _common as common  # noqa: E402
+from benchmarks.research_style import research_sinkhorn  # noqa: E402
+
+# label: (M, K, D, ε) — SPEC §2; "quick" is a B=4 SSv2 batch, small enough for a laptop CPU.
+PRESETS = {
+    "quick": (5632, 3000, 256, 0.05),
+    "ssv2-vits": (22528, 3000, 256, 0.05),
+    "ssv2-vitb-b32": (45056, 3000, 256, 0.03),
+    "k400-vitb": (56320, 3000, 768, 0.05),
+}
+FULL_SIZES = "ssv2-vits,ssv2-vitb-b32,k400-vitb"
+BACKENDS = ("reference", "cpu", "triton")
+PROVIDERS = (("research-eager", "research-compile", "pot-sinkhorn_log") + BACKENDS
+             + tuple(f"{b}-streaming" for b in BACKENDS) + ("flash-sinkhorn",))
+
+
+class Unavailable(Exception):
+    """The provider cannot run here; the message says why."""
+
+
+def make_problem(m, k, d, device, seed=0):
+    """Unit-row z (M, D) and prototypes (K, D), float32, with a few near-duplicates of prototypes
+    among the tokens so that the assignment is not uniform noise."""
+    g = torch.Generator().manual_seed(seed)
+    c = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
+    z = torch.randn(m, d, generator=g)
+    z[: m // 2] += 2.0 * c[torch.randint(0, k, (m // 2,), generator=g)] * math.sqrt(d) / 4
+    z = torch.nn.functional.normalize(z, dim=1)
+    return z.to(device), c.to(device)
+
+
+def _backend_or_skip(name, device, dtype):
+    from sigma_kernels.backends import get_backend, BackendUnavailableError
+    try:
+        ns = get_backend(name)
+    except BackendUnavailableError as exc:
+        raise Unavailable(str(exc))
+    if ns.device_types is not None and torch.device(device).type not in ns.device_types:
+        raise Unavailable(f"backend {name!r} runs on {list(ns.device_types)} tensors, not {torch.device(device).type}")
+    if dtype not in ns.supported_dtypes:
+        raise Unavailable(f"backend {name!r} does not support {dtype}")
+    return ns
+
+
+def make_provider(name, z, c, scores, eps, iters):
+    """(fn, finish, output, input dtype): fn() runs the provider; finish(out) turns its result into
+    ("Q", Q) or ("uv", u, v) in the SPEC §1.3 convention."""
+    m, k = z.shape[0], c.shape[0]
+    as_q = lambda out: ("Q", out)  # noqa: E731
+    if name == "research-eager":
+        return (lambda: research_sinkhorn(scores, eps, iters)), as_q, "Q", scores.dtype
+    if name == "research-compile":
+        compiled = torch.compile(research_sinkhorn, dynamic=False)
+        return (lambda: compiled(scores, eps, iters)), as_q, "Q", scores.dtype
+    if name == "pot-sinkhorn_log":
+        try:
+            import ot
+        except ImportError as exc:
+            raise Unavailable(f"POT is not installed ({exc})")
+        cost = -scores.float()
+        a = torch.full((m,), 1.0 / m, device=z.device)
+        b = torch.full((k,), 1.0 / k, device=z.device)
+
+        def run_pot():
+            return ot.bregman.sinkhorn_log(a, b, cost, reg=eps, numItermax=iters, stopThr=0.0, warn=False) * m
+        return run_pot, as_q, "Q", torch.float32
+    if name in BACKENDS:
+        import sigma_kernels
+        _backend_or_skip(name, z.device, scores.dtype)
+        return (lambda: sigma_kernels.sinkhorn(scores, eps, iters, backend=name)), as_q, "Q", scores.dtype
+    if name.endswith("-streaming"):
+        import sigma_kernels
+        backend = name[: -len("-streaming")]
+        zd, cd = z.to(scores.dtype), c.to(scores.dtype)
+        _backend_or_skip(backend, z.device, zd.dtype)
+
+        def run_streaming():
+            return sinkhorn_streaming_uv(sigma_kernels, zd, cd, eps, iters, backend)
+        return run_streaming, (lambda out: ("uv",) + out), "potentials", zd.dtype
+    if name == "flash-sinkhorn":
+        if z.device.type != "cuda":
+            raise Unavailable("flash-sinkhorn runs on CUDA tensors only")
+        try:
+            from flash_sinkhorn import SamplesLoss
+        except ImportError as exc:
+            raise Unavailable(f"flash-sinkhorn is not installed ({exc})")
+        # Prototypes are the sources (updated first, like our v), tokens the targets; with
+        # half_cost the cost is ½‖c−z‖² = 1 − z·c, so exp(−cost/ε) ∝ exp(S/ε).
+        solver = SamplesLoss("sinkhorn", backend="alternating", use_epsilon_scaling=False, eps=eps,
+                             n_iters=iters, potentials=True, debias=False, half_cost=True)
+        zf, cf = z.float().contiguous(), c.float().contiguous()
+
+        def finish_flash(out):
+            f, g = (t.reshape(-1).double() for t in out)
+            # P = (1/K)(1/M)·exp((f_k + g_i − 1 + S_ik)/ε) and Q = M·P = M·exp(S/ε + u_i + v_k)
+            return "uv", g / eps - math.log(m), (f - 1.0) / eps - math.log(k)
+        return (lambda: solver(cf, zf)), finish_flash, "potentials", torch.float32
+    raise ValueError(f"unknown provider {name!r}")
+
+
+def sinkhorn_streaming_uv(sigma_kernels, z, c, eps, iters, backend):
+    res = sigma_kernels.sinkhorn_streaming(z, c, eps, iters, normalize=False, backend=backend)
+    return res.u, res.v
+
+
+def q_error(result, z64, c64, u64, v64, eps, chunk=2048):
+    """Max |Q − Q_float64| over all entries, row block by row block."""
+    m = z64.shape[0]
+    log_m = math.log(m)
+
+    def blocks():
+        for i0 in range(0, m, chunk):
+            i1 = min(i0 + chunk, m)
+            s = z64[i0:i1] @ c64.T / eps
+            truth = torch.exp(s + u64[i0:i1, None] + v64[None, :] + log_m)
+            if result[0] == "Q":
+                yield result[1][i0:i1], truth
+            else:
+                u, v = result[1].double(), result[2].double()
+                yield torch.exp(s + u[i0:i1, None] + v[None, :] + log_m), truth
+    return common.max_abs_error(blocks())
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--full", action="store_true", help=f"run the SPEC §2 sizes ({FULL_SIZES})")
+    p.add_argument("--sizes", default=None,
+                   help=f"comma list of presets {sorted(PRESETS)} or MxKxD[@eps] (default: quick)")
+    p.add_argument("--epsilon", type=float, default=None, help="override ε of every size")
+    p.add_argument("--iters", type=int, default=10, help="Sinkhorn iterations (default 10)")
+    p.add_argument("--dtype", default="float32", help="dtype of the scores / factors our backends get")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--providers", default=None, help=f"comma list of glob patterns over {list(PROVIDERS)}")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs per provider (default 3 on CPU, 10 on CUDA)")
+    p.add_argument("--out", default=common.RESULTS_DIR, help="output folder for the CSV and PNG")
+    p.add_argument("--no-plot", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dtype = common.parse_dtype(args.dtype)
+    sizes = common.parse_sizes(args.sizes or (FULL_SIZES if args.full else "quick"), PRESETS)
+    providers = common.select(PROVIDERS, args.providers)
+    if not providers:
+        raise SystemExit(f"--providers {args.providers!r} matches none of {list(PROVIDERS)}")
+    repeats = args.repeats or (10 if device.type == "cuda" else 3)
+    if repeats < 1 or args.iters < 1:
+        raise SystemExit("--repeats and --iters must be >= 1")
+
+    meta = common.run_metadata("sinkhorn", device)
+    log = common.CsvLog(args.out, meta)
+    print(common.describe(meta), flush=True)
+    print(f"memory method: {common.mem_method(device)}; repeats {repeats}; writing {log.path}", flush=True)
+
+    for label, m, k, d, eps in sizes:
+        eps = args.epsilon if args.epsilon is not None else (eps if eps is not None else 0.05)
+        z, c = make_problem(m, k, d, device)
+        scores = (z @ c.T).to(dtype)
+        t0 = time.perf_counter()
+        z64, c64 = z.double(), c.double()
+        u64, v64 = common.float64_sinkhorn(lambda i0, i1: z64[i0:i1] @ c64.T, m, k, eps, args.iters)
+        print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={args.iters} dtype={common.dtype_name(dtype)} "
+              f"(float64 truth {time.perf_counter() - t0:.1f} s)", flush=True)
+        base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=args.iters, targets="-")
+        for i, name in enumerate(providers, 1):
+            prefix = f"[{i}/{len(providers)}] {name:<20}"
+            try:
+                fn, finish, output, in_dtype = make_provider(name, z, c, scores, eps, args.iters)
+            except Unavailable as exc:
+                print(f"{prefix} skipped: {exc}", flush=True)
+                log.add(provider=name, dtype=common.dtype_name(dtype), status=f"skipped: {exc}", **base)
+                continue
+            try:
+                r = common.bench(fn, device, repeats)
+                err = q_error(finish(r.pop("out")), z64, c64, u64, v64, eps)
+            except Exception as exc:  # a failing peer must not stop the others
+                msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                print(f"{prefix} failed: {msg}", flush=True)
+                log.add(provider=name, dtype=common.dtype_name(in_dtype), status=f"failed: {msg}", **base)
+                continue
+            finally:
+                fn = None
+                if device.type == "cuda":
+                    torch.cuda.empty_cache()
+            print(f"{prefix} median {r['median_ms']:10.2f} ms  (first {r['first_ms']:.0f} ms)  "
+                  f"peak {r['peak_mem_mb'] if r['peak_mem_mb'] is not None else float('nan'):9.1f} MiB  "
+                  f"max err {err:.2e}", flush=True)
+            log.add(provider=name, dtype=common.dtype_name(in_dtype), output=output, repeats=repeats,
+                    err_what="max |Q - Q_float64|" + (" (Q from potentials)" if output == "potentials" else ""),
+                    max_err=err, status="ok", **base, **r)
+        del z, c, scores, z64, c64
+
+    common.fill_ratios(log.rows, ("size",))
+    log.rewrite()
+    columns = [("provider", "provider"), ("size", "size"), ("dtype", "dtype"), ("output", "output"),
+               ("median ms", "median_ms"), ("speed-up", "speedup"), ("peak MiB", "peak_mem_mb"),
+               ("mem/research", "mem_vs_research"), ("max err", "max_err"), ("status", "status")]
+    print("\n" + common.format_table(log.rows, columns))
+    print(f"\nCSV: {log.path}")
+    if not args.no_plot:
+        png = common.plot_bars(log.rows, log.png_path, common.describe(meta), "provider", "size")
+        if png:
+            print(f"PNG: {png}")
+    return log.path
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,163 @@
+"""The benchmark scripts' own logic: the research-style baseline computes what the SPEC says, the
+float64 truth is right, the POT adapter solves the same problem, and the CSV has its columns."""
+import csv
+import math
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import sigma_kernels  # noqa: E402
+from benchmarks import _common as common  # noqa: E402
+from benchmarks import loss as loss_bench  # noqa: E402
+from benchmarks import sinkhorn as sinkhorn_bench  # noqa: E402
+from benchmarks.research_style import research_loss, research_sinkhorn  # noqa: E402
+
+
+def _scores(m, k, d=19, seed=0):
+    z, c = sinkhorn_bench.make_problem(m, k, d, "cpu", seed=seed)
+    return z, c, z @ c.T
+
+
+@pytest.mark.parametrize("m,k", [(37, 29), (1, 5), (16, 1), (29, 37)])
+@pytest.mark.parametrize("n_iters", [1, 3, 10])
+def test_research_sinkhorn_matches_reference(m, k, n_iters):
+    _, _, s = _scores(m, k)
+    q = research_sinkhorn(s, 0.2, n_iters)
+    expected = sigma_kernels.sinkhorn(s, 0.2, n_iters, backend="reference")
+    assert q.shape == (m, k)
+    torch.testing.assert_close(q, expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(q.sum(dim=1), torch.ones(m), rtol=1e-5, atol=1e-5)
+
+
+def test_research_sinkhorn_overflows_where_the_spec_says():
+    # exp(S/ε) with S = 1 and 1/ε = 100 > 88.7 is inf in float32: the baseline's known failure.
+    s = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    assert not torch.isfinite(research_sinkhorn(s, 0.01, 3)).all()
+    assert torch.isfinite(sigma_kernels.sinkhorn(s, 0.01, 3, backend="reference")).all()
+
+
+def test_float64_truth_matches_reference_potentials():
+    _, _, s = _scores(53, 17)
+    s64 = s.double()
+    u, v = common.float64_sinkhorn(lambda i0, i1: s64[i0:i1], 53, 17, 0.05, 7, chunk=10)  # several blocks
+    res = sigma_kernels.sinkhorn_solve(s64, 0.05, 7, backend="reference")
+    torch.testing.assert_close(u, res.u, rtol=0, atol=1e-10)
+    torch.testing.assert_close(v, res.v, rtol=0, atol=1e-10)
+
+
+def test_q_error_of_exact_potentials_is_zero_and_of_a_perturbed_q_is_seen():
+    z, c, s = _scores(41, 13)
+    z64, c64 = z.double(), c.double()
+    u, v = common.float64_sinkhorn(lambda i0, i1: z64[i0:i1] @ c64.T, 41, 13, 0.1, 5)
+    assert sinkhorn_bench.q_error(("uv", u, v), z64, c64, u, v, 0.1, chunk=8) == 0.0
+    q = torch.exp(z64 @ c64.T / 0.1 + u[:, None] + v[None, :] + math.log(41))
+    q[40, 12] += 1e-3
+    assert sinkhorn_bench.q_error(("Q", q), z64, c64, u, v, 0.1, chunk=8) == pytest.approx(1e-3, rel=1e-6)
+    q[3, 2] = float("nan")
+    assert math.isnan(sinkhorn_bench.q_error(("Q", q), z64, c64, u, v, 0.1, chunk=8))
+
+
+@pytest.mark.parametrize("n_iters", [4, 400])  # same iteration count, and at convergence
+def test_pot_adapter_matches_our_sinkhorn(n_iters):
+    pytest.importorskip("ot")
+    z, c, s = _scores(45, 11, d=7)
+    fn, finish, output, _ = sinkhorn_bench.make_provider("pot-sinkhorn_log", z, c, s, 0.1, n_iters)
+    kind, q = finish(fn())
+    assert kind == "Q" and output == "Q"
+    expected = sigma_kernels.sinkhorn(s, 0.1, n_iters, backend="reference")
+    torch.testing.assert_close(q, expected, rtol=1e-4, atol=1e-6)
+    if n_iters > 100:  # converged: both marginals hold
+        torch.testing.assert_close(q.sum(0), torch.full((11,), 45 / 11), rtol=1e-4, atol=1e-4)
+
+
+def _plain_loss(z_v, z_p, c, eps, n_iters, tau, targets):
+    """SPEC §1.2–1.5 written out with the reference Sinkhorn (log domain)."""
+    s_v = F.normalize(z_v, dim=1) @ c.detach().T
+    s_p = F.normalize(z_p, dim=1) @ c.T
+    q_v = sigma_kernels.sinkhorn(s_v, eps, n_iters, backend="reference")
+    q_p = sigma_kernels.sinkhorn(s_p, eps, n_iters, backend="reference")
+    if targets == "hard":
+        q_v, q_p = q_v.argmax(1), q_p.argmax(1)
+    return F.cross_entropy(s_v / tau, q_p) + F.cross_entropy(s_p / tau, q_v)
+
+
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+def test_research_loss_and_ops_loss_match_a_plain_computation(targets):
+    z_v, z_p, c = loss_bench.make_problem(37, 29, 19, "cpu", torch.float32, seed=1)
+    inputs = (z_v, z_p, c)
+    expected = _plain_loss(*inputs, 0.2, 5, 0.1, targets)
+    g_expected = torch.autograd.grad(expected, inputs)
+    candidates = {
+        "research": research_loss(*inputs, 0.2, 5, 0.1, targets),
+        "ops": loss_bench.ops_loss(*inputs, 0.2, 5, 0.1, targets, "reference"),
+    }
+    if targets == "hard":
+        candidates["ops-assign"] = loss_bench.ops_assign_loss(*inputs, 0.2, 5, 0.1, "reference")
+    for name, value in candidates.items():
+        torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-6, msg=name)
+        for g, ge in zip(torch.autograd.grad(value, inputs), g_expected):
+            torch.testing.assert_close(g, ge, rtol=1e-4, atol=1e-6, msg=name)
+    # _plain_loss detaches C in the video term, so dC above checks the gradient routing too;
+    # the benchmark's float64 truth agrees as well
+    loss64, g64 = loss_bench.float64_loss_and_grads(*inputs, 0.2, 5, 0.1, targets)
+    torch.testing.assert_close(loss64.float(), expected, rtol=1e-5, atol=1e-6)
+    for g, ge in zip(g64, g_expected):
+        torch.testing.assert_close(g.float(), ge, rtol=1e-4, atol=1e-6)
+
+
+def _read_csv(path):
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        return reader.fieldnames, list(reader)
+
+
+def test_sinkhorn_benchmark_writes_the_promised_csv_and_png(tmp_path, capsys):
+    path = sinkhorn_bench.main(["--sizes", "64x7x8@0.2", "--repeats", "1", "--iters", "3", "--device", "cpu",
+                                "--providers", "research-eager,reference*,pot*,cpu", "--out", str(tmp_path)])
+    header, rows = _read_csv(path)
+    assert tuple(header) == common.CSV_COLUMNS
+    for col in ("machine", "device", "torch", "triton", "commit", "date", "provider", "size", "eps", "iters",
+                "dtype", "median_ms", "peak_mem_mb", "mem_method", "max_err", "speedup"):
+        assert col in header
+    ok = {r["provider"]: r for r in rows if r["status"] == "ok"}
+    assert {"research-eager", "reference", "reference-streaming", "pot-sinkhorn_log"} <= set(ok)
+    assert "cpu" in {r["provider"] for r in rows}  # run or skipped with a reason, never silently dropped
+    for r in ok.values():
+        assert float(r["median_ms"]) > 0 and r["benchmark"] == "sinkhorn"
+        assert r["eps"] == "0.2" and r["iters"] == "3" and r["M"] == "64" and r["K"] == "7"
+        assert float(r["max_err"]) < 1e-4
+        assert float(r["speedup"]) > 0 and r["mem_method"]
+    assert float(ok["research-eager"]["speedup"]) == 1.0
+    assert os.path.exists(path[:-4] + ".png")
+    out = capsys.readouterr().out
+    assert "research-eager" in out and "speed-up" in out
+
+
+def test_loss_benchmark_writes_the_promised_csv(tmp_path):
+    path = loss_bench.main(["--sizes", "40x11x8@0.2", "--repeats", "1", "--iters", "3", "--device", "cpu",
+                            "--providers", "research-eager,reference,reference-assign", "--out", str(tmp_path),
+                            "--no-plot"])
+    header, rows = _read_csv(path)
+    assert tuple(header) == common.CSV_COLUMNS
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert {(r["provider"], r["targets"]) for r in ok} == {
+        ("research-eager", "hard"), ("research-eager", "soft"), ("reference", "hard"), ("reference", "soft"),
+        ("reference-assign", "hard")}
+    for r in ok:
+        assert r["benchmark"] == "loss" and float(r["median_ms"]) > 0 and float(r["speedup"]) > 0
+        assert float(r["max_err"]) < 1e-4 and float(r["grad_err"]) < 1e-4
+
+
+def test_size_and_provider_selection():
+    sizes = common.parse_sizes("quick,100x20x8,64x7x3@0.5", sinkhorn_bench.PRESETS)
+    assert sizes[0] == ("quick",) + sinkhorn_bench.PRESETS["quick"]
+    assert sizes[1] == ("100x20x8", 100, 20, 8, None) and sizes[2][-1] == 0.5
+    with pytest.raises(SystemExit, match="MxKxD"):
+        common.parse_sizes("big", sinkhorn_bench.PRESETS)
+    assert common.select(sinkhorn_bench.PROVIDERS, "*-streaming") == [
+        "reference-streaming", "cpu-streaming", "triton-streaming"]
