@@ -384,6 +384,19 @@ def format_table(rows, columns):
     return "\n".join(out)
 
 
+def summary(rows, columns):
+    """The table of measured (or failed) rows, then one line per skipped provider."""
+    shown = [r for r in rows if not r["status"].startswith("skipped")]
+    text = format_table(shown, columns)
+    skipped = {}
+    for r in rows:
+        if r["status"].startswith("skipped"):
+            skipped.setdefault(r["provider"], r["status"])
+    if skipped:
+        text += "\n\n" + "\n".join(f"{p}: {s}" for p, s in skipped.items())
+    return text
+
+
 def plot_bars(rows, png_path, title, group_field, series_field):
     """Two panels (median ms, log scale; peak MiB) of bars: groups on x, one bar per series."""
     import matplotlib
@@ -415,7 +428,7 @@ def plot_bars(rows, png_path, title, group_field, series_field):
             ax.set_yscale("log")
         ax.grid(axis="y", alpha=0.3)
     axes[0].legend(fontsize=7)
-    fig.suptitle(title, fontsize=9)
+    fig.suptitle(title.replace(", torch", "\ntorch", 1), fontsize=9)
     fig.tight_layout()
     fig.savefig(png_path, dpi=110)
     plt.close(fig)

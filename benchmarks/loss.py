@@ -46,8 +46,9 @@ PRESETS = {
 }
 FULL_SIZES = "ssv2-vits,ssv2-vitb"
 BACKENDS = ("reference", "cpu", "triton")
-PROVIDERS = (("research-eager", "research-compile") + BACKENDS + tuple(f"{b}-assign" for b in BACKENDS)
-             + ("SinkhornSwapLoss",))
+# research-eager first (the baseline of the ratios), research-compile last (slowest to set up).
+PROVIDERS = (("research-eager",) + BACKENDS + tuple(f"{b}-assign" for b in BACKENDS)
+             + ("SinkhornSwapLoss", "research-compile"))
 
 
 class Unavailable(Exception):
@@ -245,15 +246,15 @@ def main(argv=None):
                 log.add(provider=name, output=output, repeats=repeats, max_err=err, grad_err=grad_err,
                         err_what="|L - L_float64|; grad_err: max |grad - grad_float64|" if truth else "",
                         status="ok", **base, **r)
+                common.fill_ratios(log.rows, ("size", "targets"))
+                log.rewrite()
             truth = None
         del z_v, z_p, c
 
-    common.fill_ratios(log.rows, ("size", "targets"))
-    log.rewrite()
     columns = [("provider", "provider"), ("size", "size"), ("targets", "targets"), ("median ms", "median_ms"),
                ("speed-up", "speedup"), ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"),
                ("|dL|", "max_err"), ("max|dgrad|", "grad_err"), ("status", "status")]
-    print("\n" + common.format_table(log.rows, columns))
+    print("\n" + common.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")
     if not args.no_plot:
         for r in log.rows:

@@ -48,8 +48,10 @@ PRESETS = {
 }
 FULL_SIZES = "ssv2-vits,ssv2-vitb-b32,k400-vitb"
 BACKENDS = ("reference", "cpu", "triton")
-PROVIDERS = (("research-eager", "research-compile", "pot-sinkhorn_log") + BACKENDS
-             + tuple(f"{b}-streaming" for b in BACKENDS) + ("flash-sinkhorn",))
+# research-eager first (the baseline of the ratios), research-compile last (slowest to set up, so
+# a run cut short by a timeout still has the others).
+PROVIDERS = (("research-eager",) + BACKENDS + tuple(f"{b}-streaming" for b in BACKENDS)
+             + ("pot-sinkhorn_log", "flash-sinkhorn", "research-compile"))
 
 
 class Unavailable(Exception):
@@ -229,14 +231,14 @@ def main(argv=None):
             log.add(provider=name, dtype=common.dtype_name(in_dtype), output=output, repeats=repeats,
                     err_what="max |Q - Q_float64|" + (" (Q from potentials)" if output == "potentials" else ""),
                     max_err=err, status="ok", **base, **r)
+            common.fill_ratios(log.rows, ("size",))
+            log.rewrite()
         del z, c, scores, z64, c64
 
-    common.fill_ratios(log.rows, ("size",))
-    log.rewrite()
     columns = [("provider", "provider"), ("size", "size"), ("dtype", "dtype"), ("output", "output"),
                ("median ms", "median_ms"), ("speed-up", "speedup"), ("peak MiB", "peak_mem_mb"),
                ("mem/research", "mem_vs_research"), ("max err", "max_err"), ("status", "status")]
-    print("\n" + common.format_table(log.rows, columns))
+    print("\n" + common.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")
     if not args.no_plot:
         png = common.plot_bars(log.rows, log.png_path, common.describe(meta), "provider", "size")
