@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 import sigma.losses as losses_module
@@ -109,6 +109,12 @@ def test_float32_matches_spec_restatement(targets, streaming):
        seed=st.integers(0, 2**16))
 def test_property_any_shape_matches_spec(m, k, d, iters, eps, targets, seed):
     zv, zp, c = make_inputs(m, k, d, seed=seed)
+    if targets == "hard" and k > 1:
+        # Hard labels jump at ties of Q; an exact tie in exact arithmetic (e.g. M = 1, where Q is
+        # uniform) is broken by rounding, differently by any two implementations. Compare away from ties.
+        for z in (zv, zp):
+            top2 = torch.log(spec_sinkhorn(F.normalize(z, dim=1) @ c.T, eps, iters)).topk(2, dim=1).values
+            assume(bool((top2[:, 0] - top2[:, 1]).min() > 1e-9))
     crit = make_loss(c, targets=targets, epsilon=eps, sinkhorn_iterations=iters, compute_stats=False)
     got = module_loss_and_grads(crit, zv, zp)
     want = spec_loss_and_grads(zv, zp, c, epsilon=eps, n_iters=iters, targets=targets)
