@@ -10,9 +10,9 @@ included; the method is named in the mem_method column:
 - "cuda_max_allocated_delta": torch.cuda.max_memory_allocated() after reset_peak_memory_stats(),
   minus memory_allocated() before the call;
 - "rss_hwm_delta": on Linux CPU runs, the process's peak resident set (VmHWM, reset by writing 5
-  to /proc/self/clear_refs) minus the resident set before the call. It sees every allocation
-  (C++ extensions and compiled code included) that touches memory; large tensors are mmapped by
-  the allocator and returned on free, so the baseline does not hide them;
+  to /proc/self/clear_refs) minus the resident set before the call, after malloc_trim(0) has
+  returned the heap's free pages. It sees every allocation that touches memory (C++ extensions
+  and compiled code included), with page granularity;
 - "rss_sampled_delta": where the peak cannot be reset, the resident set sampled every 0.5 ms
   by a thread (can miss short peaks).
 """
@@ -117,6 +117,25 @@ def _can_reset_hwm():
         return False
 
 
+def _release_free_heap():
+    """Give the heap's free pages back to the OS (glibc malloc_trim), so that memory the call
+    reuses from earlier, freed allocations shows up in its resident-set peak instead of hiding in
+    the baseline (glibc serves allocations below its adaptive mmap threshold, up to 32 MiB, from
+    the heap and keeps them resident after free)."""
+    global _malloc_trim
+    if _malloc_trim is None:
+        try:
+            import ctypes
+            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            _malloc_trim = False
+    if _malloc_trim:
+        _malloc_trim(0)
+
+
+_malloc_trim = None
+
+
 def cpu_mem_method():
     if not os.path.exists("/proc/self/statm"):
         return None
@@ -143,6 +162,7 @@ def measure_peak_mb(fn, device):
     if method is None:
         fn()
         return None, "unavailable"
+    _release_free_heap()
     if method == "rss_hwm_delta":
         _can_reset_hwm()
         base = _rss_bytes()

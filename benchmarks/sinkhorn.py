@@ -143,15 +143,25 @@ def sinkhorn_streaming_uv(sigma_kernels, z, c, eps, iters, backend):
     return res.u, res.v
 
 
-def q_error(result, z64, c64, u64, v64, eps, chunk=2048):
-    """Max |Q − Q_float64| over all entries, row block by row block."""
-    m = z64.shape[0]
+def float64_scores(z, c):
+    """row_scores(i0, i1) -> float64 S rows: from one stored float64 S when it fits a budget
+    (1 GiB on CPU, 4 GiB on CUDA), else recomputed from float64 z and C per row block."""
+    z64, c64 = z.double(), c.double()
+    budget = (4 if z.device.type == "cuda" else 1) * 2**30
+    if z.shape[0] * c.shape[0] * 8 <= budget:
+        s64 = z64 @ c64.T
+        return lambda i0, i1: s64[i0:i1]
+    return lambda i0, i1: z64[i0:i1] @ c64.T
+
+
+def q_error(result, row_scores, m, u64, v64, eps, chunk=2048):
+    """Max |Q − Q_float64| over all M rows, row block by row block. result: ("Q", Q) or ("uv", u, v)."""
     log_m = math.log(m)
 
     def blocks():
         for i0 in range(0, m, chunk):
             i1 = min(i0 + chunk, m)
-            s = z64[i0:i1] @ c64.T / eps
+            s = row_scores(i0, i1) / eps
             truth = torch.exp(s + u64[i0:i1, None] + v64[None, :] + log_m)
             if result[0] == "Q":
                 yield result[1][i0:i1], truth
@@ -200,8 +210,8 @@ def main(argv=None):
         z, c = make_problem(m, k, d, device)
         scores = (z @ c.T).to(dtype)
         t0 = time.perf_counter()
-        z64, c64 = z.double(), c.double()
-        u64, v64 = common.float64_sinkhorn(lambda i0, i1: z64[i0:i1] @ c64.T, m, k, eps, args.iters)
+        row_scores = float64_scores(z, c)
+        u64, v64 = common.float64_sinkhorn(row_scores, m, k, eps, args.iters)
         print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={args.iters} dtype={common.dtype_name(dtype)} "
               f"(float64 truth {time.perf_counter() - t0:.1f} s)", flush=True)
         base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=args.iters, targets="-")
@@ -215,7 +225,7 @@ def main(argv=None):
                 continue
             try:
                 r = common.bench(fn, device, repeats)
-                err = q_error(finish(r.pop("out")), z64, c64, u64, v64, eps)
+                err = q_error(finish(r.pop("out")), row_scores, m, u64, v64, eps)
             except Exception as exc:  # a failing peer must not stop the others
                 msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
                 print(f"{prefix} failed: {msg}", flush=True)
@@ -233,7 +243,7 @@ def main(argv=None):
                     max_err=err, status="ok", **base, **r)
             common.fill_ratios(log.rows, ("size",))
             log.rewrite()
-        del z, c, scores, z64, c64
+        del z, c, scores, row_scores
 
     columns = [("provider", "provider"), ("size", "size"), ("dtype", "dtype"), ("output", "output"),
                ("median ms", "median_ms"), ("speed-up", "speedup"), ("peak MiB", "peak_mem_mb"),

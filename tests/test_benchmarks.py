@@ -51,15 +51,15 @@ def test_float64_truth_matches_reference_potentials():
 
 
 def test_q_error_of_exact_potentials_is_zero_and_of_a_perturbed_q_is_seen():
-    z, c, s = _scores(41, 13)
-    z64, c64 = z.double(), c.double()
-    u, v = common.float64_sinkhorn(lambda i0, i1: z64[i0:i1] @ c64.T, 41, 13, 0.1, 5)
-    assert sinkhorn_bench.q_error(("uv", u, v), z64, c64, u, v, 0.1, chunk=8) == 0.0
-    q = torch.exp(z64 @ c64.T / 0.1 + u[:, None] + v[None, :] + math.log(41))
+    z, c, _ = _scores(41, 13)
+    rows = sinkhorn_bench.float64_scores(z, c)
+    u, v = common.float64_sinkhorn(rows, 41, 13, 0.1, 5)
+    assert sinkhorn_bench.q_error(("uv", u, v), rows, 41, u, v, 0.1, chunk=8) == 0.0
+    q = torch.exp(rows(0, 41) / 0.1 + u[:, None] + v[None, :] + math.log(41))
     q[40, 12] += 1e-3
-    assert sinkhorn_bench.q_error(("Q", q), z64, c64, u, v, 0.1, chunk=8) == pytest.approx(1e-3, rel=1e-6)
+    assert sinkhorn_bench.q_error(("Q", q), rows, 41, u, v, 0.1, chunk=8) == pytest.approx(1e-3, rel=1e-6)
     q[3, 2] = float("nan")
-    assert math.isnan(sinkhorn_bench.q_error(("Q", q), z64, c64, u, v, 0.1, chunk=8))
+    assert math.isnan(sinkhorn_bench.q_error(("Q", q), rows, 41, u, v, 0.1, chunk=8))
 
 
 @pytest.mark.parametrize("n_iters", [4, 400])  # same iteration count, and at convergence
@@ -161,3 +161,35 @@ def test_size_and_provider_selection():
         common.parse_sizes("big", sinkhorn_bench.PRESETS)
     assert common.select(sinkhorn_bench.PROVIDERS, "*-streaming") == [
         "reference-streaming", "cpu-streaming", "triton-streaming"]
+
+
+def test_make_table_writes_between_the_markers_or_prints(tmp_path, capsys):
+    from benchmarks import make_table
+    results = tmp_path / "results"
+    sinkhorn_bench.main(["--sizes", "30x5x4@0.3", "--repeats", "1", "--iters", "2", "--device", "cpu",
+                         "--providers", "research-eager,pot*,flash*", "--out", str(results), "--no-plot"])
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\nbefore\n{make_table.START}\nold table\n{make_table.END}\nafter\n")
+    make_table.main(["--results", str(results), "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{make_table.END}\nafter\n")
+    body = text[text.index(make_table.START):text.index(make_table.END)]
+    assert "`research-eager`" in body and "`pot-sinkhorn_log`" in body and "30×5×4" in body
+    assert "host `" in body and "commit `" in body  # says which machine and code it came from
+    assert "`flash-sinkhorn` (skipped" in body
+    readme.write_text("# no markers\n")
+    capsys.readouterr()
+    make_table.main(["--results", str(results), "--readme", str(readme)])
+    assert readme.read_text() == "# no markers\n"
+    assert "`research-eager`" in capsys.readouterr().out
+
+
+def test_gpu_check_script_is_valid_bash_and_refuses_to_run_without_a_gpu(tmp_path):
+    import subprocess
+    script = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "gpu_check.sh")
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: the script would run for real")
+    env = {k: v for k, v in os.environ.items() if k != "GPU_CHECK_ALLOW_CPU"}
+    done = subprocess.run(["bash", script, str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "no CUDA device" in (tmp_path / "summary.txt").read_text()
