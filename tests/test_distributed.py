@@ -42,6 +42,8 @@ CASES = [
          dtype=torch.float32, batch=(2, 3)),
     dict(name="float32-hard-tol", loss=dict(targets="hard", sinkhorn_iterations=40, tol=1e-4, check_every=3),
          dtype=torch.float32, batch=(2, 2)),
+    dict(name="float32-hard-explicit-group", loss=dict(targets="hard"), dtype=torch.float32, batch=(1, 3),
+         explicit_group=True),
 ]
 N_TOKENS = 16
 
@@ -73,6 +75,9 @@ def _worker(rank, port, out_dir):
         results = {}
         for seed, case in enumerate(CASES):
             model, x, mask = make_case(case, seed)
+            if case.get("explicit_group"):
+                # a group passed explicitly (here a new group holding both ranks) instead of the default
+                model.criterion.process_group = dist.new_group(list(range(WORLD)))
             ddp = nn.parallel.DistributedDataParallel(model)
             start = sum(case["batch"][:rank])
             rows = slice(start, start + case["batch"][rank])

@@ -257,6 +257,9 @@ def test_autocast_bf16_is_finite_and_close_to_fp32():
     for p in (*head_v.parameters(), *head_p.parameters(), crit.prototypes):
         assert torch.isfinite(p.grad).all()
     assert abs(loss.item() - ref.item()) < 0.01 * ref.item()
+    # half-precision inputs without autocast are accepted too (computed in float32)
+    half = crit(head_v(x).half(), head_p(x).bfloat16())
+    assert half.dtype == torch.float32 and abs(half.item() - ref.item()) < 0.01 * ref.item()
     crit_hard = SinkhornSwapLoss(k, d, backend="reference", epsilon=0.005)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss_hard = crit_hard(head_v(x), head_p(x))
