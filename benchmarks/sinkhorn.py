@@ -131,11 +131,20 @@ def make_provider(name, z, c, scores, eps, iters):
         zf, cf = z.float().contiguous(), c.float().contiguous()
 
         def finish_flash(out):
-            f, g = (t.reshape(-1).double() for t in out)
-            # P = (1/K)(1/M)·exp((f_k + g_i − 1 + S_ik)/ε) and Q = M·P = M·exp(S/ε + u_i + v_k)
-            return "uv", g / eps - math.log(m), (f - 1.0) / eps - math.log(k)
+            return ("uv",) + flash_potentials_to_uv(out[0], out[1], eps)
         return (lambda: solver(cf, zf)), finish_flash, "potentials", torch.float32
     raise ValueError(f"unknown provider {name!r}")
+
+
+def flash_potentials_to_uv(f, g, eps):
+    """GeomLoss-convention potentials of the half-cost problem (prototypes as sources: f (K,),
+    tokens as targets: g (M,)) -> our (u (M,), v (K,)), float64.
+
+    Their plan is P_ki = (1/K)(1/M)·exp((f_k + g_i − (1 − S_ik))/ε) and ours
+    Q_ik = M·P_ki = M·exp(S_ik/ε + u_i + v_k), so u = g/ε − log M and v = (f − 1)/ε − log K.
+    """
+    f, g = f.reshape(-1).double(), g.reshape(-1).double()
+    return g / eps - math.log(g.shape[0]), (f - 1.0) / eps - math.log(f.shape[0])
 
 
 def sinkhorn_streaming_uv(sigma_kernels, z, c, eps, iters, backend):

@@ -75,6 +75,21 @@ def test_pot_adapter_matches_our_sinkhorn(n_iters):
         torch.testing.assert_close(q.sum(0), torch.full((11,), 45 / 11), rtol=1e-4, atol=1e-4)
 
 
+def test_flash_sinkhorn_potential_conversion():
+    # flash-sinkhorn's alternating solver in GeomLoss convention, written out in float64 for the
+    # half cost 1 − z·c (prototypes = sources, updated first): its potentials, converted, must give our Q.
+    z, c, s = _scores(31, 9)
+    s64, eps, m, k = s.double(), 0.1, 31, 9
+    cost = 1.0 - s64.T  # (K, M)
+    f, g = torch.zeros(k, dtype=torch.float64), torch.zeros(m, dtype=torch.float64)
+    for _ in range(6):
+        f = -eps * torch.logsumexp((g[None, :] - cost) / eps - math.log(m), dim=1)
+        g = -eps * torch.logsumexp((f[:, None] - cost) / eps - math.log(k), dim=0)
+    u, v = sinkhorn_bench.flash_potentials_to_uv(f, g, eps)
+    q = torch.exp(s64 / eps + u[:, None] + v[None, :] + math.log(m))
+    torch.testing.assert_close(q, sigma_kernels.sinkhorn(s64, eps, 6, backend="reference"), rtol=1e-9, atol=1e-12)
+
+
 def _plain_loss(z_v, z_p, c, eps, n_iters, tau, targets):
     """SPEC §1.2–1.5 written out with the reference Sinkhorn (log domain)."""
     s_v = F.normalize(z_v, dim=1) @ c.detach().T
