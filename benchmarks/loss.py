@@ -231,6 +231,11 @@ def main(argv=None):
                     print(f"{prefix} skipped: {exc}", flush=True)
                     log.add(provider=name, status=f"skipped: {exc}", **base)
                     continue
+                except Exception as exc:  # e.g. a module whose API changed
+                    msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                    print(f"{prefix} failed to set up: {msg}", flush=True)
+                    log.add(provider=name, status=f"failed: {msg}", **base)
+                    continue
                 try:
                     r = common.bench(step_fn(loss_fn, inputs), device, repeats)
                     loss, grads = r.pop("out")

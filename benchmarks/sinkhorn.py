@@ -232,6 +232,11 @@ def main(argv=None):
                 print(f"{prefix} skipped: {exc}", flush=True)
                 log.add(provider=name, dtype=common.dtype_name(dtype), status=f"skipped: {exc}", **base)
                 continue
+            except Exception as exc:  # e.g. a peer whose API changed
+                msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
+                print(f"{prefix} failed to set up: {msg}", flush=True)
+                log.add(provider=name, dtype=common.dtype_name(dtype), status=f"failed: {msg}", **base)
+                continue
             try:
                 r = common.bench(fn, device, repeats)
                 err = q_error(finish(r.pop("out")), row_scores, m, u64, v64, eps)
