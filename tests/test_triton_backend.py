@@ -27,8 +27,8 @@ from sigma_kernels.backends.triton._common import override_blocks  # noqa: E402
 tri = get_backend("triton")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
-SMALL_BLOCKS = dict(block_m=16, block_k=16, block_d=16, block_d_out=16, block_k_scores=16,
-                    max_single_k=16, max_programs=3)
+SMALL_BLOCKS = dict(block_m=16, block_k=16, block_d=16, block_d_out=16, block_d_backward=16,
+                    block_m_scores=16, block_k_scores=16, max_single_k=16, max_programs=3)
 BLOCKS = {"default": {}, "small": SMALL_BLOCKS}
 LOW = (torch.float16, torch.bfloat16)
 

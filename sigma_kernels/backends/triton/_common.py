@@ -23,22 +23,35 @@ DOT_PRECISION = os.environ.get("SIGMA_TRITON_DOT_PRECISION", "tf32x3")
 
 
 class BlockConfig:
-    """Block-size knobs. Tests shrink them (see `override_blocks`) to exercise multi-tile paths."""
+    """Block-size knobs. Tests shrink them (see `override_blocks`) to exercise multi-tile paths.
 
-    def __init__(self):
-        if INTERPRET:
-            self.block_m, self.block_k, self.block_d = 64, 64, 64
-            self.block_k_scores = 64       # column tile of kernels that read a materialised S
-            self.block_d_out = 64          # feature chunk of a dx / dc output tile
-            self.max_programs = 4          # split-M partial rows of the column reduction
-            self.max_single_k = 4096       # fused Sinkhorn step keeps a whole row in one tile
+    Kernels that recompute scores with tl.dot use block_m x block_k tiles stepping block_d
+    features at a time (block_d_backward in the cross-entropy backward, whose dx / dc outputs
+    are block_d_out wide), dot_warps warps and dot_stages
+    pipeline stages. Kernels that only read a materialised S use block_m_scores x
+    block_k_scores tiles; the fused Sinkhorn step keeps whole rows (up to max_single_k columns)
+    in a tile of at most single_tile_elems elements. Split-M reductions use up to
+    max_programs partial rows (None: 4 per SM).
+    """
+
+    def __init__(self, interpret=INTERPRET):
+        if interpret:  # few, large program instances: each one is slow Python
+            self.block_m, self.block_k, self.block_d, self.block_d_out = 64, 64, 64, 64
+            self.block_d_backward = 64
+            self.block_m_scores, self.block_k_scores = 64, 64
+            self.max_single_k, self.single_tile_elems = 4096, 64 * 4096
+            self.max_programs = 4
         else:
-            self.block_m, self.block_k, self.block_d = 64, 64, 64
-            self.block_k_scores = 256
-            self.block_d_out = 128
-            self.max_programs = None       # 4 waves of the device's SM count
-            self.max_single_k = 4096
-        self.num_warps = 4
+            # Untuned H100 defaults (no GPU was available to time them), chosen so that every
+            # kernel compiles for sm_90 without register spills (see compile_check.py):
+            # 64x64 score tiles with 32-wide feature steps; ~16 fp32 values per thread in
+            # the kernels that stream S.
+            self.block_m, self.block_k, self.block_d, self.block_d_out = 64, 64, 32, 64
+            self.block_d_backward = 16  # the backward holds more tiles live: narrower feature steps
+            self.block_m_scores, self.block_k_scores = 16, 256
+            self.max_single_k, self.single_tile_elems = 4096, 8192
+            self.max_programs = None
+        self.dot_warps, self.dot_stages = 8, 2
 
 
 CONFIG = BlockConfig()
@@ -46,8 +59,7 @@ CONFIG = BlockConfig()
 
 @contextlib.contextmanager
 def override_blocks(**kwargs):
-    """Temporarily set BlockConfig fields (block_m, block_k, block_d, block_d_out, block_k_scores,
-    max_programs, max_single_k)."""
+    """Temporarily set BlockConfig fields, e.g. override_blocks(block_m=16, max_programs=3)."""
     old = {k: getattr(CONFIG, k) for k in kwargs}
     for k, v in kwargs.items():
         if not hasattr(CONFIG, k):
@@ -91,6 +103,17 @@ def split_rows(m, block_m, programs):
 
 # Under the interpreter tl.dot is wrong on bf16 inputs (SPEC §6): operands are cast to fp32 first.
 UPCAST_DOT = INTERPRET
+
+
+def dot_launch_options():
+    """UPCAST / PREC constexprs and launch options of every kernel that calls tl.dot."""
+    return {"UPCAST": UPCAST_DOT, "PREC": DOT_PRECISION, "num_warps": CONFIG.dot_warps,
+            "num_stages": CONFIG.dot_stages}
+
+
+def stream_warps(tile_elems):
+    """Warps for a kernel that streams a tile of S: about 16 fp32 values per thread."""
+    return max(4, min(16, tile_elems // 512))
 
 
 def as_f32_vector(t):

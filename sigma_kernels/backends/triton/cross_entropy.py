@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, DOT_PRECISION, UPCAST_DOT, finite_or_zero, fold_rows, load_scores, pow2_block,
+from ._common import (CONFIG, dot_launch_options, finite_or_zero, fold_rows, load_scores, pow2_block,
                       split_rows, target_programs)
-from .sinkhorn import _check_matrix, _f32, _warps, row_reduce
+from .sinkhorn import _check_matrix, _f32, row_reduce
 
 HARD, SOFT, SINKHORN, SINKHORN_HARD = 0, 1, 2, 3
 
@@ -210,9 +210,9 @@ def ce_backward_dc_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, g_ptr, tsum_ptr,
 
 # --- launchers -------------------------------------------------------------------------------
 
-def _blocks(m, k, d, dy=1):
+def _blocks(m, k, d, dy, backward=False):
     return (pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k),
-            pow2_block(max(d, dy), CONFIG.block_d))
+            pow2_block(max(d, dy), CONFIG.block_d_backward if backward else CONFIG.block_d))
 
 
 def _check_factors(x, c):
@@ -258,8 +258,7 @@ def _forward(x, c, kind, target, sinkhorn, scale, inv_eps):
         x, x.stride(0), x.stride(1), c, c.stride(0), c.stride(1),
         *_target_args(kind, target, sinkhorn, dummy_f32, dummy_i64),
         loss, lse, m, k, d, dy, float(scale), float(inv_eps),
-        TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d,
-        UPCAST=UPCAST_DOT, PREC=DOT_PRECISION, num_warps=_warps(block_m * block_k))
+        TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **dot_launch_options())
     return loss, lse
 
 
@@ -275,11 +274,11 @@ def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_e
     dummy_i64 = target if kind == HARD else torch.empty(1, dtype=torch.int64, device=dev)
     nlse_t = nlse_t if nlse_t is not None else g
     targs = _target_args(kind, target, sinkhorn, dummy_f32, dummy_i64)
-    block_m, block_k, block_d = _blocks(m, k, d, dy)
+    block_m, block_k, block_d = _blocks(m, k, d, dy, backward=True)
     block_do = pow2_block(d, CONFIG.block_d_out)
     d_chunks = triton.cdiv(d, block_do)
     common = dict(TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_DO=block_do,
-                  UPCAST=UPCAST_DOT, PREC=DOT_PRECISION, num_warps=_warps(block_m * max(block_k, block_do)))
+                  **dot_launch_options())
     x_args = (x, x.stride(0), x.stride(1), c, c.stride(0), c.stride(1), g, tsum, lse, *targs, nlse_t)
 
     dx = torch.empty((m, d), dtype=x.dtype, device=dev)

@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, DOT_PRECISION, UPCAST_DOT, finite_or_zero, fold_columns, fold_rows,
-                      load_scores, pow2_block, split_rows, target_programs)
+from ._common import (CONFIG, dot_launch_options, finite_or_zero, fold_columns, fold_rows,
+                      load_scores, pow2_block, split_rows, stream_warps, target_programs)
 
 
 # --- kernels -------------------------------------------------------------------------------
@@ -187,15 +187,11 @@ def _f32(t):
     return t.to(torch.float32).contiguous()
 
 
-def _warps(tile_elems):
-    return 8 if tile_elems >= 8192 else 4
-
-
 def combine_partials(pmax, psum):
     """(G, K) partial (max, Σexp) -> (K,) column LSE."""
     g, k = pmax.shape
     out = torch.empty(k, dtype=torch.float32, device=pmax.device)
-    block_k = pow2_block(k, 128)
+    block_k = pow2_block(k, 64)  # many small programs: the (G, K) partials are read once
     block_g = pow2_block(g, 64, floor=1)
     combine_partials_kernel[(triton.cdiv(k, block_k),)](pmax, psum, out, g, k, BLOCK_G=block_g, BLOCK_K=block_k)
     return out
@@ -209,15 +205,10 @@ def row_reduce(operands, v, inv_eps, log_m, assign):
     factored = len(operands) == 2
     s_args, x_args, c_args, m, k, d = _operand_args(operands)
     out = torch.empty(m, dtype=torch.int64 if assign else torch.float32, device=operands[0].device)
-    if factored:
-        block_m, block_k = pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k)
-    else:
-        block_m, block_k = pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k_scores)
-    block_d = pow2_block(d, CONFIG.block_d)
+    block_m, block_k, block_d, options = _tiles(factored, m, k, d)
     row_reduce_kernel[(triton.cdiv(m, block_m),)](
         *s_args, *x_args, *c_args, _f32(v), out, m, k, d, float(inv_eps), float(log_m),
-        ASSIGN=assign, FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d,
-        UPCAST=UPCAST_DOT, PREC=DOT_PRECISION, num_warps=_warps(block_m * block_k))
+        ASSIGN=assign, FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
     return out
 
 
@@ -225,18 +216,26 @@ def col_lse(operands, u, inv_eps):
     """LSE_i(S_ik·inv_eps + u_i) -> (K,) fp32, split over M then combined."""
     factored = len(operands) == 2
     s_args, x_args, c_args, m, k, d = _operand_args(operands)
-    block_m = pow2_block(m, CONFIG.block_m)
-    block_k = pow2_block(k, CONFIG.block_k if factored else CONFIG.block_k_scores)
-    block_d = pow2_block(d, CONFIG.block_d)
+    block_m, block_k, block_d, options = _tiles(factored, m, k, d)
     col_tiles = triton.cdiv(k, block_k)
     per, g = split_rows(m, block_m, triton.cdiv(target_programs(operands[0].device), col_tiles))
     pmax = torch.empty((g, k), dtype=torch.float32, device=operands[0].device)
     psum = torch.empty_like(pmax)
     col_partial_kernel[(g, col_tiles)](
         *s_args, *x_args, *c_args, _f32(u), pmax, psum, m, k, d, per, float(inv_eps),
-        FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d,
-        UPCAST=UPCAST_DOT, PREC=DOT_PRECISION, num_warps=_warps(block_m * block_k))
+        FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
     return combine_partials(pmax, psum)
+
+
+def _tiles(factored, m, k, d):
+    """(BLOCK_M, BLOCK_K, BLOCK_D, other constexprs and launch options) for the shared row / column kernels."""
+    if factored:
+        return (pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k), pow2_block(d, CONFIG.block_d),
+                dot_launch_options())
+    block_m, block_k = pow2_block(m, CONFIG.block_m_scores), pow2_block(k, CONFIG.block_k_scores)
+    options = {**dot_launch_options(), "num_warps": stream_warps(block_m * block_k)}  # UPCAST/PREC unused
+    options.pop("num_stages")
+    return block_m, block_k, 16, options
 
 
 def _operand_args(operands):
@@ -276,11 +275,13 @@ def sinkhorn_row_step(scores, v, inv_eps, log_m):
     u = torch.empty(m, dtype=torch.float32, device=dev)
     if triton.next_power_of_2(k) <= CONFIG.max_single_k:
         block_k = pow2_block(k, CONFIG.max_single_k, floor=1)
-        block_m = pow2_block(m, max(1, min(CONFIG.block_m, 16384 // block_k)), floor=1)
+        block_m = pow2_block(m, max(1, min(CONFIG.block_m_scores, CONFIG.single_tile_elems // block_k)), floor=1)
         per, g = split_rows(m, block_m, target_programs(dev))
         single = True
     else:
-        block_k, block_m = CONFIG.block_k_scores, pow2_block(m, CONFIG.block_m, floor=1)
+        # Taller row blocks than elsewhere keep the (row blocks, K) partial buffers small.
+        block_m = pow2_block(m, CONFIG.block_m, floor=1)
+        block_k = pow2_block(k, max(16, CONFIG.block_k_scores // 2))
         per, g = block_m, triton.cdiv(m, block_m)
         single = False
     pmax = torch.empty((g, k), dtype=torch.float32, device=dev)
@@ -288,7 +289,7 @@ def sinkhorn_row_step(scores, v, inv_eps, log_m):
     fused_row_step_kernel[(g,)](scores, scores.stride(0), scores.stride(1), _f32(v), u, pmax, psum,
                                 m, k, per, float(inv_eps), float(log_m),
                                 SINGLE_TILE=single, BLOCK_M=block_m, BLOCK_K=block_k,
-                                num_warps=_warps(block_m * block_k))
+                                num_warps=stream_warps(block_m * block_k))
     return u, combine_partials(pmax, psum)
 
 
@@ -302,8 +303,8 @@ def sinkhorn_plan(scores, u, v, inv_eps, log_m):
     _check_matrix("scores", scores)
     m, k = scores.shape
     q = torch.empty((m, k), dtype=torch.float32, device=scores.device)
-    block_m, block_k = pow2_block(m, CONFIG.block_m, floor=1), pow2_block(k, CONFIG.block_k_scores, floor=1)
+    block_m, block_k = pow2_block(m, CONFIG.block_m_scores, floor=1), pow2_block(k, CONFIG.block_k_scores, floor=1)
     plan_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))](
         scores, scores.stride(0), scores.stride(1), _f32(u), _f32(v), q, m, k, float(inv_eps), float(log_m),
-        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=_warps(block_m * block_k))
+        BLOCK_M=block_m, BLOCK_K=block_k, num_warps=stream_warps(block_m * block_k))
     return q
