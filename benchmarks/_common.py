@@ -37,7 +37,7 @@ CSV_COLUMNS = (
     "benchmark", "machine", "device", "device_type", "torch", "triton", "pot", "python", "commit", "date",
     "provider", "size", "M", "K", "D", "eps", "iters", "tau", "targets", "dtype", "output",
     "median_ms", "min_ms", "first_ms", "repeats", "peak_mem_mb", "mem_method", "max_err", "err_what",
-    "grad_err", "speedup", "mem_vs_research", "status",
+    "grad_err", "speedup", "speedup_vs_compile", "mem_vs_research", "status",
 )
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -359,19 +359,27 @@ def _fmt(v):
 
 
 def fill_ratios(rows, key_fields):
-    """speedup = research-eager median / median and mem_vs_research = peak / research peak,
-    matched on key_fields (same size, targets, ...)."""
+    """speedup = research-eager median / median, speedup_vs_compile = research-compile median /
+    median and mem_vs_research = peak / research-eager peak, matched on key_fields (same size,
+    targets, ...)."""
     def key(r):
         return tuple(r[f] for f in key_fields)
 
-    base = {key(r): r for r in rows if r["provider"] == "research-eager" and r["status"] == "ok"}
+    def baseline(provider):
+        return {key(r): r for r in rows if r["provider"] == provider and r["status"] == "ok"}
+
+    eager, compiled = baseline("research-eager"), baseline("research-compile")
     for r in rows:
-        b = base.get(key(r))
-        if r["status"] != "ok" or b is None:
+        if r["status"] != "ok":
             continue
-        r["speedup"] = _fmt(float(b["median_ms"]) / float(r["median_ms"]))
-        if r["peak_mem_mb"] and b["peak_mem_mb"] and float(b["peak_mem_mb"]) > 0:
-            r["mem_vs_research"] = _fmt(float(r["peak_mem_mb"]) / float(b["peak_mem_mb"]))
+        b = eager.get(key(r))
+        if b is not None:
+            r["speedup"] = _fmt(float(b["median_ms"]) / float(r["median_ms"]))
+            if r["peak_mem_mb"] and b["peak_mem_mb"] and float(b["peak_mem_mb"]) > 0:
+                r["mem_vs_research"] = _fmt(float(r["peak_mem_mb"]) / float(b["peak_mem_mb"]))
+        b = compiled.get(key(r))
+        if b is not None:
+            r["speedup_vs_compile"] = _fmt(float(b["median_ms"]) / float(r["median_ms"]))
 
 
 def display(field, value):
@@ -384,11 +392,11 @@ def display(field, value):
     except ValueError:
         return value
     if math.isnan(x) or field not in ("median_ms", "min_ms", "first_ms", "peak_mem_mb", "speedup",
-                                      "mem_vs_research", "max_err", "grad_err"):
+                                      "speedup_vs_compile", "mem_vs_research", "max_err", "grad_err"):
         return value
     if field in ("max_err", "grad_err"):
         return f"{x:.1e}"
-    if field in ("speedup", "mem_vs_research"):
+    if field in ("speedup", "speedup_vs_compile", "mem_vs_research"):
         return f"{x:.2f}" if x < 10 else f"{x:.1f}"
     return f"{x:.1f}" if abs(x) >= 10 else f"{x:.2f}"
 

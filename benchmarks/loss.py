@@ -264,7 +264,7 @@ def main(argv=None):
         del z_v, z_p, c, truth_cache
 
     columns = [("provider", "provider"), ("size", "size"), ("targets", "targets"), ("median ms", "median_ms"),
-               ("speed-up", "speedup"), ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"),
+               ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"), ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"),
                ("|dL|", "max_err"), ("max|dgrad|", "grad_err"), ("status", "status")]
     print("\n" + common.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")

@@ -25,9 +25,9 @@ def _read(path):
         return list(csv.DictReader(f))
 
 
-def _num(row, field, fmt_field=None):
+def _num(row, field):
     value = row.get(field, "")
-    return display(fmt_field or field, value) if value not in ("", None) else "–"
+    return display(field, value) if value not in ("", None) else "–"
 
 
 def _short(status):
@@ -52,14 +52,15 @@ def table_for(path):
         "",
     ]
     head = ["provider", "M×K×D", "ε", "iters"] + (["targets"] if is_loss else []) + [
-        "dtype", "median ms", "speed-up vs research-eager", "peak MiB", "mem vs research"]
+        "dtype", "median ms", "speed-up vs research-eager", "vs research-compile", "peak MiB", "mem vs research"]
     head += ["loss err vs float64", "max grad err"] if is_loss else ["max err Q vs float64"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in ok:
         cells = [f"`{r['provider']}`", f"{r['M']}×{r['K']}×{r['D']}", r["eps"], r["iters"]]
         if is_loss:
             cells.append(r["targets"])
-        cells += [r["dtype"], _num(r, "median_ms"), _num(r, "speedup"), _num(r, "peak_mem_mb"),
+        cells += [r["dtype"], _num(r, "median_ms"), _num(r, "speedup"), _num(r, "speedup_vs_compile"),
+                  _num(r, "peak_mem_mb"),
                   _num(r, "mem_vs_research")]
         cells += [_num(r, "max_err"), _num(r, "grad_err")] if is_loss else [_num(r, "max_err")]
         lines.append("| " + " | ".join(cells) + " |")
