@@ -418,3 +418,21 @@ def test_allocation_recorder_sees_m_by_k_arrays_of_the_reference():
     with _AllocationRecorder() as rec:
         mk_bytes = _streaming_loss("reference", "hard")
     assert rec.largest >= mk_bytes
+
+
+def test_primitives_reject_bad_input_with_named_errors():
+    s = torch.zeros(4, 3, device=DEV)
+    with pytest.raises(TypeError, match="scores"):
+        tri.sinkhorn_row_step(s.double(), torch.zeros(3, device=DEV), 1.0, 0.0)
+    with pytest.raises(ValueError, match="share D"):
+        tri.streaming_assign(torch.zeros(4, 5, device=DEV), torch.zeros(3, 6, device=DEV), torch.zeros(3, device=DEV), 1.0)
+    with pytest.raises(ValueError, match="soft target"):
+        tri.linear_cross_entropy_forward(torch.zeros(4, 5, device=DEV), torch.zeros(3, 5, device=DEV),
+                                         torch.zeros(4, 4, device=DEV), 1.0)
+    with pytest.raises(ValueError, match="cy"):
+        tri.sinkhorn_target_cross_entropy_forward(torch.zeros(4, 5, device=DEV), torch.zeros(3, 5, device=DEV),
+                                                  torch.zeros(4, 2, device=DEV), torch.zeros(3, 5, device=DEV),
+                                                  torch.zeros(3, device=DEV), 1.0, 1.0, True)
+    huge = torch.zeros(1, device=DEV).expand(2 ** 16, 2 ** 15)  # 2**31 elements without the memory
+    with pytest.raises(ValueError, match="2\\*\\*31"):
+        tri.sinkhorn_assign(huge, torch.zeros(2 ** 15, device=DEV), 1.0)

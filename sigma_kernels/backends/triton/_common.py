@@ -116,9 +116,50 @@ def stream_warps(tile_elems):
     return max(4, min(16, tile_elems // 512))
 
 
-def as_f32_vector(t):
-    """A contiguous fp32 view/copy of a potential or per-row vector."""
+def f32_vector(t):
+    """t as a contiguous fp32 vector (no copy when it already is one)."""
     return t.to(torch.float32).contiguous()
+
+
+_INT32_LIMIT = 2 ** 31
+
+
+def check_offsets(name, t):
+    """Kernels index with int32 element offsets: refuse tensors they cannot address."""
+    last = sum((n - 1) * abs(st) for n, st in zip(t.shape, t.stride()))
+    if last >= _INT32_LIMIT or t.numel() >= _INT32_LIMIT:
+        raise ValueError(f"{name} of shape {tuple(t.shape)} is too large for the triton backend "
+                         f"(element offsets must stay below 2**31); split it or use backend='reference'")
+
+
+def check_matrix(name, t):
+    """A 2-D fp32/fp16/bf16 tensor the kernels can address."""
+    if t.dim() != 2 or t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise TypeError(f"{name} must be a 2-D float16/bfloat16/float32 tensor for the triton backend, "
+                        f"got {t.dtype} of shape {tuple(t.shape)}")
+    check_offsets(name, t)
+
+
+def check_factors(x, c, x_name="x", c_name="c"):
+    """x (M, D) and c (K, D) with the same D."""
+    check_matrix(x_name, x)
+    check_matrix(c_name, c)
+    if x.shape[1] != c.shape[1]:
+        raise ValueError(f"{x_name} (M, D) and {c_name} (K, D) must share D, "
+                         f"got {tuple(x.shape)} and {tuple(c.shape)}")
+
+
+def on_tensor_device(fn):
+    """Run a launcher with the CUDA device of its first tensor argument current (Triton launches
+    on the current device)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        dev = next(a.device for a in args if isinstance(a, torch.Tensor))
+        if dev.type != "cuda":
+            return fn(*args, **kwargs)
+        with torch.cuda.device(dev):
+            return fn(*args, **kwargs)
+    return wrapper
 
 
 # --- jit helpers ---------------------------------------------------------------------------

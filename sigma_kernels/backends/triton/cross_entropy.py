@@ -18,9 +18,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, dot_launch_options, finite_or_zero, fold_rows, load_scores, pow2_block,
-                      split_rows, target_programs)
-from .sinkhorn import _check_matrix, _f32, row_reduce
+from ._common import (CONFIG, check_factors, check_offsets, dot_launch_options, f32_vector, finite_or_zero,
+                      fold_rows, load_scores, on_tensor_device, pow2_block, split_rows, target_programs)
+from .sinkhorn import row_reduce
 
 HARD, SOFT, SINKHORN, SINKHORN_HARD = 0, 1, 2, 3
 
@@ -215,13 +215,6 @@ def _blocks(m, k, d, dy, backward=False):
             pow2_block(max(d, dy), CONFIG.block_d_backward if backward else CONFIG.block_d))
 
 
-def _check_factors(x, c):
-    _check_matrix("x", x)
-    _check_matrix("c", c)
-    if x.shape[1] != c.shape[1]:
-        raise ValueError(f"x (M, D) and c (K, D) must share D, got {tuple(x.shape)} and {tuple(c.shape)}")
-
-
 def _target_args(kind, target, sinkhorn, dummy_f32, dummy_i64):
     """Kernel arguments for the target: (tidx, t, t_sm, t_sk, y, y_sm, y_sd, cy, cy_sk, cy_sd, v)."""
     tidx = target if kind == HARD else dummy_i64
@@ -239,6 +232,7 @@ def _classify(target, m, k):
     if target.is_floating_point():
         if target.shape != (m, k):
             raise ValueError(f"soft target must have shape ({m}, {k}), got {tuple(target.shape)}")
+        check_offsets("target", target)
         return SOFT
     if target.shape != (m,):
         raise ValueError(f"hard target must have shape ({m},), got {tuple(target.shape)}")
@@ -266,8 +260,8 @@ def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_e
     m, k, d = x.shape[0], c.shape[0], x.shape[1]
     dy = sinkhorn[0].shape[1] if sinkhorn is not None else 1
     dev = x.device
-    g = _f32(grad_rows)
-    lse = _f32(lse)
+    g = f32_vector(grad_rows)
+    lse = f32_vector(lse)
     # Σ_k t_ik for probability targets (fp32 accumulation, no (M, K) copy); 1 for the others.
     tsum = torch.sum(target, dim=1, dtype=torch.float32) if kind == SOFT else g
     dummy_f32 = g
@@ -288,6 +282,7 @@ def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_e
     k_tiles = triton.cdiv(k, block_k)
     per, splits = split_rows(m, block_m, triton.cdiv(target_programs(dev), k_tiles * d_chunks))
     dc_parts = torch.empty((splits, k, d), dtype=torch.float32, device=dev)
+    check_offsets("dc partials", dc_parts)
     ce_backward_dc_kernel[(k_tiles, d_chunks, splits)](
         *x_args, dc_parts, m, k, d, dy, per, float(scale), float(inv_eps), **common)
     dc = dc_parts[0] if splits == 1 else dc_parts.sum(0)
@@ -296,29 +291,32 @@ def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_e
 
 # --- primitives ------------------------------------------------------------------------------
 
+@on_tensor_device
 def linear_cross_entropy_forward(x, c, target, scale):
     """(loss (M,), lse (M,)) fp32 for logits scale·x·cᵀ; target int64 (M,) or probabilities (M, K)."""
-    _check_factors(x, c)
+    check_factors(x, c)
     kind = _classify(target, x.shape[0], c.shape[0])
     return _forward(x, c, kind, target, None, scale, 0.0)
 
 
+@on_tensor_device
 def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale):
     """(dx, dc) of Σ_i grad_rows_i·loss_i, in the dtypes of x and c."""
-    _check_factors(x, c)
+    check_factors(x, c)
     kind = _classify(target, x.shape[0], c.shape[0])
     return _backward(grad_rows, x, c, kind, target, None, None, lse, scale, 0.0)
 
 
 def _sinkhorn_operands(x, c, y, cy, v):
-    _check_factors(x, c)
-    _check_factors(y, cy)
+    check_factors(x, c)
+    check_factors(y, cy, "y", "cy")
     if y.shape[0] != x.shape[0] or cy.shape[0] != c.shape[0]:
         raise ValueError(f"y must have M={x.shape[0]} rows and cy K={c.shape[0]} rows, "
                          f"got {tuple(y.shape)} and {tuple(cy.shape)}")
-    return y, cy, _f32(v)
+    return y, cy, f32_vector(v)
 
 
+@on_tensor_device
 def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
     """CE of softmax(scale·x·cᵀ) against Sinkhorn targets of y·cyᵀ with potentials v (module docstring)."""
     sinkhorn = _sinkhorn_operands(x, c, y, cy, v)
@@ -326,6 +324,7 @@ def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
     return _forward(x, c, SINKHORN if soft else SINKHORN_HARD, dummy, sinkhorn, scale, inv_eps)
 
 
+@on_tensor_device
 def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft):
     sinkhorn = _sinkhorn_operands(x, c, y, cy, v)
     if not soft:

@@ -19,8 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, dot_launch_options, finite_or_zero, fold_columns, fold_rows,
-                      load_scores, pow2_block, split_rows, stream_warps, target_programs)
+from ._common import (CONFIG, check_factors, check_matrix, check_offsets, dot_launch_options, f32_vector,
+                      finite_or_zero, fold_columns, fold_rows, load_scores, on_tensor_device, pow2_block,
+                      split_rows, stream_warps, target_programs)
 
 
 # --- kernels -------------------------------------------------------------------------------
@@ -183,10 +184,6 @@ def plan_kernel(s_ptr, s_sm, s_sk, u_ptr, v_ptr, q_ptr, M, K, inv_eps, log_m,
 
 # --- launch helpers shared with streaming.py ------------------------------------------------
 
-def _f32(t):
-    return t.to(torch.float32).contiguous()
-
-
 def combine_partials(pmax, psum):
     """(G, K) partial (max, Σexp) -> (K,) column LSE."""
     g, k = pmax.shape
@@ -207,7 +204,7 @@ def row_reduce(operands, v, inv_eps, log_m, assign):
     out = torch.empty(m, dtype=torch.int64 if assign else torch.float32, device=operands[0].device)
     block_m, block_k, block_d, options = _tiles(factored, m, k, d)
     row_reduce_kernel[(triton.cdiv(m, block_m),)](
-        *s_args, *x_args, *c_args, _f32(v), out, m, k, d, float(inv_eps), float(log_m),
+        *s_args, *x_args, *c_args, f32_vector(v), out, m, k, d, float(inv_eps), float(log_m),
         ASSIGN=assign, FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
     return out
 
@@ -222,7 +219,7 @@ def col_lse(operands, u, inv_eps):
     pmax = torch.empty((g, k), dtype=torch.float32, device=operands[0].device)
     psum = torch.empty_like(pmax)
     col_partial_kernel[(g, col_tiles)](
-        *s_args, *x_args, *c_args, _f32(u), pmax, psum, m, k, d, per, float(inv_eps),
+        *s_args, *x_args, *c_args, f32_vector(u), pmax, psum, m, k, d, per, float(inv_eps),
         FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
     return combine_partials(pmax, psum)
 
@@ -242,34 +239,27 @@ def _operand_args(operands):
     """Pointer/stride triples for load_scores: (S args, x args, c args, M, K, D); unused ones repeat S or x."""
     if len(operands) == 1:
         (s,) = operands
-        _check_matrix("scores", s)
+        check_matrix("scores", s)
         s_args = (s, s.stride(0), s.stride(1))
         return s_args, s_args, s_args, s.shape[0], s.shape[1], 1
     x, c = operands
-    _check_matrix("x", x)
-    _check_matrix("c", c)
-    if x.shape[1] != c.shape[1]:
-        raise ValueError(f"x (M, D) and c (K, D) must share D, got {tuple(x.shape)} and {tuple(c.shape)}")
+    check_factors(x, c)
     x_args = (x, x.stride(0), x.stride(1))
     return x_args, x_args, (c, c.stride(0), c.stride(1)), x.shape[0], c.shape[0], x.shape[1]
 
 
-def _check_matrix(name, t):
-    if t.dim() != 2 or t.dtype not in (torch.float16, torch.bfloat16, torch.float32):
-        raise TypeError(f"{name} must be a 2-D float16/bfloat16/float32 tensor for the triton backend, "
-                        f"got {t.dtype} of shape {tuple(t.shape)}")
-
-
 # --- primitives ------------------------------------------------------------------------------
 
+@on_tensor_device
 def sinkhorn_col_lse(scores, u, inv_eps):
     """LSE_i(S_ik·inv_eps + u_i) -> (K,) fp32."""
     return col_lse((scores,), u, inv_eps)
 
 
+@on_tensor_device
 def sinkhorn_row_step(scores, v, inv_eps, log_m):
     """(u (M,), col (K,)) fp32 with one read of S (see the module docstring)."""
-    _check_matrix("scores", scores)
+    check_matrix("scores", scores)
     m, k = scores.shape
     dev = scores.device
     u = torch.empty(m, dtype=torch.float32, device=dev)
@@ -286,25 +276,27 @@ def sinkhorn_row_step(scores, v, inv_eps, log_m):
         single = False
     pmax = torch.empty((g, k), dtype=torch.float32, device=dev)
     psum = torch.empty_like(pmax)
-    fused_row_step_kernel[(g,)](scores, scores.stride(0), scores.stride(1), _f32(v), u, pmax, psum,
+    fused_row_step_kernel[(g,)](scores, scores.stride(0), scores.stride(1), f32_vector(v), u, pmax, psum,
                                 m, k, per, float(inv_eps), float(log_m),
                                 SINGLE_TILE=single, BLOCK_M=block_m, BLOCK_K=block_k,
                                 num_warps=stream_warps(block_m * block_k))
     return u, combine_partials(pmax, psum)
 
 
+@on_tensor_device
 def sinkhorn_assign(scores, v, inv_eps):
     """argmax_k(S_ik·inv_eps + v_k) -> int64 (M,), ties to the lowest index; Q is never written."""
     return row_reduce((scores,), v, inv_eps, 0.0, assign=True)
 
 
+@on_tensor_device
 def sinkhorn_plan(scores, u, v, inv_eps, log_m):
     """Q (M, K) fp32."""
-    _check_matrix("scores", scores)
+    check_matrix("scores", scores)
     m, k = scores.shape
     q = torch.empty((m, k), dtype=torch.float32, device=scores.device)
     block_m, block_k = pow2_block(m, CONFIG.block_m_scores, floor=1), pow2_block(k, CONFIG.block_k_scores, floor=1)
     plan_kernel[(triton.cdiv(m, block_m), triton.cdiv(k, block_k))](
-        scores, scores.stride(0), scores.stride(1), _f32(u), _f32(v), q, m, k, float(inv_eps), float(log_m),
+        scores, scores.stride(0), scores.stride(1), f32_vector(u), f32_vector(v), q, m, k, float(inv_eps), float(log_m),
         BLOCK_M=block_m, BLOCK_K=block_k, num_warps=stream_warps(block_m * block_k))
     return q
