@@ -55,6 +55,12 @@ class SinkhornSwapLoss(nn.Module):
             default group when torch.distributed is initialised with world size > 1.
         compute_stats: compute the diagnostics of `last_stats` at every forward.
 
+    `last_stats` (after each forward) maps names to 0-d tensors, no host sync: loss_v and loss_p
+    (the two terms), and per branch (_v: video model, _p: projection) entropy (mean nats of the
+    assignment rows Q_i·), usage_perplexity (exp entropy of the hard-label histogram),
+    unused_prototypes and marginal_error (Σ_k |Σ_i P_ik − 1/K| of the Sinkhorn plan). Under data
+    parallelism these describe the global batch, except loss_v/loss_p: this rank's (scaled) share.
+
     Data parallelism: every rank's loss is Σ_{its tokens} ℓ_i · W / M_global (W ranks, M_global
     tokens over all ranks), so that gradient averaging over ranks (DDP, FSDP) yields exactly the
     gradient of the single-process loss on the concatenated batch; the mean of the ranks' losses
@@ -183,7 +189,7 @@ class SinkhornSwapLoss(nn.Module):
             return m * self.num_prototypes >= self.STREAMING_MIN_ELEMENTS
         return self.streaming
 
-    def _solve(self, z, streaming, group):
+    def _solve(self, z, streaming, group, m_global):
         """Sinkhorn (no grad) of one branch: (SinkhornResult, scores (M, K) or None)."""
         c = self.prototypes.detach()
         kwargs = dict(tol=self.tol, check_every=self.check_every, backend=self.backend)
@@ -192,7 +198,7 @@ class SinkhornSwapLoss(nn.Module):
                 res = sinkhorn_streaming(z, c, self.epsilon, self.sinkhorn_iterations, **kwargs)
             else:
                 res = sinkhorn_streaming_distributed(z, c, self.epsilon, self.sinkhorn_iterations,
-                                                     process_group=group, **kwargs)
+                                                     process_group=group, global_rows=m_global, **kwargs)
             return res, None
         with torch.no_grad():
             scores = prototype_scores(z.detach(), c)
@@ -200,7 +206,7 @@ class SinkhornSwapLoss(nn.Module):
             res = sinkhorn_solve(scores, self.epsilon, self.sinkhorn_iterations, **kwargs)
         else:
             res = sinkhorn_solve_distributed(scores, self.epsilon, self.sinkhorn_iterations, process_group=group,
-                                             **kwargs)
+                                             global_rows=m_global, **kwargs)
         return res, scores
 
     def forward(self, pred, target_feats, mask=None, *, return_stats=False):
@@ -224,8 +230,8 @@ class SinkhornSwapLoss(nn.Module):
             m = zv.shape[0]
             m_global = global_count(m, zv.device, group) if group is not None else m
             streaming = self._use_streaming(m)
-            res_v, scores_v = self._solve(zv, streaming, group)
-            res_p, scores_p = self._solve(zp, streaming, group)
+            res_v, scores_v = self._solve(zv, streaming, group, m_global)
+            res_p, scores_p = self._solve(zp, streaming, group, m_global)
 
             c = self.prototypes
             reduction = "mean" if group is None else "sum"

@@ -82,9 +82,10 @@ def _check_common(epsilon, n_iters, tol, check_every):
 
 @torch.no_grad()
 def sinkhorn_solve_distributed(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto",
-                               process_group=None):
+                               process_group=None, global_rows=None):
     """`sinkhorn_solve` on the row-concatenation of every rank's `scores` (M_r, K).
 
+    global_rows: Σ_r M_r if the caller already knows it (saves an all-reduce and a host sync).
     Returns this rank's SinkhornResult: u (M_r,), the global v (K,) and the global column
     marginal error, all equal on every rank except u.
     """
@@ -95,7 +96,7 @@ def sinkhorn_solve_distributed(scores, epsilon=0.05, n_iters=3, *, tol=None, che
     name = resolve_backend(backend, scores.device, scores.dtype)
     b = get_backend(name)
     s = scores.detach()
-    m = global_count(s.shape[0], s.device, process_group)
+    m = global_rows if global_rows is not None else global_count(s.shape[0], s.device, process_group)
     return SinkhornResult(*run_sinkhorn(
         b.sinkhorn_col_lse, b.sinkhorn_row_step, (s,), m, s.shape[1], inv_eps, n_iters, tol=tol,
         check_every=check_every, reduce_col_lse=lambda c: all_reduce_logsumexp(c, process_group),
@@ -104,9 +105,10 @@ def sinkhorn_solve_distributed(scores, epsilon=0.05, n_iters=3, *, tol=None, che
 
 @torch.no_grad()
 def sinkhorn_streaming_distributed(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True, tol=None,
-                                   check_every=5, backend="auto", process_group=None):
+                                   check_every=5, backend="auto", process_group=None, global_rows=None):
     """`sinkhorn_streaming` (S = normalize(z)·prototypesᵀ, never stored by the fused backends) on
-    the concatenation of every rank's z (M_r, D). prototypes (K, D) must be equal on all ranks."""
+    the concatenation of every rank's z (M_r, D). prototypes (K, D) must be equal on all ranks;
+    global_rows as in `sinkhorn_solve_distributed`."""
     if not is_distributed(process_group):
         return sinkhorn_streaming(z, prototypes, epsilon, n_iters, normalize=normalize, tol=tol,
                                   check_every=check_every, backend=backend)
@@ -116,7 +118,7 @@ def sinkhorn_streaming_distributed(z, prototypes, epsilon=0.05, n_iters=3, *, no
     x = normalize_rows(z.detach()) if normalize else z.detach().to(dt)
     c = prototypes.detach().to(dt)
     b = get_backend(resolve_backend(backend, z.device, dt))
-    m = global_count(x.shape[0], x.device, process_group)
+    m = global_rows if global_rows is not None else global_count(x.shape[0], x.device, process_group)
     return SinkhornResult(*run_sinkhorn(
         b.streaming_col_lse, b.streaming_row_step, (x, c), m, c.shape[0], inv_eps, n_iters, tol=tol,
         check_every=check_every, reduce_col_lse=lambda col: all_reduce_logsumexp(col, process_group),

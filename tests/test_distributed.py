@@ -13,6 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sigma import SinkhornSwapLoss
+from sigma_kernels import SinkhornResult, sinkhorn_solve
+from sigma_kernels.distributed import sinkhorn_solve_distributed, sinkhorn_streaming_distributed
 
 WORLD = 2
 K, D, D_IN = 23, 12, 9
@@ -90,9 +92,23 @@ def _worker(rank, port, out_dir):
                 "grads": {n.removeprefix("module."): p.grad.clone() for n, p in ddp.named_parameters()},
                 "stats": {k: model.criterion.last_stats[k] for k in STAT_KEYS},
             }
+        # The sigma_kernels helpers on their own (they learn the global token count themselves).
+        z, c = solver_inputs()
+        rows = slice(0, SOLVER_ROWS[0]) if rank == 0 else slice(SOLVER_ROWS[0], sum(SOLVER_ROWS))
+        s = F.normalize(z[rows], dim=1) @ c.T
+        results["solve"] = tuple(sinkhorn_solve_distributed(s, 0.05, 6))
+        results["solve_streaming"] = tuple(sinkhorn_streaming_distributed(z[rows], c, 0.05, 6))
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
+
+
+SOLVER_ROWS = (37, 29)
+
+
+def solver_inputs():
+    g = torch.Generator().manual_seed(123)
+    return torch.randn(sum(SOLVER_ROWS), 7, generator=g), F.normalize(torch.randn(11, 7, generator=g), dim=1)
 
 
 def _free_port():
@@ -128,11 +144,24 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(distributed_resul
                 torch.testing.assert_close(got["stats"][key], want["stats"][key], **tol)
 
 
+@pytest.mark.distributed
+@pytest.mark.parametrize("key", ["solve", "solve_streaming"])
+def test_distributed_sinkhorn_equals_one_solve_on_all_rows(distributed_results, key):
+    z, c = solver_inputs()
+    want = sinkhorn_solve(F.normalize(z, dim=1) @ c.T, 0.05, 6)
+    starts = (0, SOLVER_ROWS[0], sum(SOLVER_ROWS))
+    for rank, results in enumerate(distributed_results):
+        got = SinkhornResult(*results[key])
+        torch.testing.assert_close(got.u, want.u[starts[rank]:starts[rank + 1]], rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.v, want.v, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got.marginal_error, want.marginal_error, rtol=0, atol=1e-6)
+    assert want.marginal_error > 1e-4  # 6 iterations: the error is far from 0, so the check has teeth
+
+
 def test_world_of_one_is_the_plain_loss():
     """Without torch.distributed initialised, the distributed helpers are the single-device ops."""
-    from sigma_kernels import sinkhorn_solve, sinkhorn_streaming
-    from sigma_kernels.distributed import (is_distributed, sinkhorn_solve_distributed,
-                                           sinkhorn_streaming_distributed, world_size)
+    from sigma_kernels import sinkhorn_streaming
+    from sigma_kernels.distributed import is_distributed, world_size
     assert world_size() == 1 and not is_distributed()
     z = torch.randn(19, 7)
     c = F.normalize(torch.randn(5, 7), dim=1)
