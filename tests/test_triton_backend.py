@@ -436,3 +436,19 @@ def test_primitives_reject_bad_input_with_named_errors():
     huge = torch.zeros(1, device=DEV).expand(2 ** 16, 2 ** 15)  # 2**31 elements without the memory
     with pytest.raises(ValueError, match="2\\*\\*31"):
         tri.sinkhorn_assign(huge, torch.zeros(2 ** 15, device=DEV), 1.0)
+
+
+def test_mixed_dtype_factors_are_promoted():
+    x, c = _unit(37, 19, seed=41, dtype=torch.float16), _unit(29, 19, seed=42)
+    v = torch.randn(29, generator=torch.Generator().manual_seed(43)).to(DEV)
+    for a, b in zip(tri.streaming_row_step(x, c, v, 20.0, 0.0), ref.streaming_row_step(x, c, v, 20.0, 0.0)):
+        _close(a, b)
+    target = _targets(37, 29, 44)["hard"]
+    g = torch.ones(37, device=DEV)
+    loss, lse = tri.linear_cross_entropy_forward(x, c, target, 10.0)
+    _close(loss, ref.linear_cross_entropy_forward(x, c, target, 10.0)[0])
+    dx, dc = tri.linear_cross_entropy_backward(g, x, c, target, lse, 10.0)
+    dx_r, dc_r = ref.linear_cross_entropy_backward(g, x, c, target, lse, 10.0)
+    assert dx.dtype == torch.float16 and dc.dtype == torch.float32
+    _close(dx, dx_r, atol=4e-3, rtol=2e-3)
+    _close(dc, dc_r, atol=5e-5)

@@ -14,11 +14,12 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
-NEG_INF = float("-inf")
-
-# Precision of tl.dot on fp32 score operands. "tf32x3" uses tensor cores with (close to) fp32
-# accuracy; plain "tf32" rounds S/ε by ~1e-3·(1/ε) (SPEC §3 warns this moves Q by percents).
-# fp16/bf16 operands are multiplied exactly with fp32 accumulation whatever this says.
+# Precision of tl.dot on fp32 score operands (the public API always passes fp32 factors).
+# "tf32x3" runs on tensor cores with close to fp32 accuracy, at three MMAs per tile; plain "tf32"
+# (one MMA) rounds every operand to 10 mantissa bits, an error that 1/ε = 20-33 then multiplies
+# in the logits (SPEC §3); "ieee" is exact fp32 without tensor cores. fp16/bf16 operands are
+# multiplied exactly with fp32 accumulation whatever this says. Untimed: which one pays off on
+# an H100 is for the GPU benchmarks to say.
 DOT_PRECISION = os.environ.get("SIGMA_TRITON_DOT_PRECISION", "tf32x3")
 
 
@@ -27,8 +28,7 @@ class BlockConfig:
 
     Kernels that recompute scores with tl.dot use block_m x block_k tiles stepping block_d
     features at a time (block_d_backward in the cross-entropy backward, whose dx / dc outputs
-    are block_d_out wide), dot_warps warps and dot_stages
-    pipeline stages. Kernels that only read a materialised S use block_m_scores x
+    are block_d_out wide), dot_warps warps and dot_stages pipeline stages. Kernels that only read a materialised S use block_m_scores x
     block_k_scores tiles; the fused Sinkhorn step keeps whole rows (up to max_single_k columns)
     in a tile of at most single_tile_elems elements. Split-M reductions use up to
     max_programs partial rows (None: 4 per SM).
@@ -147,6 +147,14 @@ def check_factors(x, c, x_name="x", c_name="c"):
     if x.shape[1] != c.shape[1]:
         raise ValueError(f"{x_name} (M, D) and {c_name} (K, D) must share D, "
                          f"got {tuple(x.shape)} and {tuple(c.shape)}")
+
+
+def matching_factors(x, c):
+    """x and c as tl.dot operands of one dtype: mixed dtypes are both promoted to fp32 (an
+    O((M + K)·D) copy)."""
+    if x.dtype == c.dtype:
+        return x, c
+    return x.to(torch.float32), c.to(torch.float32)
 
 
 def on_tensor_device(fn):

@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 
 from ._common import (CONFIG, check_factors, check_offsets, dot_launch_options, f32_vector, finite_or_zero,
-                      fold_rows, load_scores, on_tensor_device, pow2_block, split_rows, target_programs)
+                      fold_rows, load_scores, matching_factors, on_tensor_device, pow2_block, split_rows, target_programs)
 from .sinkhorn import row_reduce
 
 HARD, SOFT, SINKHORN, SINKHORN_HARD = 0, 1, 2, 3
@@ -246,6 +246,7 @@ def _forward(x, c, kind, target, sinkhorn, scale, inv_eps):
     loss = torch.empty(m, dtype=torch.float32, device=dev)
     lse = torch.empty(m, dtype=torch.float32, device=dev)
     block_m, block_k, block_d = _blocks(m, k, d, dy)
+    x, c = matching_factors(x, c)
     dummy_f32 = loss
     dummy_i64 = target if kind == HARD else torch.empty(1, dtype=torch.int64, device=dev)
     ce_forward_kernel[(triton.cdiv(m, block_m),)](
@@ -273,9 +274,10 @@ def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_e
     d_chunks = triton.cdiv(d, block_do)
     common = dict(TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_DO=block_do,
                   **dot_launch_options())
-    x_args = (x, x.stride(0), x.stride(1), c, c.stride(0), c.stride(1), g, tsum, lse, *targs, nlse_t)
-
     dx = torch.empty((m, d), dtype=x.dtype, device=dev)
+    x, c_op = matching_factors(x, c)
+    x_args = (x, x.stride(0), x.stride(1), c_op, c_op.stride(0), c_op.stride(1), g, tsum, lse, *targs, nlse_t)
+
     ce_backward_dx_kernel[(triton.cdiv(m, block_m), d_chunks)](
         *x_args, dx, m, k, d, dy, float(scale), float(inv_eps), **common)
 
@@ -313,7 +315,7 @@ def _sinkhorn_operands(x, c, y, cy, v):
     if y.shape[0] != x.shape[0] or cy.shape[0] != c.shape[0]:
         raise ValueError(f"y must have M={x.shape[0]} rows and cy K={c.shape[0]} rows, "
                          f"got {tuple(y.shape)} and {tuple(cy.shape)}")
-    return y, cy, f32_vector(v)
+    return (*matching_factors(y, cy), f32_vector(v))
 
 
 @on_tensor_device

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ._common import (CONFIG, check_factors, check_matrix, check_offsets, dot_launch_options, f32_vector,
-                      finite_or_zero, fold_columns, fold_rows, load_scores, on_tensor_device, pow2_block,
+                      finite_or_zero, fold_columns, fold_rows, load_scores, matching_factors, on_tensor_device, pow2_block,
                       split_rows, stream_warps, target_programs)
 
 
@@ -244,6 +244,7 @@ def _operand_args(operands):
         return s_args, s_args, s_args, s.shape[0], s.shape[1], 1
     x, c = operands
     check_factors(x, c)
+    x, c = matching_factors(x, c)
     x_args = (x, x.stride(0), x.stride(1))
     return x_args, x_args, (c, c.stride(0), c.stride(1)), x.shape[0], c.shape[0], x.shape[1]
 
