@@ -43,9 +43,13 @@ def _extensions():
         _say("no C++ compiler found; installing the pure-Python package")
         return [], {}
 
-    cxx_flags = ["-O3", "-std=c++17", "-fopenmp", "-DNDEBUG"]
+    cxx_flags = ["-O3", "-std=c++20", "-fopenmp", "-DNDEBUG"]
     if os.uname().machine in ("x86_64", "AMD64"):
-        cxx_flags += ["-mavx2", "-mfma", "-mf16c"]
+        # at::vec picks its AVX2 implementation only with CPU_CAPABILITY_AVX2 defined.
+        cxx_flags += ["-mavx2", "-mfma", "-mf16c", "-DCPU_CAPABILITY=AVX2", "-DCPU_CAPABILITY_AVX2"]
+    # Keep a*b+c as two roundings unless the source asks for fma, so the kernels round like
+    # the reference (argmax ties and hard targets depend on it).
+    cxx_flags.append("-ffp-contract=off")
     extra = {"cxx": cxx_flags}
     sources = list(cpp)
     ext_cls = cpp_extension.CppExtension
@@ -56,7 +60,7 @@ def _extensions():
     if want_cuda and cpp_extension.CUDA_HOME is not None:
         sources += cu
         ext_cls = cpp_extension.CUDAExtension
-        extra["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17"]
+        extra["nvcc"] = ["-O3", "--use_fast_math", "-std=c++20"]
         define_macros.append(("SIGMA_WITH_CUDA", "1"))
         _say(f"building the CPU and CUDA extension ({len(sources)} sources)")
     else:

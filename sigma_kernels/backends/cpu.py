@@ -1,4 +1,11 @@
-"""CPU backend: the compiled extension `sigma_kernels._C` (sources in csrc/)."""
+"""CPU backend: the compiled extension `sigma_kernels._C` (sources in csrc/).
+
+Every primitive of `sigma_kernels.backends` (see reference.py for the equations) maps to one
+op `torch.ops.sigma_kernels_ext.<name>`: multi-threaded over fixed chunks of 128 rows
+(at::parallel_for, torch.get_num_threads() threads), vectorised, fp32 accumulation, fp32 results
+(dx and dc in the dtypes of x and c). Sinkhorn results are bitwise independent of the thread
+count; the cross-entropy dc is summed over per-thread partials, so it may differ in the last bits.
+"""
 import torch
 
 DEVICE_TYPES = ("cpu",)
@@ -11,3 +18,59 @@ def unavailable_reason():
     except ImportError as exc:
         return f"the compiled extension is not built ({exc}); reinstall with `pip install --no-build-isolation -e .`"
     return None
+
+
+def _ops():
+    return torch.ops.sigma_kernels_ext
+
+
+# --- Sinkhorn on materialised scores ------------------------------------------------------
+
+def sinkhorn_col_lse(scores, u, inv_eps):
+    return _ops().sinkhorn_col_lse(scores, u, float(inv_eps))
+
+
+def sinkhorn_row_step(scores, v, inv_eps, log_m):
+    return tuple(_ops().sinkhorn_row_step(scores, v, float(inv_eps), float(log_m)))
+
+
+def sinkhorn_assign(scores, v, inv_eps):
+    return _ops().sinkhorn_assign(scores, v, float(inv_eps))
+
+
+def sinkhorn_plan(scores, u, v, inv_eps, log_m):
+    return _ops().sinkhorn_plan(scores, u, v, float(inv_eps), float(log_m))
+
+
+# --- Sinkhorn on factored scores S = x·cᵀ (row chunks recomputed with GEMMs) ---------------
+
+def streaming_col_lse(x, c, u, inv_eps):
+    return _ops().streaming_col_lse(x, c, u, float(inv_eps))
+
+
+def streaming_row_step(x, c, v, inv_eps, log_m):
+    return tuple(_ops().streaming_row_step(x, c, v, float(inv_eps), float(log_m)))
+
+
+def streaming_assign(x, c, v, inv_eps):
+    return _ops().streaming_assign(x, c, v, float(inv_eps))
+
+
+# --- Fused linear + cross-entropy ---------------------------------------------------------
+
+def linear_cross_entropy_forward(x, c, target, scale):
+    return tuple(_ops().linear_cross_entropy_forward(x, c, target, float(scale)))
+
+
+def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale):
+    return tuple(_ops().linear_cross_entropy_backward(grad_rows, x, c, target, lse, float(scale)))
+
+
+def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
+    return tuple(_ops().sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, float(inv_eps), float(scale),
+                                                              bool(soft)))
+
+
+def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft):
+    return tuple(_ops().sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, float(inv_eps),
+                                                               float(scale), bool(soft)))

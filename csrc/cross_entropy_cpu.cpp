@@ -1,0 +1,289 @@
+// Fused linear + cross-entropy on the CPU: logits = scale·x·cᵀ are formed one row chunk
+// (kRowChunk × K, fp32) at a time per thread and never stored whole. The forward keeps only the
+// row LSE; the backward recomputes the chunk, turns it into dlogits in place and feeds two GEMMs:
+// dx rows directly, dc into a per-thread fp32 accumulator summed at the end.
+// Targets: int64 indices (M,), probabilities (M, K) (need not sum to 1), or computed on the fly
+// from another factored score matrix as softmax_k(y·cyᵀ·inv_eps + v) (soft) or its argmax (hard).
+#include "sigma_common.h"
+
+#include <ATen/Dispatch.h>
+
+#include <algorithm>
+#include <tuple>
+
+namespace sigma_cpu {
+namespace {
+
+enum class TargetKind { kIndex, kProbs, kSinkhornSoft, kSinkhornHard };
+
+// Where the targets of a chunk come from, and the scratch they may need.
+struct Targets {
+  TargetKind kind;
+  const int64_t* index = nullptr;  // kIndex
+  at::Tensor probs;                // kProbs: (M, K) contiguous, any floating dtype
+  at::Tensor y, cy;                // kSinkhorn*: fp32 contiguous (M, Dy), (K, Dy)
+  const float* v = nullptr;
+  float inv_eps = 0.f;
+
+  bool is_hard() const { return kind == TargetKind::kIndex || kind == TargetKind::kSinkhornHard; }
+  bool needs_tile() const {
+    return kind == TargetKind::kSinkhornSoft || kind == TargetKind::kSinkhornHard ||
+           (kind == TargetKind::kProbs && probs.scalar_type() != at::kFloat);
+  }
+
+  // Fills either idx (n) or returns fp32 probability rows (n × k) for rows [r0, r0+n).
+  const float* chunk(int64_t r0, int64_t n, int64_t k, float* tile, int64_t* idx) const {
+    switch (kind) {
+      case TargetKind::kIndex:
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t t = index[r0 + i];
+          TORCH_CHECK(t >= 0 && t < k, "target indices must be in [0, ", k, "), got ", t, " at row ", r0 + i);
+          idx[i] = t;
+        }
+        return nullptr;
+      case TargetKind::kProbs: {
+        if (probs.scalar_type() == at::kFloat) return probs.data_ptr<float>() + r0 * k;
+        AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, probs.scalar_type(), "sigma_ce_probs", [&] {
+          rows_to_float(probs.data_ptr<scalar_t>() + r0 * k, tile, n * k);
+        });
+        return tile;
+      }
+      default: {
+        at::Tensor out = at::from_blob(tile, {n, k}, y.options());
+        at::mm_out(out, y.narrow(0, r0, n), cy.t());
+        for (int64_t i = 0; i < n; ++i) {
+          float* row = tile + i * k;
+          const float mx = scale_add_max(row, inv_eps, v, row, k);
+          if (kind == TargetKind::kSinkhornHard) {
+            int64_t q = 0;
+            while (q < k - 1 && row[q] < mx) ++q;  // ties -> lowest index
+            idx[i] = q;
+          } else {
+            const float sum = exp_shift_sum_inplace(row, lse_shift(mx), k);
+            const Vec rs(1.f / sum);
+            int64_t q = 0;
+            for (; q + Vec::size() <= k; q += Vec::size()) (Vec::loadu(row + q) * rs).store(row + q);
+            for (; q < k; ++q) row[q] *= 1.f / sum;
+          }
+        }
+        return kind == TargetKind::kSinkhornHard ? nullptr : tile;
+      }
+    }
+  }
+};
+
+struct Operands {
+  at::Tensor x, c;  // fp32 contiguous (M, D), (K, D)
+  int64_t m, k;
+};
+
+Operands checked_operands(const at::Tensor& x, const at::Tensor& c) {
+  check_matrix(x, "x");
+  check_matrix(c, "c");
+  TORCH_CHECK(x.size(1) == c.size(1), "x (M, D) and c (K, D) must have the same D, got ", x.sizes(), " and ",
+              c.sizes());
+  TORCH_CHECK(c.size(0) > 0, "c must have at least one row (K > 0)");
+  // detached: worker threads do not inherit the caller's no-grad mode
+  return Operands{x.detach().to(at::kFloat).contiguous(), c.detach().to(at::kFloat).contiguous(), x.size(0), c.size(0)};
+}
+
+Targets given_targets(const at::Tensor& target, int64_t m, int64_t k) {
+  TORCH_CHECK(target.device().is_cpu(), "target must be a CPU tensor, got ", target.device());
+  Targets t;
+  if (!target.is_floating_point()) {
+    TORCH_CHECK(target.scalar_type() == at::kLong, "hard targets must be int64 class indices, got ",
+                target.scalar_type());
+    TORCH_CHECK(target.dim() == 1 && target.size(0) == m, "hard target must have shape (", m, ",), got ",
+                target.sizes());
+    t.kind = TargetKind::kIndex;
+    t.probs = target.contiguous();  // keeps the storage alive
+    t.index = t.probs.data_ptr<int64_t>();
+  } else {
+    TORCH_CHECK(target.dim() == 2 && target.size(0) == m && target.size(1) == k, "soft target must have shape (",
+                m, ", ", k, "), got ", target.sizes());
+    t.kind = TargetKind::kProbs;
+    t.probs = target.contiguous();
+  }
+  return t;
+}
+
+Targets sinkhorn_targets(const at::Tensor& y, const at::Tensor& cy, const at::Tensor& v_float, double inv_eps,
+                         bool soft, int64_t m, int64_t k) {
+  check_matrix(y, "y");
+  check_matrix(cy, "cy");
+  TORCH_CHECK(y.size(0) == m, "y must have M=", m, " rows, got ", y.sizes());
+  TORCH_CHECK(cy.size(0) == k, "cy must have K=", k, " rows, got ", cy.sizes());
+  TORCH_CHECK(y.size(1) == cy.size(1), "y and cy must have the same D, got ", y.sizes(), " and ", cy.sizes());
+  Targets t;
+  t.kind = soft ? TargetKind::kSinkhornSoft : TargetKind::kSinkhornHard;
+  t.y = y.detach().to(at::kFloat).contiguous();
+  t.cy = cy.detach().to(at::kFloat).contiguous();
+  t.v = v_float.data_ptr<float>();
+  t.inv_eps = (float)inv_eps;
+  return t;
+}
+
+// logits tile of rows [r0, r0+n): scale·(x·cᵀ), product rounded first as in the reference.
+inline float* logits_chunk(const Operands& op, int64_t r0, int64_t n, float scale, float* tile) {
+  at::Tensor out = at::from_blob(tile, {n, op.k}, op.x.options());
+  at::mm_out(out, op.x.narrow(0, r0, n), op.c.t());
+  at::vec::map([scale](Vec a) { return a * Vec(scale); }, tile, tile, n * op.k);
+  return tile;
+}
+
+inline float row_dot(const float* a, const float* b, int64_t n, float* sum_a) {
+  const int64_t W = Vec::size();
+  Vec d(0.f), s(0.f);
+  int64_t q = 0;
+  for (; q + W <= n; q += W) {
+    Vec va = Vec::loadu(a + q);
+    d = at::vec::fmadd(va, Vec::loadu(b + q), d);
+    s = s + va;
+  }
+  float dd = hsum(d), ss = hsum(s);
+  for (; q < n; ++q) {
+    dd = std::fma(a[q], b[q], dd);
+    ss += a[q];
+  }
+  *sum_a = ss;
+  return dd;
+}
+
+std::tuple<at::Tensor, at::Tensor> forward_impl(const Operands& op, const Targets& tg, float scale) {
+  const int64_t m = op.m, k = op.k;
+  at::Tensor loss = at::empty({m}, at::kFloat), lse = at::empty({m}, at::kFloat);
+  float* pl = loss.data_ptr<float>();
+  float* pe = lse.data_ptr<float>();
+  const int64_t nt = at::get_num_threads(), per = kRowChunk * k;
+  at::Tensor ltiles = at::empty({nt * per}, at::kFloat);
+  at::Tensor ttiles = at::empty({tg.needs_tile() ? nt * per : 0}, at::kFloat);
+  at::Tensor idxbuf = at::empty({nt * kRowChunk}, at::kLong);
+  at::parallel_for(0, num_chunks(m), 1, [&](int64_t b, int64_t e) {
+    const int64_t tid = at::get_thread_num();
+    float* lt = ltiles.data_ptr<float>() + tid * per;
+    float* tt = tg.needs_tile() ? ttiles.data_ptr<float>() + tid * per : nullptr;
+    int64_t* idx = idxbuf.data_ptr<int64_t>() + tid * kRowChunk;
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
+      const float* probs = tg.chunk(r0, n, k, tt, idx);
+      const float* logits = logits_chunk(op, r0, n, scale, lt);
+      for (int64_t i = 0; i < n; ++i) {
+        const float* row = logits + i * k;
+        float mx = -std::numeric_limits<float>::infinity();
+        {
+          Vec vm(mx);
+          int64_t q = 0;
+          for (; q + Vec::size() <= k; q += Vec::size()) vm = fast_max(vm, Vec::loadu(row + q));
+          mx = hmax(vm);
+          for (; q < k; ++q) mx = std::fmax(mx, row[q]);
+        }
+        const float sh = lse_shift(mx);
+        const float l = sh + std::log(exp_shift_sum(row, sh, k));
+        pe[r0 + i] = l;
+        if (tg.is_hard()) {
+          pl[r0 + i] = l - row[idx[i]];
+        } else {
+          float tsum;
+          const float dot = row_dot(probs + i * k, row, k, &tsum);
+          pl[r0 + i] = tsum * l - dot;
+        }
+      }
+    }
+  });
+  return {loss, lse};
+}
+
+std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const Operands& op, const Targets& tg,
+                                                 const at::Tensor& lse_in, float scale, at::ScalarType x_dtype,
+                                                 at::ScalarType c_dtype) {
+  const int64_t m = op.m, k = op.k, d = op.x.size(1);
+  at::Tensor gf = as_float_vector(grad, m, "grad");
+  at::Tensor lf = as_float_vector(lse_in, m, "lse");
+  const float* pg = gf.data_ptr<float>();
+  const float* plse = lf.data_ptr<float>();
+  at::Tensor dx = at::empty({m, d}, at::kFloat);
+  const int64_t nt = at::get_num_threads(), per = kRowChunk * k;
+  at::Tensor dc_parts = at::zeros({nt, k, d}, at::kFloat);
+  at::Tensor ltiles = at::empty({nt * per}, at::kFloat);
+  at::Tensor ttiles = at::empty({tg.needs_tile() ? nt * per : 0}, at::kFloat);
+  at::Tensor idxbuf = at::empty({nt * kRowChunk}, at::kLong);
+  at::parallel_for(0, num_chunks(m), 1, [&](int64_t b, int64_t e) {
+    const int64_t tid = at::get_thread_num();
+    float* lt = ltiles.data_ptr<float>() + tid * per;
+    float* tt = tg.needs_tile() ? ttiles.data_ptr<float>() + tid * per : nullptr;
+    int64_t* idx = idxbuf.data_ptr<int64_t>() + tid * kRowChunk;
+    at::Tensor dc_t = dc_parts[tid];
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
+      const float* probs = tg.chunk(r0, n, k, tt, idx);
+      float* g = logits_chunk(op, r0, n, scale, lt);
+      for (int64_t i = 0; i < n; ++i) {
+        float* row = g + i * k;
+        const float gi = pg[r0 + i];
+        const float l = plse[r0 + i];
+        if (tg.is_hard()) {
+          const float p_t = std::exp(row[idx[i]] - l);
+          // dlogit = (softmax - onehot)·grad·scale
+          at::vec::map([l, gi, scale](Vec a) { return (fast_exp(a - Vec(l)) * Vec(gi)) * Vec(scale); }, row, row, k);
+          row[idx[i]] = ((p_t - 1.f) * gi) * scale;
+        } else {
+          const float* t = probs + i * k;
+          float tsum = 0.f;
+          {
+            Vec s(0.f);
+            int64_t q = 0;
+            for (; q + Vec::size() <= k; q += Vec::size()) s = s + Vec::loadu(t + q);
+            tsum = hsum(s);
+            for (; q < k; ++q) tsum += t[q];
+          }
+          // dlogit = (softmax·Σt - t)·grad·scale
+          at::vec::map2([l, gi, scale, tsum](Vec a, Vec tv) {
+            return ((fast_exp(a - Vec(l)) * Vec(tsum) - tv) * Vec(gi)) * Vec(scale);
+          }, row, row, t, k);
+        }
+      }
+      at::Tensor gt = at::from_blob(g, {n, k}, op.x.options());
+      at::Tensor dx_rows = dx.narrow(0, r0, n);
+      at::mm_out(dx_rows, gt, op.c);
+      dc_t.addmm_(gt.t(), op.x.narrow(0, r0, n));
+    }
+  });
+  at::Tensor dc = dc_parts.sum(0);
+  return {dx.to(x_dtype), dc.to(c_dtype)};
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_forward(const at::Tensor& x, const at::Tensor& c,
+                                                                const at::Tensor& target, double scale) {
+  Operands op = checked_operands(x, c);
+  return forward_impl(op, given_targets(target, op.m, op.k), (float)scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_backward(const at::Tensor& grad, const at::Tensor& x,
+                                                                 const at::Tensor& c, const at::Tensor& target,
+                                                                 const at::Tensor& lse, double scale) {
+  Operands op = checked_operands(x, c);
+  return backward_impl(grad, op, given_targets(target, op.m, op.k), lse, (float)scale, x.scalar_type(),
+                       c.scalar_type());
+}
+
+std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_forward(const at::Tensor& x, const at::Tensor& c,
+                                                                         const at::Tensor& y, const at::Tensor& cy,
+                                                                         const at::Tensor& v, double inv_eps,
+                                                                         double scale, bool soft) {
+  Operands op = checked_operands(x, c);
+  at::Tensor vf = as_float_vector(v, op.k, "v");
+  return forward_impl(op, sinkhorn_targets(y, cy, vf, inv_eps, soft, op.m, op.k), (float)scale);
+}
+
+std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_backward(
+    const at::Tensor& grad, const at::Tensor& x, const at::Tensor& c, const at::Tensor& y, const at::Tensor& cy,
+    const at::Tensor& v, const at::Tensor& lse, double inv_eps, double scale, bool soft) {
+  Operands op = checked_operands(x, c);
+  at::Tensor vf = as_float_vector(v, op.k, "v");
+  return backward_impl(grad, op, sinkhorn_targets(y, cy, vf, inv_eps, soft, op.m, op.k), lse, (float)scale,
+                       x.scalar_type(), c.scalar_type());
+}
+
+}  // namespace sigma_cpu

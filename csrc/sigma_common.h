@@ -1,0 +1,161 @@
+// Shared helpers of the CPU kernels: vectorised row primitives on float rows, the fixed
+// row chunking that makes results independent of the thread count, and input checks.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+namespace sigma_cpu {
+
+using Vec = at::vec::Vectorized<float>;
+
+// Rows per chunk. Chunks, not threads, own the partial column reductions and are merged in
+// chunk order, so every result is bitwise the same for any number of threads. 128 rows of
+// K = 3000 fp32 scores (1.5 MB) stay in a core's L2 while a chunk is processed twice.
+constexpr int64_t kRowChunk = 128;
+
+inline int64_t num_chunks(int64_t m) { return (m + kRowChunk - 1) / kRowChunk; }
+
+// torch.logsumexp shifts by the max unless it is infinite (then by 0); we do the same.
+inline float lse_shift(float m) { return std::isinf(m) ? 0.f : m; }
+
+inline float hmax(const Vec& v) {
+  return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return at::vec::maximum(a, b); }, v);
+}
+
+inline float hsum(const Vec& v) {
+  return at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return a + b; }, v);
+}
+
+// exp for arguments <= 88 (we only need x - max <= 0 and softmax-like uses): Cody-Waite
+// reduction by ln 2 and a degree-6 polynomial, about 1 ulp, inlined (Sleef's exp is a call and
+// was the bottleneck). Results below FLT_MIN (x < -87.33) are flushed to 0; NaN propagates.
+inline Vec fast_exp(const Vec& xv) {
+#if defined(CPU_CAPABILITY_AVX2)
+  const __m256 x0 = xv;
+  __m256 x = _mm256_min_ps(_mm256_set1_ps(88.0f), x0);
+  const __m256 tiny = _mm256_cmp_ps(x, _mm256_set1_ps(-87.33654475f), _CMP_LT_OQ);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+  p = _mm256_add_ps(p, _mm256_set1_ps(1.0f));
+  // n in [-126, 127] here, so 2^n is a normal float built from its exponent bits
+  const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  __m256 res = _mm256_mul_ps(p, _mm256_castsi256_ps(e));
+  res = _mm256_andnot_ps(tiny, res);
+  return Vec(_mm256_blendv_ps(res, x0, _mm256_cmp_ps(x0, x0, _CMP_UNORD_Q)));
+#else
+  return xv.exp();
+#endif
+}
+
+// max without at::vec's NaN bookkeeping (inputs are NaN-free scores)
+inline Vec fast_max(const Vec& a, const Vec& b) {
+#if defined(CPU_CAPABILITY_AVX2)
+  return Vec(_mm256_max_ps(a, b));
+#else
+  return at::vec::maximum(a, b);
+#endif
+}
+
+// out_k = s_k*a + add_k (two roundings, as the reference's `S*inv_eps + v`); returns max_k out_k.
+inline float scale_add_max(const float* s, float a, const float* add, float* out, int64_t n) {
+  const int64_t W = Vec::size();
+  Vec va(a), vmax(-std::numeric_limits<float>::infinity());
+  int64_t k = 0;
+  for (; k + W <= n; k += W) {
+    Vec t = Vec::loadu(s + k) * va + Vec::loadu(add + k);
+    t.store(out + k);
+    vmax = fast_max(vmax, t);
+  }
+  float m = hmax(vmax);
+  for (; k < n; ++k) {
+    float t = s[k] * a + add[k];
+    out[k] = t;
+    m = std::fmax(m, t);  // NaN-free inputs assumed, like the fused reference path
+  }
+  return m;
+}
+
+// buf_k <- exp(buf_k - shift) in place; returns the sum.
+inline float exp_shift_sum_inplace(float* buf, float shift, int64_t n) {
+  const int64_t W = Vec::size();
+  Vec vs(shift), acc(0.f);
+  int64_t k = 0;
+  for (; k + W <= n; k += W) {
+    Vec e = fast_exp(Vec::loadu(buf + k) - vs);
+    e.store(buf + k);
+    acc = acc + e;
+  }
+  float tail_sum = 0.f;
+  if (k < n) {
+    // same vector exp on the tail; lanes past n are not stored or summed
+    float tail[Vec::size()];
+    fast_exp(Vec::loadu(buf + k, n - k) - vs).store(tail);
+    for (int64_t j = 0; j < n - k; ++j) {
+      buf[k + j] = tail[j];
+      tail_sum += tail[j];
+    }
+  }
+  return hsum(acc) + tail_sum;
+}
+
+// sum_k exp(in_k - shift), nothing stored.
+inline float exp_shift_sum(const float* in, float shift, int64_t n) {
+  const int64_t W = Vec::size();
+  Vec vs(shift), acc(0.f);
+  int64_t k = 0;
+  for (; k + W <= n; k += W) acc = acc + fast_exp(Vec::loadu(in + k) - vs);
+  float tail_sum = 0.f;
+  if (k < n) {
+    float tail[Vec::size()];
+    fast_exp(Vec::loadu(in + k, n - k) - vs).store(tail);
+    for (int64_t j = 0; j < n - k; ++j) tail_sum += tail[j];
+  }
+  return hsum(acc) + tail_sum;
+}
+
+// Fill dst (rows × n, contiguous) with float copies of src rows (any floating dtype).
+template <typename T>
+inline void rows_to_float(const T* src, float* dst, int64_t count) {
+  at::vec::convert(src, dst, count);
+}
+
+inline void check_cpu_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kHalf || t.scalar_type() == at::kBFloat16,
+              name, " must be float32, float16 or bfloat16, got ", t.scalar_type());
+}
+
+inline void check_matrix(const at::Tensor& t, const char* name) {
+  check_cpu_float(t, name);
+  TORCH_CHECK(t.dim() == 2, name, " must be 2-D, got shape ", t.sizes());
+}
+
+// A (n,) fp32 contiguous copy (or view) of a potential / per-row vector.
+inline at::Tensor as_float_vector(const at::Tensor& t, int64_t n, const char* name) {
+  TORCH_CHECK(t.device().is_cpu(), name, " must be a CPU tensor, got ", t.device());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == n, name, " must have shape (", n, ",), got ", t.sizes());
+  TORCH_CHECK(t.is_floating_point(), name, " must be floating point, got ", t.scalar_type());
+  return t.to(at::kFloat).contiguous();
+}
+
+}  // namespace sigma_cpu
