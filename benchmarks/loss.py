@@ -96,12 +96,11 @@ def float64_loss_and_grads(z_v, z_p, c, eps, iters, tau, targets, cache=None):
     zv, zp, c64 = (t.detach().double().requires_grad_() for t in (z_v, z_p, c))
     s_v = F.normalize(zv, dim=1) @ c64.detach().T
     s_p = F.normalize(zp, dim=1) @ c64.T
-    m, k = s_v.shape
     with torch.no_grad():
         target = {}
         for tag, s in (("v", s_v), ("p", s_p)):
             if tag not in cache:
-                cache[tag] = common.float64_sinkhorn(lambda i0, i1: s[i0:i1], m, k, eps, iters)[1]
+                cache[tag] = common.float64_sinkhorn_stored(s.detach(), eps, iters)[1]
             v = cache[tag]
             logits = s / eps + v
             target[tag] = logits.argmax(dim=1) if targets == "hard" else torch.softmax(logits, dim=1)

@@ -152,15 +152,19 @@ def sinkhorn_streaming_uv(sigma_kernels, z, c, eps, iters, backend):
     return res.u, res.v
 
 
-def float64_scores(z, c):
-    """row_scores(i0, i1) -> float64 S rows: from one stored float64 S when it fits a budget
-    (2 GiB on CPU, 4 GiB on CUDA), else recomputed from float64 z and C per row block."""
+def float64_truth(z, c, eps, n_iters):
+    """The float64 Sinkhorn of S = z·cᵀ: (row_scores, u, v) with row_scores(i0, i1) -> float64
+    S rows. S is stored when it fits a budget (2 GiB on CPU, 4 GiB on CUDA), else recomputed
+    from float64 z and C per row block."""
     z64, c64 = z.double(), c.double()
+    m, k = z.shape[0], c.shape[0]
     budget = (4 if z.device.type == "cuda" else 2) * 2**30
-    if z.shape[0] * c.shape[0] * 8 <= budget:
+    if m * k * 8 <= budget:
         s64 = z64 @ c64.T
-        return lambda i0, i1: s64[i0:i1]
-    return lambda i0, i1: z64[i0:i1] @ c64.T
+        u, v = common.float64_sinkhorn_stored(s64, eps, n_iters)
+        return (lambda i0, i1: s64[i0:i1]), u, v
+    row_scores = lambda i0, i1: z64[i0:i1] @ c64.T  # noqa: E731
+    return (row_scores,) + common.float64_sinkhorn(row_scores, m, k, eps, n_iters)
 
 
 def q_error(result, row_scores, m, u64, v64, eps, chunk=2048):
@@ -219,8 +223,7 @@ def main(argv=None):
         z, c = make_problem(m, k, d, device)
         scores = (z @ c.T).to(dtype)
         t0 = time.perf_counter()
-        row_scores = float64_scores(z, c)
-        u64, v64 = common.float64_sinkhorn(row_scores, m, k, eps, args.iters)
+        row_scores, u64, v64 = float64_truth(z, c, eps, args.iters)
         print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={args.iters} dtype={common.dtype_name(dtype)} "
               f"(float64 truth {time.perf_counter() - t0:.1f} s)", flush=True)
         base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=args.iters, targets="-")

@@ -50,10 +50,24 @@ def test_float64_truth_matches_reference_potentials():
     torch.testing.assert_close(v, res.v, rtol=0, atol=1e-10)
 
 
+@pytest.mark.parametrize("eps", [0.05, 0.01, 0.003])  # exp-domain fast path, its edge, log-domain fallback
+def test_stored_float64_truth_matches_the_log_domain_one(eps):
+    _, _, s = _scores(61, 23)
+    s64 = s.double()
+    u, v = common.float64_sinkhorn_stored(s64, eps, 8)
+    u_ref, v_ref = common.float64_sinkhorn(lambda i0, i1: s64[i0:i1], 61, 23, eps, 8, chunk=16)
+    scale = 1.0 / eps  # potentials are of order 1/ε: compare relative to it
+    torch.testing.assert_close(u / scale, u_ref / scale, rtol=0, atol=1e-12)
+    torch.testing.assert_close(v / scale, v_ref / scale, rtol=0, atol=1e-12)
+    # scores far from 0 do not overflow the exp-domain path (only differences of S matter)
+    u2, v2 = common.float64_sinkhorn_stored(s64 + 50.0, eps, 8)
+    torch.testing.assert_close(u2 / scale, u_ref / scale, rtol=0, atol=1e-12)
+    torch.testing.assert_close(v2 / scale, (v_ref - 50.0 / eps) / scale, rtol=0, atol=1e-12)
+
+
 def test_q_error_of_exact_potentials_is_zero_and_of_a_perturbed_q_is_seen():
     z, c, _ = _scores(41, 13)
-    rows = sinkhorn_bench.float64_scores(z, c)
-    u, v = common.float64_sinkhorn(rows, 41, 13, 0.1, 5)
+    rows, u, v = sinkhorn_bench.float64_truth(z, c, 0.1, 5)
     assert sinkhorn_bench.q_error(("uv", u, v), rows, 41, u, v, 0.1, chunk=8) == 0.0
     q = torch.exp(rows(0, 41) / 0.1 + u[:, None] + v[None, :] + math.log(41))
     q[40, 12] += 1e-3
