@@ -39,9 +39,11 @@ if __package__ in (None, ""):
 from benchmarks import _common as common  # noqa: E402
 from benchmarks.research_style import research_sinkhorn  # noqa: E402
 
-# label: (M, K, D, ε) — SPEC §2; "quick" is a B=4 SSv2 batch, small enough for a laptop CPU.
+# label: (M, K, D, ε) — SPEC §2; "quick" is the masked tubes of a B=2 SSv2 batch (2 × 1408),
+# small enough for a laptop CPU.
 PRESETS = {
-    "quick": (5632, 3000, 256, 0.05),
+    "quick": (2816, 3000, 256, 0.05),
+    "ssv2-b4": (5632, 3000, 256, 0.05),
     "ssv2-vits": (22528, 3000, 256, 0.05),
     "ssv2-vitb-b32": (45056, 3000, 256, 0.03),
     "k400-vitb": (56320, 3000, 768, 0.05),
