@@ -195,8 +195,8 @@ def ce_backward_dc_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, g_ptr, tsum_ptr,
     domask = dout < D
     acc = tl.zeros([BLOCK_K, BLOCK_DO], dtype=tl.float32)
     row_start = split * rows_per_prog
-    for m0 in range(row_start, row_start + rows_per_prog, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
+    for offset in range(0, rows_per_prog, BLOCK_M):
+        rows = row_start + offset + tl.arange(0, BLOCK_M)
         g_scale, g_tsum, lse = _row_grad_factors(g_ptr, tsum_ptr, lse_ptr, rows, M, scale, TARGET)
         dl = _dlogits_tile(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, lse, g_tsum, g_scale,
                            tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,

@@ -77,8 +77,8 @@ def col_partial_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, 
     col_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
     col_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
     row_start = g * rows_per_prog
-    for m0 in range(row_start, row_start + rows_per_prog, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
+    for offset in range(0, rows_per_prog, BLOCK_M):
+        rows = row_start + offset + tl.arange(0, BLOCK_M)
         rmask = rows < M
         s = load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
                         FACTORED, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
@@ -126,8 +126,8 @@ def fused_row_step_kernel(s_ptr, s_sm, s_sk, v_ptr, u_ptr, pmax_ptr, psum_ptr, M
         v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
         col_max = tl.full([BLOCK_K], float("-inf"), tl.float32)
         col_sum = tl.zeros([BLOCK_K], dtype=tl.float32)
-        for m0 in range(row_start, row_start + rows_per_prog, BLOCK_M):
-            rows = m0 + tl.arange(0, BLOCK_M)
+        for offset in range(0, rows_per_prog, BLOCK_M):
+            rows = row_start + offset + tl.arange(0, BLOCK_M)
             rmask = rows < M
             a = tl.load(s_ptr + rows[:, None] * s_sm + cols[None, :] * s_sk,
                         mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32) * inv_eps
