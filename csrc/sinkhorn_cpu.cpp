@@ -9,6 +9,7 @@
 // below FLT_MIN, at most M of them per column, i.e. an absolute error < M·FLT_MIN on C_k. Where
 // C_k < M·1e-30 that bound is no longer negligible (relative 1e-8), and those columns are
 // recomputed by the exact two-level log-domain column LSE (`col_lse_impl`).
+#include "rows_avx512.h"
 #include "sigma_common.h"
 
 #include <algorithm>
@@ -158,6 +159,7 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
   Buffers tiles = thread_buffers(kRowChunk * k, src.needs_buffer());
   Buffers ebufs = thread_buffers(kFoldRows * k, true);
   const float neg_log_m = (float)(-log_m);
+  const bool wide = avx512::supported();
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* eb = ebufs.get(tid, kFoldRows * k);
@@ -171,14 +173,18 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
         float alpha[kFoldRows];
         for (int64_t j = 0; j < gn; ++j) {
           float* ej = eb + j * k;
-          const float mx = scale_add_max(tile + (g + j) * k, ie, v, ej, k);
+          const float mx = wide ? avx512::scale_add_max(tile + (g + j) * k, ie, v, ej, k)
+                                : scale_add_max(tile + (g + j) * k, ie, v, ej, k);
           const float sh = lse_shift(mx);
-          const float sum = exp_shift_sum_inplace(ej, sh, k);
+          const float sum = wide ? avx512::exp_shift_sum_inplace(ej, sh, k) : exp_shift_sum_inplace(ej, sh, k);
           const float ui = neg_log_m - (sh + std::log(sum));
           u[r0 + g + j] = ui;
           alpha[j] = (float)std::exp((double)ui + (double)sh);
         }
-        fold_rows(col, eb, alpha, gn, k);
+        if (wide)
+          avx512::fold_rows(col, eb, alpha, gn, k);
+        else
+          fold_rows(col, eb, alpha, gn, k);
       }
     }
   });
@@ -212,6 +218,7 @@ at::Tensor assign_impl(const Source& src, int64_t m, int64_t k, const float* v, 
   int64_t* o = out.data_ptr<int64_t>();
   Buffers tiles = thread_buffers(kRowChunk * k, src.needs_buffer());
   Buffers rbufs = thread_buffers(k, true);
+  const bool wide = avx512::supported();
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* rb = rbufs.get(tid, k);
@@ -219,7 +226,7 @@ at::Tensor assign_impl(const Source& src, int64_t m, int64_t k, const float* v, 
       const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
       const float* tile = src.rows(r0, n, tiles.get(tid, kRowChunk * k));
       for (int64_t i = 0; i < n; ++i) {
-        const float mx = scale_add_max(tile + i * k, ie, v, rb, k);
+        const float mx = wide ? avx512::scale_add_max(tile + i * k, ie, v, rb, k) : scale_add_max(tile + i * k, ie, v, rb, k);
         int64_t q = 0;
         while (q < k - 1 && rb[q] < mx) ++q;  // first index reaching the max
         o[r0 + i] = q;

@@ -1,0 +1,122 @@
+// AVX-512 versions of the hot Sinkhorn row loops (see sigma_common.h for their meaning), chosen
+// at run time when the CPU has AVX-512; the rest of the extension is built for AVX2.
+// This file deliberately includes no torch or C++ library headers and defines only functions
+// of its own: everything here is compiled for AVX-512, and an inline function shared with the
+// AVX2 files could otherwise be merged by the linker into the AVX-512 copy.
+#include <immintrin.h>
+
+#include <cstdint>
+#include <cstdlib>
+
+#include "rows_avx512.h"
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512dq,fma,avx2")
+
+namespace sigma_cpu {
+namespace avx512 {
+namespace {
+
+// Same reduction and polynomial as fast_exp in sigma_common.h (about 1 ulp); 2^n by scalef.
+inline __m512 exp16(__m512 x) {
+  x = _mm512_max_ps(_mm512_set1_ps(-87.33654475f), _mm512_min_ps(_mm512_set1_ps(88.0f), x));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __mmask16 tail_mask(int64_t r) { return (__mmask16)((1u << r) - 1u); }
+
+}  // namespace
+
+float scale_add_max(const float* s, float a, const float* add, float* out, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  __m512 vmax = _mm512_set1_ps(-__builtin_inff());
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(s + k), va), _mm512_loadu_ps(add + k));
+    _mm512_storeu_ps(out + k, t);
+    vmax = _mm512_max_ps(vmax, t);
+  }
+  if (k < n) {
+    const __mmask16 mk = tail_mask(n - k);
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va), _mm512_maskz_loadu_ps(mk, add + k));
+    _mm512_mask_storeu_ps(out + k, mk, t);
+    vmax = _mm512_mask_max_ps(vmax, mk, vmax, t);
+  }
+  return _mm512_reduce_max_ps(vmax);
+}
+
+float exp_shift_sum_inplace(float* buf, float shift, int64_t n) {
+  const __m512 vs = _mm512_set1_ps(shift);
+  __m512 acc = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 16 <= n; k += 16) {
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(buf + k), vs));
+    _mm512_storeu_ps(buf + k, e);
+    acc = _mm512_add_ps(acc, e);
+  }
+  if (k < n) {
+    const __mmask16 mk = tail_mask(n - k);
+    const __m512 e = exp16(_mm512_sub_ps(_mm512_maskz_loadu_ps(mk, buf + k), vs));
+    _mm512_mask_storeu_ps(buf + k, mk, e);
+    acc = _mm512_mask_add_ps(acc, mk, acc, e);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+void fold_rows(float* col, const float* e, const float* alpha, int64_t gn, int64_t k) {
+  int64_t q = 0;
+  for (; q + 16 <= k; q += 16) {
+    __m512 acc = _mm512_loadu_ps(col + q);
+    for (int64_t j = 0; j < gn; ++j) acc = _mm512_fmadd_ps(_mm512_loadu_ps(e + j * k + q), _mm512_set1_ps(alpha[j]), acc);
+    _mm512_storeu_ps(col + q, acc);
+  }
+  if (q < k) {
+    const __mmask16 mk = tail_mask(k - q);
+    __m512 acc = _mm512_maskz_loadu_ps(mk, col + q);
+    for (int64_t j = 0; j < gn; ++j)
+      acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, e + j * k + q), _mm512_set1_ps(alpha[j]), acc);
+    _mm512_mask_storeu_ps(col + q, mk, acc);
+  }
+}
+
+}  // namespace avx512
+}  // namespace sigma_cpu
+
+#pragma GCC pop_options
+
+namespace sigma_cpu {
+namespace avx512 {
+bool supported() {
+  // SIGMA_CPU_NO_AVX512=1 forces the AVX2 loops (to test them on an AVX-512 machine).
+  static const bool ok = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+                         std::getenv("SIGMA_CPU_NO_AVX512") == nullptr;
+  return ok;
+}
+}  // namespace avx512
+}  // namespace sigma_cpu
+
+#else  // not x86-64 GCC/Clang: never selected
+
+namespace sigma_cpu {
+namespace avx512 {
+bool supported() { return false; }
+float scale_add_max(const float*, float, const float*, float*, int64_t) { return 0.f; }
+float exp_shift_sum_inplace(float*, float, int64_t) { return 0.f; }
+void fold_rows(float*, const float*, const float*, int64_t, int64_t) {}
+}  // namespace avx512
+}  // namespace sigma_cpu
+
+#endif
