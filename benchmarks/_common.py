@@ -286,6 +286,10 @@ def _version(module):
 
 
 def _git_commit():
+    """Short commit of the repo (+dirty), or $SIGMA_BENCH_COMMIT when set (for copies of the tree
+    without .git, e.g. on a lent GPU machine)."""
+    if os.environ.get("SIGMA_BENCH_COMMIT"):
+        return os.environ["SIGMA_BENCH_COMMIT"]
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
                              text=True, timeout=10).stdout.strip()
@@ -450,9 +454,13 @@ def summary(rows, columns):
 
 def plot_bars(rows, png_path, title, group_field, series_field):
     """Two panels (median ms, log scale; peak MiB) of bars: groups on x, one bar per series."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        print(f"no plot: matplotlib is not importable ({exc})")
+        return None
 
     ok = [r for r in rows if r["status"] == "ok"]
     if not ok:

@@ -20,6 +20,10 @@
 # build it (BUILD_TIMEOUT=240): first with CUDA, then with SIGMA_NO_CUDA=1, then without it.
 # If pip fails altogether, the stages run from the source tree via PYTHONPATH.
 #
+# Needs pytest + hypothesis for the tests stage (it says so in summary.txt when they are missing);
+# POT, matplotlib and flash-sinkhorn are optional (skipped with a note). Without .git in the copied
+# tree, pass the commit: SIGMA_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh
+#
 # For a dry run on a machine without a GPU: GPU_CHECK_ALLOW_CPU=1 GPU_CHECK_SKIP_INSTALL=1 and
 # small SINKHORN_ARGS / LOSS_ARGS / PYTEST_ARGS.
 set -u
@@ -81,6 +85,7 @@ run_stage env "${ENV_TIMEOUT:-30}" bash -c 'nvidia-smi || echo "nvidia-smi not a
     "$0" benchmarks/env_report.py' "$PY"
 
 # 3. tests
+"$PY" -c "import pytest, hypothesis" 2>/dev/null || note "pytest or hypothesis is not installed: the tests stage will fail"
 # shellcheck disable=SC2086
 run_stage tests "${TEST_TIMEOUT:-150}" "$PY" -m pytest ${PYTEST_ARGS:--x -q tests -m "not slow" --durations=15 -p no:cacheprovider}
 
