@@ -28,10 +28,10 @@ class BlockConfig:
 
     Kernels that recompute scores with tl.dot use block_m x block_k tiles stepping block_d
     features at a time (block_d_backward in the cross-entropy backward, whose dx / dc outputs
-    are block_d_out wide), dot_warps warps and dot_stages pipeline stages. Kernels that only read a materialised S use block_m_scores x
-    block_k_scores tiles; the fused Sinkhorn step keeps whole rows (up to max_single_k columns)
-    in a tile of at most single_tile_elems elements. Split-M reductions use up to
-    max_programs partial rows (None: 4 per SM).
+    are block_d_out wide), dot_warps warps and dot_stages pipeline stages. Kernels that only
+    read a materialised S use block_m_scores x block_k_scores tiles; the fused Sinkhorn step
+    keeps whole rows (up to max_single_k columns) in a tile of at most single_tile_elems
+    elements. Split-M reductions use up to max_programs partial rows (None: 4 per SM).
     """
 
     def __init__(self, interpret=INTERPRET):

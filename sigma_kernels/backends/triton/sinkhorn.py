@@ -19,8 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, check_factors, check_matrix, check_offsets, dot_launch_options, f32_vector,
-                      finite_or_zero, fold_columns, fold_rows, load_scores, matching_factors, on_tensor_device, pow2_block,
+from ._common import (CONFIG, check_factors, check_matrix, dot_launch_options, f32_vector, finite_or_zero,
+                      fold_columns, fold_rows, load_scores, matching_factors, on_tensor_device, pow2_block,
                       split_rows, stream_warps, target_programs)
 
 
@@ -230,9 +230,9 @@ def _tiles(factored, m, k, d):
         return (pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k), pow2_block(d, CONFIG.block_d),
                 dot_launch_options())
     block_m, block_k = pow2_block(m, CONFIG.block_m_scores), pow2_block(k, CONFIG.block_k_scores)
-    options = {**dot_launch_options(), "num_warps": stream_warps(block_m * block_k)}  # UPCAST/PREC unused
-    options.pop("num_stages")
-    return block_m, block_k, 16, options
+    dot = dot_launch_options()  # UPCAST / PREC are unused when S is read, but still constexprs
+    return block_m, block_k, 16, {"UPCAST": dot["UPCAST"], "PREC": dot["PREC"],
+                                  "num_warps": stream_warps(block_m * block_k)}
 
 
 def _operand_args(operands):
