@@ -46,8 +46,11 @@ class BlockConfig:
             # kernel compiles for sm_90 without register spills (see compile_check.py):
             # 64x64 score tiles with 32-wide feature steps; ~16 fp32 values per thread in
             # the kernels that stream S.
-            self.block_m, self.block_k, self.block_d, self.block_d_out = 64, 64, 32, 64
-            self.block_d_backward = 16  # the backward holds more tiles live: narrower feature steps
+            # The backward recomputes each logit tile once per block_d_out feature chunk of its
+            # output (deterministic, no atomics): 128 keeps that to 2 recomputes at D = 256
+            # while the fp32 accumulators still fit in registers with 16-wide feature steps.
+            self.block_m, self.block_k, self.block_d, self.block_d_out = 64, 64, 32, 128
+            self.block_d_backward = 16
             self.block_m_scores, self.block_k_scores = 16, 256
             self.max_single_k, self.single_tile_elems = 4096, 8192
             self.max_programs = None
