@@ -1,4 +1,16 @@
-"""Triton backend (CUDA tensors; CPU tensors under TRITON_INTERPRET=1)."""
+"""Triton backend (CUDA tensors; CPU tensors under TRITON_INTERPRET=1).
+
+    sinkhorn.py       Sinkhorn on a materialised S: one-read fused row step with split-M column
+                      partials, column LSE, hard assignment (Q never written), the plan Q
+    streaming.py      the same with S = x·cᵀ recomputed tile by tile by tl.dot (O(M + K) memory)
+    cross_entropy.py  fused linear + cross-entropy, hard / soft / on-the-fly Sinkhorn targets,
+                      deterministic recomputing backward
+    _common.py        block sizes, the score-tile loader, argument checks
+    compile_check.py  compiles every launch configuration for a GPU target without a GPU
+
+Everything accumulates in fp32; inputs may be fp32, fp16 or bf16. Triton 3.6-3.8, no block
+pointers, no libdevice.
+"""
 import os
 
 import torch
