@@ -259,6 +259,24 @@ def test_sinkhorn_target_cross_entropy_primitives_match_reference(m, k, d, dy, s
         _close(dc, dc_r, atol=5e-5)
 
 
+
+@settings(max_examples=6, deadline=None)
+@given(m=st.integers(1, 70), k=st.integers(1, 40), d=st.integers(1, 24), dy=st.integers(1, 24),
+       soft=st.booleans(), seed=st.integers(0, 2**16))
+def test_sinkhorn_target_cross_entropy_property(m, k, d, dy, soft, seed):
+    x, c = _unit(m, d, seed=seed), _unit(k, d, seed=seed + 1)
+    y, cy = _unit(m, dy, seed=seed + 2), _unit(k, dy, seed=seed + 3)
+    gen = torch.Generator().manual_seed(seed)
+    v, g = torch.randn(k, generator=gen).to(DEV), torch.rand(m, generator=gen).to(DEV)
+    loss, lse = tri.sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, 20.0, 10.0, soft)
+    loss_r, lse_r = ref.sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, 20.0, 10.0, soft)
+    _close(loss, loss_r, atol=5e-5)
+    _close(lse, lse_r)
+    got = tri.sinkhorn_target_cross_entropy_backward(g, x, c, y, cy, v, lse_r, 20.0, 10.0, soft)
+    want = ref.sinkhorn_target_cross_entropy_backward(g, x, c, y, cy, v, lse_r, 20.0, 10.0, soft)
+    for a, b in zip(got, want):
+        _close(a, b, atol=5e-5)
+
 @pytest.mark.parametrize("dtype", LOW)
 def test_cross_entropy_primitives_low_precision_factors(dtype):
     x, c = _unit(37, 19, seed=21, dtype=dtype), _unit(29, 19, seed=22, dtype=dtype)
