@@ -60,7 +60,12 @@ def _extensions():
     if want_cuda and cpp_extension.CUDA_HOME is not None:
         sources += cu
         ext_cls = cpp_extension.CUDAExtension
-        extra["nvcc"] = ["-O3", "--use_fast_math", "-std=c++20"]
+        # no --use_fast_math: the kernels must match the reference (expf/logf, IEEE rounding)
+        extra["nvcc"] = ["-O3", "-std=c++20"]
+        if not os.environ.get("TORCH_CUDA_ARCH_LIST") and not torch.cuda.is_available():
+            # without a visible GPU torch would target every architecture (a long build)
+            os.environ["TORCH_CUDA_ARCH_LIST"] = "9.0"
+            _say("no GPU visible and TORCH_CUDA_ARCH_LIST unset: building CUDA code for sm_90")
         define_macros.append(("SIGMA_WITH_CUDA", "1"))
         _say(f"building the CPU and CUDA extension ({len(sources)} sources)")
     else:

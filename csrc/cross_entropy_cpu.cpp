@@ -1,5 +1,5 @@
 // Fused linear + cross-entropy on the CPU: logits = scale·x·cᵀ are formed one row chunk
-// (kRowChunk × K, fp32) at a time per thread and never stored whole. The forward keeps only the
+// (kGemmRowChunk × K, fp32) at a time per thread and never stored whole. The forward keeps only the
 // row LSE; the backward recomputes the chunk, turns it into dlogits in place and feeds two GEMMs:
 // dx rows directly, dc into a per-thread fp32 accumulator summed at the end.
 // Targets: int64 indices (M,), probabilities (M, K) (need not sum to 1), or computed on the fly
@@ -154,17 +154,17 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const Operands& op, const Target
   at::Tensor loss = at::empty({m}, at::kFloat), lse = at::empty({m}, at::kFloat);
   float* pl = loss.data_ptr<float>();
   float* pe = lse.data_ptr<float>();
-  const int64_t nt = at::get_num_threads(), per = kRowChunk * k;
+  const int64_t nt = at::get_num_threads(), per = kGemmRowChunk * k;
   at::Tensor ltiles = at::empty({nt * per}, at::kFloat);
   at::Tensor ttiles = at::empty({tg.needs_tile() ? nt * per : 0}, at::kFloat);
-  at::Tensor idxbuf = at::empty({nt * kRowChunk}, at::kLong);
-  at::parallel_for(0, num_chunks(m), 1, [&](int64_t b, int64_t e) {
+  at::Tensor idxbuf = at::empty({nt * kGemmRowChunk}, at::kLong);
+  at::parallel_for(0, num_chunks(m, kGemmRowChunk), 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* lt = ltiles.data_ptr<float>() + tid * per;
     float* tt = tg.needs_tile() ? ttiles.data_ptr<float>() + tid * per : nullptr;
-    int64_t* idx = idxbuf.data_ptr<int64_t>() + tid * kRowChunk;
+    int64_t* idx = idxbuf.data_ptr<int64_t>() + tid * kGemmRowChunk;
     for (int64_t ch = b; ch < e; ++ch) {
-      const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
+      const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
       const float* probs = tg.chunk(r0, n, k, tt, idx);
       const float* logits = logits_chunk(op, r0, n, scale, lt);
       for (int64_t i = 0; i < n; ++i) {
@@ -202,19 +202,19 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const O
   const float* pg = gf.data_ptr<float>();
   const float* plse = lf.data_ptr<float>();
   at::Tensor dx = at::empty({m, d}, at::kFloat);
-  const int64_t nt = at::get_num_threads(), per = kRowChunk * k;
+  const int64_t nt = at::get_num_threads(), per = kGemmRowChunk * k;
   at::Tensor dc_parts = at::zeros({nt, k, d}, at::kFloat);
   at::Tensor ltiles = at::empty({nt * per}, at::kFloat);
   at::Tensor ttiles = at::empty({tg.needs_tile() ? nt * per : 0}, at::kFloat);
-  at::Tensor idxbuf = at::empty({nt * kRowChunk}, at::kLong);
-  at::parallel_for(0, num_chunks(m), 1, [&](int64_t b, int64_t e) {
+  at::Tensor idxbuf = at::empty({nt * kGemmRowChunk}, at::kLong);
+  at::parallel_for(0, num_chunks(m, kGemmRowChunk), 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* lt = ltiles.data_ptr<float>() + tid * per;
     float* tt = tg.needs_tile() ? ttiles.data_ptr<float>() + tid * per : nullptr;
-    int64_t* idx = idxbuf.data_ptr<int64_t>() + tid * kRowChunk;
+    int64_t* idx = idxbuf.data_ptr<int64_t>() + tid * kGemmRowChunk;
     at::Tensor dc_t = dc_parts[tid];
     for (int64_t ch = b; ch < e; ++ch) {
-      const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
+      const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
       const float* probs = tg.chunk(r0, n, k, tt, idx);
       float* g = logits_chunk(op, r0, n, scale, lt);
       for (int64_t i = 0; i < n; ++i) {

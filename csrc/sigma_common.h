@@ -21,10 +21,12 @@ using Vec = at::vec::Vectorized<float>;
 
 // Rows per chunk. Chunks, not threads, own the partial column reductions and are merged in
 // chunk order, so every result is bitwise the same for any number of threads. 128 rows of
-// K = 3000 fp32 scores (1.5 MB) stay in a core's L2 while a chunk is processed twice.
+// K = 3000 fp32 scores (1.5 MB) stay in a core's L2 while a chunk is processed twice; where the
+// chunk comes from a GEMM, 256-row chunks run the GEMM about 15% faster (MKL, one thread).
 constexpr int64_t kRowChunk = 128;
+constexpr int64_t kGemmRowChunk = 256;
 
-inline int64_t num_chunks(int64_t m) { return (m + kRowChunk - 1) / kRowChunk; }
+inline int64_t num_chunks(int64_t m, int64_t chunk) { return (m + chunk - 1) / chunk; }
 
 // torch.logsumexp shifts by the max unless it is infinite (then by 0); we do the same.
 inline float lse_shift(float m) { return std::isinf(m) ? 0.f : m; }

@@ -14,6 +14,7 @@
 
 #include <algorithm>
 #include <tuple>
+#include <type_traits>
 
 namespace sigma_cpu {
 namespace {
@@ -22,10 +23,11 @@ namespace {
 constexpr int64_t kFoldRows = 4;
 
 // A score source hands out fp32 row tiles: `rows(r0, n, buf)` returns a pointer to rows
-// [r0, r0+n) (row stride K), either inside S or written into buf (kRowChunk·K floats).
+// [r0, r0+n) (row stride K), either inside S or written into buf (chunk·K floats).
 struct DenseFloatScores {
   const float* s;
   int64_t k;
+  static constexpr int64_t chunk = kRowChunk;
   bool needs_buffer() const { return false; }
   const float* rows(int64_t r0, int64_t, float*) const { return s + r0 * k; }
 };
@@ -34,6 +36,7 @@ template <typename T>
 struct DenseLowScores {
   const T* s;
   int64_t k;
+  static constexpr int64_t chunk = kRowChunk;
   bool needs_buffer() const { return true; }
   const float* rows(int64_t r0, int64_t n, float* buf) const {
     rows_to_float(s + r0 * k, buf, n * k);
@@ -44,6 +47,7 @@ struct DenseLowScores {
 struct FactorScores {
   at::Tensor x;  // (M, D) fp32 contiguous
   at::Tensor c;  // (K, D) fp32 contiguous
+  static constexpr int64_t chunk = kGemmRowChunk;
   bool needs_buffer() const { return true; }
   const float* rows(int64_t r0, int64_t n, float* buf) const {
     at::Tensor out = at::from_blob(buf, {n, c.size(0)}, x.options());
@@ -81,19 +85,19 @@ inline void fold_rows(float* col, const float* e, const float* alpha, int64_t gn
 // over the (cached) chunk, chunks merged in order with rescaling.
 template <class Source>
 at::Tensor col_lse_impl(const Source& src, int64_t m, int64_t k, const float* u, float ie) {
-  const int64_t nch = num_chunks(m);
+  const int64_t nch = num_chunks(m, Source::chunk);
   at::Tensor pmax = at::empty({nch, k}, at::kFloat), psum = at::empty({nch, k}, at::kFloat);
   float* pm = pmax.data_ptr<float>();
   float* ps = psum.data_ptr<float>();
-  Buffers tiles = thread_buffers(kRowChunk * k, src.needs_buffer());
+  Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
   at::Tensor shifts_t = at::empty({at::get_num_threads() * k}, at::kFloat);
   const int64_t W = Vec::size();
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* sh = shifts_t.data_ptr<float>() + tid * k;
     for (int64_t ch = b; ch < e; ++ch) {
-      const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
-      const float* tile = src.rows(r0, n, tiles.get(tid, kRowChunk * k));
+      const int64_t r0 = ch * Source::chunk, n = std::min(Source::chunk, m - r0);
+      const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
       float* cm = pm + ch * k;
       float* cs = ps + ch * k;
       std::fill(cm, cm + k, -std::numeric_limits<float>::infinity());
@@ -151,12 +155,12 @@ at::Tensor col_lse_impl(const Source& src, int64_t m, int64_t k, const float* u,
 template <class Source>
 std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, int64_t k, const float* v, float ie,
                                                  double log_m) {
-  const int64_t nch = num_chunks(m);
+  const int64_t nch = num_chunks(m, Source::chunk);
   at::Tensor u_t = at::empty({m}, at::kFloat);
   at::Tensor partial = at::empty({nch, k}, at::kFloat);
   float* u = u_t.data_ptr<float>();
   float* pc = partial.data_ptr<float>();
-  Buffers tiles = thread_buffers(kRowChunk * k, src.needs_buffer());
+  Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
   Buffers ebufs = thread_buffers(kFoldRows * k, true);
   const float neg_log_m = (float)(-log_m);
   const bool wide = avx512::supported();
@@ -164,8 +168,8 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
     const int64_t tid = at::get_thread_num();
     float* eb = ebufs.get(tid, kFoldRows * k);
     for (int64_t ch = b; ch < e; ++ch) {
-      const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
-      const float* tile = src.rows(r0, n, tiles.get(tid, kRowChunk * k));
+      const int64_t r0 = ch * Source::chunk, n = std::min(Source::chunk, m - r0);
+      const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
       float* col = pc + ch * k;
       std::fill(col, col + k, 0.f);
       for (int64_t g = 0; g < n; g += kFoldRows) {
@@ -213,18 +217,18 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
 // argmax_k (S_ik·ie + v_k), ties -> lowest index.
 template <class Source>
 at::Tensor assign_impl(const Source& src, int64_t m, int64_t k, const float* v, float ie) {
-  const int64_t nch = num_chunks(m);
+  const int64_t nch = num_chunks(m, Source::chunk);
   at::Tensor out = at::empty({m}, at::kLong);
   int64_t* o = out.data_ptr<int64_t>();
-  Buffers tiles = thread_buffers(kRowChunk * k, src.needs_buffer());
+  Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
   Buffers rbufs = thread_buffers(k, true);
   const bool wide = avx512::supported();
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* rb = rbufs.get(tid, k);
     for (int64_t ch = b; ch < e; ++ch) {
-      const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
-      const float* tile = src.rows(r0, n, tiles.get(tid, kRowChunk * k));
+      const int64_t r0 = ch * Source::chunk, n = std::min(Source::chunk, m - r0);
+      const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
       for (int64_t i = 0; i < n; ++i) {
         const float mx = wide ? avx512::scale_add_max(tile + i * k, ie, v, rb, k) : scale_add_max(tile + i * k, ie, v, rb, k);
         int64_t q = 0;
@@ -299,13 +303,14 @@ at::Tensor sinkhorn_plan(const at::Tensor& scores, const at::Tensor& u, const at
   const float* pv = vf.data_ptr<float>();
   float* po = out.data_ptr<float>();
   dispatch_dense(s, [&](const auto& src) {
-    Buffers tiles = thread_buffers(kRowChunk * k, src.needs_buffer());
-    at::parallel_for(0, num_chunks(m), 1, [&](int64_t b, int64_t e) {
+    using Source = std::decay_t<decltype(src)>;
+    Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
+    at::parallel_for(0, num_chunks(m, Source::chunk), 1, [&](int64_t b, int64_t e) {
       const int64_t tid = at::get_thread_num();
       const int64_t W = Vec::size();
       for (int64_t ch = b; ch < e; ++ch) {
-        const int64_t r0 = ch * kRowChunk, n = std::min(kRowChunk, m - r0);
-        const float* tile = src.rows(r0, n, tiles.get(tid, kRowChunk * k));
+        const int64_t r0 = ch * Source::chunk, n = std::min(Source::chunk, m - r0);
+        const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
         for (int64_t i = 0; i < n; ++i) {
           const float* row = tile + i * k;
           float* orow = po + (r0 + i) * k;

@@ -238,7 +238,7 @@ def _run_all(s, x, c, y, cy, v, u, t_hard, t_soft, grad):
 
 
 def test_two_threads_equal_one_thread(threads):
-    m, k, d = 517, 31, 19  # 5 chunks of 128 rows, the last partial
+    m, k, d = 517, 31, 19  # 5 chunks of 128 rows (3 of 256 for GEMM tiles), the last partial
     s = scores(m, k, torch.float32, seed=10)
     x, c = factors(m, k, d, seed=11)
     y, cy = factors(m, k, d, seed=12)
@@ -276,3 +276,29 @@ def test_property_row_step_and_cross_entropy_match_reference(m, k, d, seed, inv_
                     ref().linear_cross_entropy_backward(grad, x, c, t, lse_r, 10.0)):
         # dlogits are O(scale) and cancel in dx/dc: absolute tolerance on that scale
         close(a, b, rtol=1e-5, atol=2e-5)
+
+
+# --- Optional CUDA kernels of the same ops (built only with nvcc; need a GPU to run) ----------
+
+def _cuda_kernels_built():
+    from sigma_kernels import _C
+    return getattr(_C, "with_cuda", False)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("m,k", [(1, 1), (37, 29), (1100, 300)])
+def test_cuda_sinkhorn_kernels_match_reference(m, k, dtype):
+    if not _cuda_kernels_built():
+        pytest.skip("the extension was built without its CUDA part (no nvcc, or SIGMA_NO_CUDA=1)")
+    s = scores(m, k, dtype, seed=14)
+    g = torch.Generator().manual_seed(15)
+    u, v = torch.randn(m, generator=g), torch.randn(k, generator=g)
+    ops = torch.ops.sigma_kernels_ext
+    sc = s.cuda()
+    close(ops.sinkhorn_col_lse(sc, u.cuda(), 20.0).cpu(), ref().sinkhorn_col_lse(s, u, 20.0), rtol=1e-6, atol=1e-5)
+    uc, colc = ops.sinkhorn_row_step(sc, v.cuda(), 20.0, math.log(m))
+    ur, colr = ref().sinkhorn_row_step(s, v, 20.0, math.log(m))
+    close(uc.cpu(), ur, rtol=1e-6, atol=1e-5)
+    close(colc.cpu(), colr, rtol=1e-6, atol=1e-5)
