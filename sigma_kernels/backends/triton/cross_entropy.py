@@ -65,7 +65,7 @@ def _target_tile(tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, 
     else:
         b = _sinkhorn_logits_tile(y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, rows, cols, M, K, DY, inv_eps,
                                   BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
-        nl = tl.load(nlse_t_ptr + rows, mask=rmask, other=0.0)
+        nl = tl.load(nlse_t_ptr + rows, mask=rmask, other=float("-inf"))  # padded rows: exp -> 0
         t = tl.where(mask, tl.exp(b + nl[:, None]), 0.0)
     return t
 

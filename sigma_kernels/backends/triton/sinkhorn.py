@@ -175,7 +175,8 @@ def plan_kernel(s_ptr, s_sm, s_sk, u_ptr, v_ptr, q_ptr, M, K, inv_eps, log_m,
     rmask = rows < M
     cmask = cols < K
     mask = rmask[:, None] & cmask[None, :]
-    s = tl.load(s_ptr + rows[:, None] * s_sm + cols[None, :] * s_sk, mask=mask, other=0.0).to(tl.float32)
+    # padded lanes at -inf: exp gives 0 there instead of overflowing when |u|, |v| are large
+    s = tl.load(s_ptr + rows[:, None] * s_sm + cols[None, :] * s_sk, mask=mask, other=float("-inf")).to(tl.float32)
     u = tl.load(u_ptr + rows, mask=rmask, other=0.0)
     v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
     q = tl.exp(s * inv_eps + u[:, None] + v[None, :] + log_m)
