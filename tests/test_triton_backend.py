@@ -77,7 +77,8 @@ def test_materialised_primitives_low_precision_accumulate_in_fp32(dtype):
     s = (_unit(37, 8, seed=1) @ _unit(29, 8, seed=2).T).to(dtype)
     v = torch.randn(29, generator=torch.Generator().manual_seed(3)).to(DEV)
     with override_blocks(**SMALL_BLOCKS):
-        for a, b in zip(tri.sinkhorn_row_step(s, v, 30.0, math.log(37)), ref.sinkhorn_row_step(s, v, 30.0, math.log(37))):
+        args = (s, v, 30.0, math.log(37))
+        for a, b in zip(tri.sinkhorn_row_step(*args), ref.sinkhorn_row_step(*args)):
             assert a.dtype == torch.float32
             _close(a, b)
         assert torch.equal(tri.sinkhorn_assign(s, v, 30.0), ref.sinkhorn_assign(s, v, 30.0))
@@ -163,11 +164,9 @@ def test_sinkhorn_row_step_property(m, k, d, seed, log_inv_eps):
 def test_public_sinkhorn_matches_reference(m, k, d):
     z, c = _unit(m, d, seed=8), _unit(k, d, seed=9)
     s = sk.prototype_scores(z, c)
-    for name in ("sinkhorn_solve",):
-        a = getattr(sk, name)(s, 0.05, 4, backend="triton")
-        b = getattr(sk, name)(s, 0.05, 4, backend="reference")
-        for x, y in zip(a, b):
-            _close(x, y, atol=5e-5)
+    want = sk.sinkhorn_solve(s, 0.05, 4, backend="reference")
+    for x, y in zip(sk.sinkhorn_solve(s, 0.05, 4, backend="triton"), want):
+        _close(x, y, atol=5e-5)  # u, v, marginal error
     _close(sk.sinkhorn(s, 0.05, 4, backend="triton"), sk.sinkhorn(s, 0.05, 4, backend="reference"), atol=1e-5)
     assert torch.equal(sk.sinkhorn_assign(s, 0.05, 4, backend="triton"),
                        sk.sinkhorn_assign(s, 0.05, 4, backend="reference"))
@@ -468,7 +467,8 @@ def test_primitives_reject_bad_input_with_named_errors():
     with pytest.raises(TypeError, match="scores"):
         tri.sinkhorn_row_step(s.double(), torch.zeros(3, device=DEV), 1.0, 0.0)
     with pytest.raises(ValueError, match="share D"):
-        tri.streaming_assign(torch.zeros(4, 5, device=DEV), torch.zeros(3, 6, device=DEV), torch.zeros(3, device=DEV), 1.0)
+        tri.streaming_assign(torch.zeros(4, 5, device=DEV), torch.zeros(3, 6, device=DEV),
+                             torch.zeros(3, device=DEV), 1.0)
     with pytest.raises(ValueError, match="soft target"):
         tri.linear_cross_entropy_forward(torch.zeros(4, 5, device=DEV), torch.zeros(3, 5, device=DEV),
                                          torch.zeros(4, 4, device=DEV), 1.0)
