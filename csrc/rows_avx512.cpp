@@ -20,7 +20,26 @@ namespace {
 
 // Same reduction and polynomial as fast_exp in sigma_common.h (about 1 ulp); 2^n by scalef.
 inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-87.33654475f), _mm512_min_ps(_mm512_set1_ps(88.0f), x));
+  x = _mm512_max_ps(_mm512_set1_ps(-87.33654475f), x);  // arguments here are <= 0 (x - max)
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
+  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+// Full-range exp: clamping to [-104, 89] keeps r finite for ±inf; scalef then gives 0,
+// subnormals and +inf where due, and NaN propagates through the clamps.
+inline __m512 exp16_full(__m512 x) {
+  x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -92,6 +111,52 @@ void fold_rows(float* col, const float* e, const float* alpha, int64_t gn, int64
   }
 }
 
+void plan_row(const float* s, float ie, float ui, const float* v, float log_m, float* out, int64_t n) {
+  const __m512 va = _mm512_set1_ps(ie), vu = _mm512_set1_ps(ui), vl = _mm512_set1_ps(log_m);
+  int64_t k = 0;
+  for (; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va), vu);
+    t = _mm512_add_ps(_mm512_add_ps(t, _mm512_maskz_loadu_ps(mk, v + k)), vl);
+    _mm512_mask_storeu_ps(out + k, mk, exp16_full(t));
+  }
+}
+
+void col_max_row(const float* s, float ie, float ui, float* cm, int64_t n) {
+  const __m512 va = _mm512_set1_ps(ie), vu = _mm512_set1_ps(ui);
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va), vu);
+    _mm512_mask_storeu_ps(cm + k, mk, _mm512_max_ps(_mm512_maskz_loadu_ps(mk, cm + k), t));
+  }
+}
+
+void col_expsum_rows(const float* s, int64_t rows, int64_t stride, float ie, const float* u, const float* sh,
+                     float* cs, int64_t n) {
+  const __m512 va = _mm512_set1_ps(ie);
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __m512 vs = _mm512_maskz_loadu_ps(mk, sh + k);
+    __m512 acc = _mm512_maskz_loadu_ps(mk, cs + k);
+    for (int64_t i = 0; i < rows; ++i) {
+      const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + i * stride + k), va),
+                                     _mm512_set1_ps(u[i]));
+      acc = _mm512_add_ps(acc, exp16_full(_mm512_sub_ps(t, vs)));
+    }
+    _mm512_mask_storeu_ps(cs + k, mk, acc);
+  }
+}
+
+int64_t first_at_least(const float* t, float value, int64_t n) {
+  const __m512 vv = _mm512_set1_ps(value);
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __mmask16 hit = _mm512_mask_cmp_ps_mask(mk, _mm512_maskz_loadu_ps(mk, t + k), vv, _CMP_GE_OQ);
+    if (hit) return k + __builtin_ctz((unsigned)hit);
+  }
+  return n - 1;
+}
+
 }  // namespace avx512
 }  // namespace sigma_cpu
 
@@ -116,6 +181,10 @@ bool supported() { return false; }
 float scale_add_max(const float*, float, const float*, float*, int64_t) { return 0.f; }
 float exp_shift_sum_inplace(float*, float, int64_t) { return 0.f; }
 void fold_rows(float*, const float*, const float*, int64_t, int64_t) {}
+void plan_row(const float*, float, float, const float*, float, float*, int64_t) {}
+void col_max_row(const float*, float, float, float*, int64_t) {}
+void col_expsum_rows(const float*, int64_t, int64_t, float, const float*, const float*, float*, int64_t) {}
+int64_t first_at_least(const float*, float, int64_t n) { return n - 1; }
 }  // namespace avx512
 }  // namespace sigma_cpu
 

@@ -91,6 +91,7 @@ at::Tensor col_lse_impl(const Source& src, int64_t m, int64_t k, const float* u,
   float* ps = psum.data_ptr<float>();
   Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
   at::Tensor shifts_t = at::empty({at::get_num_threads() * k}, at::kFloat);
+  const bool wide = avx512::supported();
   const int64_t W = Vec::size();
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
@@ -103,15 +104,25 @@ at::Tensor col_lse_impl(const Source& src, int64_t m, int64_t k, const float* u,
       std::fill(cm, cm + k, -std::numeric_limits<float>::infinity());
       std::fill(cs, cs + k, 0.f);
       const Vec vie(ie);
-      for (int64_t i = 0; i < n; ++i) {
-        const float* row = tile + i * k;
-        const Vec vu(u[r0 + i]);
-        int64_t q = 0;
-        for (; q + W <= k; q += W)
-          fast_max(Vec::loadu(cm + q), Vec::loadu(row + q) * vie + vu).store(cm + q);
-        for (; q < k; ++q) cm[q] = std::fmax(cm[q], row[q] * ie + u[r0 + i]);
+      if (wide) {
+        for (int64_t i = 0; i < n; ++i) avx512::col_max_row(tile + i * k, ie, u[r0 + i], cm, k);
+      } else {
+        for (int64_t i = 0; i < n; ++i) {
+          const float* row = tile + i * k;
+          const Vec vu(u[r0 + i]);
+          int64_t q = 0;
+          for (; q + W <= k; q += W)
+            fast_max(Vec::loadu(cm + q), Vec::loadu(row + q) * vie + vu).store(cm + q);
+          for (; q < k; ++q) cm[q] = std::fmax(cm[q], row[q] * ie + u[r0 + i]);
+        }
       }
       for (int64_t q = 0; q < k; ++q) sh[q] = lse_shift(cm[q]);
+      if (wide) {
+        // 8 rows per sweep: the column sums stay in registers across them
+        for (int64_t i = 0; i < n; i += 8)
+          avx512::col_expsum_rows(tile + i * k, std::min<int64_t>(8, n - i), k, ie, u + r0 + i, sh, cs, k);
+        continue;
+      }
       for (int64_t i = 0; i < n; ++i) {
         const float* row = tile + i * k;
         const Vec vu(u[r0 + i]);
@@ -232,7 +243,11 @@ at::Tensor assign_impl(const Source& src, int64_t m, int64_t k, const float* v, 
       for (int64_t i = 0; i < n; ++i) {
         const float mx = wide ? avx512::scale_add_max(tile + i * k, ie, v, rb, k) : scale_add_max(tile + i * k, ie, v, rb, k);
         int64_t q = 0;
-        while (q < k - 1 && rb[q] < mx) ++q;  // first index reaching the max
+        if (wide) {
+          q = avx512::first_at_least(rb, mx, k);
+        } else {
+          while (q < k - 1 && rb[q] < mx) ++q;  // first index reaching the max
+        }
         o[r0 + i] = q;
       }
     }
@@ -304,6 +319,7 @@ at::Tensor sinkhorn_plan(const at::Tensor& scores, const at::Tensor& u, const at
   float* po = out.data_ptr<float>();
   dispatch_dense(s, [&](const auto& src) {
     using Source = std::decay_t<decltype(src)>;
+    const bool wide = avx512::supported();
     Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
     at::parallel_for(0, num_chunks(m, Source::chunk), 1, [&](int64_t b, int64_t e) {
       const int64_t tid = at::get_thread_num();
@@ -314,6 +330,10 @@ at::Tensor sinkhorn_plan(const at::Tensor& scores, const at::Tensor& u, const at
         for (int64_t i = 0; i < n; ++i) {
           const float* row = tile + i * k;
           float* orow = po + (r0 + i) * k;
+          if (wide) {
+            avx512::plan_row(row, ie, pu[r0 + i], pv, lm, orow, k);
+            continue;
+          }
           const Vec vie(ie), vu(pu[r0 + i]), vlm(lm);
           // ((S·ie + u_i) + v_k) + log_m, rounded step by step as in the reference
           int64_t q = 0;
