@@ -57,7 +57,14 @@ def _extensions():
 
     cu = sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
     want_cuda = cu and not _truthy("SIGMA_NO_CUDA") and torch.version.cuda is not None
-    if want_cuda and cpp_extension.CUDA_HOME is not None:
+    cuda_home = cpp_extension.CUDA_HOME
+    if want_cuda and cuda_home is not None and not os.path.isfile(os.path.join(cuda_home, "include", "cuda_runtime.h")):
+        # torch guesses CUDA_HOME from nvcc's path (e.g. /usr/local for /usr/local/bin/nvcc)
+        _say(f"CUDA_HOME={cuda_home} has no include/cuda_runtime.h; building the CPU extension only "
+             "(set CUDA_HOME to the CUDA toolkit, e.g. /usr/local/cuda, to build the CUDA part)")
+        cuda_home = None
+        want_cuda = False
+    if want_cuda and cuda_home is not None:
         sources += cu
         ext_cls = cpp_extension.CUDAExtension
         # no --use_fast_math: the kernels must match the reference (expf/logf, IEEE rounding)
