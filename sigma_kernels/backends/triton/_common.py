@@ -6,6 +6,7 @@ program instance is slow Python, so the heuristics pick few, large blocks there.
 """
 import contextlib
 import functools
+import inspect
 import os
 
 import torch
@@ -32,6 +33,7 @@ class BlockConfig:
     read a materialised S use block_m_scores x block_k_scores tiles; the fused Sinkhorn step
     keeps whole rows (up to max_single_k columns) in a tile of at most single_tile_elems
     elements. Split-M reductions use up to max_programs partial rows (None: 4 per SM).
+    fit_blocks shrinks tiles to small problems (powers of two >= 16).
     """
 
     def __init__(self, interpret=INTERPRET):
@@ -41,6 +43,7 @@ class BlockConfig:
             self.block_m_scores, self.block_k_scores = 64, 64
             self.max_single_k, self.single_tile_elems = 4096, 64 * 4096
             self.max_programs = 4
+            self.fit_blocks = True         # shrink blocks to small problems: less Python work
         else:
             # Untuned H100 defaults (no GPU was available to time them), chosen so that every
             # kernel compiles for sm_90 without register spills (see compile_check.py):
@@ -54,6 +57,9 @@ class BlockConfig:
             self.block_m_scores, self.block_k_scores = 16, 256
             self.max_single_k, self.single_tile_elems = 4096, 8192
             self.max_programs = None
+            # Fixed tiles whatever the problem size (masks handle the rest): one compiled
+            # kernel per configuration instead of one per small shape.
+            self.fit_blocks = False
         self.dot_warps, self.dot_stages = 8, 2
 
 
@@ -76,8 +82,22 @@ def override_blocks(**kwargs):
 
 
 def pow2_block(n, cap, floor=16):
-    """Smallest power of two >= n, clamped to [floor, cap] (tl.dot needs dimensions >= 16)."""
+    """Tile size for a dimension of length n: cap, or with CONFIG.fit_blocks the smallest power
+    of two >= n clamped to [floor, cap] (tl.dot needs dimensions >= 16)."""
+    if not CONFIG.fit_blocks:
+        return cap
     return max(floor, min(cap, triton.next_power_of_2(max(int(n), 1))))
+
+
+_SIZE_ARGS = ("M", "K", "D", "DY", "G", "rows_per_prog")
+
+
+def kernel(fn):
+    """triton.jit for a launched kernel, without specialising on the problem sizes (M, K, D, ...):
+    one compiled kernel serves every shape. Strides stay specialised (a unit stride lets the
+    compiler vectorise loads)."""
+    sizes = [name for name in inspect.signature(fn).parameters if name in _SIZE_ARGS]
+    return triton.jit(do_not_specialize=sizes)(fn)
 
 
 @functools.lru_cache(maxsize=None)

@@ -18,7 +18,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, check_factors, check_offsets, dot_launch_options, f32_vector, finite_or_zero,
+from ._common import (CONFIG, kernel, check_factors, check_offsets, dot_launch_options, f32_vector, finite_or_zero,
                       fold_rows, load_scores, matching_factors, on_tensor_device, pow2_block, split_rows,
                       target_programs)
 from .sinkhorn import row_reduce
@@ -70,7 +70,7 @@ def _target_tile(tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, 
     return t
 
 
-@triton.jit
+@kernel
 def ce_forward_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd,
                       tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr,
                       loss_ptr, lse_ptr, M, K, D, DY, scale, inv_eps,
@@ -158,7 +158,7 @@ def _row_grad_factors(g_ptr, tsum_ptr, lse_ptr, rows, M, scale, TARGET: tl.const
     return g, g_tsum, lse
 
 
-@triton.jit
+@kernel
 def ce_backward_dx_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, g_ptr, tsum_ptr, lse_ptr,
                           tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
                           dx_ptr, M, K, D, DY, scale, inv_eps,
@@ -183,7 +183,7 @@ def ce_backward_dx_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, g_ptr, tsum_ptr,
              mask=rmask[:, None] & domask[None, :])
 
 
-@triton.jit
+@kernel
 def ce_backward_dc_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, g_ptr, tsum_ptr, lse_ptr,
                           tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, nlse_t_ptr,
                           dc_ptr, M, K, D, DY, rows_per_prog, scale, inv_eps,

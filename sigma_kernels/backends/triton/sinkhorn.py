@@ -19,14 +19,14 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, check_factors, check_matrix, dot_launch_options, f32_vector, finite_or_zero,
+from ._common import (CONFIG, kernel, check_factors, check_matrix, dot_launch_options, f32_vector, finite_or_zero,
                       fold_columns, fold_rows, load_scores, matching_factors, on_tensor_device, pow2_block,
                       split_rows, stream_warps, target_programs)
 
 
 # --- kernels -------------------------------------------------------------------------------
 
-@triton.jit
+@kernel
 def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v_ptr, out_ptr,
                       M, K, D, inv_eps, log_m,
                       ASSIGN: tl.constexpr, FACTORED: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -64,7 +64,7 @@ def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v
         tl.store(out_ptr + rows, -log_m - (finite_or_zero(run_max) + tl.log(run_sum)), mask=rmask)
 
 
-@triton.jit
+@kernel
 def col_partial_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, u_ptr, pmax_ptr, psum_ptr,
                        M, K, D, rows_per_prog, inv_eps,
                        FACTORED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -89,7 +89,7 @@ def col_partial_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, 
     tl.store(psum_ptr + g * K + cols, col_sum, mask=cmask)
 
 
-@triton.jit
+@kernel
 def combine_partials_kernel(pmax_ptr, psum_ptr, out_ptr, G, K, BLOCK_G: tl.constexpr, BLOCK_K: tl.constexpr):
     """out_k = LSE over the G partial rows: max + log Σ_g sum_g·exp(max_g - max)."""
     cols = tl.program_id(0) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -109,7 +109,7 @@ def combine_partials_kernel(pmax_ptr, psum_ptr, out_ptr, G, K, BLOCK_G: tl.const
     tl.store(out_ptr + cols, finite_or_zero(run_max) + tl.log(tl.where(cmask, run_sum, 1.0)), mask=cmask)
 
 
-@triton.jit
+@kernel
 def fused_row_step_kernel(s_ptr, s_sm, s_sk, v_ptr, u_ptr, pmax_ptr, psum_ptr, M, K, rows_per_prog, inv_eps, log_m,
                           SINGLE_TILE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """u_i = -log_m - LSE_k(a_ik + v_k) and split-M column partials of a_ik + u_i (a = S·inv_eps).
@@ -166,7 +166,7 @@ def fused_row_step_kernel(s_ptr, s_sm, s_sk, v_ptr, u_ptr, pmax_ptr, psum_ptr, M
             tl.store(psum_ptr + pid * K + cols, tl.sum(tl.exp(w - shift[None, :]), axis=0), mask=cmask)
 
 
-@triton.jit
+@kernel
 def plan_kernel(s_ptr, s_sm, s_sk, u_ptr, v_ptr, q_ptr, M, K, inv_eps, log_m,
                 BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
     """Q_ik = exp(S_ik·inv_eps + u_i + v_k + log_m), fp32, row-major (M, K)."""
@@ -266,7 +266,7 @@ def sinkhorn_row_step(scores, v, inv_eps, log_m):
     dev = scores.device
     u = torch.empty(m, dtype=torch.float32, device=dev)
     if triton.next_power_of_2(k) <= CONFIG.max_single_k:
-        block_k = pow2_block(k, CONFIG.max_single_k, floor=1)
+        block_k = triton.next_power_of_2(k)  # the tile must cover the whole row
         block_m = pow2_block(m, max(1, min(CONFIG.block_m_scores, CONFIG.single_tile_elems // block_k)), floor=1)
         per, g = split_rows(m, block_m, target_programs(dev))
         single = True
