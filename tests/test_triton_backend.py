@@ -23,18 +23,20 @@ import sigma_kernels as sk  # noqa: E402
 from sigma_kernels import _library  # noqa: E402
 from sigma_kernels.backends import PRIMITIVES, backend_info, get_backend  # noqa: E402
 from sigma_kernels.backends import reference as ref  # noqa: E402
-from sigma_kernels.backends.triton._common import override_blocks  # noqa: E402
+from sigma_kernels.backends.triton._common import BlockConfig, override_blocks  # noqa: E402
 
 tri = get_backend("triton")
 DEV = "cuda" if torch.cuda.is_available() else "cpu"
 
 SMALL_BLOCKS = dict(block_m=16, block_k=16, block_d=16, block_d_out=16, block_d_backward=16,
                     block_m_scores=16, block_k_scores=16, max_single_k=16, max_programs=3)
-BLOCKS = {"default": {}, "small": SMALL_BLOCKS}
+# "gpu": the compiled-GPU block choices (fixed tiles, narrower backward steps), run here too.
+BLOCKS = {"default": {}, "small": SMALL_BLOCKS, "gpu": vars(BlockConfig(interpret=False))}
 # Compiled on a GPU, every block configuration is one more JIT compile (about a second each); the
-# small-block variants run the same kernel source, so they are exercised under the interpreter only.
+# other variants run the same kernel source, so they are exercised under the interpreter only.
 ON_GPU = DEV == "cuda"
-BLOCK_VARIANTS = ["default"] if ON_GPU else ["default", "small"]
+BLOCK_VARIANTS = ["default"] if ON_GPU else ["default", "small", "gpu"]
+MULTI_TILE = "default" if ON_GPU else "small"
 PROPERTY_EXAMPLES = 3 if ON_GPU else 6
 LOW = (torch.float16, torch.bfloat16)
 
@@ -81,7 +83,7 @@ def test_materialised_primitives_low_precision_accumulate_in_fp32(dtype):
     # Same rounded input for both backends: the only difference is fp32 summation order.
     s = (_unit(37, 8, seed=1) @ _unit(29, 8, seed=2).T).to(dtype)
     v = torch.randn(29, generator=torch.Generator().manual_seed(3)).to(DEV)
-    with override_blocks(**BLOCKS[BLOCK_VARIANTS[-1]]):  # multi-tile paths under the interpreter
+    with override_blocks(**BLOCKS[MULTI_TILE]):
         args = (s, v, 30.0, math.log(37))
         for a, b in zip(tri.sinkhorn_row_step(*args), ref.sinkhorn_row_step(*args)):
             assert a.dtype == torch.float32
