@@ -1,10 +1,13 @@
 """CPU backend: the compiled extension `sigma_kernels._C` (sources in csrc/).
 
 Every primitive of `sigma_kernels.backends` (see reference.py for the equations) maps to one
-op `torch.ops.sigma_kernels_ext.<name>`: multi-threaded over fixed chunks of 128 rows
-(at::parallel_for, torch.get_num_threads() threads), vectorised, fp32 accumulation, fp32 results
-(dx and dc in the dtypes of x and c). Sinkhorn results are bitwise independent of the thread
-count; the cross-entropy dc is summed over per-thread partials, so it may differ in the last bits.
+op `torch.ops.sigma_kernels_ext.<name>`: multi-threaded over fixed row chunks (128 rows of
+stored scores, 256 rows where a GEMM makes the chunk; at::parallel_for with
+torch.get_num_threads() threads), vectorised (AVX2, AVX-512 loops chosen at run time), fp32
+accumulation, fp32 results (dx and dc in the dtypes of x and c). Sinkhorn results are bitwise
+independent of the thread count; the cross-entropy dc is summed over per-thread partials, so it
+may differ in the last bits. On CUDA tensors only sinkhorn_row_step / sinkhorn_col_lse have
+kernels (csrc/cuda, when built with nvcc); this backend serves CPU tensors.
 """
 import torch
 
