@@ -18,7 +18,7 @@ namespace sigma_cpu {
 namespace avx512 {
 namespace {
 
-// Same reduction and polynomial as fast_exp in sigma_common.h (about 1 ulp); 2^n by scalef.
+// The polynomial of fast_exp in sigma_common.h (about 1 ulp); 2^n by scalef.
 inline __m512 exp16(__m512 x) {
   x = _mm512_max_ps(_mm512_set1_ps(-87.33654475f), x);  // arguments here are <= 0 (x - max)
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
@@ -111,6 +111,36 @@ void fold_rows(float* col, const float* e, const float* alpha, int64_t gn, int64
   }
 }
 
+float row_max(const float* s, float a, const float* add, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  __m512 m0 = _mm512_set1_ps(-__builtin_inff()), m1 = m0;
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    m0 = _mm512_max_ps(m0, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(s + k), va), _mm512_loadu_ps(add + k)));
+    m1 = _mm512_max_ps(m1, _mm512_add_ps(_mm512_mul_ps(_mm512_loadu_ps(s + k + 16), va), _mm512_loadu_ps(add + k + 16)));
+  }
+  for (; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va), _mm512_maskz_loadu_ps(mk, add + k));
+    m0 = _mm512_mask_max_ps(m0, mk, m0, t);
+  }
+  return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
+}
+
+float row_exp_sum(const float* s, float a, const float* add, float shift, float* e, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a), vs = _mm512_set1_ps(shift);
+  __m512 acc = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va), _mm512_maskz_loadu_ps(mk, add + k));
+    const __m512 x = exp16(_mm512_sub_ps(t, vs));
+    _mm512_mask_storeu_ps(e + k, mk, x);
+    acc = _mm512_mask_add_ps(acc, mk, acc, x);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
 void plan_row(const float* s, float ie, float ui, const float* v, float log_m, float* out, int64_t n) {
   const __m512 va = _mm512_set1_ps(ie), vu = _mm512_set1_ps(ui), vl = _mm512_set1_ps(log_m);
   int64_t k = 0;
@@ -182,6 +212,8 @@ float scale_add_max(const float*, float, const float*, float*, int64_t) { return
 float exp_shift_sum_inplace(float*, float, int64_t) { return 0.f; }
 void fold_rows(float*, const float*, const float*, int64_t, int64_t) {}
 void plan_row(const float*, float, float, const float*, float, float*, int64_t) {}
+float row_max(const float*, float, const float*, int64_t) { return 0.f; }
+float row_exp_sum(const float*, float, const float*, float, float*, int64_t) { return 0.f; }
 void col_max_row(const float*, float, float, float*, int64_t) {}
 void col_expsum_rows(const float*, int64_t, int64_t, float, const float*, const float*, float*, int64_t) {}
 int64_t first_at_least(const float*, float, int64_t n) { return n - 1; }

@@ -188,10 +188,18 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
         float alpha[kFoldRows];
         for (int64_t j = 0; j < gn; ++j) {
           float* ej = eb + j * k;
-          const float mx = wide ? avx512::scale_add_max(tile + (g + j) * k, ie, v, ej, k)
-                                : scale_add_max(tile + (g + j) * k, ie, v, ej, k);
-          const float sh = lse_shift(mx);
-          const float sum = wide ? avx512::exp_shift_sum_inplace(ej, sh, k) : exp_shift_sum_inplace(ej, sh, k);
+          const float* srow = tile + (g + j) * k;
+          float mx, sh, sum;
+          if (wide) {
+            // the row is re-read from L1 by the exp pass instead of storing S·ie + v
+            mx = avx512::row_max(srow, ie, v, k);
+            sh = lse_shift(mx);
+            sum = avx512::row_exp_sum(srow, ie, v, sh, ej, k);
+          } else {
+            mx = scale_add_max(srow, ie, v, ej, k);
+            sh = lse_shift(mx);
+            sum = exp_shift_sum_inplace(ej, sh, k);
+          }
           const float ui = neg_log_m - (sh + std::log(sum));
           u[r0 + g + j] = ui;
           alpha[j] = (float)std::exp((double)ui + (double)sh);
