@@ -127,11 +127,14 @@ float row_max(const float* s, float a, const float* add, int64_t n) {
   return _mm512_reduce_max_ps(_mm512_max_ps(m0, m1));
 }
 
-float row_exp_sum(const float* s, float a, const float* add, float shift, float* e, int64_t n) {
+float row_exp_sum(const float* s, float a, const float* add, float shift, float* e, int64_t n,
+                  const float* prefetch) {
   const __m512 va = _mm512_set1_ps(a), vs = _mm512_set1_ps(shift);
   __m512 acc = _mm512_setzero_ps();
   int64_t k = 0;
   for (; k < n; k += 16) {
+    // one cache line of the next row per 16 scores: its load overlaps this compute-bound loop
+    if (prefetch != nullptr) _mm_prefetch(reinterpret_cast<const char*>(prefetch + k), _MM_HINT_T0);
     const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
     const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va), _mm512_maskz_loadu_ps(mk, add + k));
     const __m512 x = exp16(_mm512_sub_ps(t, vs));
@@ -213,7 +216,7 @@ float exp_shift_sum_inplace(float*, float, int64_t) { return 0.f; }
 void fold_rows(float*, const float*, const float*, int64_t, int64_t) {}
 void plan_row(const float*, float, float, const float*, float, float*, int64_t) {}
 float row_max(const float*, float, const float*, int64_t) { return 0.f; }
-float row_exp_sum(const float*, float, const float*, float, float*, int64_t) { return 0.f; }
+float row_exp_sum(const float*, float, const float*, float, float*, int64_t, const float*) { return 0.f; }
 void col_max_row(const float*, float, float, float*, int64_t) {}
 void col_expsum_rows(const float*, int64_t, int64_t, float, const float*, const float*, float*, int64_t) {}
 int64_t first_at_least(const float*, float, int64_t n) { return n - 1; }

@@ -12,8 +12,9 @@ float exp_shift_sum_inplace(float* buf, float shift, int64_t n);
 void fold_rows(float* col, const float* e, const float* alpha, int64_t gn, int64_t k);
 // max_k (s_k·a + add_k), nothing stored
 float row_max(const float* s, float a, const float* add, int64_t n);
-// e_k = exp((s_k·a + add_k) - shift); returns Σ_k e_k
-float row_exp_sum(const float* s, float a, const float* add, float shift, float* e, int64_t n);
+// e_k = exp((s_k·a + add_k) - shift); returns Σ_k e_k. prefetch (may be null): the next row of s.
+float row_exp_sum(const float* s, float a, const float* add, float shift, float* e, int64_t n,
+                  const float* prefetch);
 // out_k = exp(((s_k·ie + ui) + v_k) + log_m), full exp range
 void plan_row(const float* s, float ie, float ui, const float* v, float log_m, float* out, int64_t n);
 // cm_k = max(cm_k, s_k·ie + ui)

@@ -194,7 +194,7 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
             // the row is re-read from L1 by the exp pass instead of storing S·ie + v
             mx = avx512::row_max(srow, ie, v, k);
             sh = lse_shift(mx);
-            sum = avx512::row_exp_sum(srow, ie, v, sh, ej, k);
+            sum = avx512::row_exp_sum(srow, ie, v, sh, ej, k, g + j + 1 < n ? srow + k : nullptr);
           } else {
             mx = scale_add_max(srow, ie, v, ej, k);
             sh = lse_shift(mx);
