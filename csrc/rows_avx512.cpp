@@ -10,7 +10,7 @@
 
 #include "rows_avx512.h"
 
-#if defined(__x86_64__) && defined(__GNUC__)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)  // clang lacks #pragma GCC target
 #pragma GCC push_options
 #pragma GCC target("avx512f,avx512dq,fma,avx2")
 
@@ -206,7 +206,7 @@ bool supported() {
 }  // namespace avx512
 }  // namespace sigma_cpu
 
-#else  // not x86-64 GCC/Clang: never selected
+#else  // not x86-64 GCC: never selected
 
 namespace sigma_cpu {
 namespace avx512 {
