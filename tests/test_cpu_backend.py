@@ -104,9 +104,10 @@ def test_assign_ties_go_to_lowest_index():
     assert cpu().streaming_assign(x, c, v, 20.0).tolist() == [0, 2, 2]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("m,k,d", [(1, 1, 1), (37, 29, 19), (257, 11, 19)])
-def test_streaming_primitives_match_reference(m, k, d):
-    x, c = factors(m, k, d)
+def test_streaming_primitives_match_reference(m, k, d, dtype):
+    x, c = factors(m, k, d, dtype=dtype)
     g = torch.Generator().manual_seed(2)
     u, v = torch.randn(m, generator=g), torch.randn(k, generator=g)
     close(cpu().streaming_col_lse(x, c, u, 20.0), ref().streaming_col_lse(x, c, u, 20.0), rtol=1e-6, atol=1e-5)
