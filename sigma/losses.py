@@ -12,8 +12,8 @@ import numbers
 import torch
 import torch.nn as nn
 
-from sigma_kernels import (normalize_rows, prototype_scores, sinkhorn_solve, sinkhorn_streaming,
-                           swap_cross_entropy_sinkhorn)
+from sigma_kernels import (normalize_rows, prototype_scores, sinkhorn_assign_from_potentials, sinkhorn_solve,
+                           sinkhorn_streaming, swap_cross_entropy, swap_cross_entropy_sinkhorn)
 from sigma_kernels import _validation as val
 from sigma_kernels.backends import BACKENDS
 from sigma_kernels.distributed import (global_count, sinkhorn_solve_distributed, sinkhorn_streaming_distributed,
@@ -48,9 +48,12 @@ class SinkhornSwapLoss(nn.Module):
             `check_every` iterations (each test is one host sync; None = always run all iterations).
         check_every: see tol.
         streaming: True solves Sinkhorn from the factors (normalize(z), C) without storing the M×K
-            scores (fused backends); False materialises the scores once per branch; "auto" streams
-            when M·K >= `STREAMING_MIN_ELEMENTS`. The cross-entropies never store M×K in the fused
-            backends either way.
+            scores (fused backends); False materialises the scores once per branch (and, with hard
+            targets, takes the labels from them instead of recomputing score tiles); "auto" streams
+            when M·K >= `STREAMING_MIN_ELEMENTS` on CUDA (tensor cores make recomputing cheap) and
+            >= `STREAMING_MIN_ELEMENTS_CPU` on the CPU (where every recomputation is a full fp32
+            GEMM, so storing two M×K matrices is the faster trade up to 1 GiB each). The
+            cross-entropies never store M×K in the fused backends either way.
         process_group: data-parallel group for the global equipartition (SPEC §1.6). None uses the
             default group when torch.distributed is initialised with world size > 1.
         compute_stats: compute the diagnostics of `last_stats` at every forward.
@@ -70,6 +73,7 @@ class SinkhornSwapLoss(nn.Module):
     """
 
     STREAMING_MIN_ELEMENTS = 1 << 25
+    STREAMING_MIN_ELEMENTS_CPU = 1 << 28
 
     def __init__(self, num_prototypes=3000, dim=256, epsilon=0.05, sinkhorn_iterations=10, temperature=0.1,
                  targets="hard", backend="auto", tol=None, streaming="auto", process_group=None, *,
@@ -184,9 +188,10 @@ class SinkhornSwapLoss(nn.Module):
 
     # --- the objective ----------------------------------------------------------------------
 
-    def _use_streaming(self, m):
+    def _use_streaming(self, m, device):
         if self.streaming == "auto":
-            return m * self.num_prototypes >= self.STREAMING_MIN_ELEMENTS
+            threshold = self.STREAMING_MIN_ELEMENTS_CPU if device.type == "cpu" else self.STREAMING_MIN_ELEMENTS
+            return m * self.num_prototypes >= threshold
         return self.streaming
 
     def _solve(self, z, streaming, group, m_global):
@@ -229,18 +234,26 @@ class SinkhornSwapLoss(nn.Module):
                 if w > 1 else None
             m = zv.shape[0]
             m_global = global_count(m, zv.device, group) if group is not None else m
-            streaming = self._use_streaming(m)
+            streaming = self._use_streaming(m, zv.device)
             res_v, scores_v = self._solve(zv, streaming, group, m_global)
             res_p, scores_p = self._solve(zp, streaming, group, m_global)
 
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
             common = dict(targets=self.targets, reduction=reduction, backend=self.backend)
-            # Video-model term: the prototypes are detached (SPEC §1.2), the targets come from Q_p.
-            loss_v = swap_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon, self.temperature,
-                                                 **common)
-            # Projection term: live prototypes, targets from Q_v.
-            loss_p = swap_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **common)
+            if scores_v is not None and self.targets == "hard":
+                # Stored scores: read the labels off them rather than recomputing score tiles.
+                kw = dict(reduction=reduction, backend=self.backend)
+                labels_p = sinkhorn_assign_from_potentials(scores_p, res_p.v, self.epsilon, backend=self.backend)
+                labels_v = sinkhorn_assign_from_potentials(scores_v, res_v.v, self.epsilon, backend=self.backend)
+                # Video-model term: the prototypes are detached (SPEC §1.2), the targets come from Q_p.
+                loss_v = swap_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
+                # Projection term: live prototypes, targets from Q_v.
+                loss_p = swap_cross_entropy(zp, c, labels_v, self.temperature, **kw)
+            else:
+                loss_v = swap_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon, self.temperature,
+                                                     **common)
+                loss_p = swap_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **common)
             if group is not None:
                 scale = w / m_global
                 loss_v, loss_p = loss_v * scale, loss_p * scale

@@ -69,6 +69,18 @@ def sinkhorn_assign(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5,
     return lib.sinkhorn_assign(s, v, inv_eps, name)
 
 
+def sinkhorn_assign_from_potentials(scores, v, epsilon, *, backend="auto"):
+    """Hard labels argmax_k (S_ik/ε + v_k) (int64 (M,)) of an already solved Sinkhorn, given its
+    prototype potentials v (K,) (e.g. `sinkhorn_solve(...).v`); Q's rows are softmax_k(S_i/ε + v),
+    so v alone fixes them."""
+    val.check_matrix("scores", scores)
+    val.check_vector("v", v, scores.shape[1])
+    val.check_same_device(scores=scores, v=v)
+    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
+    name = resolve_backend(backend, scores.device, scores.dtype)
+    return lib.sinkhorn_assign(scores.detach(), v.detach().to(compute_dtype(scores)), inv_eps, name)
+
+
 def normalize_rows(z):
     """z / ‖z‖ per row in float32 (float64 stays float64); differentiable."""
     return F.normalize(z.to(compute_dtype(z)), dim=-1, eps=1e-12)

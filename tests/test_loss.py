@@ -313,7 +313,9 @@ def test_streaming_auto_switches_by_size(monkeypatch):
     crit = make_loss(c)
     small = crit(zv, zp)
     assert calls == []
-    crit.STREAMING_MIN_ELEMENTS = 200  # M·K = 200
+    crit.STREAMING_MIN_ELEMENTS = 200  # M·K = 200, but these are CPU tensors: the CPU threshold applies
+    assert torch.equal(crit(zv, zp), small) and calls == []
+    crit.STREAMING_MIN_ELEMENTS_CPU = 200
     big = crit(zv, zp)
     assert len(calls) == 2
     torch.testing.assert_close(small, big)
