@@ -235,49 +235,53 @@ class SinkhornSwapLoss(nn.Module):
             m = zv.shape[0]
             m_global = global_count(m, zv.device, group) if group is not None else m
             streaming = self._use_streaming(m, zv.device)
-            res_v, scores_v = self._solve(zv, streaming, group, m_global)
-            res_p, scores_p = self._solve(zp, streaming, group, m_global)
+            want_stats = self.compute_stats or return_stats
+            # One branch at a time, so at most one stored M×K score matrix is alive.
+            res_v, labels_v, stats_v = self._branch(zv, streaming, group, m_global, want_stats)
+            res_p, labels_p, stats_p = self._branch(zp, streaming, group, m_global, want_stats)
 
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
-            common = dict(targets=self.targets, reduction=reduction, backend=self.backend)
-            if scores_v is not None and self.targets == "hard":
-                # Stored scores: read the labels off them rather than recomputing score tiles.
+            if labels_v is not None:
                 kw = dict(reduction=reduction, backend=self.backend)
-                labels_p = sinkhorn_assign_from_potentials(scores_p, res_p.v, self.epsilon, backend=self.backend)
-                labels_v = sinkhorn_assign_from_potentials(scores_v, res_v.v, self.epsilon, backend=self.backend)
                 # Video-model term: the prototypes are detached (SPEC §1.2), the targets come from Q_p.
                 loss_v = swap_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
                 # Projection term: live prototypes, targets from Q_v.
                 loss_p = swap_cross_entropy(zp, c, labels_v, self.temperature, **kw)
-            else:
+            else:  # targets computed tile by tile from the other branch's potentials
+                kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
                 loss_v = swap_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon, self.temperature,
-                                                     **common)
-                loss_p = swap_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **common)
+                                                     **kw)
+                loss_p = swap_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **kw)
             if group is not None:
                 scale = w / m_global
                 loss_v, loss_p = loss_v * scale, loss_p * scale
             loss = loss_v + loss_p
 
             stats = None
-            if self.compute_stats or return_stats:
-                stats = self._stats(zv, zp, scores_v, scores_p, res_v, res_p, loss_v, loss_p, m_global, group)
+            if want_stats:
+                stats = {"loss_v": loss_v.detach(), "loss_p": loss_p.detach()}
+                stats.update({f"{key}_v": value for key, value in stats_v.items()})
+                stats.update({f"{key}_p": value for key, value in stats_p.items()})
                 self.last_stats = stats
         return (loss, stats) if return_stats else loss
 
     @torch.no_grad()
-    def _stats(self, zv, zp, scores_v, scores_p, res_v, res_p, loss_v, loss_p, m_global, group):
-        inv_eps = 1.0 / self.epsilon
-        stats = {"loss_v": loss_v.detach(), "loss_p": loss_p.detach()}
-        for tag, z, scores, res in (("v", zv, scores_v, res_v), ("p", zp, scores_p, res_p)):
+    def _branch(self, z, streaming, group, m_global, want_stats):
+        """Sinkhorn of one branch: (SinkhornResult, hard labels read off the stored scores or None,
+        diagnostics dict or None). The stored scores, if any, are dropped on return."""
+        res, scores = self._solve(z, streaming, group, m_global)
+        labels = None
+        if scores is not None and self.targets == "hard":
+            labels = sinkhorn_assign_from_potentials(scores, res.v, self.epsilon, backend=self.backend)
+        stats = None
+        if want_stats:
+            inv_eps = 1.0 / self.epsilon
             if scores is not None:
-                branch = assignment_stats(res.v, inv_eps, scores=scores, m_global=m_global, process_group=group)
+                stats = assignment_stats(res.v, inv_eps, scores=scores, m_global=m_global, process_group=group)
             else:
-                branch = assignment_stats(res.v, inv_eps, x=normalize_rows(z.detach()),
-                                          prototypes=self.prototypes.detach(), m_global=m_global,
-                                          process_group=group)
-            for key, value in branch.items():
-                stats[f"{key}_{tag}"] = value
-            stats[f"marginal_error_{tag}"] = res.marginal_error
-        return stats
-
+                stats = assignment_stats(res.v, inv_eps, x=normalize_rows(z.detach()),
+                                         prototypes=self.prototypes.detach(), m_global=m_global,
+                                         process_group=group)
+            stats["marginal_error"] = res.marginal_error
+        return res, labels, stats
