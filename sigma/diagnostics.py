@@ -13,8 +13,8 @@ import torch
 
 from sigma_kernels.distributed import all_reduce_sum
 
-# Rows per chunk when the scores are recomputed from factors: bounds the extra memory to
-# CHUNK_ROWS × K floats, as the streaming loss promises O(M + K) memory.
+# Rows per chunk: bounds the temporaries to a few CHUNK_ROWS × K floats, whether the scores are
+# stored or recomputed from factors (the streaming loss promises O(M + K) extra memory).
 CHUNK_ROWS = 4096
 
 
@@ -39,15 +39,14 @@ def assignment_stats(v, inv_eps, *, scores=None, x=None, prototypes=None, m_glob
     dt = v.dtype
     counts = torch.zeros(k, dtype=dt, device=v.device)
     entropy_sum = torch.zeros((), dtype=dt, device=v.device)
-    if scores is not None:
-        m_local = scores.shape[0]
-        entropy_sum = entropy_sum + _accumulate(scores.to(dt) * inv_eps + v, counts)
-    else:
-        m_local = x.shape[0]
-        c = prototypes.to(dt)
-        for start in range(0, m_local, CHUNK_ROWS):
+    m_local = scores.shape[0] if scores is not None else x.shape[0]
+    c = prototypes.to(dt) if scores is None else None
+    for start in range(0, m_local, CHUNK_ROWS):
+        if scores is not None:
+            logits = scores[start:start + CHUNK_ROWS].to(dt) * inv_eps + v
+        else:
             logits = x[start:start + CHUNK_ROWS].to(dt) @ c.T * inv_eps + v
-            entropy_sum = entropy_sum + _accumulate(logits, counts)
+        entropy_sum = entropy_sum + _accumulate(logits, counts)
     counts = all_reduce_sum(counts, process_group)
     entropy_sum = all_reduce_sum(entropy_sum, process_group)
     m = m_global if m_global is not None else m_local

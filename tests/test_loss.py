@@ -323,8 +323,11 @@ def test_streaming_auto_switches_by_size(monkeypatch):
 
 # --- diagnostics ---------------------------------------------------------------------------
 
+@pytest.mark.parametrize("chunk_rows", [4096, 10])  # 10: 43 rows summarised in 5 chunks
 @pytest.mark.parametrize("streaming", [False, True])
-def test_stats_match_spec(streaming):
+def test_stats_match_spec(streaming, chunk_rows, monkeypatch):
+    import sigma.diagnostics
+    monkeypatch.setattr(sigma.diagnostics, "CHUNK_ROWS", chunk_rows)
     zv, zp, c = make_inputs(43, 19, 11, seed=15)
     crit = make_loss(c, streaming=streaming, sinkhorn_iterations=4)
     loss, stats = crit(zv, zp, return_stats=True)
