@@ -44,6 +44,26 @@ DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.floa
           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
 
+class Unavailable(Exception):
+    """A provider cannot run here (or not with these settings); the message says why."""
+
+
+def require_backend(name, device, dtype):
+    """The sigma_kernels backend namespace `name`, or Unavailable if it cannot take `dtype`
+    tensors on `device` in this process."""
+    from sigma_kernels.backends import BackendUnavailableError, get_backend
+    try:
+        ns = get_backend(name)
+    except BackendUnavailableError as exc:
+        raise Unavailable(str(exc))
+    device_type = torch.device(device).type
+    if ns.device_types is not None and device_type not in ns.device_types:
+        raise Unavailable(f"backend {name!r} runs on {list(ns.device_types)} tensors, not {device_type}")
+    if dtype not in ns.supported_dtypes:
+        raise Unavailable(f"backend {name!r} does not support {dtype}")
+    return ns
+
+
 def parse_dtype(name):
     try:
         return DTYPES[name]

@@ -51,10 +51,6 @@ PROVIDERS = (("research-eager",) + BACKENDS + tuple(f"{b}-assign" for b in BACKE
              + ("SinkhornSwapLoss", "research-compile"))
 
 
-class Unavailable(Exception):
-    """The provider cannot run here (or not with these targets); the message says why."""
-
-
 def make_problem(m, k, d, device, dtype, seed=0):
     """z_v, z_p (M, D) leaves in `dtype`, prototypes C (K, D) float32 leaf with unit rows; the two
     branches are correlated (z_p = z_v + noise) and half the tokens lie near a prototype."""
@@ -119,7 +115,7 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
         return (lambda: compiled(z_v, z_p, c, eps, iters, tau, targets)), (z_v, z_p, c), "materialised"
     if name in BACKENDS or name.endswith("-assign"):
         backend = name[: -len("-assign")] if name.endswith("-assign") else name
-        _check_backend(backend, z_v.device, z_v.dtype)
+        common.require_backend(backend, z_v.device, z_v.dtype)
         if name.endswith("-assign"):
             if targets != "hard":
                 raise ValueError(f"{name} computes index (hard) targets only")
@@ -132,7 +128,7 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
             from sigma.losses import SinkhornSwapLoss
             from sigma_kernels import resolve_backend
         except Exception as exc:
-            raise Unavailable(f"sigma.losses.SinkhornSwapLoss is not importable ({type(exc).__name__}: {exc})")
+            raise common.Unavailable(f"sigma.losses.SinkhornSwapLoss is not importable ({type(exc).__name__}: {exc})")
         k, d = c.shape
         module = SinkhornSwapLoss(num_prototypes=k, dim=d, epsilon=eps, sinkhorn_iterations=iters, temperature=tau,
                                   targets=targets, backend="auto", compute_stats=False).to(c.device)
@@ -141,18 +137,6 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
         resolved = resolve_backend("auto", z_v.device, torch.float32)
         return (lambda: module(z_v, z_p)), (z_v, z_p, module.prototypes), f"backend auto -> {resolved}"
     raise ValueError(f"unknown provider {name!r}")
-
-
-def _check_backend(name, device, dtype):
-    from sigma_kernels.backends import BackendUnavailableError, get_backend
-    try:
-        ns = get_backend(name)
-    except BackendUnavailableError as exc:
-        raise Unavailable(str(exc))
-    if ns.device_types is not None and device.type not in ns.device_types:
-        raise Unavailable(f"backend {name!r} runs on {list(ns.device_types)} tensors, not {device.type}")
-    if dtype not in ns.supported_dtypes:
-        raise Unavailable(f"backend {name!r} does not support {dtype}")
 
 
 def step_fn(loss_fn, inputs):
@@ -226,7 +210,7 @@ def main(argv=None):
                 prefix = f"[{i}/{len(providers)}] {name:<18} {targets:<4}"
                 try:
                     loss_fn, inputs, output = make_provider(name, z_v, z_p, c, eps, args.iters, tau, targets)
-                except Unavailable as exc:
+                except common.Unavailable as exc:
                     print(f"{prefix} skipped: {exc}", flush=True)
                     log.add(provider=name, status=f"skipped: {exc}", **base)
                     continue

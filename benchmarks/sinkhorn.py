@@ -56,10 +56,6 @@ PROVIDERS = (("research-eager",) + BACKENDS + tuple(f"{b}-streaming" for b in BA
              + ("pot-sinkhorn_log", "flash-sinkhorn", "research-compile"))
 
 
-class Unavailable(Exception):
-    """The provider cannot run here; the message says why."""
-
-
 def make_problem(m, k, d, device, seed=0):
     """Unit-row z (M, D) and prototypes (K, D), float32, with a few near-duplicates of prototypes
     among the tokens so that the assignment is not uniform noise."""
@@ -69,19 +65,6 @@ def make_problem(m, k, d, device, seed=0):
     z[: m // 2] += 2.0 * c[torch.randint(0, k, (m // 2,), generator=g)] * math.sqrt(d) / 4
     z = torch.nn.functional.normalize(z, dim=1)
     return z.to(device), c.to(device)
-
-
-def _backend_or_skip(name, device, dtype):
-    from sigma_kernels.backends import get_backend, BackendUnavailableError
-    try:
-        ns = get_backend(name)
-    except BackendUnavailableError as exc:
-        raise Unavailable(str(exc))
-    if ns.device_types is not None and torch.device(device).type not in ns.device_types:
-        raise Unavailable(f"backend {name!r} runs on {list(ns.device_types)} tensors, not {torch.device(device).type}")
-    if dtype not in ns.supported_dtypes:
-        raise Unavailable(f"backend {name!r} does not support {dtype}")
-    return ns
 
 
 def make_provider(name, z, c, scores, eps, iters):
@@ -98,7 +81,7 @@ def make_provider(name, z, c, scores, eps, iters):
         try:
             import ot
         except ImportError as exc:
-            raise Unavailable(f"POT is not installed ({exc})")
+            raise common.Unavailable(f"POT is not installed ({exc})")
         cost = -scores.float()
         a = torch.full((m,), 1.0 / m, device=z.device)
         b = torch.full((k,), 1.0 / k, device=z.device)
@@ -108,24 +91,24 @@ def make_provider(name, z, c, scores, eps, iters):
         return run_pot, as_q, "Q", torch.float32
     if name in BACKENDS:
         import sigma_kernels
-        _backend_or_skip(name, z.device, scores.dtype)
+        common.require_backend(name, z.device, scores.dtype)
         return (lambda: sigma_kernels.sinkhorn(scores, eps, iters, backend=name)), as_q, "Q", scores.dtype
     if name.endswith("-streaming"):
         import sigma_kernels
         backend = name[: -len("-streaming")]
         zd, cd = z.to(scores.dtype), c.to(scores.dtype)
-        _backend_or_skip(backend, z.device, zd.dtype)
+        common.require_backend(backend, z.device, zd.dtype)
 
         def run_streaming():
             return sinkhorn_streaming_uv(sigma_kernels, zd, cd, eps, iters, backend)
         return run_streaming, (lambda out: ("uv",) + out), "potentials", zd.dtype
     if name == "flash-sinkhorn":
         if z.device.type != "cuda":
-            raise Unavailable("flash-sinkhorn runs on CUDA tensors only")
+            raise common.Unavailable("flash-sinkhorn runs on CUDA tensors only")
         try:
             from flash_sinkhorn import SamplesLoss
         except ImportError as exc:
-            raise Unavailable(f"flash-sinkhorn is not installed ({exc})")
+            raise common.Unavailable(f"flash-sinkhorn is not installed ({exc})")
         # Prototypes are the sources (updated first, like our v), tokens the targets; with
         # half_cost the cost is ½‖c−z‖² = 1 − z·c, so exp(−cost/ε) ∝ exp(S/ε).
         solver = SamplesLoss("sinkhorn", backend="alternating", use_epsilon_scaling=False, eps=eps,
@@ -233,7 +216,7 @@ def main(argv=None):
             prefix = f"[{i}/{len(providers)}] {name:<20}"
             try:
                 fn, finish, output, in_dtype = make_provider(name, z, c, scores, eps, args.iters)
-            except Unavailable as exc:
+            except common.Unavailable as exc:
                 print(f"{prefix} skipped: {exc}", flush=True)
                 log.add(provider=name, dtype=common.dtype_name(dtype), status=f"skipped: {exc}", **base)
                 continue

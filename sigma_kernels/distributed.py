@@ -16,7 +16,7 @@ from . import _validation as val
 from ._sinkhorn_loop import run_sinkhorn
 from .backends import get_backend, resolve_backend
 from .backends.reference import compute_dtype
-from .sinkhorn import SinkhornResult, normalize_rows, sinkhorn_solve, sinkhorn_streaming
+from .sinkhorn import SinkhornResult, _check_common, normalize_rows, sinkhorn_solve, sinkhorn_streaming
 
 
 def _dist():
@@ -71,13 +71,6 @@ def all_reduce_sum(x, process_group=None):
     out = x.clone()
     dist.all_reduce(out, op=dist.ReduceOp.SUM, group=process_group)
     return out
-
-
-def _check_common(epsilon, n_iters, tol, check_every):
-    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
-    n_iters = val.check_iterations("n_iters", n_iters)
-    tol, check_every = val.check_tolerance(tol, check_every)
-    return inv_eps, n_iters, tol, check_every
 
 
 @torch.no_grad()
