@@ -20,7 +20,10 @@
 # build it (BUILD_TIMEOUT=240): first with CUDA, then with SIGMA_NO_CUDA=1, then without it.
 # If pip fails altogether, the stages run from the source tree via PYTHONPATH.
 #
-# Needs pytest + hypothesis for the tests stage (it says so in summary.txt when they are missing);
+# Needs pytest + hypothesis for the tests stage (it says so in summary.txt when they are missing).
+# A machine without internet can take them from a wheel folder made beforehand and carried along:
+#     pip download --only-binary :all: -d .wheels pytest hypothesis     (pure-Python wheels; .wheels is gitignored)
+# the script installs from WHEELS_DIR (default .wheels) when they are not importable;
 # POT, matplotlib and flash-sinkhorn are optional (skipped with a note). Without .git in the copied
 # tree, pass the commit: SIGMA_BENCH_COMMIT=$(git rev-parse --short HEAD) bash benchmarks/gpu_check.sh
 #
@@ -85,6 +88,10 @@ run_stage env "${ENV_TIMEOUT:-30}" bash -c 'nvidia-smi || echo "nvidia-smi not a
     "$0" benchmarks/env_report.py' "$PY"
 
 # 3. tests
+WHEELS_DIR="${WHEELS_DIR:-.wheels}"
+if ! "$PY" -c "import pytest, hypothesis" 2>/dev/null && [ -d "$WHEELS_DIR" ]; then
+    run_stage test-deps 60 "$PY" -m pip install --no-index --find-links "$WHEELS_DIR" pytest hypothesis
+fi
 "$PY" -c "import pytest, hypothesis" 2>/dev/null || note "pytest or hypothesis is not installed: the tests stage will fail"
 # shellcheck disable=SC2086
 run_stage tests "${TEST_TIMEOUT:-150}" "$PY" -m pytest ${PYTEST_ARGS:--x -q tests -m "not slow" --durations=15 -p no:cacheprovider}
