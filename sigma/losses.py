@@ -7,7 +7,6 @@ All arithmetic is delegated to the `sigma_kernels` ops (which pick a backend); t
 wires SPEC §1 together: prototype renormalisation, two Sinkhorn solves, two swapped
 cross-entropies.
 """
-import numbers
 
 import torch
 import torch.nn as nn
@@ -22,14 +21,6 @@ from sigma_kernels.distributed import (global_count, sinkhorn_solve_distributed,
 from .diagnostics import assignment_stats
 
 _TARGETS = ("hard", "soft")
-
-
-def _check_int(name, value, minimum=1):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class SinkhornSwapLoss(nn.Module):
@@ -79,10 +70,10 @@ class SinkhornSwapLoss(nn.Module):
                  targets="hard", backend="auto", tol=None, streaming="auto", process_group=None, *,
                  check_every=5, compute_stats=True):
         super().__init__()
-        self.num_prototypes = _check_int("num_prototypes", num_prototypes)
-        self.dim = _check_int("dim", dim)
+        self.num_prototypes = val.check_positive_int("num_prototypes", num_prototypes)
+        self.dim = val.check_positive_int("dim", dim)
         self.epsilon = val.check_positive("epsilon", epsilon)
-        self.sinkhorn_iterations = val.check_iterations("sinkhorn_iterations", sinkhorn_iterations)
+        self.sinkhorn_iterations = val.check_positive_int("sinkhorn_iterations", sinkhorn_iterations)
         self.temperature = val.check_positive("temperature", temperature)
         if targets not in _TARGETS:
             raise ValueError(f"targets must be one of {_TARGETS}, got {targets!r}")

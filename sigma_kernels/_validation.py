@@ -54,7 +54,7 @@ def check_positive(name, value):
     return float(value)
 
 
-def check_iterations(name, value):
+def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
     if value < 1:
@@ -68,7 +68,7 @@ def check_tolerance(tol, check_every):
         tol = 0.0
     elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
-    return float(tol), check_iterations("check_every", check_every)
+    return float(tol), check_positive_int("check_every", check_every)
 
 
 def check_target(target, m, k, device):

@@ -24,7 +24,7 @@ class SinkhornResult(NamedTuple):
 
 def _check_common(epsilon, n_iters, tol, check_every):
     inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
-    n_iters = val.check_iterations("n_iters", n_iters)
+    n_iters = val.check_positive_int("n_iters", n_iters)
     tol, check_every = val.check_tolerance(tol, check_every)
     return inv_eps, n_iters, tol, check_every
 
