@@ -18,9 +18,9 @@ namespace sigma_cpu {
 namespace avx512 {
 namespace {
 
-// The polynomial of fast_exp in sigma_common.h (about 1 ulp); 2^n by scalef.
-inline __m512 exp16(__m512 x) {
-  x = _mm512_max_ps(_mm512_set1_ps(-87.33654475f), x);  // arguments here are <= 0 (x - max)
+// The polynomial of fast_exp in sigma_common.h (about 1 ulp); 2^n by scalef. x must already be
+// clamped to a range where the reduction stays finite (the callers below).
+inline __m512 exp16_reduced(__m512 x) {
   const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
@@ -36,23 +36,15 @@ inline __m512 exp16(__m512 x) {
   return _mm512_scalef_ps(p, n);
 }
 
+// Arguments here are <= 0 (x - max); below -87.3 the result flushes towards 0.
+inline __m512 exp16(__m512 x) {
+  return exp16_reduced(_mm512_max_ps(_mm512_set1_ps(-87.33654475f), x));
+}
+
 // Full-range exp: clamping to [-104, 89] keeps r finite for ±inf; scalef then gives 0,
 // subnormals and +inf where due, and NaN propagates through the clamps.
 inline __m512 exp16_full(__m512 x) {
-  x = _mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
-                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), r);
-  p = _mm512_add_ps(p, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
+  return exp16_reduced(_mm512_min_ps(_mm512_set1_ps(89.0f), _mm512_max_ps(_mm512_set1_ps(-104.0f), x)));
 }
 
 inline __mmask16 tail_mask(int64_t r) { return (__mmask16)((1u << r) - 1u); }

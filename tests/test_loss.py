@@ -166,6 +166,7 @@ def test_initial_loss_is_about_two_log_k():
     """
     k, d, tau = 3000, 256, 0.1
     zv, zp, _ = make_inputs(256, k, d, dtype=torch.float32, seed=6)
+    torch.manual_seed(0)  # the module's own prototype init; spread over seeds is about ±0.08
     crit = SinkhornSwapLoss(k, d, temperature=tau, backend="reference")
     loss = crit(zv, zp).item()
     assert abs(loss - 2 * math.log(k)) < 0.05 * 2 * math.log(k)
