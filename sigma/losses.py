@@ -11,8 +11,9 @@ cross-entropies.
 import torch
 import torch.nn as nn
 
-from sigma_kernels import (normalize_rows, prototype_scores, sinkhorn_assign_from_potentials, sinkhorn_solve,
-                           sinkhorn_streaming, swap_cross_entropy, swap_cross_entropy_sinkhorn)
+from sigma_kernels import (normalize_rows, prototype_scores, sinkhorn_assign_from_potentials,
+                           sinkhorn_assign_from_potentials_streaming, sinkhorn_solve, sinkhorn_streaming,
+                           swap_cross_entropy, swap_cross_entropy_sinkhorn)
 from sigma_kernels import _validation as val
 from sigma_kernels.backends import BACKENDS
 from sigma_kernels.distributed import (global_count, sinkhorn_solve_distributed, sinkhorn_streaming_distributed,
@@ -39,12 +40,13 @@ class SinkhornSwapLoss(nn.Module):
             `check_every` iterations (each test is one host sync; None = always run all iterations).
         check_every: see tol.
         streaming: True solves Sinkhorn from the factors (normalize(z), C) without storing the M×K
-            scores (fused backends); False materialises the scores once per branch (and, with hard
-            targets, takes the labels from them instead of recomputing score tiles); "auto" streams
-            when M·K >= `STREAMING_MIN_ELEMENTS` on CUDA (tensor cores make recomputing cheap) and
-            >= `STREAMING_MIN_ELEMENTS_CPU` on the CPU (where every recomputation is a full fp32
-            GEMM, so storing two M×K matrices is the faster trade up to 1 GiB each). The
-            cross-entropies never store M×K in the fused backends either way.
+            scores (fused backends); False materialises the scores of one branch at a time; "auto"
+            streams when M·K >= `STREAMING_MIN_ELEMENTS` on CUDA (tensor cores make recomputing
+            cheap) and >= `STREAMING_MIN_ELEMENTS_CPU` on the CPU (where every recomputation is a
+            full fp32 GEMM, so storing the scores is the faster trade up to 1 GiB). Hard targets
+            are labelled once per branch and fed to a plain fused CE; soft targets are recomputed
+            tile by tile from the other branch's potentials. The cross-entropies never store M×K
+            in the fused backends either way.
         process_group: data-parallel group for the global equipartition (SPEC §1.6). None uses the
             default group when torch.distributed is initialised with world size > 1.
         compute_stats: compute the diagnostics of `last_stats` at every forward.
@@ -233,13 +235,15 @@ class SinkhornSwapLoss(nn.Module):
 
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
-            if labels_v is not None:
+            if self.targets == "hard":
+                # Labels once per branch (one pass), then plain CE: cheaper than recomputing the
+                # other branch's score tiles in both the forward and the backward.
                 kw = dict(reduction=reduction, backend=self.backend)
                 # Video-model term: the prototypes are detached (SPEC §1.2), the targets come from Q_p.
                 loss_v = swap_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
                 # Projection term: live prototypes, targets from Q_v.
                 loss_p = swap_cross_entropy(zp, c, labels_v, self.temperature, **kw)
-            else:  # targets computed tile by tile from the other branch's potentials
+            else:  # soft targets, computed tile by tile from the other branch's potentials
                 kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
                 loss_v = swap_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon, self.temperature,
                                                      **kw)
@@ -259,12 +263,15 @@ class SinkhornSwapLoss(nn.Module):
 
     @torch.no_grad()
     def _branch(self, z, streaming, group, m_global, want_stats):
-        """Sinkhorn of one branch: (SinkhornResult, hard labels read off the stored scores or None,
+        """Sinkhorn of one branch: (SinkhornResult, its hard labels (targets="hard") or None,
         diagnostics dict or None). The stored scores, if any, are dropped on return."""
         res, scores = self._solve(z, streaming, group, m_global)
         labels = None
-        if scores is not None and self.targets == "hard":
+        if self.targets == "hard" and scores is not None:
             labels = sinkhorn_assign_from_potentials(scores, res.v, self.epsilon, backend=self.backend)
+        elif self.targets == "hard":
+            labels = sinkhorn_assign_from_potentials_streaming(z, self.prototypes, res.v, self.epsilon,
+                                                               backend=self.backend)
         stats = None
         if want_stats:
             inv_eps = 1.0 / self.epsilon

@@ -9,7 +9,7 @@ from .backends import (BackendUnavailableError, available_backends, backend_info
 from .cross_entropy import (prototype_log_softmax, prototype_scores, prototype_softmax, swap_cross_entropy,
                             swap_cross_entropy_sinkhorn)
 from .sinkhorn import (SinkhornResult, normalize_rows, sinkhorn, sinkhorn_assign, sinkhorn_assign_from_potentials,
-                       sinkhorn_assign_streaming,
+                       sinkhorn_assign_from_potentials_streaming, sinkhorn_assign_streaming,
                        sinkhorn_potentials, sinkhorn_solve, sinkhorn_streaming)
 from ._sinkhorn_loop import column_marginal_error, run_sinkhorn
 
@@ -18,7 +18,8 @@ __version__ = "0.1.0"
 __all__ = [
     "BackendUnavailableError", "SinkhornResult", "available_backends", "backend_info", "column_marginal_error",
     "get_backend", "normalize_rows", "prototype_log_softmax", "prototype_scores", "prototype_softmax",
-    "resolve_backend", "run_sinkhorn", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials", "sinkhorn_assign_streaming",
+    "resolve_backend", "run_sinkhorn", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials",
+    "sinkhorn_assign_from_potentials_streaming", "sinkhorn_assign_streaming",
     "sinkhorn_potentials", "sinkhorn_solve", "sinkhorn_streaming", "swap_cross_entropy",
     "swap_cross_entropy_sinkhorn",
 ]

@@ -107,6 +107,16 @@ def sinkhorn_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True
     return SinkhornResult(*lib.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name))
 
 
+def sinkhorn_assign_from_potentials_streaming(z, prototypes, v, epsilon, *, normalize=True, backend="auto"):
+    """`sinkhorn_assign_from_potentials` for S = normalize(z)·prototypesᵀ, never storing S
+    (fused backends): int64 (M,) labels argmax_k (S_ik/ε + v_k)."""
+    x, c, name = _streaming_operands(z, prototypes, normalize, backend)
+    val.check_vector("v", v, c.shape[0])
+    val.check_same_device(z=z, v=v)
+    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
+    return lib.sinkhorn_assign_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
+
+
 def sinkhorn_assign_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True, tol=None,
                               check_every=5, backend="auto"):
     """Hard Sinkhorn assignment (int64 (M,)) of normalize(z)·prototypesᵀ, never storing S."""

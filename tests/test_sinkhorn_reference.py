@@ -151,3 +151,18 @@ def test_sinkhorn_ignores_autograd():
     q = sk.sinkhorn(s, 0.05, 3, **REF)
     assert not q.requires_grad
     assert math.isclose(q.sum().item(), 9.0, rel_tol=1e-5)
+
+
+@pytest.mark.parametrize("backend", ["reference", "auto"])
+def test_assign_from_potentials_matches_argmax_of_q(backend):
+    g = torch.Generator().manual_seed(15)
+    z, c = torch.randn(53, 11, generator=g), torch.nn.functional.normalize(torch.randn(17, 11, generator=g), dim=1)
+    s = sk.prototype_scores(z, c)
+    res = sk.sinkhorn_solve(s, 0.05, 6, **REF)
+    expected = sk.sinkhorn(s, 0.05, 6, **REF).argmax(1)
+    assert torch.equal(sk.sinkhorn_assign_from_potentials(s, res.v, 0.05, backend=backend), expected)
+    assert torch.equal(sk.sinkhorn_assign_from_potentials_streaming(z, c, res.v, 0.05, backend=backend), expected)
+    with pytest.raises(ValueError, match=r"v must have shape \(17,\)"):
+        sk.sinkhorn_assign_from_potentials(s, res.v[:5], 0.05)
+    with pytest.raises(ValueError, match="epsilon"):
+        sk.sinkhorn_assign_from_potentials_streaming(z, c, res.v, 0.0)
