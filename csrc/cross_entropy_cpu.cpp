@@ -195,15 +195,18 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const Operands& op, const Target
 
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const Operands& op, const Targets& tg,
                                                  const at::Tensor& lse_in, float scale, at::ScalarType x_dtype,
-                                                 at::ScalarType c_dtype) {
+                                                 at::ScalarType c_dtype, bool need_dx, bool need_dc) {
   const int64_t m = op.m, k = op.k, d = op.x.size(1);
   at::Tensor gf = as_float_vector(grad, m, "grad");
   at::Tensor lf = as_float_vector(lse_in, m, "lse");
   const float* pg = gf.data_ptr<float>();
   const float* plse = lf.data_ptr<float>();
-  at::Tensor dx = at::empty({m, d}, at::kFloat);
+  // A gradient not asked for is returned as an empty (0,) tensor and its GEMM is skipped.
+  at::Tensor skipped = at::empty({0}, at::kFloat);
+  if (!need_dx && !need_dc) return {skipped, skipped};
+  at::Tensor dx = need_dx ? at::empty({m, d}, at::kFloat) : skipped;
   const int64_t nt = at::get_num_threads(), per = kGemmRowChunk * k;
-  at::Tensor dc_parts = at::zeros({nt, k, d}, at::kFloat);
+  at::Tensor dc_parts = need_dc ? at::zeros({nt, k, d}, at::kFloat) : skipped;
   at::Tensor ltiles = at::empty({nt * per}, at::kFloat);
   at::Tensor ttiles = at::empty({tg.needs_tile() ? nt * per : 0}, at::kFloat);
   at::Tensor idxbuf = at::empty({nt * kGemmRowChunk}, at::kLong);
@@ -212,7 +215,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const O
     float* lt = ltiles.data_ptr<float>() + tid * per;
     float* tt = tg.needs_tile() ? ttiles.data_ptr<float>() + tid * per : nullptr;
     int64_t* idx = idxbuf.data_ptr<int64_t>() + tid * kGemmRowChunk;
-    at::Tensor dc_t = dc_parts[tid];
+    at::Tensor dc_t = need_dc ? dc_parts[tid] : skipped;
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
       const float* probs = tg.chunk(r0, n, k, tt, idx);
@@ -243,13 +246,14 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const O
         }
       }
       at::Tensor gt = at::from_blob(g, {n, k}, op.x.options());
-      at::Tensor dx_rows = dx.narrow(0, r0, n);
-      at::mm_out(dx_rows, gt, op.c);
-      dc_t.addmm_(gt.t(), op.x.narrow(0, r0, n));
+      if (need_dx) {
+        at::Tensor dx_rows = dx.narrow(0, r0, n);
+        at::mm_out(dx_rows, gt, op.c);
+      }
+      if (need_dc) dc_t.addmm_(gt.t(), op.x.narrow(0, r0, n));
     }
   });
-  at::Tensor dc = dc_parts.sum(0);
-  return {dx.to(x_dtype), dc.to(c_dtype)};
+  return {need_dx ? dx.to(x_dtype) : skipped, need_dc ? dc_parts.sum(0).to(c_dtype) : skipped};
 }
 
 }  // namespace
@@ -262,10 +266,11 @@ std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_forward(const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_backward(const at::Tensor& grad, const at::Tensor& x,
                                                                  const at::Tensor& c, const at::Tensor& target,
-                                                                 const at::Tensor& lse, double scale) {
+                                                                 const at::Tensor& lse, double scale, bool need_dx,
+                                                                 bool need_dc) {
   Operands op = checked_operands(x, c);
   return backward_impl(grad, op, given_targets(target, op.m, op.k), lse, (float)scale, x.scalar_type(),
-                       c.scalar_type());
+                       c.scalar_type(), need_dx, need_dc);
 }
 
 std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_forward(const at::Tensor& x, const at::Tensor& c,
@@ -279,11 +284,12 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_forward(const a
 
 std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_backward(
     const at::Tensor& grad, const at::Tensor& x, const at::Tensor& c, const at::Tensor& y, const at::Tensor& cy,
-    const at::Tensor& v, const at::Tensor& lse, double inv_eps, double scale, bool soft) {
+    const at::Tensor& v, const at::Tensor& lse, double inv_eps, double scale, bool soft, bool need_dx,
+    bool need_dc) {
   Operands op = checked_operands(x, c);
   at::Tensor vf = as_float_vector(v, op.k, "v");
   return backward_impl(grad, op, sinkhorn_targets(y, cy, vf, inv_eps, soft, op.m, op.k), lse, (float)scale,
-                       x.scalar_type(), c.scalar_type());
+                       x.scalar_type(), c.scalar_type(), need_dx, need_dc);
 }
 
 }  // namespace sigma_cpu

@@ -18,12 +18,12 @@ Pair streaming_row_step(const Tensor& x, const Tensor& c, const Tensor& v, doubl
 Tensor streaming_assign(const Tensor& x, const Tensor& c, const Tensor& v, double inv_eps);
 Pair linear_cross_entropy_forward(const Tensor& x, const Tensor& c, const Tensor& target, double scale);
 Pair linear_cross_entropy_backward(const Tensor& grad, const Tensor& x, const Tensor& c, const Tensor& target,
-                                   const Tensor& lse, double scale);
+                                   const Tensor& lse, double scale, bool need_dx, bool need_dc);
 Pair sinkhorn_target_cross_entropy_forward(const Tensor& x, const Tensor& c, const Tensor& y, const Tensor& cy,
                                            const Tensor& v, double inv_eps, double scale, bool soft);
 Pair sinkhorn_target_cross_entropy_backward(const Tensor& grad, const Tensor& x, const Tensor& c, const Tensor& y,
                                             const Tensor& cy, const Tensor& v, const Tensor& lse, double inv_eps,
-                                            double scale, bool soft);
+                                            double scale, bool soft, bool need_dx, bool need_dc);
 }  // namespace sigma_cpu
 
 TORCH_LIBRARY(sigma_kernels_ext, m) {
@@ -35,12 +35,13 @@ TORCH_LIBRARY(sigma_kernels_ext, m) {
   m.def("streaming_row_step(Tensor x, Tensor c, Tensor v, float inv_eps, float log_m) -> (Tensor, Tensor)");
   m.def("streaming_assign(Tensor x, Tensor c, Tensor v, float inv_eps) -> Tensor");
   m.def("linear_cross_entropy_forward(Tensor x, Tensor c, Tensor target, float scale) -> (Tensor, Tensor)");
-  m.def("linear_cross_entropy_backward(Tensor grad, Tensor x, Tensor c, Tensor target, Tensor lse, float scale)"
-        " -> (Tensor, Tensor)");
+  m.def("linear_cross_entropy_backward(Tensor grad, Tensor x, Tensor c, Tensor target, Tensor lse, float scale,"
+        " bool need_dx=True, bool need_dc=True) -> (Tensor, Tensor)");
   m.def("sinkhorn_target_cross_entropy_forward(Tensor x, Tensor c, Tensor y, Tensor cy, Tensor v, float inv_eps,"
         " float scale, bool soft) -> (Tensor, Tensor)");
   m.def("sinkhorn_target_cross_entropy_backward(Tensor grad, Tensor x, Tensor c, Tensor y, Tensor cy, Tensor v,"
-        " Tensor lse, float inv_eps, float scale, bool soft) -> (Tensor, Tensor)");
+        " Tensor lse, float inv_eps, float scale, bool soft, bool need_dx=True, bool need_dc=True)"
+        " -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(sigma_kernels_ext, CPU, m) {

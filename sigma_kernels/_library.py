@@ -95,15 +95,26 @@ def _(x, c, target, scale, backend):
     return _vec(x, x.shape[0], dt), _vec(x, x.shape[0], dt)
 
 
+def _grads_or_empty(dx, dc, x, c):
+    """Custom ops cannot return None: a gradient not asked for travels as an empty (0,) tensor."""
+    return (x.new_empty((0,)) if dx is None else dx), (c.new_empty((0,)) if dc is None else dc)
+
+
+def _fake_grads(x, c, need_dx, need_dc):
+    return _grads_or_empty(torch.empty_like(x) if need_dx else None, torch.empty_like(c) if need_dc else None, x, c)
+
+
 @torch.library.custom_op(f"{_NS}::linear_cross_entropy_backward", mutates_args=())
 def linear_cross_entropy_backward(grad: Tensor, x: Tensor, c: Tensor, target: Tensor, lse: Tensor,
-                                  scale: float, backend: str) -> Tuple[Tensor, Tensor]:
-    return get_backend(backend).linear_cross_entropy_backward(grad, x, c, target, lse, scale)
+                                  scale: float, need_dx: bool, need_dc: bool, backend: str) -> Tuple[Tensor, Tensor]:
+    dx, dc = get_backend(backend).linear_cross_entropy_backward(grad, x, c, target, lse, scale,
+                                                                need_dx=need_dx, need_dc=need_dc)
+    return _grads_or_empty(dx, dc, x, c)
 
 
 @linear_cross_entropy_backward.register_fake
-def _(grad, x, c, target, lse, scale, backend):
-    return torch.empty_like(x), torch.empty_like(c)
+def _(grad, x, c, target, lse, scale, need_dx, need_dc, backend):
+    return _fake_grads(x, c, need_dx, need_dc)
 
 
 def _lce_setup(ctx, inputs, output):
@@ -114,8 +125,9 @@ def _lce_setup(ctx, inputs, output):
 
 def _lce_backward(ctx, grad_loss, grad_lse):
     x, c, target, lse = ctx.saved_tensors
-    dx, dc = linear_cross_entropy_backward(grad_loss, x, c, target, lse, ctx.scale, ctx.backend)
-    return dx, dc, None, None, None
+    need_dx, need_dc = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dc = linear_cross_entropy_backward(grad_loss, x, c, target, lse, ctx.scale, need_dx, need_dc, ctx.backend)
+    return (dx if need_dx else None), (dc if need_dc else None), None, None, None
 
 
 linear_cross_entropy.register_autograd(_lce_backward, setup_context=_lce_setup)
@@ -136,13 +148,15 @@ def _(x, c, y, cy, v, inv_eps, scale, soft, backend):
 @torch.library.custom_op(f"{_NS}::sinkhorn_target_cross_entropy_backward", mutates_args=())
 def sinkhorn_target_cross_entropy_backward(grad: Tensor, x: Tensor, c: Tensor, y: Tensor, cy: Tensor, v: Tensor,
                                            lse: Tensor, inv_eps: float, scale: float, soft: bool,
-                                           backend: str) -> Tuple[Tensor, Tensor]:
-    return get_backend(backend).sinkhorn_target_cross_entropy_backward(grad, x, c, y, cy, v, lse, inv_eps, scale, soft)
+                                           need_dx: bool, need_dc: bool, backend: str) -> Tuple[Tensor, Tensor]:
+    dx, dc = get_backend(backend).sinkhorn_target_cross_entropy_backward(grad, x, c, y, cy, v, lse, inv_eps, scale,
+                                                                         soft, need_dx=need_dx, need_dc=need_dc)
+    return _grads_or_empty(dx, dc, x, c)
 
 
 @sinkhorn_target_cross_entropy_backward.register_fake
-def _(grad, x, c, y, cy, v, lse, inv_eps, scale, soft, backend):
-    return torch.empty_like(x), torch.empty_like(c)
+def _(grad, x, c, y, cy, v, lse, inv_eps, scale, soft, need_dx, need_dc, backend):
+    return _fake_grads(x, c, need_dx, need_dc)
 
 
 def _stce_setup(ctx, inputs, output):
@@ -153,8 +167,11 @@ def _stce_setup(ctx, inputs, output):
 
 def _stce_backward(ctx, grad_loss, grad_lse):
     x, c, y, cy, v, lse = ctx.saved_tensors
-    dx, dc = sinkhorn_target_cross_entropy_backward(grad_loss, x, c, y, cy, v, lse, *ctx.args)
-    return dx, dc, None, None, None, None, None, None, None
+    inv_eps, scale, soft, backend = ctx.args
+    need_dx, need_dc = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dc = sinkhorn_target_cross_entropy_backward(grad_loss, x, c, y, cy, v, lse, inv_eps, scale, soft,
+                                                    need_dx, need_dc, backend)
+    return (dx if need_dx else None), (dc if need_dc else None), None, None, None, None, None, None, None
 
 
 sinkhorn_target_cross_entropy.register_autograd(_stce_backward, setup_context=_stce_setup)

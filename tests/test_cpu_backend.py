@@ -182,6 +182,66 @@ def test_swap_cross_entropy_sinkhorn_values_and_gradients(m, k, d, targets):
         close(a, b, rtol=1e-5, atol=1e-6)
 
 
+def _partial_grads(loss_fn, z, p, which):
+    """Gradients when only `which` ("z", "p" or "both") requires grad; None for the other."""
+    z = z.clone().requires_grad_(which in ("z", "both"))
+    p = p.clone().requires_grad_(which in ("p", "both"))
+    loss_fn(z, p).backward()
+    return z.grad, p.grad
+
+
+@pytest.mark.parametrize("which", ["z", "p", "both"])
+@pytest.mark.parametrize("loss", ["given", "sinkhorn"])
+def test_cross_entropy_gradients_only_for_inputs_that_need_them(loss, which):
+    m, k, d = 37, 29, 19
+    g = torch.Generator().manual_seed(11)
+    z, p = torch.randn(m, d, generator=g), torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
+    zt = torch.randn(m, d + 2, generator=g)
+    pt = torch.nn.functional.normalize(torch.randn(k, d + 2, generator=g), dim=1)
+    t = torch.randint(0, k, (m,), generator=g)
+    v = torch.randn(k, generator=g)
+    if loss == "given":
+        fn = lambda b: lambda z_, p_: sk.swap_cross_entropy(z_, p_, t, 0.1, backend=b)  # noqa: E731
+    else:
+        fn = lambda b: lambda z_, p_: sk.swap_cross_entropy_sinkhorn(z_, p_, zt, pt, v, 0.05, 0.1,  # noqa: E731
+                                                                     targets="soft", backend=b)
+    dz, dp = _partial_grads(fn("cpu"), z, p, which)
+    dz_r, dp_r = _partial_grads(fn("reference"), z, p, "both")
+    assert (dz is None) == (which == "p") and (dp is None) == (which == "z")
+    if dz is not None:
+        close(dz, dz_r, rtol=1e-5, atol=1e-6)
+    if dp is not None:
+        close(dp, dp_r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("need_dx,need_dc", [(True, False), (False, True), (False, False)])
+def test_cross_entropy_primitives_skip_gradients_not_asked_for(need_dx, need_dc):
+    m, k, d = 130, 29, 19  # two row chunks
+    x, c = factors(m, k, d, seed=12)
+    y, cy = factors(m, k, d + 1, seed=13)
+    g = torch.Generator().manual_seed(14)
+    v, grad = torch.randn(k, generator=g), torch.rand(m, generator=g)
+    t = torch.rand(m, k, generator=g)
+    lse = ref().linear_cross_entropy_forward(x, c, t, 10.0)[1]
+    lse_s = ref().sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, 20.0, 10.0, False)[1]
+    pairs = [(b.linear_cross_entropy_backward(grad, x, c, t, lse, 10.0, need_dx=need_dx, need_dc=need_dc),
+              ref().linear_cross_entropy_backward(grad, x, c, t, lse, 10.0))
+             for b in (cpu(), ref())]
+    pairs += [(b.sinkhorn_target_cross_entropy_backward(grad, x, c, y, cy, v, lse_s, 20.0, 10.0, False,
+                                                        need_dx=need_dx, need_dc=need_dc),
+               ref().sinkhorn_target_cross_entropy_backward(grad, x, c, y, cy, v, lse_s, 20.0, 10.0, False))
+              for b in (cpu(), ref())]
+    # the compiled op itself returns an empty tensor for a gradient it skipped
+    raw = torch.ops.sigma_kernels_ext.linear_cross_entropy_backward(grad, x, c, t, lse, 10.0, need_dx, need_dc)
+    assert [r.shape == (0,) for r in raw] == [not need_dx, not need_dc]
+    for (dx, dc), (dx_r, dc_r) in pairs:
+        assert (dx is None) != need_dx and (dc is None) != need_dc
+        if need_dx:
+            close(dx, dx_r, rtol=1e-5, atol=1e-6)
+        if need_dc:
+            close(dc, dc_r, rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("soft", [False, True])
 def test_cross_entropy_primitives_low_precision_inputs(dtype, soft):

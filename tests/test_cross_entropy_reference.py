@@ -87,6 +87,47 @@ def test_gradients_match_plain_torch_autograd():
     torch.testing.assert_close(c1.grad, c2.grad)
 
 
+@pytest.mark.parametrize("which", ["z", "c", "both"])
+@pytest.mark.parametrize("loss", ["given", "sinkhorn"])
+def test_gradients_only_for_inputs_that_need_them(loss, which):
+    z, c = features(29, 13, 7, seed=13)
+    zt, _ = features(29, 13, 7, seed=14)
+    v = torch.randn(13, generator=torch.Generator().manual_seed(15))
+    t = torch.softmax(F.normalize(zt, dim=1) @ c.T / 0.05 + v, 1)  # what the Sinkhorn loss computes itself
+    zq, cq = z.clone().requires_grad_(which in ("z", "both")), c.clone().requires_grad_(which in ("c", "both"))
+    if loss == "given":
+        sk.swap_cross_entropy(zq, cq, t, 0.1, **REF).backward()
+    else:
+        sk.swap_cross_entropy_sinkhorn(zq, cq, zt, c, v, 0.05, 0.1, targets="soft", **REF).backward()
+    z2, c2 = z.clone().requires_grad_(), c.clone().requires_grad_()
+    (-(t * torch.log_softmax(F.normalize(z2, dim=1) @ c2.T / 0.1, 1)).sum(1).mean()).backward()
+    assert (zq.grad is None) == (which == "c") and (cq.grad is None) == (which == "z")
+    if zq.grad is not None:
+        torch.testing.assert_close(zq.grad, z2.grad)
+    if cq.grad is not None:
+        torch.testing.assert_close(cq.grad, c2.grad)
+
+
+@pytest.mark.parametrize("need_dx,need_dc", [(True, False), (False, True), (False, False)])
+def test_backward_primitives_return_none_for_gradients_not_asked_for(need_dx, need_dc):
+    from sigma_kernels.backends import reference as ref
+    x, c = features(11, 5, 4, seed=16)
+    x = F.normalize(x, dim=1)
+    t, g, v = torch.arange(11) % 5, torch.rand(11), torch.randn(5)
+    lse = ref.linear_cross_entropy_forward(x, c, t, 10.0)[1]
+    full = ref.linear_cross_entropy_backward(g, x, c, t, lse, 10.0)
+    lse_s = ref.sinkhorn_target_cross_entropy_forward(x, c, x, c, v, 20.0, 10.0, True)[1]
+    full_s = ref.sinkhorn_target_cross_entropy_backward(g, x, c, x, c, v, lse_s, 20.0, 10.0, True)
+    for got, want in ((ref.linear_cross_entropy_backward(g, x, c, t, lse, 10.0, need_dx, need_dc), full),
+                      (ref.sinkhorn_target_cross_entropy_backward(g, x, c, x, c, v, lse_s, 20.0, 10.0, True,
+                                                                  need_dx, need_dc), full_s)):
+        for grad, wanted, needed in zip(got, want, (need_dx, need_dc)):
+            if needed:
+                torch.testing.assert_close(grad, wanted)
+            else:
+                assert grad is None
+
+
 def test_reductions():
     z, c = features(11, 5, 4, seed=11)
     t = torch.arange(11) % 5

@@ -107,3 +107,12 @@ def test_custom_ops_pass_opcheck():
     opcheck(ops.sinkhorn_assign, (s, torch.zeros(5), 20.0, "reference"))
     opcheck(ops.linear_cross_entropy, (x, c, t, 10.0, "reference"))
     opcheck(ops.sinkhorn_target_cross_entropy, (x, c, x.detach(), c.detach(), torch.zeros(5), 20.0, 10.0, True, "reference"))
+    # autograd with only one factor requiring grad (the backward skips the other gradient)
+    opcheck(ops.linear_cross_entropy, (x, c.detach(), t, 10.0, "reference"))
+    opcheck(ops.linear_cross_entropy, (x.detach(), c, t, 10.0, "reference"))
+    xd, cd = x.detach(), c.detach()
+    lse, grad = torch.randn(7, generator=g), torch.rand(7, generator=g)
+    for need_dx, need_dc in ((True, True), (True, False), (False, True)):
+        opcheck(ops.linear_cross_entropy_backward, (grad, xd, cd, t, lse, 10.0, need_dx, need_dc, "reference"))
+        opcheck(ops.sinkhorn_target_cross_entropy_backward,
+                (grad, xd, cd, xd, cd, torch.zeros(5), lse, 20.0, 10.0, True, need_dx, need_dc, "reference"))

@@ -379,6 +379,65 @@ def test_public_swap_cross_entropy_sinkhorn_matches_reference(m, k, d, targets):
         _close(a, b, atol=5e-5)
 
 
+@pytest.mark.parametrize("which", ["z", "c", "both"])
+@pytest.mark.parametrize("loss", ["given", "sinkhorn"])
+def test_public_cross_entropy_gradients_only_for_inputs_that_need_them(loss, which):
+    """Only the gradient asked for is computed (the other kernel is skipped), and it is exact."""
+    m, k, d = 37, 29, 19
+    gen = torch.Generator().manual_seed(35)
+    z, z_t = torch.randn(m, d, generator=gen).to(DEV), torch.randn(m, d, generator=gen).to(DEV)
+    c = _unit(k, d, seed=36)
+    v = torch.randn(k, generator=gen).to(DEV)
+    soft = _targets(m, k, 37)["soft"]
+
+    def fn(z, c, backend):
+        if loss == "given":
+            return sk.swap_cross_entropy(z, c, soft, 0.1, backend=backend)
+        return sk.swap_cross_entropy_sinkhorn(z, c, z_t, c.detach(), v, 0.05, 0.1, targets="soft", backend=backend)
+
+    zq = z.clone().requires_grad_(which in ("z", "both"))
+    cq = c.clone().requires_grad_(which in ("c", "both"))
+    fn(zq, cq, "triton").backward()
+    _, dz_r, dc_r = _loss_and_grads(fn, z, c, "reference")
+    assert (zq.grad is None) == (which == "c") and (cq.grad is None) == (which == "z")
+    if zq.grad is not None:
+        _close(zq.grad, dz_r, atol=5e-5)
+    if cq.grad is not None:
+        _close(cq.grad, dc_r, atol=5e-5)
+
+
+class _MustNotLaunch:
+    def __getitem__(self, grid):
+        raise AssertionError("a backward kernel was launched for a gradient nobody asked for")
+
+
+@pytest.mark.parametrize("need_dx,need_dc", [(True, False), (False, True), (False, False)])
+def test_cross_entropy_primitives_skip_gradients_not_asked_for(need_dx, need_dc, monkeypatch):
+    from sigma_kernels.backends.triton import cross_entropy
+    if not need_dx:
+        monkeypatch.setattr(cross_entropy, "ce_backward_dx_kernel", _MustNotLaunch())
+    if not need_dc:
+        monkeypatch.setattr(cross_entropy, "ce_backward_dc_kernel", _MustNotLaunch())
+    m, k, d = 37, 29, 19
+    x, c = _unit(m, d, seed=38), _unit(k, d, seed=39)
+    gen = torch.Generator().manual_seed(40)
+    v, g = torch.randn(k, generator=gen).to(DEV), torch.randn(m, generator=gen).to(DEV)
+    hard = _targets(m, k, 41)["hard"]
+    lse = ref.linear_cross_entropy_forward(x, c, hard, 10.0)[1]
+    lse_s = ref.sinkhorn_target_cross_entropy_forward(x, c, x, c, v, 20.0, 10.0, False)[1]
+    got = [tri.linear_cross_entropy_backward(g, x, c, hard, lse, 10.0, need_dx=need_dx, need_dc=need_dc),
+           tri.sinkhorn_target_cross_entropy_backward(g, x, c, x, c, v, lse_s, 20.0, 10.0, False,
+                                                      need_dx=need_dx, need_dc=need_dc)]
+    want = [ref.linear_cross_entropy_backward(g, x, c, hard, lse, 10.0),
+            ref.sinkhorn_target_cross_entropy_backward(g, x, c, x, c, v, lse_s, 20.0, 10.0, False)]
+    for (dx, dc), (dx_r, dc_r) in zip(got, want):
+        assert (dx is None) != need_dx and (dc is None) != need_dc
+        if need_dx:
+            _close(dx, dx_r, atol=5e-5)
+        if need_dc:
+            _close(dc, dc_r, atol=5e-5)
+
+
 @pytest.mark.parametrize("dtype", LOW)
 def test_public_cross_entropy_low_precision_is_no_worse_than_plain_torch(dtype):
     gen = torch.Generator().manual_seed(34)

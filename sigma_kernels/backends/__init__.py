@@ -12,9 +12,11 @@ equations). Every backend must agree with `reference` to floating-point toleranc
     streaming_row_step(x, c, v, inv_eps, log_m)
     streaming_assign(x, c, v, inv_eps)
     linear_cross_entropy_forward(x, c, target, scale)              -> (loss (M,), lse (M,))
-    linear_cross_entropy_backward(g, x, c, target, lse, scale)     -> (dx, dc)
+    linear_cross_entropy_backward(g, x, c, target, lse, scale, need_dx=True, need_dc=True) -> (dx, dc)
     sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft)
-    sinkhorn_target_cross_entropy_backward(g, x, c, y, cy, v, lse, inv_eps, scale, soft)
+    sinkhorn_target_cross_entropy_backward(g, x, c, y, cy, v, lse, inv_eps, scale, soft,
+                                           need_dx=True, need_dc=True)
+        (the backwards return None for a gradient not asked for, and skip computing it)
 
 A backend may leave a primitive out; the reference one is then used for it, and
 `backend_info()` lists it under "fallbacks" so the gap is visible.

@@ -65,8 +65,15 @@ def linear_cross_entropy_forward(x, c, target, scale):
     return tuple(_ops().linear_cross_entropy_forward(x, c, target, float(scale)))
 
 
-def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale):
-    return tuple(_ops().linear_cross_entropy_backward(grad_rows, x, c, target, lse, float(scale)))
+def _asked(grads, need_dx, need_dc):
+    """The op returns an empty tensor for a gradient not asked for; the primitive returns None."""
+    dx, dc = grads
+    return (dx if need_dx else None), (dc if need_dc else None)
+
+
+def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=True, need_dc=True):
+    return _asked(_ops().linear_cross_entropy_backward(grad_rows, x, c, target, lse, float(scale), bool(need_dx),
+                                                       bool(need_dc)), need_dx, need_dc)
 
 
 def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
@@ -74,6 +81,8 @@ def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
                                                               bool(soft)))
 
 
-def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft):
-    return tuple(_ops().sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, float(inv_eps),
-                                                               float(scale), bool(soft)))
+def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft,
+                                           need_dx=True, need_dc=True):
+    return _asked(_ops().sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, float(inv_eps),
+                                                                float(scale), bool(soft), bool(need_dx),
+                                                                bool(need_dc)), need_dx, need_dc)

@@ -105,12 +105,17 @@ def linear_cross_entropy_forward(x, c, target, scale):
     return _row_loss(logits, lse, target), lse
 
 
-def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale):
-    """Gradients of Σ_i grad_rows_i·loss_i w.r.t. x and c (dtypes of x and c)."""
+def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=True, need_dc=True):
+    """Gradients (dx, dc) of Σ_i grad_rows_i·loss_i w.r.t. x and c (dtypes of x and c);
+    a gradient not asked for (need_dx / need_dc False) is None and its matmul is skipped."""
+    if not (need_dx or need_dc):
+        return None, None
     dt = compute_dtype(x, c)
     logits = _product(x, c) * scale
     g = _logit_grad(logits, lse.to(dt), target, grad_rows) * scale
-    return (g @ _up(c, dt)).to(x.dtype), (g.T @ _up(x, dt)).to(c.dtype)
+    dx = (g @ _up(c, dt)).to(x.dtype) if need_dx else None
+    dc = (g.T @ _up(x, dt)).to(c.dtype) if need_dc else None
+    return dx, dc
 
 
 # --- Cross-entropy against Sinkhorn targets of another factored score matrix ---------------
@@ -128,6 +133,9 @@ def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
     return linear_cross_entropy_forward(x, c, sinkhorn_target(y, cy, v, inv_eps, soft), scale)
 
 
-def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft):
+def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft,
+                                           need_dx=True, need_dc=True):
+    if not (need_dx or need_dc):
+        return None, None
     target = sinkhorn_target(y, cy, v, inv_eps, soft)
-    return linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale)
+    return linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx, need_dc)

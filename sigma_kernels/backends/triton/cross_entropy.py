@@ -10,7 +10,8 @@ the loss needs from the target. Targets (TARGET constexpr):
 Backward: dlogit_ik = g_i·scale·(p_ik·Σ_k t_ik - t_ik) with p = exp(logit - lse). Two
 deterministic kernels recompute the logit tiles: dx (grid: row blocks x D chunks, reduction over K
 in registers) and dc (grid: K tiles x D chunks x M splits, reduction over the split's rows in
-registers, fp32 partials (splits, K, D) summed afterwards). Sinkhorn targets in the backward:
+registers, fp32 partials (splits, K, D) summed afterwards); a kernel whose gradient is not needed
+(need_dx / need_dc False) is not launched. Sinkhorn targets in the backward:
 hard ones are first turned into indices (streaming_assign), soft ones need each row's target
 LSE, computed by a row sweep over y·cyᵀ before the two kernels.
 """
@@ -258,7 +259,8 @@ def _forward(x, c, kind, target, sinkhorn, scale, inv_eps):
     return loss, lse
 
 
-def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_eps):
+def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_eps, need_dx, need_dc):
+    """(dx, dc); a gradient not asked for is None and its kernel is not launched."""
     m, k, d = x.shape[0], c.shape[0], x.shape[1]
     dy = sinkhorn[0].shape[1] if sinkhorn is not None else 1
     dev = x.device
@@ -275,21 +277,24 @@ def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_e
     d_chunks = triton.cdiv(d, block_do)
     common = dict(TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_DO=block_do,
                   **dot_launch_options())
-    dx = torch.empty((m, d), dtype=x.dtype, device=dev)
+    x_dtype = x.dtype
     x, c_op = matching_factors(x, c)
     x_args = (x, x.stride(0), x.stride(1), c_op, c_op.stride(0), c_op.stride(1), g, tsum, lse, *targs, nlse_t)
 
-    ce_backward_dx_kernel[(triton.cdiv(m, block_m), d_chunks)](
-        *x_args, dx, m, k, d, dy, float(scale), float(inv_eps), **common)
-
-    k_tiles = triton.cdiv(k, block_k)
-    per, splits = split_rows(m, block_m, triton.cdiv(target_programs(dev), k_tiles * d_chunks))
-    dc_parts = torch.empty((splits, k, d), dtype=torch.float32, device=dev)
-    check_offsets("dc partials", dc_parts)
-    ce_backward_dc_kernel[(k_tiles, d_chunks, splits)](
-        *x_args, dc_parts, m, k, d, dy, per, float(scale), float(inv_eps), **common)
-    dc = dc_parts[0] if splits == 1 else dc_parts.sum(0)
-    return dx, dc.to(c.dtype)
+    dx = dc = None
+    if need_dx:
+        dx = torch.empty((m, d), dtype=x_dtype, device=dev)
+        ce_backward_dx_kernel[(triton.cdiv(m, block_m), d_chunks)](
+            *x_args, dx, m, k, d, dy, float(scale), float(inv_eps), **common)
+    if need_dc:
+        k_tiles = triton.cdiv(k, block_k)
+        per, splits = split_rows(m, block_m, triton.cdiv(target_programs(dev), k_tiles * d_chunks))
+        dc_parts = torch.empty((splits, k, d), dtype=torch.float32, device=dev)
+        check_offsets("dc partials", dc_parts)
+        ce_backward_dc_kernel[(k_tiles, d_chunks, splits)](
+            *x_args, dc_parts, m, k, d, dy, per, float(scale), float(inv_eps), **common)
+        dc = (dc_parts[0] if splits == 1 else dc_parts.sum(0)).to(c.dtype)
+    return dx, dc
 
 
 # --- primitives ------------------------------------------------------------------------------
@@ -303,11 +308,13 @@ def linear_cross_entropy_forward(x, c, target, scale):
 
 
 @on_tensor_device
-def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale):
-    """(dx, dc) of Σ_i grad_rows_i·loss_i, in the dtypes of x and c."""
+def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=True, need_dc=True):
+    """(dx, dc) of Σ_i grad_rows_i·loss_i, in the dtypes of x and c (None where not needed)."""
     check_factors(x, c)
     kind = _classify(target, x.shape[0], c.shape[0])
-    return _backward(grad_rows, x, c, kind, target, None, None, lse, scale, 0.0)
+    if not (need_dx or need_dc):
+        return None, None
+    return _backward(grad_rows, x, c, kind, target, None, None, lse, scale, 0.0, need_dx, need_dc)
 
 
 def _sinkhorn_operands(x, c, y, cy, v):
@@ -328,11 +335,14 @@ def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
 
 
 @on_tensor_device
-def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft):
+def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_eps, scale, soft,
+                                           need_dx=True, need_dc=True):
     sinkhorn = _sinkhorn_operands(x, c, y, cy, v)
+    if not (need_dx or need_dc):
+        return None, None
     if not soft:
         index = row_reduce((y, cy), sinkhorn[2], inv_eps, 0.0, assign=True)
-        return _backward(grad_rows, x, c, HARD, index, None, None, lse, scale, inv_eps)
+        return _backward(grad_rows, x, c, HARD, index, None, None, lse, scale, inv_eps, need_dx, need_dc)
     nlse_t = row_reduce((y, cy), sinkhorn[2], inv_eps, 0.0, assign=False)  # -LSE_k(b_ik) per row
     dummy = torch.empty(0, dtype=torch.int64, device=x.device)
-    return _backward(grad_rows, x, c, SINKHORN, dummy, sinkhorn, nlse_t, lse, scale, inv_eps)
+    return _backward(grad_rows, x, c, SINKHORN, dummy, sinkhorn, nlse_t, lse, scale, inv_eps, need_dx, need_dc)
