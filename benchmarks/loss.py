@@ -211,13 +211,10 @@ def main(argv=None):
                 try:
                     loss_fn, inputs, output = make_provider(name, z_v, z_p, c, eps, args.iters, tau, targets)
                 except common.Unavailable as exc:
-                    print(f"{prefix} skipped: {exc}", flush=True)
-                    log.add(provider=name, status=f"skipped: {exc}", **base)
+                    common.record_skip(log, prefix, exc, provider=name, **base)
                     continue
                 except Exception as exc:  # e.g. a module whose API changed
-                    msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-                    print(f"{prefix} failed to set up: {msg}", flush=True)
-                    log.add(provider=name, status=f"failed: {msg}", **base)
+                    common.record_failure(log, prefix, "failed to set up", exc, provider=name, **base)
                     continue
                 try:
                     r = common.bench(step_fn(loss_fn, inputs), device, repeats)
@@ -226,10 +223,8 @@ def main(argv=None):
                     if truth is not None:
                         err = common.max_abs_error([(loss, truth[0])])
                         grad_err = common.max_abs_error(zip(grads, truth[1]))
-                except Exception as exc:  # a failing provider must not stop the others
-                    msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-                    print(f"{prefix} failed: {msg}", flush=True)
-                    log.add(provider=name, status=f"failed: {msg}", **base)
+                except Exception as exc:
+                    common.record_failure(log, prefix, "failed", exc, provider=name, **base)
                     continue
                 finally:
                     loss_fn = inputs = None

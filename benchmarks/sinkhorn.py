@@ -217,21 +217,18 @@ def main(argv=None):
             try:
                 fn, finish, output, in_dtype = make_provider(name, z, c, scores, eps, args.iters)
             except common.Unavailable as exc:
-                print(f"{prefix} skipped: {exc}", flush=True)
-                log.add(provider=name, dtype=common.dtype_name(dtype), status=f"skipped: {exc}", **base)
+                common.record_skip(log, prefix, exc, provider=name, dtype=common.dtype_name(dtype), **base)
                 continue
             except Exception as exc:  # e.g. a peer whose API changed
-                msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-                print(f"{prefix} failed to set up: {msg}", flush=True)
-                log.add(provider=name, dtype=common.dtype_name(dtype), status=f"failed: {msg}", **base)
+                common.record_failure(log, prefix, "failed to set up", exc, provider=name,
+                                      dtype=common.dtype_name(dtype), **base)
                 continue
             try:
                 r = common.bench(fn, device, repeats)
                 err = q_error(finish(r.pop("out")), row_scores, m, u64, v64, eps)
-            except Exception as exc:  # a failing peer must not stop the others
-                msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-                print(f"{prefix} failed: {msg}", flush=True)
-                log.add(provider=name, dtype=common.dtype_name(in_dtype), status=f"failed: {msg}", **base)
+            except Exception as exc:
+                common.record_failure(log, prefix, "failed", exc, provider=name, dtype=common.dtype_name(in_dtype),
+                                      **base)
                 continue
             finally:
                 fn = None
