@@ -29,6 +29,15 @@ def _check_common(epsilon, n_iters, tol, check_every):
     return inv_eps, n_iters, tol, check_every
 
 
+def _solve_scores(scores, epsilon, n_iters, tol, check_every, backend):
+    """Validate, pick the backend and solve: (detached scores, inv_eps, backend name, (u, v, error))."""
+    val.check_matrix("scores", scores)
+    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    name = resolve_backend(backend, scores.device, scores.dtype)
+    s = scores.detach()
+    return s, inv_eps, name, lib.sinkhorn_solve(s, inv_eps, n_iters, tol, check_every, name)
+
+
 def sinkhorn_solve(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
     """Balanced Sinkhorn on a score matrix.
 
@@ -37,10 +46,7 @@ def sinkhorn_solve(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, 
     normalisation pairs. tol: optional early stop on the marginal error, checked every
     `check_every` iterations (one host sync per check). Returns a SinkhornResult.
     """
-    val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
-    name = resolve_backend(backend, scores.device, scores.dtype)
-    return SinkhornResult(*lib.sinkhorn_solve(scores.detach(), inv_eps, n_iters, tol, check_every, name))
+    return SinkhornResult(*_solve_scores(scores, epsilon, n_iters, tol, check_every, backend)[3])
 
 
 def sinkhorn_potentials(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
@@ -51,21 +57,13 @@ def sinkhorn_potentials(scores, epsilon=0.05, n_iters=3, *, tol=None, check_ever
 
 def sinkhorn(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
     """Balanced assignment Q (M, K): rows sum to 1, columns to M/K (at convergence)."""
-    val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
-    name = resolve_backend(backend, scores.device, scores.dtype)
-    s = scores.detach()
-    u, v, _ = lib.sinkhorn_solve(s, inv_eps, n_iters, tol, check_every, name)
+    s, inv_eps, name, (u, v, _) = _solve_scores(scores, epsilon, n_iters, tol, check_every, backend)
     return lib.sinkhorn_plan(s, u, v, inv_eps, math.log(s.shape[0]), name)
 
 
 def sinkhorn_assign(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
     """Hard assignment argmax_k Q_ik (int64 (M,), ties to the lowest index) without building Q."""
-    val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
-    name = resolve_backend(backend, scores.device, scores.dtype)
-    s = scores.detach()
-    _, v, _ = lib.sinkhorn_solve(s, inv_eps, n_iters, tol, check_every, name)
+    s, inv_eps, name, (_, v, _) = _solve_scores(scores, epsilon, n_iters, tol, check_every, backend)
     return lib.sinkhorn_assign(s, v, inv_eps, name)
 
 
