@@ -10,11 +10,11 @@ rows. Providers:
 - research-eager / research-compile: `research_style.research_loss` (materialised scores,
   exp-domain Sinkhorn, F.cross_entropy, float32) and torch.compile of it;
 - reference / cpu / triton: the public sigma_kernels ops with that backend: `sinkhorn_streaming`
-  per branch (potentials from (z, C), no grad) and `swap_cross_entropy_sinkhorn` per term
+  per branch (potentials from (z, C), no grad) and `prototype_cross_entropy_sinkhorn` per term
   (targets recomputed from the other branch's z, C and potentials tile by tile; prototypes
   detached in the video term). In the fused backends no M×K array is stored;
 - <backend>-assign (hard targets only): `sinkhorn_assign_streaming` per branch, then
-  `swap_cross_entropy` against the index targets;
+  `prototype_cross_entropy` against the index targets;
 - SinkhornSwapLoss: `sigma.losses.SinkhornSwapLoss` (backend "auto", stats off), when importable.
 
 Reported: median time of warm steps, peak extra memory, |L − L_float64| and the max abs error of
@@ -68,9 +68,9 @@ def ops_loss(z_v, z_p, c, eps, iters, tau, targets, backend):
     import sigma_kernels as sk
     res_v = sk.sinkhorn_streaming(z_v, c, eps, iters, backend=backend)
     res_p = sk.sinkhorn_streaming(z_p, c, eps, iters, backend=backend)
-    video = sk.swap_cross_entropy_sinkhorn(z_v, c.detach(), z_p, c, res_p.v, eps, tau, targets=targets,
+    video = sk.prototype_cross_entropy_sinkhorn(z_v, c.detach(), z_p, c, res_p.v, eps, tau, targets=targets,
                                            backend=backend)
-    proj = sk.swap_cross_entropy_sinkhorn(z_p, c, z_v, c, res_v.v, eps, tau, targets=targets, backend=backend)
+    proj = sk.prototype_cross_entropy_sinkhorn(z_p, c, z_v, c, res_v.v, eps, tau, targets=targets, backend=backend)
     return video + proj
 
 
@@ -79,8 +79,8 @@ def ops_assign_loss(z_v, z_p, c, eps, iters, tau, backend):
     import sigma_kernels as sk
     t_v = sk.sinkhorn_assign_streaming(z_v, c, eps, iters, backend=backend)
     t_p = sk.sinkhorn_assign_streaming(z_p, c, eps, iters, backend=backend)
-    return (sk.swap_cross_entropy(z_v, c.detach(), t_p, tau, backend=backend)
-            + sk.swap_cross_entropy(z_p, c, t_v, tau, backend=backend))
+    return (sk.prototype_cross_entropy(z_v, c.detach(), t_p, tau, backend=backend)
+            + sk.prototype_cross_entropy(z_p, c, t_v, tau, backend=backend))
 
 
 def float64_loss_and_grads(z_v, z_p, c, eps, iters, tau, targets, cache=None):

@@ -13,7 +13,7 @@ import torch.nn as nn
 
 from sigma_kernels import (normalize_rows, prototype_scores, sinkhorn_assign_from_potentials,
                            sinkhorn_assign_from_potentials_streaming, sinkhorn_solve, sinkhorn_streaming,
-                           swap_cross_entropy, swap_cross_entropy_sinkhorn)
+                           prototype_cross_entropy, prototype_cross_entropy_sinkhorn)
 from sigma_kernels import _validation as val
 from sigma_kernels.backends import BACKENDS
 from sigma_kernels.distributed import (global_count, sinkhorn_solve_distributed, sinkhorn_streaming_distributed,
@@ -240,14 +240,14 @@ class SinkhornSwapLoss(nn.Module):
                 # other branch's score tiles in both the forward and the backward.
                 kw = dict(reduction=reduction, backend=self.backend)
                 # Video-model term: the prototypes are detached (SPEC §1.2), the targets come from Q_p.
-                loss_v = swap_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
+                loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
                 # Projection term: live prototypes, targets from Q_v.
-                loss_p = swap_cross_entropy(zp, c, labels_v, self.temperature, **kw)
+                loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, **kw)
             else:  # soft targets, computed tile by tile from the other branch's potentials
                 kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
-                loss_v = swap_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon, self.temperature,
+                loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon, self.temperature,
                                                      **kw)
-                loss_p = swap_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **kw)
+                loss_p = prototype_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **kw)
             if group is not None:
                 scale = w / m_global
                 loss_v, loss_p = loss_v * scale, loss_p * scale

@@ -6,8 +6,8 @@ variable SIGMA_KERNELS_BACKEND, or let "auto" choose by device.
 """
 from .backends import (BackendUnavailableError, available_backends, backend_info, get_backend,
                        resolve_backend)
-from .cross_entropy import (prototype_log_softmax, prototype_scores, prototype_softmax, swap_cross_entropy,
-                            swap_cross_entropy_sinkhorn)
+from .cross_entropy import (prototype_log_softmax, prototype_scores, prototype_softmax, prototype_cross_entropy,
+                            prototype_cross_entropy_sinkhorn)
 from .sinkhorn import (SinkhornResult, normalize_rows, sinkhorn, sinkhorn_assign, sinkhorn_assign_from_potentials,
                        sinkhorn_assign_from_potentials_streaming, sinkhorn_assign_streaming,
                        sinkhorn_potentials, sinkhorn_solve, sinkhorn_streaming)
@@ -20,6 +20,6 @@ __all__ = [
     "get_backend", "normalize_rows", "prototype_log_softmax", "prototype_scores", "prototype_softmax",
     "resolve_backend", "run_sinkhorn", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials",
     "sinkhorn_assign_from_potentials_streaming", "sinkhorn_assign_streaming",
-    "sinkhorn_potentials", "sinkhorn_solve", "sinkhorn_streaming", "swap_cross_entropy",
-    "swap_cross_entropy_sinkhorn",
+    "sinkhorn_potentials", "sinkhorn_solve", "sinkhorn_streaming", "prototype_cross_entropy",
+    "prototype_cross_entropy_sinkhorn",
 ]

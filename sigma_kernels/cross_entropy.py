@@ -48,7 +48,7 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def swap_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", backend="auto"):
+def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", backend="auto"):
     """Cross-entropy of softmax(normalize(z)·prototypesᵀ/τ) against `target`.
 
     z: (M, D); prototypes: (K, D); target: int64 class indices (M,) (hard) or probabilities
@@ -69,9 +69,9 @@ def swap_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mea
     return _reduce(rows, reduction)
 
 
-def swap_cross_entropy_sinkhorn(z, prototypes, z_target, prototypes_target, v_target, epsilon,
+def prototype_cross_entropy_sinkhorn(z, prototypes, z_target, prototypes_target, v_target, epsilon,
                                 temperature=0.1, *, targets="hard", reduction="mean", backend="auto"):
-    """`swap_cross_entropy` with targets from another branch's Sinkhorn, computed on the fly.
+    """`prototype_cross_entropy` with targets from another branch's Sinkhorn, computed on the fly.
 
     The target of row i is Q_i· = softmax_k(normalize(z_target_i)·prototypes_targetᵀ/ε + v_target)
     ("soft") or its argmax ("hard"), where v_target (K,) are that branch's Sinkhorn prototype

@@ -157,12 +157,12 @@ def _ce_grads(loss_fn, z, p):
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 @pytest.mark.parametrize("m,k,d", [(1, 1, 1), (37, 29, 19), (257, 3, 19)])
-def test_swap_cross_entropy_values_and_gradients(m, k, d, kind):
+def test_prototype_cross_entropy_values_and_gradients(m, k, d, kind):
     g = torch.Generator().manual_seed(5)
     z, p = torch.randn(m, d, generator=g), torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
     # soft targets deliberately not normalised
     t = torch.randint(0, k, (m,), generator=g) if kind == "hard" else torch.rand(m, k, generator=g) * 2
-    out = {b: _ce_grads(lambda z_, p_: sk.swap_cross_entropy(z_, p_, t, 0.1, backend=b), z, p)
+    out = {b: _ce_grads(lambda z_, p_: sk.prototype_cross_entropy(z_, p_, t, 0.1, backend=b), z, p)
            for b in ("cpu", "reference")}
     for a, b in zip(out["cpu"], out["reference"]):
         close(a, b, rtol=1e-5, atol=1e-6)
@@ -170,12 +170,12 @@ def test_swap_cross_entropy_values_and_gradients(m, k, d, kind):
 
 @pytest.mark.parametrize("targets", ["hard", "soft"])
 @pytest.mark.parametrize("m,k,d", [(1, 1, 2), (37, 29, 19), (200, 17, 8)])
-def test_swap_cross_entropy_sinkhorn_values_and_gradients(m, k, d, targets):
+def test_prototype_cross_entropy_sinkhorn_values_and_gradients(m, k, d, targets):
     g = torch.Generator().manual_seed(6)
     z, p = torch.randn(m, d, generator=g), torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
     zt, pt = torch.randn(m, d + 2, generator=g), torch.nn.functional.normalize(torch.randn(k, d + 2, generator=g), dim=1)
     v = sk.sinkhorn_streaming(zt, pt, 0.05, 3, backend="reference").v
-    out = {b: _ce_grads(lambda z_, p_: sk.swap_cross_entropy_sinkhorn(z_, p_, zt, pt, v, 0.05, 0.1,
+    out = {b: _ce_grads(lambda z_, p_: sk.prototype_cross_entropy_sinkhorn(z_, p_, zt, pt, v, 0.05, 0.1,
                                                                       targets=targets, backend=b), z, p)
            for b in ("cpu", "reference")}
     for a, b in zip(out["cpu"], out["reference"]):
@@ -201,9 +201,9 @@ def test_cross_entropy_gradients_only_for_inputs_that_need_them(loss, which):
     t = torch.randint(0, k, (m,), generator=g)
     v = torch.randn(k, generator=g)
     if loss == "given":
-        fn = lambda b: lambda z_, p_: sk.swap_cross_entropy(z_, p_, t, 0.1, backend=b)  # noqa: E731
+        fn = lambda b: lambda z_, p_: sk.prototype_cross_entropy(z_, p_, t, 0.1, backend=b)  # noqa: E731
     else:
-        fn = lambda b: lambda z_, p_: sk.swap_cross_entropy_sinkhorn(z_, p_, zt, pt, v, 0.05, 0.1,  # noqa: E731
+        fn = lambda b: lambda z_, p_: sk.prototype_cross_entropy_sinkhorn(z_, p_, zt, pt, v, 0.05, 0.1,  # noqa: E731
                                                                      targets="soft", backend=b)
     dz, dp = _partial_grads(fn("cpu"), z, p, which)
     dz_r, dp_r = _partial_grads(fn("reference"), z, p, "both")

@@ -26,7 +26,7 @@ def test_loss_matches_float64(m, k, d, seed, soft, tau):
     z, c = features(m, k, d, seed)
     g = torch.Generator().manual_seed(seed + 1)
     target = torch.softmax(torch.randn(m, k, generator=g), 1) if soft else torch.randint(0, k, (m,), generator=g)
-    loss = sk.swap_cross_entropy(z, c, target, tau, **REF)
+    loss = sk.prototype_cross_entropy(z, c, target, tau, **REF)
     assert loss.dtype == torch.float32 and loss.shape == ()
     assert abs(loss.item() - cross_entropy_f64(z.numpy(), c.numpy(), target.numpy(), tau)) <= 1e-4 * max(1.0, abs(loss.item()))
 
@@ -34,8 +34,8 @@ def test_loss_matches_float64(m, k, d, seed, soft, tau):
 def test_soft_one_hot_equals_hard_and_plain_torch():
     z, c = features(37, 29, 19, seed=1)
     idx = torch.randint(0, 29, (37,), generator=torch.Generator().manual_seed(2))
-    hard = sk.swap_cross_entropy(z, c, idx, 0.1, **REF)
-    soft = sk.swap_cross_entropy(z, c, F.one_hot(idx, 29).float(), 0.1, **REF)
+    hard = sk.prototype_cross_entropy(z, c, idx, 0.1, **REF)
+    soft = sk.prototype_cross_entropy(z, c, F.one_hot(idx, 29).float(), 0.1, **REF)
     plain = F.cross_entropy(F.normalize(z, dim=1) @ c.T / 0.1, idx)
     torch.testing.assert_close(hard, soft)
     torch.testing.assert_close(hard, plain)
@@ -48,7 +48,7 @@ def test_gradcheck_float64(soft):
     c.requires_grad_()
     g = torch.Generator().manual_seed(4)
     target = torch.softmax(torch.randn(7, 5, generator=g, dtype=torch.float64), 1) if soft else torch.randint(0, 5, (7,), generator=g)
-    assert torch.autograd.gradcheck(lambda a, b: sk.swap_cross_entropy(a, b, target, 0.1, **REF), (z, c))
+    assert torch.autograd.gradcheck(lambda a, b: sk.prototype_cross_entropy(a, b, target, 0.1, **REF), (z, c))
 
 
 @pytest.mark.parametrize("soft", [False, True])
@@ -59,7 +59,7 @@ def test_gradcheck_sinkhorn_targets_float64(soft):
     cy = c.clone()  # gradcheck perturbs c in place; the target side must stay fixed
     z.requires_grad_()
     c.requires_grad_()
-    fn = lambda a, b: sk.swap_cross_entropy_sinkhorn(a, b, y, cy, v, 0.05, 0.1,
+    fn = lambda a, b: sk.prototype_cross_entropy_sinkhorn(a, b, y, cy, v, 0.05, 0.1,
                                                      targets="soft" if soft else "hard", **REF)
     assert torch.autograd.gradcheck(fn, (z, c))
 
@@ -71,8 +71,8 @@ def test_sinkhorn_targets_on_the_fly_equal_materialised_targets(targets):
     res = sk.sinkhorn_streaming(y, c, 0.05, 10, **REF)
     q = sk.sinkhorn(sk.prototype_scores(y, c), 0.05, 10, **REF)
     target = q if targets == "soft" else q.argmax(1)
-    a = sk.swap_cross_entropy_sinkhorn(z, c, y, c, res.v, 0.05, 0.1, targets=targets, **REF)
-    b = sk.swap_cross_entropy(z, c, target, 0.1, **REF)
+    a = sk.prototype_cross_entropy_sinkhorn(z, c, y, c, res.v, 0.05, 0.1, targets=targets, **REF)
+    b = sk.prototype_cross_entropy(z, c, target, 0.1, **REF)
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
 
 
@@ -81,7 +81,7 @@ def test_gradients_match_plain_torch_autograd():
     t = torch.softmax(torch.randn(29, 13, generator=torch.Generator().manual_seed(10)), 1)
     z1, c1 = z.clone().requires_grad_(), c.clone().requires_grad_()
     z2, c2 = z.clone().requires_grad_(), c.clone().requires_grad_()
-    sk.swap_cross_entropy(z1, c1, t, 0.1, **REF).backward()
+    sk.prototype_cross_entropy(z1, c1, t, 0.1, **REF).backward()
     (-(t * torch.log_softmax(F.normalize(z2, dim=1) @ c2.T / 0.1, 1)).sum(1).mean()).backward()
     torch.testing.assert_close(z1.grad, z2.grad)
     torch.testing.assert_close(c1.grad, c2.grad)
@@ -96,9 +96,9 @@ def test_gradients_only_for_inputs_that_need_them(loss, which):
     t = torch.softmax(F.normalize(zt, dim=1) @ c.T / 0.05 + v, 1)  # what the Sinkhorn loss computes itself
     zq, cq = z.clone().requires_grad_(which in ("z", "both")), c.clone().requires_grad_(which in ("c", "both"))
     if loss == "given":
-        sk.swap_cross_entropy(zq, cq, t, 0.1, **REF).backward()
+        sk.prototype_cross_entropy(zq, cq, t, 0.1, **REF).backward()
     else:
-        sk.swap_cross_entropy_sinkhorn(zq, cq, zt, c, v, 0.05, 0.1, targets="soft", **REF).backward()
+        sk.prototype_cross_entropy_sinkhorn(zq, cq, zt, c, v, 0.05, 0.1, targets="soft", **REF).backward()
     z2, c2 = z.clone().requires_grad_(), c.clone().requires_grad_()
     (-(t * torch.log_softmax(F.normalize(z2, dim=1) @ c2.T / 0.1, 1)).sum(1).mean()).backward()
     assert (zq.grad is None) == (which == "c") and (cq.grad is None) == (which == "z")
@@ -131,10 +131,10 @@ def test_backward_primitives_return_none_for_gradients_not_asked_for(need_dx, ne
 def test_reductions():
     z, c = features(11, 5, 4, seed=11)
     t = torch.arange(11) % 5
-    rows = sk.swap_cross_entropy(z, c, t, reduction="none", **REF)
+    rows = sk.prototype_cross_entropy(z, c, t, reduction="none", **REF)
     assert rows.shape == (11,)
-    torch.testing.assert_close(sk.swap_cross_entropy(z, c, t, reduction="sum", **REF), rows.sum())
-    torch.testing.assert_close(sk.swap_cross_entropy(z, c, t, **REF), rows.mean())
+    torch.testing.assert_close(sk.prototype_cross_entropy(z, c, t, reduction="sum", **REF), rows.sum())
+    torch.testing.assert_close(sk.prototype_cross_entropy(z, c, t, **REF), rows.mean())
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -143,7 +143,7 @@ def test_half_inputs_give_fp32_loss_and_grads_in_input_dtype(dtype):
     z.requires_grad_()
     c.requires_grad_()
     t = torch.arange(37) % 29
-    loss = sk.swap_cross_entropy(z, c, t, **REF)
+    loss = sk.prototype_cross_entropy(z, c, t, **REF)
     loss.backward()
     assert loss.dtype == torch.float32 and z.grad.dtype == dtype and c.grad.dtype == dtype
     truth = cross_entropy_f64(z.detach().float().numpy(), c.detach().float().numpy(), t.numpy(), 0.1)

@@ -76,8 +76,8 @@ def test_torch_compile_fullgraph_through_every_op():
         idx = sk.sinkhorn_assign(s, 0.05, 3)
         q = sk.sinkhorn(s, 0.05, 3)
         r = sk.sinkhorn_streaming(z, c, 0.05, 3)
-        return (sk.swap_cross_entropy(z, c, idx) + sk.swap_cross_entropy(z, c, q)
-                + sk.swap_cross_entropy_sinkhorn(z, c, z, c, r.v, 0.05, targets="soft"))
+        return (sk.prototype_cross_entropy(z, c, idx) + sk.prototype_cross_entropy(z, c, q)
+                + sk.prototype_cross_entropy_sinkhorn(z, c, z, c, r.v, 0.05, targets="soft"))
 
     g = torch.Generator().manual_seed(0)
     s = torch.randn(37, 29, generator=g)

@@ -207,7 +207,7 @@ def test_small_epsilon_stays_finite_and_matches_reference():
         grads = {}
         for targets in ("soft", "hard"):
             def fn(z, c, backend):
-                return sk.swap_cross_entropy_sinkhorn(z, c, z.detach(), c.detach(), res.v, 1e-3, 0.1,
+                return sk.prototype_cross_entropy_sinkhorn(z, c, z.detach(), c.detach(), res.v, 1e-3, 0.1,
                                                       targets=targets, backend=backend)
             grads[targets] = _loss_and_grads(fn, z, c, "triton"), _loss_and_grads(fn, z, c, "reference")
     assert torch.isfinite(q).all()
@@ -352,13 +352,13 @@ def _loss_and_grads(fn, z, c, backend):
 
 @pytest.mark.parametrize("kind", ["hard", "soft"])
 @pytest.mark.parametrize("m,k,d", [(1, 1, 3), (1, 29, 19), (37, 29, 19), (37, 1, 19)])
-def test_public_swap_cross_entropy_matches_reference(m, k, d, kind):
+def test_public_prototype_cross_entropy_matches_reference(m, k, d, kind):
     z = torch.randn(m, d, generator=torch.Generator().manual_seed(29)).to(DEV)
     c = _unit(k, d, seed=30)
     target = _targets(m, k, 31)[kind]
 
     def fn(z, c, backend):
-        return sk.swap_cross_entropy(z, c, target, 0.1, backend=backend)
+        return sk.prototype_cross_entropy(z, c, target, 0.1, backend=backend)
 
     for a, b in zip(_loss_and_grads(fn, z, c, "triton"), _loss_and_grads(fn, z, c, "reference")):
         _close(a, b, atol=5e-5)
@@ -366,14 +366,14 @@ def test_public_swap_cross_entropy_matches_reference(m, k, d, kind):
 
 @pytest.mark.parametrize("targets", ["hard", "soft"])
 @pytest.mark.parametrize("m,k,d", [(1, 1, 3), (37, 29, 19)])
-def test_public_swap_cross_entropy_sinkhorn_matches_reference(m, k, d, targets):
+def test_public_prototype_cross_entropy_sinkhorn_matches_reference(m, k, d, targets):
     gen = torch.Generator().manual_seed(32)
     z, z_t = torch.randn(m, d, generator=gen).to(DEV), torch.randn(m, d, generator=gen).to(DEV)
     c = _unit(k, d, seed=33)
     v = sk.sinkhorn_streaming(z_t, c, 0.05, 3, backend="reference").v
 
     def fn(z, c, backend):
-        return sk.swap_cross_entropy_sinkhorn(z, c, z_t, c, v, 0.05, 0.1, targets=targets, backend=backend)
+        return sk.prototype_cross_entropy_sinkhorn(z, c, z_t, c, v, 0.05, 0.1, targets=targets, backend=backend)
 
     for a, b in zip(_loss_and_grads(fn, z, c, "triton"), _loss_and_grads(fn, z, c, "reference")):
         _close(a, b, atol=5e-5)
@@ -392,8 +392,8 @@ def test_public_cross_entropy_gradients_only_for_inputs_that_need_them(loss, whi
 
     def fn(z, c, backend):
         if loss == "given":
-            return sk.swap_cross_entropy(z, c, soft, 0.1, backend=backend)
-        return sk.swap_cross_entropy_sinkhorn(z, c, z_t, c.detach(), v, 0.05, 0.1, targets="soft", backend=backend)
+            return sk.prototype_cross_entropy(z, c, soft, 0.1, backend=backend)
+        return sk.prototype_cross_entropy_sinkhorn(z, c, z_t, c.detach(), v, 0.05, 0.1, targets="soft", backend=backend)
 
     zq = z.clone().requires_grad_(which in ("z", "both"))
     cq = c.clone().requires_grad_(which in ("c", "both"))
@@ -446,7 +446,7 @@ def test_public_cross_entropy_low_precision_is_no_worse_than_plain_torch(dtype):
     target = _targets(37, 29, 36)["hard"]
 
     def ours(z, c, backend):
-        return sk.swap_cross_entropy(z, c, target, 0.1, backend=backend)
+        return sk.prototype_cross_entropy(z, c, target, 0.1, backend=backend)
 
     def plain(z, c, backend):
         logits = F.normalize(z, dim=1) @ c.T / 0.1  # everything in `dtype`
@@ -468,7 +468,7 @@ def test_torch_compile_fullgraph_with_triton_backend():
 
     def step(z, z_t, c):
         v = sk.sinkhorn_streaming(z_t, c, 0.05, 3, backend="triton").v
-        return sk.swap_cross_entropy_sinkhorn(z, c, z_t, c, v, 0.05, 0.1, targets="soft", backend="triton")
+        return sk.prototype_cross_entropy_sinkhorn(z, c, z_t, c, v, 0.05, 0.1, targets="soft", backend="triton")
 
     compiled = torch.compile(step, fullgraph=True)
     zc, ze = z.clone().requires_grad_(), z.clone().requires_grad_()
@@ -510,7 +510,7 @@ def _streaming_loss(backend, targets):
     z_t = torch.randn(m, d, generator=gen).to(DEV)
     c = _unit(k, d, seed=40).requires_grad_()
     v = sk.sinkhorn_streaming(z_t, c, 0.05, 2, backend=backend).v
-    loss = sk.swap_cross_entropy_sinkhorn(z, c, z_t, c, v, 0.05, 0.1, targets=targets, backend=backend)
+    loss = sk.prototype_cross_entropy_sinkhorn(z, c, z_t, c, v, 0.05, 0.1, targets=targets, backend=backend)
     loss.backward()
     return m * k * 4  # bytes of one fp32 M x K matrix
 

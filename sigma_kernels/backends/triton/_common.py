@@ -197,7 +197,7 @@ def on_tensor_device(fn):
 
 @triton.jit
 def load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
-                FACTORED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                STREAMING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
                 UPCAST: tl.constexpr, PREC: tl.constexpr):
     """fp32 score tile (len(rows), len(cols)): loaded from S, or x[rows]·c[cols]ᵀ recomputed with tl.dot.
 
@@ -205,7 +205,7 @@ def load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, c
     """
     rmask = rows < M
     cmask = cols < K
-    if FACTORED:
+    if STREAMING:
         acc = tl.zeros([BLOCK_M, BLOCK_K], dtype=tl.float32)
         for d0 in range(0, D, BLOCK_D):
             d = d0 + tl.arange(0, BLOCK_D)

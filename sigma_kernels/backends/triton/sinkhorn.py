@@ -29,7 +29,7 @@ from ._common import (CONFIG, kernel, check_factors, check_matrix, dot_launch_op
 @kernel
 def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v_ptr, out_ptr,
                       M, K, D, inv_eps, log_m,
-                      ASSIGN: tl.constexpr, FACTORED: tl.constexpr, BLOCK_M: tl.constexpr,
+                      ASSIGN: tl.constexpr, STREAMING: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Row reduction of t_ik = S_ik·inv_eps + v_k over k, one row block per program.
 
@@ -46,7 +46,7 @@ def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = cols < K
         s = load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
-                        FACTORED, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+                        STREAMING, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
         v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
         t = tl.where(cmask[None, :], s * inv_eps + v[None, :], float("-inf"))
         if ASSIGN:
@@ -67,7 +67,7 @@ def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v
 @kernel
 def col_partial_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, u_ptr, pmax_ptr, psum_ptr,
                        M, K, D, rows_per_prog, inv_eps,
-                       FACTORED: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
+                       STREAMING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr,
                        BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Split-M column LSE of w_ik = S_ik·inv_eps + u_i: program (g, j) folds rows
     [g·rows_per_prog, (g+1)·rows_per_prog) of column tile j into (max, Σexp) partial row g."""
@@ -81,7 +81,7 @@ def col_partial_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, 
         rows = row_start + offset + tl.arange(0, BLOCK_M)
         rmask = rows < M
         s = load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
-                        FACTORED, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+                        STREAMING, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
         u = tl.load(u_ptr + rows, mask=rmask, other=0.0)
         w = tl.where(rmask[:, None], s * inv_eps + u[:, None], float("-inf"))
         col_max, col_sum = fold_columns(col_max, col_sum, w)
@@ -200,34 +200,34 @@ def row_reduce(operands, v, inv_eps, log_m, assign):
 
     operands: (S,) materialised, or (x, c) with S = x·cᵀ recomputed tile by tile.
     """
-    factored = len(operands) == 2
+    streaming = len(operands) == 2
     s_args, x_args, c_args, m, k, d = _operand_args(operands)
     out = torch.empty(m, dtype=torch.int64 if assign else torch.float32, device=operands[0].device)
-    block_m, block_k, block_d, options = _tiles(factored, m, k, d)
+    block_m, block_k, block_d, options = _tiles(streaming, m, k, d)
     row_reduce_kernel[(triton.cdiv(m, block_m),)](
         *s_args, *x_args, *c_args, f32_vector(v), out, m, k, d, float(inv_eps), float(log_m),
-        ASSIGN=assign, FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
+        ASSIGN=assign, STREAMING=streaming, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
     return out
 
 
 def col_lse(operands, u, inv_eps):
     """LSE_i(S_ik·inv_eps + u_i) -> (K,) fp32, split over M then combined."""
-    factored = len(operands) == 2
+    streaming = len(operands) == 2
     s_args, x_args, c_args, m, k, d = _operand_args(operands)
-    block_m, block_k, block_d, options = _tiles(factored, m, k, d)
+    block_m, block_k, block_d, options = _tiles(streaming, m, k, d)
     col_tiles = triton.cdiv(k, block_k)
     per, g = split_rows(m, block_m, triton.cdiv(target_programs(operands[0].device), col_tiles))
     pmax = torch.empty((g, k), dtype=torch.float32, device=operands[0].device)
     psum = torch.empty_like(pmax)
     col_partial_kernel[(g, col_tiles)](
         *s_args, *x_args, *c_args, f32_vector(u), pmax, psum, m, k, d, per, float(inv_eps),
-        FACTORED=factored, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
+        STREAMING=streaming, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
     return combine_partials(pmax, psum)
 
 
-def _tiles(factored, m, k, d):
+def _tiles(streaming, m, k, d):
     """(BLOCK_M, BLOCK_K, BLOCK_D, other constexprs and launch options) for the shared row / column kernels."""
-    if factored:
+    if streaming:
         return (pow2_block(m, CONFIG.block_m), pow2_block(k, CONFIG.block_k), pow2_block(d, CONFIG.block_d),
                 dot_launch_options())
     block_m, block_k = pow2_block(m, CONFIG.block_m_scores), pow2_block(k, CONFIG.block_k_scores)

@@ -3,7 +3,7 @@ accumulation) and never stored; extra memory is O(M + K) plus the (programs, K) 
 
 Each iteration is two sweeps over the score tiles: a row sweep (one program per row block, online
 LSE over the K tiles -> new u) and a split-M column sweep with that u (the same kernels as the
-materialised path in sinkhorn.py, with FACTORED=True). Fusing them into one sweep would need every
+materialised path in sinkhorn.py, with STREAMING=True). Fusing them into one sweep would need every
 row's final LSE before its column contribution is known, i.e. keeping the BLOCK_M x K score strip
 on chip; recomputing it costs M·K·D·2 tensor-core FLOP instead, which is the cheaper side here.
 """
