@@ -55,7 +55,7 @@ def require_backend(name, device, dtype):
     try:
         ns = get_backend(name)
     except BackendUnavailableError as exc:
-        raise Unavailable(str(exc))
+        raise Unavailable(str(exc)) from exc
     device_type = torch.device(device).type
     if ns.device_types is not None and device_type not in ns.device_types:
         raise Unavailable(f"backend {name!r} runs on {list(ns.device_types)} tensors, not {device_type}")
@@ -81,7 +81,7 @@ def parse_dtype(name):
     try:
         return DTYPES[name]
     except KeyError:
-        raise SystemExit(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}")
+        raise SystemExit(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}") from None
 
 
 def dtype_name(dtype):
@@ -103,7 +103,7 @@ def parse_sizes(text, presets):
             m, k, d = (int(v) for v in shape.lower().split("x"))
             eps = float(eps) if eps else None
         except ValueError:
-            raise SystemExit(f"--sizes: {item!r} is neither a preset {sorted(presets)} nor MxKxD[@eps]")
+            raise SystemExit(f"--sizes: {item!r} is neither a preset {sorted(presets)} nor MxKxD[@eps]") from None
         if min(m, k, d) < 1:
             raise SystemExit(f"--sizes: {item!r} must have positive M, K, D")
         sizes.append((f"{m}x{k}x{d}", m, k, d, eps))

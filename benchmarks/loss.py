@@ -128,7 +128,8 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
             from sigma.losses import SinkhornSwapLoss
             from sigma_kernels import resolve_backend
         except Exception as exc:
-            raise common.Unavailable(f"sigma.losses.SinkhornSwapLoss is not importable ({type(exc).__name__}: {exc})")
+            raise common.Unavailable(
+                f"sigma.losses.SinkhornSwapLoss is not importable ({type(exc).__name__}: {exc})") from exc
         k, d = c.shape
         module = SinkhornSwapLoss(num_prototypes=k, dim=d, epsilon=eps, sinkhorn_iterations=iters, temperature=tau,
                                   targets=targets, backend="auto", compute_stats=False).to(c.device)
@@ -242,7 +243,8 @@ def main(argv=None):
         del z_v, z_p, c, truth_cache
 
     columns = [("provider", "provider"), ("size", "size"), ("targets", "targets"), ("median ms", "median_ms"),
-               ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"), ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"),
+               ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"), ("peak MiB", "peak_mem_mb"),
+               ("mem/research", "mem_vs_research"),
                ("|dL|", "max_err"), ("max|dgrad|", "grad_err"), ("status", "status")]
     print("\n" + common.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")

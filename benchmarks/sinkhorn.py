@@ -81,7 +81,7 @@ def make_provider(name, z, c, scores, eps, iters):
         try:
             import ot
         except ImportError as exc:
-            raise common.Unavailable(f"POT is not installed ({exc})")
+            raise common.Unavailable(f"POT is not installed ({exc})") from exc
         cost = -scores.float()
         a = torch.full((m,), 1.0 / m, device=z.device)
         b = torch.full((k,), 1.0 / k, device=z.device)
@@ -108,7 +108,7 @@ def make_provider(name, z, c, scores, eps, iters):
         try:
             from flash_sinkhorn import SamplesLoss
         except ImportError as exc:
-            raise common.Unavailable(f"flash-sinkhorn is not installed ({exc})")
+            raise common.Unavailable(f"flash-sinkhorn is not installed ({exc})") from exc
         # Prototypes are the sources (updated first, like our v), tokens the targets; with
         # half_cost the cost is ½‖c−z‖² = 1 − z·c, so exp(−cost/ε) ∝ exp(S/ε).
         solver = SamplesLoss("sinkhorn", backend="alternating", use_epsilon_scaling=False, eps=eps,
@@ -245,8 +245,9 @@ def main(argv=None):
         del z, c, scores, row_scores
 
     columns = [("provider", "provider"), ("size", "size"), ("dtype", "dtype"), ("output", "output"),
-               ("median ms", "median_ms"), ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"), ("peak MiB", "peak_mem_mb"),
-               ("mem/research", "mem_vs_research"), ("max err", "max_err"), ("status", "status")]
+               ("median ms", "median_ms"), ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"),
+               ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"), ("max err", "max_err"),
+               ("status", "status")]
     print("\n" + common.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")
     if not args.no_plot:

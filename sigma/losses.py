@@ -11,13 +11,24 @@ cross-entropies.
 import torch
 import torch.nn as nn
 
-from sigma_kernels import (normalize_rows, prototype_scores, sinkhorn_assign_from_potentials,
-                           sinkhorn_assign_from_potentials_streaming, sinkhorn_solve, sinkhorn_streaming,
-                           prototype_cross_entropy, prototype_cross_entropy_sinkhorn)
 from sigma_kernels import _validation as val
+from sigma_kernels import (
+    normalize_rows,
+    prototype_cross_entropy,
+    prototype_cross_entropy_sinkhorn,
+    prototype_scores,
+    sinkhorn_assign_from_potentials,
+    sinkhorn_assign_from_potentials_streaming,
+    sinkhorn_solve,
+    sinkhorn_streaming,
+)
 from sigma_kernels.backends import BACKENDS
-from sigma_kernels.distributed import (global_count, sinkhorn_solve_distributed, sinkhorn_streaming_distributed,
-                                       world_size)
+from sigma_kernels.distributed import (
+    global_count,
+    sinkhorn_solve_distributed,
+    sinkhorn_streaming_distributed,
+    world_size,
+)
 
 from .diagnostics import assignment_stats
 
@@ -245,8 +256,8 @@ class SinkhornSwapLoss(nn.Module):
                 loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, **kw)
             else:  # soft targets, computed tile by tile from the other branch's potentials
                 kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
-                loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon, self.temperature,
-                                                     **kw)
+                loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon,
+                                                          self.temperature, **kw)
                 loss_p = prototype_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **kw)
             if group is not None:
                 scale = w / m_global

@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-
 # --- raw tubes ------------------------------------------------------------------------------
 
 def patchify_tubes(video, tube_size=(2, 16, 16)):

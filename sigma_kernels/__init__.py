@@ -4,14 +4,27 @@ Backends: "reference" (pure PyTorch, always there), "cpu" (compiled extension fr
 "triton" (CUDA, or CPU under TRITON_INTERPRET=1). Pick with `backend=`, with the environment
 variable SIGMA_KERNELS_BACKEND, or let "auto" choose by device.
 """
-from .backends import (BackendUnavailableError, available_backends, backend_info, get_backend,
-                       resolve_backend)
-from .cross_entropy import (prototype_log_softmax, prototype_scores, prototype_softmax, prototype_cross_entropy,
-                            prototype_cross_entropy_sinkhorn)
-from .sinkhorn import (SinkhornResult, normalize_rows, sinkhorn, sinkhorn_assign, sinkhorn_assign_from_potentials,
-                       sinkhorn_assign_from_potentials_streaming, sinkhorn_assign_streaming,
-                       sinkhorn_potentials, sinkhorn_solve, sinkhorn_streaming)
 from ._sinkhorn_loop import column_marginal_error, run_sinkhorn
+from .backends import BackendUnavailableError, available_backends, backend_info, get_backend, resolve_backend
+from .cross_entropy import (
+    prototype_cross_entropy,
+    prototype_cross_entropy_sinkhorn,
+    prototype_log_softmax,
+    prototype_scores,
+    prototype_softmax,
+)
+from .sinkhorn import (
+    SinkhornResult,
+    normalize_rows,
+    sinkhorn,
+    sinkhorn_assign,
+    sinkhorn_assign_from_potentials,
+    sinkhorn_assign_from_potentials_streaming,
+    sinkhorn_assign_streaming,
+    sinkhorn_potentials,
+    sinkhorn_solve,
+    sinkhorn_streaming,
+)
 
 __version__ = "0.1.0"
 

@@ -10,9 +10,9 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
+from ._sinkhorn_loop import run_sinkhorn
 from .backends import get_backend
 from .backends.reference import compute_dtype
-from ._sinkhorn_loop import run_sinkhorn
 
 _NS = "sigma_kernels"
 

@@ -203,7 +203,8 @@ def test_make_table_writes_between_the_markers_or_prints(tmp_path, capsys):
     readme.write_text(f"# x\n\nbefore\n{make_table.START}\nold table\n{make_table.END}\nafter\n")
     make_table.main(["--results", str(results), "--readme", str(readme)])
     text = readme.read_text()
-    assert "old table" not in text and text.startswith("# x\n\nbefore\n") and text.endswith(f"{make_table.END}\nafter\n")
+    assert "old table" not in text and text.startswith("# x\n\nbefore\n")
+    assert text.endswith(f"{make_table.END}\nafter\n")
     body = text[text.index(make_table.START):text.index(make_table.END)]
     assert "`research-eager`" in body and "`pot-sinkhorn_log`" in body and "30×5×4" in body
     assert "host `" in body and "commit `" in body  # says which machine and code it came from

@@ -10,7 +10,8 @@ import math
 
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 import sigma_kernels as sk
 from sigma_kernels.backends import backend_info, get_backend, is_available
@@ -162,7 +163,7 @@ def test_prototype_cross_entropy_values_and_gradients(m, k, d, kind):
     z, p = torch.randn(m, d, generator=g), torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
     # soft targets deliberately not normalised
     t = torch.randint(0, k, (m,), generator=g) if kind == "hard" else torch.rand(m, k, generator=g) * 2
-    out = {b: _ce_grads(lambda z_, p_: sk.prototype_cross_entropy(z_, p_, t, 0.1, backend=b), z, p)
+    out = {b: _ce_grads(lambda z_, p_, b=b: sk.prototype_cross_entropy(z_, p_, t, 0.1, backend=b), z, p)
            for b in ("cpu", "reference")}
     for a, b in zip(out["cpu"], out["reference"]):
         close(a, b, rtol=1e-5, atol=1e-6)
@@ -173,10 +174,11 @@ def test_prototype_cross_entropy_values_and_gradients(m, k, d, kind):
 def test_prototype_cross_entropy_sinkhorn_values_and_gradients(m, k, d, targets):
     g = torch.Generator().manual_seed(6)
     z, p = torch.randn(m, d, generator=g), torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1)
-    zt, pt = torch.randn(m, d + 2, generator=g), torch.nn.functional.normalize(torch.randn(k, d + 2, generator=g), dim=1)
+    zt = torch.randn(m, d + 2, generator=g)
+    pt = torch.nn.functional.normalize(torch.randn(k, d + 2, generator=g), dim=1)
     v = sk.sinkhorn_streaming(zt, pt, 0.05, 3, backend="reference").v
-    out = {b: _ce_grads(lambda z_, p_: sk.prototype_cross_entropy_sinkhorn(z_, p_, zt, pt, v, 0.05, 0.1,
-                                                                      targets=targets, backend=b), z, p)
+    out = {b: _ce_grads(lambda z_, p_, b=b: sk.prototype_cross_entropy_sinkhorn(z_, p_, zt, pt, v, 0.05, 0.1,
+                                                                                targets=targets, backend=b), z, p)
            for b in ("cpu", "reference")}
     for a, b in zip(out["cpu"], out["reference"]):
         close(a, b, rtol=1e-5, atol=1e-6)

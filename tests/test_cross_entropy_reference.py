@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from truth import cross_entropy_f64
 
 import sigma_kernels as sk
-from truth import cross_entropy_f64
 
 REF = dict(backend="reference")
 odd_dims = st.sampled_from([1, 2, 5, 19, 29, 37])
@@ -28,7 +29,8 @@ def test_loss_matches_float64(m, k, d, seed, soft, tau):
     target = torch.softmax(torch.randn(m, k, generator=g), 1) if soft else torch.randint(0, k, (m,), generator=g)
     loss = sk.prototype_cross_entropy(z, c, target, tau, **REF)
     assert loss.dtype == torch.float32 and loss.shape == ()
-    assert abs(loss.item() - cross_entropy_f64(z.numpy(), c.numpy(), target.numpy(), tau)) <= 1e-4 * max(1.0, abs(loss.item()))
+    want = cross_entropy_f64(z.numpy(), c.numpy(), target.numpy(), tau)
+    assert abs(loss.item() - want) <= 1e-4 * max(1.0, abs(loss.item()))
 
 
 def test_soft_one_hot_equals_hard_and_plain_torch():
@@ -47,7 +49,10 @@ def test_gradcheck_float64(soft):
     z.requires_grad_()
     c.requires_grad_()
     g = torch.Generator().manual_seed(4)
-    target = torch.softmax(torch.randn(7, 5, generator=g, dtype=torch.float64), 1) if soft else torch.randint(0, 5, (7,), generator=g)
+    if soft:
+        target = torch.softmax(torch.randn(7, 5, generator=g, dtype=torch.float64), 1)
+    else:
+        target = torch.randint(0, 5, (7,), generator=g)
     assert torch.autograd.gradcheck(lambda a, b: sk.prototype_cross_entropy(a, b, target, 0.1, **REF), (z, c))
 
 
@@ -59,8 +64,9 @@ def test_gradcheck_sinkhorn_targets_float64(soft):
     cy = c.clone()  # gradcheck perturbs c in place; the target side must stay fixed
     z.requires_grad_()
     c.requires_grad_()
-    fn = lambda a, b: sk.prototype_cross_entropy_sinkhorn(a, b, y, cy, v, 0.05, 0.1,
-                                                     targets="soft" if soft else "hard", **REF)
+
+    def fn(a, b):
+        return sk.prototype_cross_entropy_sinkhorn(a, b, y, cy, v, 0.05, 0.1, targets="soft" if soft else "hard", **REF)
     assert torch.autograd.gradcheck(fn, (z, c))
 
 

@@ -106,7 +106,8 @@ def test_custom_ops_pass_opcheck():
     opcheck(ops.sinkhorn_solve, (s, 20.0, 3, 0.0, 5, "reference"))
     opcheck(ops.sinkhorn_assign, (s, torch.zeros(5), 20.0, "reference"))
     opcheck(ops.linear_cross_entropy, (x, c, t, 10.0, "reference"))
-    opcheck(ops.sinkhorn_target_cross_entropy, (x, c, x.detach(), c.detach(), torch.zeros(5), 20.0, 10.0, True, "reference"))
+    opcheck(ops.sinkhorn_target_cross_entropy,
+            (x, c, x.detach(), c.detach(), torch.zeros(5), 20.0, 10.0, True, "reference"))
     # autograd with only one factor requiring grad (the backward skips the other gradient)
     opcheck(ops.linear_cross_entropy, (x, c.detach(), t, 10.0, "reference"))
     opcheck(ops.linear_cross_entropy, (x.detach(), c, t, 10.0, "reference"))

@@ -135,7 +135,8 @@ def test_two_ranks_equal_one_process_on_the_concatenated_batch(distributed_resul
         assert got["grads"].keys() == want["grads"].keys()
         for name, g in want["grads"].items():
             assert g.abs().max() > 0, name
-            torch.testing.assert_close(got["grads"][name], g, **tol, msg=lambda s: f"rank {rank} d{name}: {s}")
+            torch.testing.assert_close(got["grads"][name], g, **tol,
+                                       msg=lambda s, rank=rank, name=name: f"rank {rank} d{name}: {s}")
         for key in STAT_KEYS:
             if key.startswith("marginal_error"):
                 # a sum of |Σ_i P_ik − 1/K| near 0: compare absolutely

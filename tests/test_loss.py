@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 import sigma.losses as losses_module
 from sigma import SinkhornSwapLoss
 
-
 # --- SPEC §1, restated from the equations in plain float64 torch (no sigma_kernels) ------------
 
 def spec_sinkhorn(scores, epsilon, n_iters):
@@ -78,7 +77,8 @@ def spec_loss_and_grads(zv, zp, c, epsilon=0.05, n_iters=10, tau=0.1, targets="h
 
 def assert_close_all(got, want, rtol, atol):
     for name, a, b in zip(("loss", "d pred", "d target_feats", "d prototypes"), got, want):
-        torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=atol, msg=lambda s: f"{name}: {s}")
+        torch.testing.assert_close(a.double(), b.double(), rtol=rtol, atol=atol,
+                                   msg=lambda s, name=name: f"{name}: {s}")
 
 
 # --- exactness ---------------------------------------------------------------------------

@@ -4,10 +4,11 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
+from truth import sinkhorn_exp_f64, sinkhorn_log_f64
 
 import sigma_kernels as sk
-from truth import sinkhorn_exp_f64, sinkhorn_log_f64
 
 REF = dict(backend="reference")
 odd_dims = st.sampled_from([1, 2, 3, 7, 29, 37, 64, 101])
@@ -90,8 +91,8 @@ def test_agrees_with_pot_sinkhorn_log_at_convergence():
     ot = pytest.importorskip("ot")
     s = cosine_scores(97, 23, seed=7).double()
     m, k = s.shape
-    p = ot.bregman.sinkhorn_log(torch.full((m,), 1 / m, dtype=torch.float64), torch.full((k,), 1 / k, dtype=torch.float64),
-                                -s, reg=0.1, numItermax=20_000, stopThr=1e-12)
+    a, b = torch.full((m,), 1 / m, dtype=torch.float64), torch.full((k,), 1 / k, dtype=torch.float64)
+    p = ot.bregman.sinkhorn_log(a, b, -s, reg=0.1, numItermax=20_000, stopThr=1e-12)
     q = sk.sinkhorn(s.float(), 0.1, 20_000, tol=1e-7, check_every=10, **REF)
     torch.testing.assert_close(q.double(), p * m, atol=2e-5, rtol=1e-3)
 
@@ -131,7 +132,8 @@ def test_streaming_equals_materialised():
     a, b = sk.sinkhorn_streaming(z, c, 0.05, 7, **REF), sk.sinkhorn_solve(s, 0.05, 7, **REF)
     torch.testing.assert_close(a.u, b.u)
     torch.testing.assert_close(a.v, b.v)
-    torch.testing.assert_close(sk.sinkhorn_assign_streaming(z, c, 0.05, 7, **REF), sk.sinkhorn_assign(s, 0.05, 7, **REF))
+    torch.testing.assert_close(sk.sinkhorn_assign_streaming(z, c, 0.05, 7, **REF),
+                               sk.sinkhorn_assign(s, 0.05, 7, **REF))
 
 
 def test_non_contiguous_scores():

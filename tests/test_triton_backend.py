@@ -206,9 +206,9 @@ def test_small_epsilon_stays_finite_and_matches_reference():
         res = sk.sinkhorn_streaming(z, c, 1e-3, 10, backend="triton")
         grads = {}
         for targets in ("soft", "hard"):
-            def fn(z, c, backend):
+            def fn(z, c, backend, targets=targets):
                 return sk.prototype_cross_entropy_sinkhorn(z, c, z.detach(), c.detach(), res.v, 1e-3, 0.1,
-                                                      targets=targets, backend=backend)
+                                                           targets=targets, backend=backend)
             grads[targets] = _loss_and_grads(fn, z, c, "triton"), _loss_and_grads(fn, z, c, "reference")
     assert torch.isfinite(q).all()
     _close(q, sk.sinkhorn(s, 1e-3, 10, backend="reference"), atol=1e-5)
@@ -258,7 +258,7 @@ def test_linear_cross_entropy_primitives_match_reference(m, k, d, blocks):
     x, c = _unit(m, d, seed=12), _unit(k, d, seed=13)
     g = torch.randn(m, generator=torch.Generator().manual_seed(14)).to(DEV)
     with override_blocks(**BLOCKS[blocks]):
-        for kind, target in _targets(m, k, 15).items():
+        for target in _targets(m, k, 15).values():
             loss, lse = tri.linear_cross_entropy_forward(x, c, target, 10.0)
             loss_r, lse_r = ref.linear_cross_entropy_forward(x, c, target, 10.0)
             _close(loss, loss_r)

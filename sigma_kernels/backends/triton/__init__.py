@@ -30,11 +30,11 @@ def unavailable_reason():
 
 
 if unavailable_reason() is None:
-    from .sinkhorn import sinkhorn_assign, sinkhorn_col_lse, sinkhorn_plan, sinkhorn_row_step  # noqa: E402,F401
-    from .streaming import streaming_assign, streaming_col_lse, streaming_row_step  # noqa: E402,F401
     from .cross_entropy import (  # noqa: E402,F401
         linear_cross_entropy_backward,
         linear_cross_entropy_forward,
         sinkhorn_target_cross_entropy_backward,
         sinkhorn_target_cross_entropy_forward,
     )
+    from .sinkhorn import sinkhorn_assign, sinkhorn_col_lse, sinkhorn_plan, sinkhorn_row_step  # noqa: E402,F401
+    from .streaming import streaming_assign, streaming_col_lse, streaming_row_step  # noqa: E402,F401

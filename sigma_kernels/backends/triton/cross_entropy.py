@@ -19,9 +19,22 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, kernel, check_factors, check_offsets, dot_launch_options, f32_vector, finite_or_zero,
-                      fold_rows, load_scores, matching_factors, on_tensor_device, pow2_block, split_rows,
-                      target_programs)
+from ._common import (
+    CONFIG,
+    check_factors,
+    check_offsets,
+    dot_launch_options,
+    f32_vector,
+    finite_or_zero,
+    fold_rows,
+    kernel,
+    load_scores,
+    matching_factors,
+    on_tensor_device,
+    pow2_block,
+    split_rows,
+    target_programs,
+)
 from .sinkhorn import row_reduce
 
 HARD, SOFT, SINKHORN, SINKHORN_HARD = 0, 1, 2, 3

@@ -19,10 +19,24 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (CONFIG, kernel, check_factors, check_matrix, dot_launch_options, f32_vector, finite_or_zero,
-                      fold_columns, fold_rows, load_scores, matching_factors, on_tensor_device, pow2_block,
-                      split_rows, stream_warps, target_programs)
-
+from ._common import (
+    CONFIG,
+    check_factors,
+    check_matrix,
+    dot_launch_options,
+    f32_vector,
+    finite_or_zero,
+    fold_columns,
+    fold_rows,
+    kernel,
+    load_scores,
+    matching_factors,
+    on_tensor_device,
+    pow2_block,
+    split_rows,
+    stream_warps,
+    target_programs,
+)
 
 # --- kernels -------------------------------------------------------------------------------
 
