@@ -1,0 +1,235 @@
+"""A synthetic video set a test or a new user can make in seconds.
+
+    python -m sigma.data.synthetic OUT --videos N --seed S
+
+Each clip shows one labelled object (a drawn shape: the object class) moving in a straight line
+(one of four directions: the motion class) over a static textured background, sometimes with a
+second, unlabelled object of another shape moving behind it. Written:
+
+    OUT/videos/<name>.mp4                      H.264 (libx264, yuv420p) through PyAV
+    OUT/train.txt, OUT/val.txt                 disjoint; lines `videos/<name>.mp4 <object> <motion>`
+    OUT/classes.json                           {"object": [...], "motion": [...]}
+    OUT/info.json                              the generator's settings
+    OUT/davis/JPEGImages/<name>/%05d.jpg       the same frames, before video compression
+    OUT/davis/Annotations/<name>/%05d.png      palette PNG: 0 background, 1 labelled object, 2 second
+    OUT/davis/ImageSets/2017/{train,val}.txt   sequence names
+
+Video i depends only on (seed, i) and its settings, not on N. Objects are 32-48 px on 128² frames:
+after the tiny config's resize to 112² they cover several 16-px tokens in each direction.
+"""
+import argparse
+import json
+import os
+
+import numpy as np
+
+SHAPES = ("circle", "square", "triangle", "cross", "ring")
+DIRECTIONS = ("right", "left", "down", "up")
+_STEP = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
+
+
+def shape_mask(shape, side):
+    """bool (side, side) silhouette of a shape class."""
+    c = (side - 1) / 2
+    y, x = np.mgrid[:side, :side] - c
+    r = side / 2
+    if shape == "circle":
+        return x * x + y * y <= r * r
+    if shape == "square":
+        return np.ones((side, side), dtype=bool)
+    if shape == "triangle":  # apex up, base at the bottom
+        return np.abs(x) <= (y + r) / 2
+    if shape == "cross":
+        return (np.abs(x) <= side / 6) | (np.abs(y) <= side / 6)
+    if shape == "ring":
+        d2 = x * x + y * y
+        return (d2 <= r * r) & (d2 >= (0.5 * r) ** 2)
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+
+
+def davis_palette():
+    """The 256-colour palette DAVIS annotations use (PASCAL VOC's bit-spread colour map)."""
+    pal = np.zeros((256, 3), dtype=np.uint8)
+    for i in range(256):
+        c, r, g, b = i, 0, 0, 0
+        for bit in range(8):
+            r |= ((c >> 0) & 1) << (7 - bit)
+            g |= ((c >> 1) & 1) << (7 - bit)
+            b |= ((c >> 2) & 1) << (7 - bit)
+            c >>= 3
+        pal[i] = (r, g, b)
+    return pal
+
+
+def _background(rng, size):
+    """Muted texture: smooth colour noise plus oriented stripes, uint8 (size, size, 3)."""
+    coarse = rng.uniform(60, 170, size=(3, 6, 6))
+    # Bilinear upsampling of the coarse noise (np.interp per axis; no image library needed).
+    pos = np.linspace(0, 5, size)
+    rows = np.stack([[np.interp(pos, np.arange(6), coarse[ch, :, j]) for j in range(6)] for ch in range(3)])
+    smooth = np.stack([[np.interp(pos, np.arange(6), rows[ch, :, i]) for i in range(size)] for ch in range(3)])
+    theta, freq = rng.uniform(0, np.pi), rng.uniform(0.15, 0.5)
+    y, x = np.mgrid[:size, :size]
+    stripes = 18 * np.sin(freq * (x * np.cos(theta) + y * np.sin(theta)))
+    img = smooth.transpose(2, 1, 0) + stripes[..., None] + rng.normal(0, 4, size=(size, size, 3))
+    return np.clip(img, 0, 255)
+
+
+def _object_texture(rng, side):
+    """Saturated colour with a checker pattern, float (side, side, 3)."""
+    colour = rng.permutation([rng.uniform(200, 255), rng.uniform(0, 60), rng.uniform(0, 255)])
+    cell = max(2, side // 6)
+    y, x = np.mgrid[:side, :side]
+    checker = (((y // cell) + (x // cell)) % 2)[..., None] * 2 - 1
+    return np.clip(colour + 25 * checker, 0, 255)
+
+
+def _trajectory(rng, size, side, frames, direction):
+    """Top-left corners (frames, 2) of a straight motion that stays inside the frame."""
+    dy, dx = _STEP[direction]
+    room = size - side
+    speed = min(rng.uniform(1.0, 2.0), room / max(frames - 1, 1))
+    travel = speed * (frames - 1)
+    along = rng.uniform(0, room - travel)
+    across = rng.uniform(0, room)
+    t = np.arange(frames) * speed
+    if dx:
+        xs = along + t if dx > 0 else room - along - t
+        ys = np.full(frames, across)
+    else:
+        ys = along + t if dy > 0 else room - along - t
+        xs = np.full(frames, across)
+    return np.rint(np.stack([ys, xs], axis=1)).astype(int)
+
+
+def render_clip(seed, index, *, frames=40, size=128, object_size=(32, 48), max_objects=2):
+    """Frames uint8 (F, size, size, 3), masks uint8 (F, size, size) and labels (object, motion) of
+    clip `index`; object ids in the masks: 1 the labelled object, 2 the optional second one."""
+    rng = np.random.default_rng([seed, index])
+    shape_id = index % len(SHAPES)
+    motion_id = (index + index // len(SHAPES)) % len(DIRECTIONS)
+    objects = [(shape_id, motion_id)]
+    if max_objects >= 2 and rng.random() < 0.5:
+        other = (shape_id + 1 + int(rng.integers(len(SHAPES) - 1))) % len(SHAPES)
+        objects.append((other, int(rng.integers(len(DIRECTIONS)))))
+    background = _background(rng, size)
+    video = np.repeat(background[None], frames, axis=0)
+    masks = np.zeros((frames, size, size), dtype=np.uint8)
+    # Paint back to front, so object 1 (the labelled one) is on top.
+    for obj_id in range(len(objects), 0, -1):
+        shape, direction = objects[obj_id - 1]
+        side = int(rng.integers(object_size[0], object_size[1] + 1))
+        if obj_id > 1:
+            side = object_size[0]
+        silhouette = shape_mask(SHAPES[shape], side)
+        texture = _object_texture(rng, side)
+        for f, (y, x) in enumerate(_trajectory(rng, size, side, frames, DIRECTIONS[direction])):
+            video[f, y:y + side, x:x + side][silhouette] = texture[silhouette]
+            masks[f, y:y + side, x:x + side][silhouette] = obj_id
+    return video.round().astype(np.uint8), masks, (shape_id, motion_id)
+
+
+def _tmp(path):
+    return f"{path}.tmp{os.getpid()}"
+
+
+def write_mp4(path, frames, fps=25):
+    """uint8 (F, H, W, 3) RGB frames → H.264 mp4 (yuv420p, one encoder thread so the bytes are
+    reproducible), written atomically."""
+    import av
+    tmp = _tmp(path)
+    with av.open(tmp, "w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.thread_count = 1
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode(None))
+    os.replace(tmp, path)
+
+
+def _write_text(path, text):
+    tmp = _tmp(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _save_image(image, path, **kwargs):
+    tmp = _tmp(path)
+    image.save(tmp, format=kwargs.pop("format"), **kwargs)
+    os.replace(tmp, path)
+
+
+def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object_size=(32, 48),
+                           max_objects=2, val_every=4, fps=25, davis=True):
+    """Write the synthetic set (layout in this module's docstring) and return its paths:
+    {"root", "train", "val", "classes", "davis"}. Every `val_every`-th clip goes to val.txt (the last
+    one when there are fewer than `val_every` clips), the others to train.txt."""
+    if videos < 2:
+        raise ValueError(f"videos must be at least 2 (one train, one val clip), got {videos}")
+    if frames < 2:
+        raise ValueError(f"frames must be at least 2, got {frames}")
+    if size % 2 or object_size[1] >= size or object_size[0] < 4 or object_size[0] > object_size[1]:
+        raise ValueError(f"need an even size larger than the objects: size={size}, object_size={object_size}")
+    if val_every < 2:
+        raise ValueError(f"val_every must be at least 2, got {val_every}")
+    from PIL import Image
+    out = os.fspath(out)
+    os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+    palette = davis_palette().flatten().tolist()
+    splits = {"train": [], "val": []}
+    for i in range(videos):
+        name = f"clip{i:05d}"
+        clip, masks, (obj, motion) = render_clip(seed, i, frames=frames, size=size, object_size=object_size,
+                                                 max_objects=max_objects)
+        write_mp4(os.path.join(out, "videos", f"{name}.mp4"), clip, fps=fps)
+        is_val = i % val_every == val_every - 1 or (videos < val_every and i == videos - 1)
+        split = "val" if is_val else "train"
+        splits[split].append((name, f"videos/{name}.mp4 {obj} {motion}\n"))
+        if davis:
+            jpg_dir = os.path.join(out, "davis", "JPEGImages", name)
+            png_dir = os.path.join(out, "davis", "Annotations", name)
+            os.makedirs(jpg_dir, exist_ok=True)
+            os.makedirs(png_dir, exist_ok=True)
+            for f in range(frames):
+                _save_image(Image.fromarray(clip[f]), os.path.join(jpg_dir, f"{f:05d}.jpg"), format="JPEG",
+                            quality=95, subsampling=0)  # 4:4:4: no colour bleed across object edges
+                png = Image.frombytes("P", (size, size), masks[f].tobytes())
+                png.putpalette(palette)
+                _save_image(png, os.path.join(png_dir, f"{f:05d}.png"), format="PNG")
+    for split, rows in splits.items():
+        _write_text(os.path.join(out, f"{split}.txt"), "".join(line for _, line in rows))
+        if davis:
+            sets = os.path.join(out, "davis", "ImageSets", "2017")
+            os.makedirs(sets, exist_ok=True)
+            _write_text(os.path.join(sets, f"{split}.txt"), "".join(f"{name}\n" for name, _ in rows))
+    _write_text(os.path.join(out, "classes.json"),
+                json.dumps({"object": list(SHAPES), "motion": list(DIRECTIONS)}, indent=1) + "\n")
+    info = {"generator": "sigma.data.synthetic", "videos": videos, "seed": seed, "frames": frames, "size": size,
+            "object_size": list(object_size), "max_objects": max_objects, "val_every": val_every, "fps": fps}
+    _write_text(os.path.join(out, "info.json"), json.dumps(info, indent=1) + "\n")
+    return {"root": out, "train": os.path.join(out, "train.txt"), "val": os.path.join(out, "val.txt"),
+            "classes": os.path.join(out, "classes.json"), "davis": os.path.join(out, "davis") if davis else None}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(prog="python -m sigma.data.synthetic", description=__doc__.split("\n\n")[0])
+    p.add_argument("out", help="output folder (created; files of the same names are replaced)")
+    p.add_argument("--videos", type=int, default=8, help="number of clips (default 8)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--frames", type=int, default=40, help="frames per clip (default 40)")
+    p.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
+    p.add_argument("--no-davis", action="store_true", help="skip the DAVIS-layout JPEG/PNG folders")
+    args = p.parse_args(argv)
+    try:
+        paths = make_synthetic_dataset(args.out, videos=args.videos, seed=args.seed, frames=args.frames,
+                                       size=args.size, davis=not args.no_davis)
+    except ValueError as exc:
+        p.error(str(exc))
+    print(f"wrote {args.videos} clips to {paths['root']} (train: {paths['train']}, val: {paths['val']})")
+
+
+if __name__ == "__main__":
+    main()

