@@ -7,6 +7,8 @@ import os
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("av")
 pytest.importorskip("torchvision")
@@ -25,6 +27,7 @@ from sigma.data import (
     sample_videos,
     seed_worker,
 )
+from sigma.data import transforms as T
 from sigma.data.synthetic import DIRECTIONS, SHAPES, make_synthetic_dataset
 
 FRAMES = 40
@@ -317,3 +320,33 @@ def test_readers_agree_on_real_footage(footage):
     a, b = d.get_frames(idx), p.get_frames(idx)
     assert a.shape == b.shape == (4, 144, 176, 3) and a.dtype == b.dtype == np.uint8
     assert np.abs(a.astype(int) - b.astype(int)).mean() < 2
+
+
+# --- sampling and crop geometry (properties over odd shapes) -----------------------------------------
+
+@given(h=st.integers(1, 900), w=st.integers(1, 900), seed=st.integers(0, 2**31))
+def test_multiscale_crop_box_properties(h, w, seed):
+    scales = (1, .875, .75, .66)
+    top, left, ch, cw = T.multiscale_crop_box(h, w, scales, torch.Generator().manual_seed(seed))
+    sides = [max(1, int(min(h, w) * s)) for s in scales]
+    assert 0 <= top and top + ch <= h and 0 <= left and left + cw <= w
+    i, j = sides.index(ch), sides.index(cw)
+    assert abs(i - j) <= 1 or sides[i] == sides[j]  # equal sides may repeat in the list at tiny sizes
+
+
+@given(total=st.integers(1, 400), t=st.integers(1, 32), rate=st.integers(1, 8), seed=st.integers(0, 2**31),
+       clips=st.integers(1, 6))
+def test_clip_sampling_properties(total, t, rate, seed, clips):
+    start = T.random_clip_start(total, t, rate, torch.Generator().manual_seed(seed))
+    idx = T.clip_indices(start, t, rate, total)
+    assert len(idx) == t and 0 <= min(idx) and max(idx) <= total - 1
+    span = (t - 1) * rate + 1
+    if total >= span:  # the whole clip fits: exact stride, no repeats
+        assert all(b - a == rate for a, b in zip(idx, idx[1:]))
+    else:  # too short: starts at 0, the tail repeats the last frame
+        assert idx[0] == 0 and idx[-1] == total - 1
+    starts = T.uniform_clip_starts(total, t, rate, clips)
+    assert len(starts) == clips and starts == sorted(starts)
+    assert all(0 <= s <= max(total - span, 0) for s in starts)
+    if clips > 1 and total >= span:
+        assert starts[0] == 0 and starts[-1] == total - span

@@ -44,7 +44,7 @@ class VideoDataset(Dataset):
       label  int64 (num_labels,), -1 when unlabelled;
       index  int, the record actually used (the next readable one when a file was skipped).
 
-    Randomness: every draw (clip position, crop, flip, mask, in that order) comes from one
+    Randomness: every draw (clip position, crop, flip when enabled, mask, in that order) comes from one
     torch.Generator seeded from (seed, draw, index), where draw is the epoch set by `set_epoch`
     (or given explicitly: `dataset[(index, draw)]`). A sample is therefore the same whichever
     worker makes it and in whatever order, and a resumed run that replays the sampler's order
