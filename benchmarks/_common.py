@@ -253,7 +253,7 @@ def bench(fn, device, repeats):
 # --- float64 truth --------------------------------------------------------------------------
 
 def float64_sinkhorn(row_scores, m, k, epsilon, n_iters, chunk=2048):
-    """Log-domain Sinkhorn of SPEC §1.3 in float64, row block by row block (memory O(chunk·K)).
+    """Log-domain Sinkhorn (docs/sinkhorn.md) in float64, row block by row block (memory O(chunk·K)).
 
     row_scores(i0, i1) -> float64 (i1-i0, K) scores of those rows. Returns (u (M,), v (K,)),
     Q_ik = M·exp(S_ik/ε + u_i + v_k). Independent of sigma_kernels on purpose: it is the truth.

@@ -96,7 +96,7 @@ fi
 # shellcheck disable=SC2086
 run_stage tests "${TEST_TIMEOUT:-150}" "$PY" -m pytest ${PYTEST_ARGS:--x -q tests -m "not slow" --durations=15 -p no:cacheprovider}
 
-# 4. and 5. benchmarks at the SPEC §2 sizes
+# 4. and 5. benchmarks at the released recipe's sizes (docs/method.md)
 # shellcheck disable=SC2086
 run_stage sinkhorn "${SINKHORN_TIMEOUT:-110}" "$PY" benchmarks/sinkhorn.py --out "$OUT_DIR" \
     ${SINKHORN_ARGS:---sizes ssv2-vitb-b32 --iters 10}

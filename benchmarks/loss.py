@@ -1,10 +1,10 @@
 """Whole-loss benchmark: the SIGMA loss (both directions, forward + backward), ours vs research style.
 
     python benchmarks/loss.py                          # quick default
-    python benchmarks/loss.py --full                   # SPEC §2 sizes
+    python benchmarks/loss.py --full                   # the released recipe's sizes (docs/method.md)
     python benchmarks/loss.py --sizes ssv2-vits --targets hard --providers 'research-eager,cpu*'
 
-One step = L = CE(S_v/τ, target(Q_p)) + CE(S_p/τ, target(Q_v)) (SPEC §1) and the gradients
+One step = L = CE(S_v/τ, target(Q_p)) + CE(S_p/τ, target(Q_v)) (docs/method.md) and the gradients
 dL/dz_v, dL/dz_p, dL/dC. Inputs z_v, z_p (M, D) (normalised inside), prototypes C (K, D) with unit
 rows. Providers:
 - research-eager / research-compile: `research_style.research_loss` (materialised scores,
@@ -37,7 +37,7 @@ if __package__ in (None, ""):
 from benchmarks import _common as common  # noqa: E402
 from benchmarks.research_style import research_loss  # noqa: E402
 
-# label: (M, K, D, ε) — SPEC §2; "quick" is small enough for a laptop CPU.
+# label: (M, K, D, ε) — docs/method.md sizes; "quick" is small enough for a laptop CPU.
 PRESETS = {
     "quick": (2048, 3000, 256, 0.05),
     "ssv2-vits": (22528, 3000, 256, 0.05),
@@ -64,7 +64,7 @@ def make_problem(m, k, d, device, dtype, seed=0):
 
 
 def ops_loss(z_v, z_p, c, eps, iters, tau, targets, backend):
-    """The SIGMA loss from the public sigma_kernels ops with one backend (SPEC §1)."""
+    """The SIGMA loss from the public sigma_kernels ops with one backend (docs/method.md)."""
     import sigma_kernels as sk
     res_v = sk.sinkhorn_streaming(z_v, c, eps, iters, backend=backend)
     res_p = sk.sinkhorn_streaming(z_p, c, eps, iters, backend=backend)
@@ -152,7 +152,7 @@ def step_fn(loss_fn, inputs):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help=f"run the SPEC §2 sizes ({FULL_SIZES})")
+    p.add_argument("--full", action="store_true", help=f"run the docs/method.md sizes ({FULL_SIZES})")
     p.add_argument("--sizes", default=None,
                    help=f"comma list of presets {sorted(PRESETS)} or MxKxD[@eps] (default: quick)")
     p.add_argument("--epsilon", type=float, default=None, help="override ε of every size")

@@ -1,12 +1,12 @@
-"""The released research code's algorithms, restated by us in eager PyTorch from SPEC §1.3 / §1.5.
+"""The released research code's algorithms, restated by us in eager PyTorch (docs/method.md).
 
 This is the "research-code style" baseline of the benchmarks: the same computation, done the way
 the released code does it (whole M×K matrices, an exp-domain Sinkhorn without max-subtraction,
-hard argmax targets, `F.cross_entropy`). It is written from the SPEC's description, not copied.
+hard argmax targets, `F.cross_entropy`). It is written from the description in docs/, not copied.
 
 Numerics, on purpose: `research_sinkhorn` computes exp(S/ε) in float32 directly, so it overflows
 once 1/ε > 88.7 (|S| ≤ 1) and loses tokens to underflow well before; that is part of what the
-benchmarks measure. It is mathematically the log-domain iteration of SPEC §1.3 (prototype step
+benchmarks measure. It is mathematically the log-domain iteration of docs/sinkhorn.md (prototype step
 first, then token step, from zero potentials), so where nothing over/underflows it agrees with
 `sigma_kernels.sinkhorn`.
 """
@@ -37,7 +37,7 @@ def research_sinkhorn(scores, epsilon=0.05, n_iters=3):
 
 
 def research_loss(z_video, z_proj, prototypes, epsilon=0.05, n_iters=10, temperature=0.1, targets="hard"):
-    """The whole SIGMA loss, research-code style (SPEC §1.2–1.5), float32.
+    """The whole SIGMA loss, research-code style (docs/method.md), float32.
 
     z_video, z_proj: (M, D) predictions of the video model and features of the projection
     network for the same masked tubes; prototypes: (K, D), already renormalised to unit rows by

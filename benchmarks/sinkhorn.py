@@ -1,11 +1,11 @@
 """Sinkhorn benchmark: our backends against the research-code style and outside peers.
 
     python benchmarks/sinkhorn.py                      # quick default (about a minute on 2 CPU cores)
-    python benchmarks/sinkhorn.py --full               # the sizes of SPEC §2
+    python benchmarks/sinkhorn.py --full               # the released recipe's sizes (docs/method.md)
     python benchmarks/sinkhorn.py --sizes ssv2-vits,4096x1000x128@0.1 --providers 'cpu*,research-*'
 
 The problem: z (M, D) and prototypes C (K, D) with unit rows, scores S = z·Cᵀ, balanced Sinkhorn
-with ε and a fixed number of iterations (no early stop), SPEC §1.3. Providers:
+with ε and a fixed number of iterations (no early stop), as in docs/sinkhorn.md. Providers:
 - research-eager / research-compile: `research_style.research_sinkhorn` (exp domain, float32) and
   torch.compile of it, on S -> Q;
 - pot-sinkhorn_log: POT's `ot.bregman.sinkhorn_log` (torch backend) with a = 1/M, b = 1/K,
@@ -39,7 +39,7 @@ if __package__ in (None, ""):
 from benchmarks import _common as common  # noqa: E402
 from benchmarks.research_style import research_sinkhorn  # noqa: E402
 
-# label: (M, K, D, ε) — SPEC §2; "quick" is the masked tubes of a B=2 SSv2 batch (2 × 1408),
+# label: (M, K, D, ε) — docs/method.md sizes; "quick" is the masked tubes of a B=2 SSv2 batch (2 × 1408),
 # small enough for a laptop CPU.
 PRESETS = {
     "quick": (2816, 3000, 256, 0.05),
@@ -69,7 +69,7 @@ def make_problem(m, k, d, device, seed=0):
 
 def make_provider(name, z, c, scores, eps, iters):
     """(fn, finish, output, input dtype): fn() runs the provider; finish(out) turns its result into
-    ("Q", Q) or ("uv", u, v) in the SPEC §1.3 convention."""
+    ("Q", Q) or ("uv", u, v) in the convention of docs/sinkhorn.md."""
     m, k = z.shape[0], c.shape[0]
     as_q = lambda out: ("Q", out)  # noqa: E731
     if name == "research-eager":
@@ -172,7 +172,7 @@ def q_error(result, row_scores, m, u64, v64, eps, chunk=2048):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--full", action="store_true", help=f"run the SPEC §2 sizes ({FULL_SIZES})")
+    p.add_argument("--full", action="store_true", help=f"run the docs/method.md sizes ({FULL_SIZES})")
     p.add_argument("--sizes", default=None,
                    help=f"comma list of presets {sorted(PRESETS)} or MxKxD[@eps] (default: quick)")
     p.add_argument("--epsilon", type=float, default=None, help="override ε of every size")

@@ -1,7 +1,7 @@
 """Health metrics of a Sinkhorn clustering step, as tensors (no host syncs).
 
 For one branch with scores S (M, K) and Sinkhorn prototype potentials v (K,), the assignment of
-token i is Q_i· = softmax_k(S_ik/ε + v_k) (SPEC §1.3, after the final token step) and its hard
+token i is Q_i· = softmax_k(S_ik/ε + v_k) (after the final token step, see docs/sinkhorn.md) and its hard
 label argmax_k Q_ik. Reported:
   entropy            mean_i H(Q_i·) in nats (0 = one-hot targets, ln K = uniform)
   usage_perplexity   exp H(p), p_k = fraction of tokens whose hard label is k (K when all are used

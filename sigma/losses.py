@@ -1,10 +1,10 @@
-"""The SIGMA objective (SPEC §1) as a loss module for VideoMAE-style training loops.
+"""The SIGMA objective (docs/method.md) as a loss module for VideoMAE-style training loops.
 
     criterion = SinkhornSwapLoss(num_prototypes=3000, dim=256)
     loss = criterion(pred, target_feats, bool_masked_pos)
 
 All arithmetic is delegated to the `sigma_kernels` ops (which pick a backend); this module only
-wires SPEC §1 together: prototype renormalisation, two Sinkhorn solves, two swapped
+wires the objective (docs/method.md) together: prototype renormalisation, two Sinkhorn solves, two swapped
 cross-entropies.
 """
 
@@ -37,7 +37,7 @@ _TARGETS = ("hard", "soft")
 
 class SinkhornSwapLoss(nn.Module):
     """Swapped prediction of Sinkhorn cluster assignments between a video model and a projection
-    network (SIGMA, SPEC §1). Owns the prototypes C (num_prototypes, dim), an nn.Parameter.
+    network (SIGMA; see docs/method.md). Owns the prototypes C (num_prototypes, dim), an nn.Parameter.
 
     Args:
         num_prototypes: K, number of prototypes (clusters).
@@ -58,7 +58,7 @@ class SinkhornSwapLoss(nn.Module):
             are labelled once per branch and fed to a plain fused CE; soft targets are recomputed
             tile by tile from the other branch's potentials. The cross-entropies never store M×K
             in the fused backends either way.
-        process_group: data-parallel group for the global equipartition (SPEC §1.6). None uses the
+        process_group: data-parallel group for the global equipartition (docs/distributed.md). None uses the
             default group when torch.distributed is initialised with world size > 1.
         compute_stats: compute the diagnostics of `last_stats` at every forward.
 
@@ -219,7 +219,7 @@ class SinkhornSwapLoss(nn.Module):
         return res, scores
 
     def forward(self, pred, target_feats, mask=None, *, return_stats=False):
-        """SIGMA loss L = CE(S_v/τ, target(Q_p)) + CE(S_p/τ, target(Q_v)) (SPEC §1.5), a 0-d tensor.
+        """SIGMA loss L = CE(S_v/τ, target(Q_p)) + CE(S_p/τ, target(Q_v)) (docs/method.md), a 0-d tensor.
 
         pred: video-model predictions, target_feats: projection-network features; (B, N, D) with
         an optional bool mask (B, N) (True = masked), (B, N_mask, D), or (M, D) — see
@@ -230,7 +230,7 @@ class SinkhornSwapLoss(nn.Module):
         """
         zv, zp = self.flatten_inputs(pred, target_feats, mask)
         with torch.autocast(device_type=zv.device.type, enabled=False):
-            # SPEC §1.1: unit rows, in place and outside autograd, so dL/dC is the raw gradient.
+            # Unit rows (docs/method.md), in place and outside autograd, so dL/dC is the raw gradient.
             with torch.no_grad():
                 self.prototypes.copy_(normalize_rows(self.prototypes))
             w = world_size(self.process_group)
@@ -250,7 +250,7 @@ class SinkhornSwapLoss(nn.Module):
                 # Labels once per branch (one pass), then plain CE: cheaper than recomputing the
                 # other branch's score tiles in both the forward and the backward.
                 kw = dict(reduction=reduction, backend=self.backend)
-                # Video-model term: the prototypes are detached (SPEC §1.2), the targets come from Q_p.
+                # Video-model term: the prototypes are detached (docs/method.md), the targets come from Q_p.
                 loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
                 # Projection term: live prototypes, targets from Q_v.
                 loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, **kw)

@@ -1,6 +1,6 @@
 """The log-domain Sinkhorn-Knopp iteration, written once over any backend's primitives.
 
-SPEC §1.3, potentials u (M,), v (K,) starting at 0; each of the n_iters iterations is
+See docs/sinkhorn.md. Potentials u (M,), v (K,) start at 0; each of the n_iters iterations is
     v_k = -log K - LSE_i(S_ik/ε + u_i)        (prototype marginal M/K)
     u_i = -log M - LSE_k(S_ik/ε + v_k)        (token marginal 1)
 and Q_ik = M·exp(S_ik/ε + u_i + v_k). The backends fuse each u-update with the prototype

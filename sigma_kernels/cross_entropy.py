@@ -1,7 +1,7 @@
 """Prototype scoring and the (swapped) cross-entropy between prototype softmaxes and targets.
 
 z is L2-normalised inside (gradients flow through the normalisation); prototypes are used as
-given (SPEC §1.1: the caller renormalises them, without grad). Logits are
+given (the caller renormalises them, without grad: docs/method.md). Logits are
 normalize(z)·prototypesᵀ/τ, accumulated in float32.
 """
 import torch

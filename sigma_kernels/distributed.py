@@ -1,4 +1,4 @@
-"""Sinkhorn over data-parallel ranks: the equipartition is over the global batch (SPEC §1.6).
+"""Sinkhorn over data-parallel ranks: the equipartition is over the global batch (docs/distributed.md).
 
 Every rank holds its own tokens (rows of S); all ranks hold the same prototypes (columns).
 The prototype-side sums — the column log-sum-exp over tokens, LSE_i(S_ik/ε + u_i) — are merged

@@ -1,4 +1,4 @@
-"""Public Sinkhorn-Knopp API (balanced, log-domain; SPEC §1.3).
+"""Public Sinkhorn-Knopp API (balanced, log-domain; see docs/sinkhorn.md).
 
 All functions run without autograd (Sinkhorn targets are constants of the loss) and return
 float32 tensors (float64 for float64 input).
@@ -16,7 +16,7 @@ from .backends.reference import compute_dtype
 
 
 class SinkhornResult(NamedTuple):
-    """u (M,), v (K,) as in SPEC §1.3, and the column marginal error Σ_k |Σ_i P_ik - 1/K| ()."""
+    """u (M,), v (K,) as in docs/sinkhorn.md, and the column marginal error Σ_k |Σ_i P_ik - 1/K| ()."""
     u: torch.Tensor
     v: torch.Tensor
     marginal_error: torch.Tensor

@@ -1,4 +1,4 @@
-"""The benchmark scripts' own logic: the research-style baseline computes what the SPEC says, the
+"""The benchmark scripts' own logic: the research-style baseline follows docs/method.md, the
 float64 truth is right, the POT adapter solves the same problem, and the CSV has its columns."""
 import csv
 import math
@@ -105,7 +105,7 @@ def test_flash_sinkhorn_potential_conversion():
 
 
 def _plain_loss(z_v, z_p, c, eps, n_iters, tau, targets):
-    """SPEC §1.2–1.5 written out with the reference Sinkhorn (log domain)."""
+    """The objective (docs/method.md) written out with the reference Sinkhorn (log domain)."""
     s_v = F.normalize(z_v, dim=1) @ c.detach().T
     s_p = F.normalize(z_p, dim=1) @ c.T
     q_v = sigma_kernels.sinkhorn(s_v, eps, n_iters, backend="reference")

@@ -1,4 +1,4 @@
-"""SinkhornSwapLoss under data parallelism (SPEC §1.6): 2 CPU processes on gloo must reproduce a
+"""SinkhornSwapLoss under data parallelism (docs/distributed.md): 2 CPU processes on gloo must reproduce a
 single process on the concatenated batch — loss, gradients and diagnostics."""
 import datetime
 import os

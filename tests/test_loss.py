@@ -1,4 +1,4 @@
-"""sigma.losses.SinkhornSwapLoss against an independent float64 restatement of SPEC §1."""
+"""sigma.losses.SinkhornSwapLoss against an independent float64 restatement of docs/method.md."""
 import math
 
 import pytest
@@ -10,10 +10,10 @@ from hypothesis import strategies as st
 import sigma.losses as losses_module
 from sigma import SinkhornSwapLoss
 
-# --- SPEC §1, restated from the equations in plain float64 torch (no sigma_kernels) ------------
+# --- docs/method.md, restated from the equations in plain float64 torch (no sigma_kernels) ------------
 
 def spec_sinkhorn(scores, epsilon, n_iters):
-    """SPEC §1.3 log domain: Q (M, K) with rows summing to 1, columns to M/K."""
+    """Log-domain Sinkhorn (docs/sinkhorn.md): Q (M, K) with rows summing to 1, columns to M/K."""
     s = scores.detach() / epsilon
     m, k = s.shape
     u = torch.zeros(m, dtype=s.dtype)
@@ -158,7 +158,7 @@ def test_hard_and_soft_differ_and_agree_when_assignments_are_crisp():
 
 
 def test_initial_loss_is_about_two_log_k():
-    """Random features and prototypes: L ≈ 2·ln K (SPEC §1.5), with the released K, D, ε, τ.
+    """Random features and prototypes: L ≈ 2·ln K (docs/method.md), with the released K, D, ε, τ.
 
     More precisely, cosine scores of random unit vectors have variance 1/D, so each term is
     E[LSE_k(S_ik/τ)] − E[S_i,target/τ] ≈ (ln K + 1/(2Dτ²)) − 0: the target comes from the other,

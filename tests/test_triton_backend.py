@@ -570,7 +570,7 @@ GPU_TEST_ROWS = 8192
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (compiled kernels, GPU tiles)")
 @pytest.mark.parametrize("k", [3000, 5000])  # one-tile rows (K <= 4096) and the two-sweep path
 def test_gpu_realistic_sizes_match_reference(k):
-    """SPEC §2-like sizes with the compiled kernels: K = 3000 keeps a whole row per tile."""
+    """Recipe sizes (docs/method.md) with the compiled kernels: K = 3000 keeps a whole row per tile."""
     m, d, inv_eps = GPU_TEST_ROWS, 256, 1 / 0.03
     x, c = _unit(m, d, seed=47), _unit(k, d, seed=48)
     y, cy = _unit(m, d, seed=49), _unit(k, d, seed=50)

@@ -8,7 +8,7 @@ def _lse(a, axis):
 
 
 def sinkhorn_log_f64(scores, epsilon, n_iters):
-    """SPEC §1.3 in float64 log domain. Returns (Q, u, v) as NumPy arrays."""
+    """docs/sinkhorn.md in float64, log domain. Returns (Q, u, v) as NumPy arrays."""
     s = np.asarray(scores, dtype=np.float64) / epsilon
     m, k = s.shape
     u, v = np.zeros(m), np.zeros(k)

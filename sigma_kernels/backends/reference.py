@@ -2,7 +2,7 @@
 
 Each function is the equation it names, written with whole-matrix PyTorch ops. Inputs of any
 floating dtype; arithmetic and results in float32 (float64 inputs stay float64, so gradcheck
-can run). Notation (SPEC §1.3): scores S (M, K), potentials u (M,), v (K,), inv_eps = 1/ε,
+can run). Notation (docs/sinkhorn.md): scores S (M, K), potentials u (M,), v (K,), inv_eps = 1/ε,
 Q_ik = exp(S_ik·inv_eps + u_i + v_k + log_m).
 """
 import torch

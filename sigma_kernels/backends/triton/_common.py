@@ -18,7 +18,7 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # Precision of tl.dot on fp32 score operands (the public API always passes fp32 factors).
 # "tf32x3" runs on tensor cores with close to fp32 accuracy, at three MMAs per tile; plain "tf32"
 # (one MMA) rounds every operand to 10 mantissa bits, an error that 1/ε = 20-33 then multiplies
-# in the logits (SPEC §3); "ieee" is exact fp32 without tensor cores. fp16/bf16 operands are
+# in the logits (docs/sinkhorn.md); "ieee" is exact fp32 without tensor cores. fp16/bf16 operands are
 # multiplied exactly with fp32 accumulation whatever this says. Untimed: which one pays off on
 # an H100 is for the GPU benchmarks to say.
 DOT_PRECISION = os.environ.get("SIGMA_TRITON_DOT_PRECISION", "tf32x3")
@@ -124,7 +124,7 @@ def split_rows(m, block_m, programs):
     return per, triton.cdiv(m, per)
 
 
-# Under the interpreter tl.dot is wrong on bf16 inputs (SPEC §6): operands are cast to fp32 first.
+# Under the interpreter tl.dot is wrong on bf16 inputs (docs/backends.md): operands are cast to fp32 first.
 UPCAST_DOT = INTERPRET
 
 

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-# (M, K, D) cases: SPEC §2 sizes (M reduced: the block choices depend on K and D, the grid on M),
+# (M, K, D) cases: docs/method.md sizes (M reduced: the block choices depend on K and D, the grid on M),
 # plus K above the single-tile limit of the fused Sinkhorn step.
 CASES = [(4096, 3000, 256), (4096, 3000, 768), (2048, 4096, 384), (1024, 8191, 128), (37, 29, 19)]
 QUICK_CASES = [(4096, 3000, 256), (1024, 8191, 128)]
