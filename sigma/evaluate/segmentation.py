@@ -1,0 +1,239 @@
+"""Unsupervised video object segmentation scores from dense features (the paper's appendix C).
+
+Per clip, given dense encoder features (T', h, w, C) and ground-truth object masks (T, H, W):
+
+1. features are resized to size × size (28) with bilinear interpolation, the masks with
+   nearest-neighbour interpolation;
+2. k-means (scikit-learn, fixed seed) clusters the T'·size² feature vectors of the clip, once with
+   k = the clip's class count ("clustering") and once with k = 6 ("overclustering");
+3. every cluster map is repeated T/T' times in time (each token covers `tubelet` frames);
+4. clusters are mapped to ground-truth classes — one-to-one by Hungarian matching
+   (`scipy.optimize.linear_sum_assignment`, maximising the matched pixel count) for clustering,
+   many-to-one by pixel-wise precision (each cluster goes to the class that covers most of its
+   pixels) for overclustering — over all frames of the clip at once;
+5. IoU of every class present in the clip's resized ground truth; mIoU = their mean.
+
+Choices the paper leaves open (each configurable, and recorded in the result):
+- `background="class"` (default): background (label 0) is one class like the objects, so a clip
+  with n objects has k = n + 1 clusters and n + 1 IoUs. `background="ignore"`: background pixels
+  are left out of clustering and scoring; k = n, n IoUs.
+- Label `ignore_index` (255, DAVIS' "void") is never clustered nor scored.
+- Dataset score: `reduction="sequence"` (default) averages clips within a sequence, then
+  sequences; `"clip"` averages all clips; `"pooled"` divides the summed intersections by the
+  summed unions over every (clip, class) pair.
+- A clip whose features are all equal gives one cluster (k-means cannot split identical points):
+  every pixel lands in the class it is matched to, whose IoU is that class's area fraction a;
+  all other classes score 0, so the clip's mIoU is max(a) / n_classes in both settings
+  (`constant_feature_miou`).
+"""
+import math
+import warnings
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+BACKGROUND_MODES = ("class", "ignore")
+REDUCTIONS = ("sequence", "clip", "pooled")
+
+
+def kmeans_labels(points, k, *, seed=0, n_init=10):
+    """k-means cluster index (int64 (P,)) of every row of points (P, C) (scikit-learn, k-means++)."""
+    from sklearn.cluster import KMeans
+
+    pts = np.ascontiguousarray(points.detach().cpu().double().numpy() if torch.is_tensor(points) else points,
+                               dtype=np.float64)
+    k = int(min(k, len(pts)))
+    if k < 1:
+        raise ValueError(f"k-means needs k >= 1 and at least one point, got k={k}, {len(pts)} points")
+    with warnings.catch_warnings():
+        # identical points (constant features) give fewer distinct clusters than k: that is the
+        # documented degenerate case, not an error
+        warnings.filterwarnings("ignore", message="Number of distinct clusters")
+        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(pts)
+    return km.labels_.astype(np.int64)
+
+
+def confusion(pred, gt, num_clusters, classes):
+    """Pixel counts conf[i, j] = |pred == i and gt == classes[j]| (int64 (num_clusters, len(classes)))."""
+    pred = np.asarray(pred).ravel()
+    gt = np.asarray(gt).ravel()
+    col = np.full(gt.max(initial=0) + 1, -1, dtype=np.int64)
+    col[np.asarray(classes)] = np.arange(len(classes))
+    j = col[gt]
+    keep = j >= 0
+    conf = np.zeros((num_clusters, len(classes)), dtype=np.int64)
+    np.add.at(conf, (pred[keep], j[keep]), 1)
+    return conf
+
+
+def match_hungarian(conf):
+    """One-to-one cluster → class mapping maximising the matched pixel count.
+
+    conf (k, n) from `confusion`. Returns int64 (k,): the class column of every cluster, -1 for
+    clusters left unmatched (k > n); classes left unmatched (k < n) receive no pixels.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    rows, cols = linear_sum_assignment(conf, maximize=True)
+    mapping = np.full(conf.shape[0], -1, dtype=np.int64)
+    mapping[rows] = cols
+    return mapping
+
+
+def match_precision(conf):
+    """Many-to-one mapping: every cluster → the class holding most of its pixels (max precision;
+    ties to the lowest class column). conf (k, n) -> int64 (k,)."""
+    return conf.argmax(axis=1).astype(np.int64)
+
+
+def class_iou(conf, mapping):
+    """Intersections and unions (float64 (n,) each) of every class after mapping clusters to classes."""
+    k, n = conf.shape
+    merged = np.zeros((n, n), dtype=np.int64)  # merged[c, j]: pixels predicted as class c with truth j
+    for i in range(k):
+        if mapping[i] >= 0:
+            merged[mapping[i]] += conf[i]
+    inter = np.diag(merged).astype(np.float64)
+    pred_area = merged.sum(axis=1)
+    gt_area = conf.sum(axis=0)
+    union = (pred_area + gt_area).astype(np.float64) - inter
+    return inter, union
+
+
+def resize_masks(masks, size):
+    """(T, H, W) integer labels -> (T, size, size) int64, nearest neighbour."""
+    m = torch.as_tensor(np.asarray(masks)).long()
+    return F.interpolate(m[:, None].float(), size=(size, size), mode="nearest")[:, 0].long()
+
+
+def resize_features(features, size):
+    """(T', h, w, C) -> (T', size, size, C) float32, bilinear (align_corners=False)."""
+    f = features.float().permute(0, 3, 1, 2)
+    return F.interpolate(f, size=(size, size), mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
+
+
+def constant_feature_miou(masks, *, size=28, background="class", ignore_index=255):
+    """The score of a clip whose features are all equal (one cluster): max class fraction / n."""
+    gt = resize_masks(masks, size).numpy()
+    classes, counts = _present_classes(gt, background, ignore_index, with_counts=True)
+    return float(counts.max() / counts.sum() / len(classes))
+
+
+def _present_classes(gt, background, ignore_index, with_counts=False):
+    vals, counts = np.unique(gt, return_counts=True)
+    keep = vals != ignore_index
+    if background == "ignore":
+        keep &= vals != 0
+    return (vals[keep], counts[keep]) if with_counts else vals[keep]
+
+
+def segment_clip(features, masks, *, size=28, overclustering_k=6, background="class", ignore_index=255, seed=0,
+                 n_init=10, l2_normalize=False):
+    """Score one clip. features (T', h, w, C) float (dense tokens, (t, h, w) order), masks (T, H, W)
+    integer labels with T a multiple of T'. Returns a dict with miou_clustering, miou_overclustering,
+    k_clustering, classes, and per-setting intersections/unions (for pooled reduction); None when
+    the clip has no class to score."""
+    if background not in BACKGROUND_MODES:
+        raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
+    if features.dim() != 4:
+        raise ValueError(f"features: expected (T', h, w, C), got shape {tuple(features.shape)}")
+    masks = np.asarray(masks)
+    if masks.ndim != 3:
+        raise ValueError(f"masks: expected (T, H, W) labels, got shape {masks.shape}")
+    t_feat, t = features.shape[0], masks.shape[0]
+    if t % t_feat:
+        raise ValueError(f"{t} mask frames are not a multiple of the {t_feat} feature time steps")
+    repeat = t // t_feat
+    gt = resize_masks(masks, size).numpy()  # (T, s, s)
+    classes = _present_classes(gt, background, ignore_index)
+    if len(classes) == 0:
+        return None
+    feats = resize_features(features, size)  # (T', s, s, C)
+    if l2_normalize:
+        feats = F.normalize(feats, dim=-1)
+    # pixels that are scored: a feature position is clustered once; its `repeat` frames are scored
+    valid = np.isin(gt, classes)  # (T, s, s)
+    # a feature position is clustered if any of its frames is scored
+    pos_valid = valid.reshape(t_feat, repeat, size, size).any(axis=1)  # (T', s, s)
+    points = feats.reshape(-1, feats.shape[-1])[torch.from_numpy(pos_valid.ravel())]
+    out = {"classes": [int(c) for c in classes], "k_clustering": len(classes),
+           "k_overclustering": int(overclustering_k)}
+    for setting, k, matcher in (("clustering", len(classes), match_hungarian),
+                                ("overclustering", overclustering_k, match_precision)):
+        labels = np.zeros(pos_valid.size, dtype=np.int64)
+        labels[pos_valid.ravel()] = kmeans_labels(points, k, seed=seed, n_init=n_init)
+        pred = np.repeat(labels.reshape(t_feat, size, size), repeat, axis=0)  # (T, s, s)
+        conf = confusion(pred[valid], gt[valid], k, classes)
+        inter, union = class_iou(conf, matcher(conf))
+        iou = np.where(union > 0, inter / np.maximum(union, 1), 0.0)
+        out[f"miou_{setting}"] = float(iou.mean())
+        out[f"iou_{setting}"] = [float(v) for v in iou]
+        out[f"intersection_{setting}"] = float(inter.sum())
+        out[f"union_{setting}"] = float(union.sum())
+    return out
+
+
+def reduce_scores(clips, reduction="sequence"):
+    """Dataset mIoU per setting from per-clip results [(sequence_name, segment_clip dict), ...]."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    out = {}
+    for setting in ("clustering", "overclustering"):
+        if not clips:
+            out[f"miou_{setting}"] = float("nan")
+        elif reduction == "clip":
+            out[f"miou_{setting}"] = float(np.mean([r[f"miou_{setting}"] for _, r in clips]))
+        elif reduction == "pooled":
+            inter = sum(r[f"intersection_{setting}"] for _, r in clips)
+            union = sum(r[f"union_{setting}"] for _, r in clips)
+            out[f"miou_{setting}"] = float(inter / union) if union else float("nan")
+        else:
+            per_seq = {}
+            for name, r in clips:
+                per_seq.setdefault(name, []).append(r[f"miou_{setting}"])
+            out[f"miou_{setting}"] = float(np.mean([np.mean(v) for v in per_seq.values()]))
+    return out
+
+
+def per_sequence(clips):
+    """{sequence: {miou_clustering, miou_overclustering, num_clips}} (means over the sequence's clips)."""
+    seqs = {}
+    for name, r in clips:
+        seqs.setdefault(name, []).append(r)
+    return {name: {"miou_clustering": float(np.mean([r["miou_clustering"] for r in rs])),
+                   "miou_overclustering": float(np.mean([r["miou_overclustering"] for r in rs])),
+                   "num_clips": len(rs)} for name, rs in seqs.items()}
+
+
+def clip_windows(num_frames_total, clip_len, stride=1, max_clips=None):
+    """Frame indices of consecutive non-overlapping clips of `clip_len` frames taken every `stride`
+    frames: [[i0, ...], ...]. A sequence shorter than one clip gives one clip padded by repeating
+    its last frame; an incomplete tail clip is dropped."""
+    span = clip_len * stride
+    n = max(1, num_frames_total // span)
+    if max_clips is not None:
+        n = min(n, max_clips)
+    out = []
+    for c in range(n):
+        idx = [min(c * span + j * stride, num_frames_total - 1) for j in range(clip_len)]
+        out.append(idx)
+    return out
+
+
+def crop_box(height, width, mode):
+    """(top, left, h, w) of the region of an H×W frame that is fed to the model: the whole frame
+    ("resize": squashed to a square) or the central square ("center_crop")."""
+    if mode == "resize":
+        return 0, 0, height, width
+    if mode == "center_crop":
+        s = min(height, width)
+        return (height - s) // 2, (width - s) // 2, s, s
+    raise ValueError(f"frame_mode must be 'resize' or 'center_crop', got {mode!r}")
+
+
+def tokens_to_grid(tokens, grid):
+    """(N, C) tokens in (t, h, w) row-major order -> (T', H', W', C)."""
+    if tokens.shape[0] != math.prod(grid):
+        raise ValueError(f"{tokens.shape[0]} tokens do not fill the grid {tuple(grid)}")
+    return tokens.reshape(*grid, tokens.shape[-1])

@@ -1,0 +1,137 @@
+"""Unsupervised video object segmentation scoring (appendix C): known answers and independent checks."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sigma.evaluate.segmentation import (
+    class_iou,
+    clip_windows,
+    confusion,
+    constant_feature_miou,
+    match_hungarian,
+    match_precision,
+    reduce_scores,
+    segment_clip,
+)
+
+pytest.importorskip("sklearn")
+pytest.importorskip("scipy")
+
+
+def _blocky_masks(t=8, cells=14, cell_px=4, n_objects=2, seed=0):
+    """(T, cells·cell_px, ...) masks made of whole token cells, constant over each pair of frames,
+    plus the per-token labels (T/2, cells, cells)."""
+    rng = np.random.default_rng(seed)
+    tok = np.zeros((t // 2, cells, cells), dtype=np.int64)
+    for ti in range(t // 2):
+        for obj in range(1, n_objects + 1):
+            y, x = rng.integers(0, cells - 5, size=2)
+            tok[ti, y:y + 4 + obj % 2, x:x + 5] = obj
+    masks = np.repeat(np.kron(tok, np.ones((cell_px, cell_px), dtype=np.int64)), 2, axis=0)
+    return masks, tok
+
+
+def _onehot_features(tok, n_classes, noise=0.02, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    f = torch.nn.functional.one_hot(torch.from_numpy(tok), n_classes).float()
+    return f + noise * torch.randn(f.shape, generator=g)
+
+
+@pytest.mark.parametrize("background", ["class", "ignore"])
+def test_onehot_ground_truth_features_score_one(background):
+    masks, tok = _blocky_masks(n_objects=3)
+    feats = _onehot_features(tok, 4)
+    r = segment_clip(feats, masks, background=background, n_init=4)
+    assert r["k_clustering"] == (4 if background == "class" else 3)
+    assert r["miou_clustering"] > 0.99
+    assert r["miou_overclustering"] > 0.99
+
+
+def test_constant_features_give_the_documented_score():
+    masks = np.zeros((4, 32, 32), dtype=np.int64)
+    masks[:, :16, :16] = 1  # object = 1/4 of every frame, background 3/4
+    feats = torch.ones(2, 7, 7, 5)
+    r = segment_clip(feats, masks, n_init=1)
+    assert constant_feature_miou(masks) == pytest.approx(0.75 / 2)
+    assert r["miou_clustering"] == pytest.approx(0.375)
+    assert r["miou_overclustering"] == pytest.approx(0.375)
+    r = segment_clip(feats, masks, background="ignore", n_init=1)  # one object: trivially perfect
+    assert r["miou_clustering"] == pytest.approx(1.0)
+
+
+def test_noise_features_score_far_below_onehot():
+    masks, _tok = _blocky_masks(n_objects=2, seed=3)
+    g = torch.Generator().manual_seed(0)
+    r = segment_clip(torch.randn(4, 14, 14, 8, generator=g), masks, n_init=2)
+    assert r["miou_clustering"] < 0.6
+
+
+def _brute_force_best(conf):
+    """max over injective cluster→class maps of the matched pixel count (exhaustive)."""
+    k, n = conf.shape
+    best = 0
+    if k <= n:
+        for cols in itertools.permutations(range(n), k):
+            best = max(best, sum(conf[i, c] for i, c in enumerate(cols)))
+    else:
+        for rows in itertools.permutations(range(k), n):
+            best = max(best, sum(conf[r, j] for j, r in enumerate(rows)))
+    return best
+
+
+@settings(max_examples=60, deadline=None)
+@given(k=st.integers(1, 5), n=st.integers(1, 5), seed=st.integers(0, 10_000))
+def test_hungarian_matches_brute_force(k, n, seed):
+    conf = np.random.default_rng(seed).integers(0, 50, size=(k, n))
+    mapping = match_hungarian(conf)
+    assert sorted(c for c in mapping if c >= 0) == sorted({c for c in mapping if c >= 0})  # one-to-one
+    assert (mapping >= 0).sum() == min(k, n)
+    assert sum(conf[i, c] for i, c in enumerate(mapping) if c >= 0) == _brute_force_best(conf)
+
+
+@settings(max_examples=40, deadline=None)
+@given(k=st.integers(1, 7), n=st.integers(1, 4), seed=st.integers(0, 10_000))
+def test_precision_matching_and_iou_match_pixelwise_definitions(k, n, seed):
+    rng = np.random.default_rng(seed)
+    pred = rng.integers(0, k, size=300)
+    classes = np.array(sorted(rng.choice(10, size=n, replace=False)))
+    gt = classes[rng.integers(0, n, size=300)]
+    conf = confusion(pred, gt, k, classes)
+    mapping = match_precision(conf)
+    for i in range(k):
+        in_cluster = pred == i
+        if in_cluster.any():
+            prec = [np.mean(gt[in_cluster] == c) for c in classes]
+            assert prec[mapping[i]] == max(prec)
+    inter, union = class_iou(conf, mapping)
+    mapped = classes[mapping[pred]]
+    for j, c in enumerate(classes):
+        i_ref = np.sum((mapped == c) & (gt == c))
+        u_ref = np.sum((mapped == c) | (gt == c))
+        assert inter[j] == i_ref and union[j] == u_ref
+
+
+def test_reductions_and_windows():
+    a = {"miou_clustering": 1.0, "miou_overclustering": 0.5, "intersection_clustering": 10.0,
+         "union_clustering": 10.0, "intersection_overclustering": 1.0, "union_overclustering": 4.0}
+    b = {"miou_clustering": 0.0, "miou_overclustering": 0.5, "intersection_clustering": 0.0,
+         "union_clustering": 30.0, "intersection_overclustering": 3.0, "union_overclustering": 4.0}
+    clips = [("s1", a), ("s1", a), ("s2", b)]
+    assert reduce_scores(clips, "sequence")["miou_clustering"] == pytest.approx(0.5)
+    assert reduce_scores(clips, "clip")["miou_clustering"] == pytest.approx(2 / 3)
+    assert reduce_scores(clips, "pooled")["miou_clustering"] == pytest.approx(20 / 50)
+    assert clip_windows(35, 16) == [list(range(16)), list(range(16, 32))]
+    assert clip_windows(5, 4, stride=2) == [[0, 2, 4, 4]]
+    with pytest.raises(ValueError, match="reduction"):
+        reduce_scores(clips, "mean")
+
+
+def test_bad_shapes_are_clear_errors():
+    with pytest.raises(ValueError, match="multiple"):
+        segment_clip(torch.zeros(3, 4, 4, 2), np.zeros((8, 16, 16), dtype=np.int64))
+    with pytest.raises(ValueError, match="background"):
+        segment_clip(torch.zeros(4, 4, 4, 2), np.zeros((8, 16, 16), dtype=np.int64), background="no")
