@@ -5,14 +5,10 @@ import numpy as np
 import pytest
 import torch
 
+from sigma.evaluate.augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
+
 timm = pytest.importorskip("timm")
 pytest.importorskip("PIL")
-
-from sigma.evaluate.augment import (
-    VideoMixup,
-    VideoRandAugment,
-    randaugment_normalized_clip,
-)
 
 
 def _two_clips(t=4, h=16, w=12):
