@@ -237,3 +237,148 @@ def tokens_to_grid(tokens, grid):
     if tokens.shape[0] != math.prod(grid):
         raise ValueError(f"{tokens.shape[0]} tokens do not fill the grid {tuple(grid)}")
     return tokens.reshape(*grid, tokens.shape[-1])
+
+
+# --- the benchmark on a DAVIS-layout folder -------------------------------------------------------
+
+FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
+
+
+def davis_sequences(root, split=None, sequences=None):
+    """(frames_dir, masks_dir, names) of a DAVIS-layout folder: `JPEGImages/<seq>/*.jpg` and
+    `Annotations/<seq>/*.png` (also under a `480p` subfolder, as DAVIS ships). Sequences: the given
+    names, else those of `ImageSets/2017/<split>.txt` when split is set, else every folder."""
+    from pathlib import Path
+
+    root = Path(root)
+    frames_dir, masks_dir = root / "JPEGImages", root / "Annotations"
+    if not frames_dir.is_dir() or not masks_dir.is_dir():
+        raise FileNotFoundError(f"{str(root)!r} is not a DAVIS-layout folder: expected JPEGImages/<sequence>/*.jpg "
+                                "and Annotations/<sequence>/*.png under it")
+    if (frames_dir / "480p").is_dir() and (masks_dir / "480p").is_dir():
+        frames_dir, masks_dir = frames_dir / "480p", masks_dir / "480p"
+    if sequences:
+        names = list(sequences)
+    elif split:
+        listing = root / "ImageSets" / "2017" / f"{split}.txt"
+        if not listing.is_file():
+            raise FileNotFoundError(f"split {split!r}: {str(listing)!r} does not exist")
+        names = [ln.strip() for ln in listing.read_text().splitlines() if ln.strip()]
+    else:
+        names = sorted(p.name for p in frames_dir.iterdir() if p.is_dir())
+    if not names:
+        raise ValueError(f"no sequences found in {str(frames_dir)!r}")
+    return frames_dir, masks_dir, names
+
+
+def read_sequence(frames_dir, masks_dir, name):
+    """uint8 frames (T, H, W, 3) and int64 masks (T, H, W) of one sequence. The mask folder must
+    hold one PNG per frame with the same file stem and size (clear error otherwise)."""
+    from PIL import Image
+
+    fdir, mdir = frames_dir / name, masks_dir / name
+    if not fdir.is_dir():
+        raise FileNotFoundError(f"sequence {name!r}: frame folder {str(fdir)!r} does not exist")
+    if not mdir.is_dir():
+        raise FileNotFoundError(f"sequence {name!r}: mask folder {str(mdir)!r} does not exist")
+    frames = sorted(p for p in fdir.iterdir() if p.suffix.lower() in FRAME_EXTENSIONS)
+    masks = {p.stem: p for p in mdir.iterdir() if p.suffix.lower() == ".png"}
+    stems = [p.stem for p in frames]
+    missing = [s for s in stems if s not in masks]
+    extra = sorted(set(masks) - set(stems))
+    if not frames or missing or extra:
+        raise ValueError(f"sequence {name!r}: mask folder {str(mdir)!r} does not match the frames in {str(fdir)!r} "
+                         f"({len(frames)} frames; masks missing for {missing[:5]}{'...' if len(missing) > 5 else ''}; "
+                         f"masks without a frame: {extra[:5]}{'...' if len(extra) > 5 else ''})")
+    imgs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in frames])
+    labels = []
+    for s in stems:
+        m = Image.open(masks[s])
+        # palette PNGs hold class indices; an RGB mask would have to be mapped to indices first
+        if m.mode not in ("P", "L", "I", "I;16"):
+            raise ValueError(f"sequence {name!r}: mask {masks[s].name} has mode {m.mode}, expected an indexed "
+                             "(palette or greyscale) PNG with 0 = background, 1..n = objects")
+        labels.append(np.asarray(m, dtype=np.int64))
+    labels = np.stack(labels)
+    if labels.shape[1:] != imgs.shape[1:3]:
+        raise ValueError(f"sequence {name!r}: masks are {labels.shape[1:]} but frames are {imgs.shape[1:3]}")
+    return imgs, labels
+
+
+def prepare_clip(frames, masks, img_size, frame_mode, mean, std):
+    """Crop (frame_mode), resize to img_size (bilinear, antialiased) and normalise frames uint8
+    (T, H, W, 3) -> float32 (1, 3, T, h, w); masks cropped the same way (resized later)."""
+    h, w = frames.shape[1:3]
+    top, left, ch, cw = crop_box(h, w, frame_mode)
+    x = torch.from_numpy(np.ascontiguousarray(frames[:, top:top + ch, left:left + cw])).permute(0, 3, 1, 2).float()
+    x = F.interpolate(x / 255.0, size=tuple(img_size), mode="bilinear", align_corners=False, antialias=True)
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return x.permute(1, 0, 2, 3)[None].contiguous(), masks[:, top:top + ch, left:left + cw]
+
+
+@torch.no_grad()
+def segment(checkpoint, data, output_dir=None, *, split=None, sequences=None, frame_stride=1, max_clips=None,
+            frame_mode="resize", size=28, overclustering_k=6, background="class", reduction="sequence",
+            ignore_index=255, seed=0, n_init=10, l2_normalize=False, device="auto", amp="auto", progress=True):
+    """Unsupervised video object segmentation (appendix C) of a DAVIS-layout folder `data`.
+
+    Every sequence is cut into consecutive non-overlapping clips of the encoder's frame count
+    (`clip_windows`, frames `frame_stride` apart; a short sequence is padded with its last frame);
+    each clip's frames are cropped by `frame_mode` ("resize": whole frame squashed to the model's
+    size; "center_crop": central square), resized, normalised, and fed to the encoder; its dense
+    tokens (T', H', W', C) are scored by `segment_clip` (see the module docstring for the steps and
+    the open choices). Returns (and writes to OUTPUT_DIR/segment.json) miou_clustering and
+    miou_overclustering (fractions in [0, 1]) under `reduction`, per-sequence values, and settings.
+    """
+    import time
+    from pathlib import Path
+
+    from sigma.data import IMAGENET_MEAN, IMAGENET_STD
+
+    from .common import amp_dtype_for, encoder_input_size, load_encoder, provenance, resolve_device, write_json
+
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if background not in BACKGROUND_MODES:
+        raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
+    crop_box(2, 2, frame_mode)  # validates frame_mode before any work
+    t0 = time.time()
+    frames_dir, masks_dir, names = davis_sequences(data, split, sequences)
+    dev = resolve_device(device)
+    encoder = load_encoder(checkpoint).to(dev)
+    num_frames, img_size, _ = encoder_input_size(encoder)
+    amp_dtype = amp_dtype_for(dev, amp)
+    clips, skipped = [], []
+    it = names
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(names, desc="segment", dynamic_ncols=True)
+    for name in it:
+        frames, masks = read_sequence(frames_dir, masks_dir, name)
+        for idx in clip_windows(len(frames), num_frames, frame_stride, max_clips):
+            video, gt = prepare_clip(frames[idx], masks[idx], img_size, frame_mode, IMAGENET_MEAN, IMAGENET_STD)
+            with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                tokens = encoder.forward_features(video.to(dev))[0].float().cpu()
+            r = segment_clip(tokens_to_grid(tokens, encoder.grid_size), gt, size=size,
+                             overclustering_k=overclustering_k, background=background, ignore_index=ignore_index,
+                             seed=seed, n_init=n_init, l2_normalize=l2_normalize)
+            if r is None:
+                skipped.append({"sequence": name, "frames": [idx[0], idx[-1]], "reason": "no class to score"})
+            else:
+                clips.append((name, r))
+    result = {"task": "segment", **reduce_scores(clips, reduction), "per_sequence": per_sequence(clips),
+              "num_sequences": len({n for n, _ in clips}), "num_clips": len(clips), "skipped_clips": skipped,
+              "settings": {"checkpoint": str(checkpoint), "data": str(data), "split": split,
+                           "num_frames": num_frames, "img_size": list(img_size), "frame_stride": frame_stride,
+                           "max_clips": max_clips, "frame_mode": frame_mode, "size": size,
+                           "k_clustering": "object count of the clip (+1 with background='class')",
+                           "k_overclustering": overclustering_k, "background": background,
+                           "reduction": reduction, "ignore_index": ignore_index, "kmeans_seed": seed,
+                           "kmeans_n_init": n_init, "l2_normalize": l2_normalize,
+                           "matching": {"clustering": "Hungarian, maximising matched pixels, over all frames",
+                                        "overclustering": "each cluster to the class of max pixel-wise precision"},
+                           "units": "fraction in [0, 1]"},
+              "seconds": time.time() - t0, "provenance": provenance()}
+    if output_dir is not None:
+        write_json(Path(output_dir) / "segment.json", result)
+    return result

@@ -1,0 +1,192 @@
+"""Shared plumbing of the evaluation tasks: checkpoints, devices, labelled lists, features, results."""
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+
+def resolve_device(device="auto"):
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None  # JSON has no NaN/inf; a missing number is null
+    if isinstance(obj, dict):
+        return {str(k): _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return _json_safe(obj.tolist())
+    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
+        return _json_safe(obj.item())
+    return obj
+
+
+def write_json(path, obj):
+    """Write obj as JSON atomically (temp file + os.replace); NaN/inf become null."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def atomic_torch_save(obj, path):
+    """torch.save to a temp file, then os.replace (a crash never leaves half a checkpoint)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def provenance(**extra):
+    """Where a result came from: versions, host, time (and what the caller adds)."""
+    import sigma_kernels
+
+    out = {"torch": str(torch.__version__), "sigma_kernels": sigma_kernels.__version__,
+           "python": platform.python_version(), "host": platform.node(),
+           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    try:
+        import subprocess
+        out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                       cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
+    except Exception:  # noqa: BLE001 - no git, not a checkout: provenance without a commit
+        out["commit"] = None
+    out.update(extra)
+    return out
+
+
+def load_encoder(checkpoint, **overrides):
+    """The video encoder stored in `checkpoint` (any format `sigma.models.load_encoder` reads: our
+    safetensors export, a `sigma.pretrain` checkpoint, an original VideoMAE .pth), as a
+    VideoViTEncoder in eval mode. A file that holds no such encoder is a ValueError naming it."""
+    from sigma.models import load_encoder as _load
+
+    path = Path(checkpoint)
+    if not path.exists():
+        raise FileNotFoundError(f"--checkpoint {str(path)!r} does not exist")
+    try:
+        encoder = _load(str(path), **overrides)
+    except ImportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mismatches surface as RuntimeError/KeyError/ValueError/OSError
+        raise ValueError(f"--checkpoint {str(path)!r}: no video encoder of a known architecture could be built "
+                         f"from it ({type(exc).__name__}: {exc})") from exc
+    return encoder.eval()
+
+
+def encoder_input_size(encoder):
+    """(num_frames, img_size (H, W), tube_size) the encoder was built for."""
+    cfg = encoder.config
+    return cfg.num_frames, tuple(cfg.img_size), tuple(cfg.tube_size)
+
+
+def num_classes_of(list_path, label_column=0, classes=None):
+    """Class count of label column `label_column`: from `classes` (a JSON file mapping column names
+    to class-name lists, like the synthetic set's classes.json) or the classes.json next to the
+    list; None when there is none (then the caller uses the largest training label + 1)."""
+    path = Path(classes) if classes else Path(list_path).parent / "classes.json"
+    if not path.is_file():
+        if classes:
+            raise FileNotFoundError(f"--classes {str(path)!r} does not exist")
+        return None
+    with open(path, encoding="utf-8") as f:
+        names = json.load(f)
+    columns = list(names.values()) if isinstance(names, dict) else [names]
+    if not 0 <= label_column < len(columns):
+        raise ValueError(f"label_column {label_column} is out of range: {path} describes {len(columns)} label "
+                         f"column(s)")
+    return len(columns[label_column])
+
+
+def check_list_labels(records, list_path, label_column, num_classes):
+    """Raise a clear error for unlabelled records, a missing label column, or labels outside
+    [0, num_classes)."""
+    for r in records:
+        if len(r.labels) <= label_column:
+            raise ValueError(f"{list_path}: {r.path} has {len(r.labels)} label(s), label_column={label_column} "
+                             "asks for more")
+        y = r.labels[label_column]
+        if y < 0:
+            raise ValueError(f"{list_path}: {r.path} is unlabelled (label {y}); k-NN, linear probing and "
+                             "fine-tuning need a labelled list (`path label` per line)")
+        if num_classes is not None and y >= num_classes:
+            raise ValueError(f"{list_path}: {r.path} has label {y}, unknown: the task has {num_classes} classes "
+                             f"(0..{num_classes - 1})")
+
+
+def resolve_split_lists(data, train_list=None, val_list=None):
+    """(train list, val list) paths: explicit ones (relative to `data` when it is a folder) or
+    DATA/train.txt and DATA/val.txt."""
+    data = Path(data)
+    base = data if data.is_dir() else data.parent
+    out = []
+    for given, default in ((train_list, "train.txt"), (val_list, "val.txt")):
+        p = Path(given) if given else base / default
+        if given and not p.is_absolute() and not p.exists():
+            p = base / given
+        if not p.exists():
+            raise FileNotFoundError(f"list {str(p)!r} does not exist (pass --data DIR holding train.txt/val.txt, "
+                                    "or --train-list/--val-list)")
+        out.append(p)
+    return tuple(out)
+
+
+@torch.no_grad()
+def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, device="cpu", amp_dtype=None,
+                            label_column=0, progress=True):
+    """Pooled clip features of every sample of `dataset` (a `sigma.data.VideoDataset` in eval mode):
+    (features (N, C) float32, labels (N,) int64); multi-view samples average their views' features.
+
+    The feature is `encoder.forward_pooled`: the mean of all tokens after the encoder's final norm.
+    """
+    from torch.utils.data import DataLoader
+
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        pin_memory=device.type == "cuda")
+    feats, labels = [], []
+    it = loader
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(loader, desc="features", leave=False, dynamic_ncols=True)
+    encoder = encoder.to(device).eval()
+    for batch in it:
+        video = batch["video"].to(device, non_blocking=True)
+        views = 1
+        if video.dim() == 6:  # (B, V, C, T, H, W)
+            views = video.shape[1]
+            video = video.flatten(0, 1)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            f = encoder.forward_pooled(video).float()
+        feats.append(f.view(-1, views, f.shape[-1]).mean(1).cpu())
+        labels.append(batch["label"][:, label_column])
+    return torch.cat(feats), torch.cat(labels)
+
+
+def amp_dtype_for(device, amp):
+    """None (fp32) on CPU or with amp='none'; bf16 or fp16 on CUDA."""
+    if device.type != "cuda" or amp in (None, "none", False):
+        return None
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "auto": torch.bfloat16}[amp]

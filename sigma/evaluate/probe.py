@@ -1,0 +1,104 @@
+"""Frozen-encoder probes on labelled video lists: `knn` and `linear` (tasks of `python -m sigma.evaluate`).
+
+Both extract one pooled feature per clip — the mean of all tokens after the encoder's final
+norm (`VideoViTEncoder.forward_pooled`) — from the train and val lists in eval mode (centred
+clip(s), centred crop(s), no augmentation), then score the val list.
+"""
+import time
+from pathlib import Path
+
+from .common import (
+    amp_dtype_for,
+    atomic_torch_save,
+    check_list_labels,
+    encoder_input_size,
+    extract_pooled_features,
+    load_encoder,
+    num_classes_of,
+    provenance,
+    resolve_device,
+    resolve_split_lists,
+    write_json,
+)
+from .metrics import classification_metrics, knn_evaluate, linear_probe_scores, train_linear_probe
+
+
+def _features(checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
+              batch_size, num_workers, device, amp, progress):
+    from sigma.data import VideoDataset, read_video_list
+
+    train_path, val_path = resolve_split_lists(data, train_list, val_list)
+    train_records, val_records = read_video_list(train_path), read_video_list(val_path)
+    num_classes = num_classes_of(train_path, label_column, classes)
+    check_list_labels(train_records, train_path, label_column, num_classes)
+    if num_classes is None:
+        num_classes = 1 + max(r.labels[label_column] for r in train_records)
+    check_list_labels(val_records, val_path, label_column, num_classes)
+    device = resolve_device(device)
+    encoder = load_encoder(checkpoint)
+    num_frames, size, tube = encoder_input_size(encoder)
+    out = {}
+    for split, records in (("train", train_records), ("val", val_records)):
+        ds = VideoDataset(records, num_frames=num_frames, sampling_rate=sampling_rate, size=size, train=False,
+                          mask_ratio=None, tube_size=tube, num_clips=num_clips, num_crops=num_crops)
+        out[split] = extract_pooled_features(encoder, ds, batch_size=batch_size, num_workers=num_workers,
+                                             device=device, amp_dtype=amp_dtype_for(device, amp),
+                                             label_column=label_column, progress=progress)
+        if ds.num_skipped:
+            out[f"{split}_skipped"] = ds.skipped_files
+    info = {"checkpoint": str(checkpoint), "train_list": str(train_path), "val_list": str(val_path),
+            "label_column": label_column, "num_classes": num_classes, "num_train": len(train_records),
+            "num_val": len(val_records), "num_frames": num_frames, "img_size": list(size),
+            "sampling_rate": sampling_rate, "views": [num_clips, num_crops],
+            "feature": "mean of all tokens after the encoder's final norm (forward_pooled)",
+            "skipped_files": out.get("train_skipped", []) + out.get("val_skipped", [])}
+    return out["train"], out["val"], num_classes, device, info
+
+
+def knn(checkpoint, data, output_dir=None, *, train_list=None, val_list=None, label_column=0, classes=None, k=20,
+        temperature=0.07, weighted=True, sampling_rate=4, num_clips=1, num_crops=1, batch_size=8, num_workers=0,
+        device="auto", amp="auto", progress=True):
+    """k-NN classification of the val list by the train list's pooled features (cosine, k neighbours,
+    votes weighted by exp(sim / temperature) unless weighted=False). Returns (and writes to
+    OUTPUT_DIR/knn.json) top1, top5, mean_class_accuracy in %, with the settings used."""
+    t0 = time.time()
+    (xtr, ytr), (xva, yva), num_classes, _, info = _features(
+        checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
+        batch_size, num_workers, device, amp, progress)
+    result = {"task": "knn", **knn_evaluate(xtr, ytr, xva, yva, num_classes, k=k, temperature=temperature,
+                                            weighted=weighted), **info}
+    result.update(seconds=time.time() - t0, provenance=provenance())
+    if output_dir is not None:
+        write_json(Path(output_dir) / "knn.json", result)
+    return result
+
+
+def linear(checkpoint, data, output_dir=None, *, train_list=None, val_list=None, label_column=0, classes=None,
+           epochs=100, lr=1e-3, weight_decay=1e-4, probe_batch_size=256, seed=0, sampling_rate=4, num_clips=1,
+           num_crops=1, batch_size=8, num_workers=0, device="auto", amp="auto", progress=True):
+    """Linear probe on frozen pooled features: standardise with the train features' statistics, fit a
+    linear layer with AdamW + cosine decay (`train_linear_probe`), score the val list. Returns (and
+    writes to OUTPUT_DIR/linear.json) top1, top5, mean_class_accuracy in %; the probe goes to
+    OUTPUT_DIR/linear_probe.pt ({"state_dict", "num_classes", "dim", "checkpoint"})."""
+    t0 = time.time()
+    (xtr, ytr), (xva, yva), num_classes, dev, info = _features(
+        checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
+        batch_size, num_workers, device, amp, progress)
+    probe, history = train_linear_probe(xtr, ytr, num_classes, epochs=epochs, batch_size=probe_batch_size, lr=lr,
+                                        weight_decay=weight_decay, seed=seed, device=dev)
+    result = {"task": "linear", **classification_metrics(linear_probe_scores(probe, xva), yva, num_classes),
+              "train": classification_metrics(linear_probe_scores(probe, xtr), ytr, num_classes), **info,
+              "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "probe_batch_size": probe_batch_size,
+              "seed": seed, "final_train_loss": history["loss"][-1] if history["loss"] else None}
+    result.update(seconds=time.time() - t0, provenance=provenance())
+    if output_dir is not None:
+        out = Path(output_dir)
+        state = {k: v.cpu() for k, v in probe.state_dict().items()}
+        atomic_torch_save({"format": "sigma-linear-probe-v1", "state_dict": state, "num_classes": num_classes,
+                           "dim": int(xtr.shape[1]), "checkpoint": str(checkpoint)}, out / "linear_probe.pt")
+        result["probe_checkpoint"] = str(out / "linear_probe.pt")
+        write_json(out / "linear.json", result)
+    return result
+
+
+__all__ = ["knn", "linear"]
