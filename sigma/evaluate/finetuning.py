@@ -337,8 +337,9 @@ def finetune(checkpoint, data, output_dir, *, train_list=None, val_list=None, la
     while step < last_step:
         epoch, start = divmod(step, spe)
         sampler = _EpochBatches(len(train_records), batch_size, epoch, seed, rank, world, start)
+        # own generator: creating the iterator must not draw from the global RNG (exact resume)
         loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=num_workers,
-                                             pin_memory=device.type == "cuda",
+                                             pin_memory=device.type == "cuda", generator=torch.Generator(),
                                              worker_init_fn=_worker_init if num_workers else None)
         ddp_model.train()
         for batch in loader:
