@@ -30,7 +30,6 @@ from .common import (
     amp_dtype_for,
     atomic_torch_save,
     check_list_labels,
-    load_encoder,
     num_classes_of,
     provenance,
     resolve_device,
@@ -118,25 +117,19 @@ def steps_per_epoch(n, batch_size, world):
 
 # --- model and optimisation ---------------------------------------------------------------------------
 
-def build_classifier(encoder, num_classes, drop_path_rate=0.1, **overrides):
-    """A VideoClassifier of the encoder's architecture with its weights (mean pooling + fc_norm + head;
-    the pretrained final norm is dropped and fc_norm starts fresh, as in VideoMAE fine-tuning)."""
-    from sigma.models import create_classifier
+def build_classifier(checkpoint, num_classes, drop_path_rate=0.1, **overrides):
+    """`sigma.models.load_classifier`: a VideoClassifier of the checkpoint's architecture with its
+    encoder weights (mean pooling + fc_norm + a new head; the pretrained final norm is dropped and
+    fc_norm starts fresh, as in VideoMAE fine-tuning), with a clear error for a foreign file."""
+    from sigma.models import load_classifier
 
-    cfg = dict(encoder.config.to_dict())
-    name = cfg.pop("name")
-    for key in ("num_classes", "use_mean_pooling", "drop_path_rate"):
-        cfg.pop(key, None)
-    cfg.update(overrides)
-    model = create_classifier(name, num_classes=num_classes, drop_path_rate=drop_path_rate, use_mean_pooling=True,
-                              **cfg)
-    missing, unexpected = model.encoder.load_state_dict(encoder.state_dict(), strict=False)
-    bad_missing = [k for k in missing if not k.startswith("fc_norm.")]
-    bad_unexpected = [k for k in unexpected if not k.startswith("norm.")]
-    if bad_missing or bad_unexpected:
-        raise ValueError(f"encoder weights do not fit the classifier: missing {bad_missing[:5]}, "
-                         f"unexpected {bad_unexpected[:5]}")
-    return model
+    try:
+        return load_classifier(str(checkpoint), num_classes, drop_path_rate=drop_path_rate, **overrides)
+    except ImportError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - mismatches surface as RuntimeError/KeyError/ValueError/OSError
+        raise ValueError(f"--checkpoint {str(checkpoint)!r}: no video classifier could be built from it "
+                         f"({type(exc).__name__}: {exc})") from exc
 
 
 def build_optimizer(model, lr, weight_decay=0.05, layer_decay=0.75, betas=(0.9, 0.999)):
@@ -159,18 +152,24 @@ def build_scheduler(optimizer, total_steps, warmup_steps, min_lr=1e-6):
 
 
 def _rng_state():
-    np_state = np.random.get_state()
-    out = {"python": list(random.getstate()[1]), "python_pos": random.getstate()[2],
-           "numpy_keys": torch.from_numpy(np_state[1].astype(np.int64)), "numpy_pos": int(np_state[2]),
+    """Python, NumPy (with its cached Gaussian), torch and CUDA generator states as tensors and plain
+    values, so `torch.load(weights_only=True)` reads them back."""
+    py_version, py_state, py_gauss = random.getstate()
+    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
+    out = {"python": [py_version, torch.tensor(py_state, dtype=torch.int64), py_gauss],
+           "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
+                     float(np_gauss)],
            "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state_all()
     return out
 
 
 def _set_rng_state(s):
-    random.setstate((3, tuple(s["python"]), s["python_pos"]))
-    np.random.set_state(("MT19937", s["numpy_keys"].numpy().astype(np.uint32), s["numpy_pos"], 0, 0.0))
+    v, st, g = s["python"]
+    random.setstate((v, tuple(int(x) for x in st.tolist()), g))
+    name, keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     torch.set_rng_state(s["torch"])
     if "cuda" in s and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(s["cuda"])
@@ -249,9 +248,9 @@ def finetune(checkpoint, data, output_dir, *, train_list=None, val_list=None, la
     torch.manual_seed(seed + rank)
     random.seed(seed + rank)
     np.random.seed(seed + rank)
-    encoder = load_encoder(checkpoint)
-    model = build_classifier(encoder, num_classes, drop_path_rate=drop_path).to(device)
-    del encoder
+    if not Path(checkpoint).exists():
+        raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r} does not exist")
+    model = build_classifier(checkpoint, num_classes, drop_path_rate=drop_path).to(device)
     cfg = model.config
     num_frames, size, tube = cfg.num_frames, tuple(cfg.img_size), cfg.tube_size
     global_batch = batch_size * world

@@ -82,8 +82,10 @@ def _load_prototype_parts(checkpoint, device):
     from sigma.models import create_projection, safe_torch_load
 
     path = Path(checkpoint)
-    if path.suffix == ".safetensors":
-        return None, "an exported encoder (safetensors) holds no projection network or prototypes"
+    if path.is_dir():  # a run directory (checkpoints/last.pt) or an exported model folder
+        path = next((p for p in (path / "checkpoints" / "last.pt", path / "last.pt") if p.is_file()), path)
+    if path.is_dir() or path.suffix == ".safetensors":
+        return None, "an exported model (safetensors) holds no projection network or prototypes"
     state = safe_torch_load(path)
     if not isinstance(state, dict) or state.get("format") != "sigma-pretrain-v1":
         return None, "not a sigma.pretrain checkpoint: no projection network or prototypes"
@@ -235,8 +237,9 @@ def visualize(checkpoint, data, output_dir, *, metrics=None, k=6, seed=0, alpha=
     result = {"task": "visualize", "clips": clips, "prototypes": reason or "shown (row 3)", "k": k, "seed": seed,
               "checkpoint": str(checkpoint)}
     if metrics is None:
-        guess = Path(checkpoint).resolve().parent.parent / "metrics.csv"
-        metrics = guess if guess.is_file() else None
+        ck = Path(checkpoint).resolve()
+        guesses = [ck / "metrics.csv", ck.parent.parent / "metrics.csv"]  # run dir, or run/checkpoints/x.pt
+        metrics = next((g for g in guesses if g.is_file()), None)
     if metrics is not None:
         png, hw = plot_training_curves(metrics, out / "visualize" / "training_curves.png")
         result["training_curves"] = {"png": str(png), "size_hw": list(hw), "metrics": str(metrics)}
