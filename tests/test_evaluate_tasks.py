@@ -1,0 +1,195 @@
+"""The evaluation tasks end to end on the synthetic set with a tiny random-weight encoder: each writes
+its JSON (and checkpoint / pictures); bad inputs are clear errors."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("timm")
+pytest.importorskip("av")
+pytest.importorskip("sklearn")
+_models = pytest.importorskip("sigma.models")
+if not all(hasattr(_models, n) for n in ("save_pretrained", "load_encoder", "load_classifier", "create_projection")):
+    # the checkpoint readers come with the sigma.models package (models issue); until it is on this
+    # branch the tasks have no encoder to load
+    pytest.skip("needs the sigma.models package (save_pretrained, load_encoder, load_classifier)",
+                allow_module_level=True)
+
+from sigma.evaluate.__main__ import main  # noqa: E402
+
+# tiny encoder: 4 frames at 32², tubes 2×16×16 -> 2×2×2 tokens
+TINY = dict(num_frames=4, img_size=32)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    from sigma.data import make_synthetic_dataset
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(root, videos=8, seed=0, frames=12, size=64)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    from sigma.models import create_model, save_pretrained
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("ckpt") / "tiny"  # a folder: model.safetensors + config.json
+    save_pretrained(create_model("sigma_vit_tiny_patch16", **TINY), str(path))
+    return str(path)
+
+
+def _read(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+def test_knn_cli_writes_result(synthetic, checkpoint, tmp_path):
+    rc = main(["knn", "--checkpoint", checkpoint, "--data", synthetic["root"], "--output-dir", str(tmp_path),
+               "--k", "3", "--no-progress"])
+    assert rc == 0
+    r = _read(tmp_path / "knn.json")
+    assert 0.0 <= r["top1"] <= 100.0 and r["top5"] >= r["top1"]
+    objects = next(iter(_read(synthetic["classes"]).values()))
+    assert r["num_val"] == 2 and r["num_train"] == 6 and r["num_classes"] == len(objects)
+
+
+def test_linear_api_matches_json_and_writes_probe(synthetic, checkpoint, tmp_path):
+    from sigma.evaluate import linear
+    r = linear(checkpoint, synthetic["root"], tmp_path, epochs=3, progress=False)
+    assert r["top1"] == _read(tmp_path / "linear.json")["top1"]
+    probe = torch.load(tmp_path / "linear_probe.pt", weights_only=True)
+    assert probe["state_dict"]["head.weight"].shape == (r["num_classes"], 192)
+
+
+def test_finetune_runs_steps_and_writes_result_and_checkpoint(synthetic, checkpoint, tmp_path):
+    from sigma.evaluate import finetune
+    r = finetune(checkpoint, synthetic["root"], tmp_path, epochs=1, max_steps=2, batch_size=2, warmup_epochs=1,
+                 test_clips=2, test_crops=1, progress=False, log_every=1, device="cpu")
+    assert r["steps"] == 2 and np.isfinite(r["final_train_loss"]) and r["test_views"] == [2, 1]
+    assert _read(tmp_path / "finetune.json")["top1"] == r["top1"]
+    ck = torch.load(tmp_path / "checkpoints" / "finetune-last.pt", weights_only=True)
+    assert ck["step"] == 2 and ck["model"]["head.weight"].shape[0] == r["num_classes"]
+    assert (tmp_path / "finetune_metrics.csv").read_text().count("\n") == 3  # header + 2 steps
+
+
+@pytest.mark.slow
+def test_finetune_runs_steps_and_resumes_exactly(synthetic, checkpoint, tmp_path):
+    """4 steps in one go == 2 steps + resume + 2 steps (mid-epoch: 3 steps per epoch), bitwise on CPU."""
+    from sigma.evaluate import finetune
+    kw = dict(epochs=2, batch_size=2, warmup_epochs=1, test_clips=1, test_crops=1, progress=False, log_every=1,
+              device="cpu")
+    r = finetune(checkpoint, synthetic["root"], tmp_path / "a", max_steps=4, **kw)
+    assert r["steps"] == 4 and np.isfinite(r["final_train_loss"])
+    assert 0.0 <= _read(tmp_path / "a" / "finetune.json")["top1"] <= 100.0
+    finetune(checkpoint, synthetic["root"], tmp_path / "b", max_steps=2, **kw)
+    assert torch.load(tmp_path / "b" / "checkpoints" / "finetune-last.pt", weights_only=True)["step"] == 2
+    finetune(checkpoint, synthetic["root"], tmp_path / "b", max_steps=4, resume="auto", **kw)
+    a = torch.load(tmp_path / "a" / "checkpoints" / "finetune-last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "checkpoints" / "finetune-last.pt", weights_only=True)
+    assert a["format"] == "sigma-finetune-v1" and a["step"] == b["step"] == 4
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
+
+
+def test_segment_on_synthetic_davis(synthetic, checkpoint, tmp_path):
+    rc = main(["segment", "--checkpoint", checkpoint, "--data", synthetic["davis"], "--output-dir", str(tmp_path),
+               "--split", "val", "--max-clips", "1", "--n-init", "2", "--no-progress"])
+    assert rc == 0
+    r = _read(tmp_path / "segment.json")
+    assert 0.0 <= r["miou_clustering"] <= 1.0 and 0.0 <= r["miou_overclustering"] <= 1.0
+    assert r["num_sequences"] == 2 and set(r["per_sequence"]) == {"clip00003", "clip00007"}
+    assert r["settings"]["background"] == "class"
+
+
+def test_visualize_writes_pictures_of_documented_size(synthetic, checkpoint, tmp_path):
+    from PIL import Image
+
+    from sigma.data import sample_videos
+    from sigma.evaluate import visualize
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("step,loss,lr,pred_std\n1,8.0,0.1,0.5\n2,7.5,0.2,0.4\n3,7.0,0.3,\n")
+    videos = sample_videos()
+    video = videos.get("bikes") or os.path.join(synthetic["root"], "videos", "clip00000.mp4")
+    r = visualize(checkpoint, video, tmp_path, metrics=metrics, k=3, sampling_rate=1)
+    clip = r["clips"][0]
+    png = np.asarray(Image.open(clip["png"]))
+    assert png.shape[:2] == (2 * 32, 2 * 32)  # 2 rows (frames, k-means) × T'=2 columns of 32² panels
+    assert png.std() > 0
+    gif = Image.open(clip["gif"])
+    assert gif.n_frames == 4 and gif.size == (2 * 32, 32)
+    curves = np.asarray(Image.open(r["training_curves"]["png"]))
+    assert curves.shape[:2] == (300, 3 * 400) and curves.std() > 0
+    assert _read(tmp_path / "visualize.json")["clips"][0]["png"] == clip["png"]
+
+
+def test_visualize_shows_sinkhorn_prototypes_of_a_pretraining_checkpoint(synthetic, tmp_path):
+    from PIL import Image
+
+    from sigma.evaluate import visualize
+    from sigma.models import create_model, create_projection
+    torch.manual_seed(0)
+    model = create_model("sigma_vit_tiny_patch16", out_dim=32, **TINY)
+    proj = create_projection("mlp", out_dim=32, tube_size=(2, 16, 16))
+    ckpt = {"format": "sigma-pretrain-v1", "step": 3, "epoch": 0,
+            "model_config": {"name": "sigma_vit_tiny_patch16", "out_dim": 32, **TINY},
+            "projection_config": {"kind": "mlp", "out_dim": 32, "tube_size": [2, 16, 16]},
+            "model": model.state_dict(), "projection": proj.state_dict(),
+            "loss": {"prototypes": torch.randn(16, 32)}, "loss_config": {"epsilon": 0.05, "sinkhorn_iterations": 3}}
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    torch.save(ckpt, run / "checkpoints" / "last.pt")
+    (run / "metrics.csv").write_text("step,loss\n1,5.0\n2,4.0\n")
+    r = visualize(str(run / "checkpoints" / "last.pt"), os.path.join(synthetic["root"], "videos", "clip00000.mp4"),
+                  tmp_path / "out", k=3, sampling_rate=1)
+    assert r["prototypes"] == "shown (row 3)"
+    png = np.asarray(Image.open(r["clips"][0]["png"]))
+    assert png.shape[:2] == (3 * 32, 2 * 32)
+    assert not np.array_equal(png[32:64], png[64:96])  # the prototype row is its own picture
+    assert r["training_curves"]["metrics"].endswith("metrics.csv")  # found next to the run's checkpoints
+
+
+def test_bad_inputs_are_clear_errors(synthetic, checkpoint, tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from sigma.evaluate import knn, segment
+    # a list with an unknown label
+    bad = tmp_path / "lists"
+    bad.mkdir()
+    (bad / "train.txt").write_text(open(synthetic["train"]).read())
+    (bad / "val.txt").write_text(f"{synthetic['root']}/videos/clip00003.mp4 9 0\n")
+    (bad / "classes.json").write_text(open(synthetic["classes"]).read())
+    with pytest.raises(ValueError, match="label 9, unknown"):
+        knn(checkpoint, bad, progress=False)
+    # a checkpoint of another architecture (an image model's weights)
+    other = tmp_path / "resnet.safetensors"
+    save_file({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, str(other))
+    rc = main(["knn", "--checkpoint", str(other), "--data", synthetic["root"], "--output-dir", str(tmp_path)])
+    assert rc == 2 and "--checkpoint" in capsys.readouterr().err
+    # a mask folder that does not match the frames
+    davis = tmp_path / "davis"
+    for sub in ("JPEGImages", "Annotations"):
+        os.makedirs(davis / sub / "seq")
+    src = synthetic["davis"]
+    for i in range(4):
+        os.link(f"{src}/JPEGImages/clip00000/{i:05d}.jpg", davis / "JPEGImages" / "seq" / f"{i:05d}.jpg")
+        if i != 2:
+            os.link(f"{src}/Annotations/clip00000/{i:05d}.png", davis / "Annotations" / "seq" / f"{i:05d}.png")
+    with pytest.raises(ValueError, match="does not match the frames.*00002"):
+        segment(checkpoint, davis, progress=False)
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_finetune_under_torchrun_two_ranks(synthetic, checkpoint, tmp_path):
+    import subprocess
+    import sys
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "sigma.evaluate", "finetune",
+           "--checkpoint", checkpoint, "--data", synthetic["root"], "--output-dir", str(tmp_path), "--epochs", "1",
+           "--batch-size", "2", "--warmup-epochs", "0", "--test-views", "1", "1", "--device", "cpu", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=os.getcwd())
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r = _read(tmp_path / "finetune.json")
+    assert r["world_size"] == 2 and r["steps"] == 1  # 6 clips / 2 ranks / batch 2 -> 1 full step per epoch
+    assert r["num_samples"] == 2  # both val clips scored once across the two ranks
