@@ -23,7 +23,7 @@ import torch
 
 from sigma import SinkhornSwapLoss
 from sigma.masking import tube_mask
-from sigma.models import MaskedVideoModel, TubeProjectionMLP, VideoMAEDecoder, VideoMAEEncoder, tube_pixels
+from sigma.models import TubeProjectionMLP, create_model, tube_pixels
 
 NUM_FRAMES, IMG_SIZE, TUBE = 8, 64, (2, 16, 16)
 
@@ -43,10 +43,10 @@ def synthetic_clips(batch_size, generator):
 
 
 def build(dim=32, num_prototypes=64, backend="auto"):
-    encoder = VideoMAEEncoder(num_frames=NUM_FRAMES, img_size=IMG_SIZE, tube_size=TUBE, embed_dim=64, depth=2,
-                              num_heads=2)
-    decoder = VideoMAEDecoder(encoder.num_tokens, encoder_dim=64, embed_dim=48, depth=2, num_heads=2, out_dim=dim)
-    video_model = MaskedVideoModel(encoder, decoder)
+    # the tiny named config, made smaller still (any field of the config can be overridden)
+    video_model = create_model("sigma_vit_tiny_patch16", out_dim=dim, num_frames=NUM_FRAMES, img_size=IMG_SIZE,
+                               tubelet_size=TUBE[0], patch_size=TUBE[1], embed_dim=64, depth=2, num_heads=2,
+                               decoder_embed_dim=48, decoder_depth=2, decoder_num_heads=2)
     projection = TubeProjectionMLP(in_dim=math.prod(TUBE) * 3, hidden_dims=(256, 256, 128), out_dim=dim)
     criterion = SinkhornSwapLoss(num_prototypes=num_prototypes, dim=dim, epsilon=0.05, sinkhorn_iterations=10,
                                  temperature=0.1, backend=backend)
@@ -73,7 +73,7 @@ def main(steps=40, batch_size=8, mask_ratio=0.75, seed=0, lr=2e-3, amp=False, ba
     video_model, projection, criterion = build(backend=backend)
     params = [*video_model.parameters(), *projection.parameters(), *criterion.parameters()]
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.05, betas=(0.9, 0.95))
-    grid = video_model.encoder.grid
+    grid = video_model.encoder.grid_size
     history = []
     start = time.perf_counter()
     for step in range(steps):

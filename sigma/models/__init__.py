@@ -1,0 +1,42 @@
+"""SIGMA's models: a VideoMAE-layout video ViT on timm's blocks, projections, checkpoints, interop.
+
+Tubes and the MLP/pixel projections are pure PyTorch (`sigma.models.tubes`,
+`sigma.models.projections`) and import without timm; the ViT models need timm>=0.9 (extra
+`models`). When timm is importable, importing `sigma.models` registers the named configs in timm's
+registry (`timm.create_model("sigma_vit_small_patch16")`). Everything is also reachable as
+`sigma.models.<name>`, loaded on first use. See docs/models.md.
+"""
+import importlib
+
+_LAZY = {
+    "tubes": ("IMAGENET_MEAN", "IMAGENET_STD", "check_mask", "gather_tokens", "normalize_tubes", "patchify_tubes",
+              "tube_grid", "tube_pixels", "unnormalize_video"),
+    "projections": ("DINOProjection", "MLPProjection", "PixelProjection", "TubeProjectionMLP", "create_projection",
+                    "read_dino_state_dict"),
+    "checkpoints": ("safe_torch_load",),
+    "vit": ("CONFIGS", "QVBiasAttention", "TubeEmbedding", "VideoClassifier", "VideoMAEDecoder",
+            "VideoMAEPretrainModel", "VideoViTConfig", "VideoViTEncoder", "create_classifier", "create_encoder",
+            "create_model", "get_config", "sincos_position_table"),
+}
+_WHERE = {name: module for module, names in _LAZY.items() for name in names}
+__all__ = sorted(_WHERE)
+_timm_error = None
+
+try:  # register the named configs with timm now, so timm.create_model(name) works after `import sigma.models`
+    importlib.import_module(".vit", __name__)
+except ImportError as exc:  # timm missing (or too old: VideoMAE's code pins 0.4.x); tubes/projections still work
+    _timm_error = exc
+
+
+def __getattr__(name):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'sigma.models' has no attribute {name!r}")
+    if module == "vit" and _timm_error is not None:
+        raise ImportError(f"sigma.models.{name} needs timm>=0.9 (pip install 'sigma-video[models]'); importing it "
+                          f"failed with: {_timm_error}") from _timm_error
+    return getattr(importlib.import_module(f".{module}", __name__), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))
