@@ -17,6 +17,9 @@ _LAZY = {
     "vit": ("CONFIGS", "QVBiasAttention", "TubeEmbedding", "VideoClassifier", "VideoMAEDecoder",
             "VideoMAEPretrainModel", "VideoViTConfig", "VideoViTEncoder", "create_classifier", "create_encoder",
             "create_model", "get_config", "sincos_position_table"),
+    "interop": ("load_classifier", "load_encoder", "load_model", "load_pretrained", "load_state_strict",
+                "save_pretrained", "to_videomae_state_dict"),
+    "hf": ("from_transformers", "hf_masked_predictions", "set_hf_head", "to_transformers"),
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 __all__ = sorted(_WHERE)
@@ -32,7 +35,7 @@ def __getattr__(name):
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'sigma.models' has no attribute {name!r}")
-    if module == "vit" and _timm_error is not None:
+    if module in ("vit", "interop", "hf") and _timm_error is not None:
         raise ImportError(f"sigma.models.{name} needs timm>=0.9 (pip install 'sigma-video[models]'); importing it "
                           f"failed with: {_timm_error}") from _timm_error
     return getattr(importlib.import_module(f".{module}", __name__), name)

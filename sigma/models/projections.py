@@ -18,8 +18,16 @@ import re
 import torch
 import torch.nn as nn
 
-from .tubes import IMAGENET_MEAN, IMAGENET_STD, _as_tube, check_mask, gather_tokens, tube_grid, tube_pixels, \
-    unnormalize_video
+from .tubes import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    _as_tube,
+    check_mask,
+    gather_tokens,
+    tube_grid,
+    tube_pixels,
+    unnormalize_video,
+)
 
 
 def _masked_tube_pixels(video, mask, tube_size, mean, std):

@@ -93,6 +93,7 @@ class VideoViTConfig:
     attn_drop_rate: float = 0.0
     proj_drop_rate: float = 0.0
     use_mean_pooling: bool = False        # encoder: no final norm; pooled feature = fc_norm(mean of tokens)
+    fc_norm: Optional[bool] = None        # LayerNorm on the pooled feature; None: when use_mean_pooling
     fc_norm_eps: Optional[float] = None
     decoder_embed_dim: int = 192
     decoder_depth: int = 4
@@ -226,7 +227,8 @@ class VideoViTEncoder(nn.Module):
         self.blocks = _make_blocks(cfg, cfg.embed_dim, cfg.depth, cfg.num_heads, cfg.drop_path_rate)
         fc_eps = cfg.fc_norm_eps if cfg.fc_norm_eps is not None else cfg.norm_eps
         self.norm = nn.Identity() if cfg.use_mean_pooling else nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
-        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=fc_eps) if cfg.use_mean_pooling else nn.Identity()
+        use_fc_norm = cfg.use_mean_pooling if cfg.fc_norm is None else cfg.fc_norm
+        self.fc_norm = nn.LayerNorm(cfg.embed_dim, eps=fc_eps) if use_fc_norm else nn.Identity()
         self.grad_checkpointing = cfg.grad_checkpointing
         self.apply(_init_videomae)
 
