@@ -252,3 +252,16 @@ def test_pretraining_checkpoint_format(tmp_path):
     assert isinstance(enc.norm, torch.nn.Identity) and (enc.fc_norm.weight == 1).all()
     clf = sm.load_classifier(run, num_classes=4)
     torch.testing.assert_close(clf.encoder.blocks[1].attn.qkv.weight, model.encoder.blocks[1].attn.qkv.weight)
+
+
+def test_hf_example_trains():
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parents[1] / "examples" / "hf_sigma_step.py"
+    spec = importlib.util.spec_from_file_location("hf_sigma_step", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    losses = example.main(steps=3, verbose=False)
+    assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
+    model, _, _ = example.build()
+    assert model.decoder.head.out_features == example.D

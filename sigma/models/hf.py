@@ -116,7 +116,7 @@ def from_transformers(hf_model):
     return load_state_strict(model, ours, f"{type(hf_model).__name__} weights")
 
 
-def _hf_config(cfg, use_mean_pooling):
+def _hf_config(cfg, use_mean_pooling, **extra):
     import transformers as tf
     if cfg.init_values is not None:
         raise ValueError("HF VideoMAE has no layer scale (init_values); this model cannot be converted")
@@ -129,7 +129,7 @@ def _hf_config(cfg, use_mean_pooling):
         attention_probs_dropout_prob=0.0, layer_norm_eps=cfg.norm_eps, qv_bias=cfg.qkv_bias,
         use_mean_pooling=use_mean_pooling, decoder_num_attention_heads=cfg.decoder_num_heads,
         decoder_hidden_size=cfg.decoder_embed_dim, decoder_num_hidden_layers=cfg.decoder_depth,
-        decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio), norm_pix_loss=True)
+        decoder_intermediate_size=int(cfg.decoder_embed_dim * cfg.mlp_ratio), norm_pix_loss=True, **extra)
 
 
 def _encoder_to_hf(state, prefix, depth):
@@ -181,8 +181,7 @@ def to_transformers(model):
     elif isinstance(model, VideoClassifier):
         if not cfg.use_mean_pooling:
             raise ValueError("HF's classifier without mean pooling reads token 0; convert a mean-pooling classifier")
-        hf = tf.VideoMAEForVideoClassification(_hf_config(cfg, use_mean_pooling=True).__class__(
-            **{**_hf_config(cfg, use_mean_pooling=True).to_dict(), "num_labels": cfg.num_classes}))
+        hf = tf.VideoMAEForVideoClassification(_hf_config(cfg, use_mean_pooling=True, num_labels=cfg.num_classes))
         enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
         out = _encoder_to_hf(enc, "videomae.", cfg.depth)
         for p in ("weight", "bias"):
