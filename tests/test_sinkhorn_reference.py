@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 from truth import sinkhorn_exp_f64, sinkhorn_log_f64
 
@@ -68,6 +68,8 @@ def test_per_column_constant_leaves_q_unchanged_at_every_iteration():
                                    atol=1e-5, rtol=1e-4)
 
 
+# Up to 3000 iterations per solve: a few examples keep the default run short.
+@settings(max_examples=6)
 @given(seed=st.integers(0, 2**16), m=st.sampled_from([31, 64]), k=st.sampled_from([5, 13]))
 def test_per_row_constant_leaves_q_unchanged_at_convergence(seed, m, k):
     # Row shifts reweight the first prototype sums, so they cancel only at the fixed point.
