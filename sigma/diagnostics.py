@@ -56,3 +56,24 @@ def assignment_stats(v, inv_eps, *, scores=None, x=None, prototypes=None, m_glob
         "usage_perplexity": torch.exp(-torch.special.xlogy(p, p).sum()),
         "unused_prototypes": (counts == 0).sum(),
     }
+
+
+@torch.no_grad()
+def feature_collapse_stats(features, max_rows=4096):
+    """Collapse measures of a set of features (..., D) (flattened to rows; at most `max_rows`
+    first rows are used, to bound the SVD). Returns 0-d float32 tensors:
+      std    mean over dimensions of the per-dimension standard deviation across rows of the
+             L2-normalised features (0 when every row is the same direction)
+      erank  effective rank of the centred rows: exp of the entropy of their singular values
+             normalised to sum 1 (Roy & Vetterli, 2007); 1 = one direction, D = isotropic.
+    """
+    x = features.detach().reshape(-1, features.shape[-1])[:max_rows].float()
+    if x.shape[0] < 2:
+        nan = torch.full((), float("nan"), device=x.device)
+        return {"std": nan, "erank": nan}
+    z = torch.nn.functional.normalize(x, dim=1)
+    std = z.std(dim=0).mean()
+    s = torch.linalg.svdvals(x - x.mean(dim=0, keepdim=True))
+    p = s / s.sum().clamp_min(torch.finfo(s.dtype).tiny)
+    erank = torch.exp(-torch.special.xlogy(p, p).sum())
+    return {"std": std, "erank": erank}

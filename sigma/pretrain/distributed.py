@@ -1,0 +1,120 @@
+"""Process-group setup under torchrun, a resumable distributed sampler and per-item seeding.
+
+Everything here also works in a single process (world size 1) without torch.distributed.
+"""
+import datetime
+import itertools
+import os
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import Dataset, DistributedSampler
+
+
+@dataclass
+class DistInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def init_distributed(device="auto", timeout_s=1800):
+    """Join the torchrun process group when WORLD_SIZE > 1 (NCCL on CUDA, gloo on CPU) and pick
+    this process's device ("auto": cuda:LOCAL_RANK when CUDA is available, else cpu)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    if use_cuda and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda was requested but no CUDA device is available")
+    if use_cuda:
+        torch.cuda.set_device(local)
+        dev = torch.device("cuda", local)
+    else:
+        dev = torch.device("cpu")
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank, local, world, dev)
+
+
+def barrier(info):
+    if info.world_size > 1:
+        dist.barrier()
+
+
+def all_gather_object(obj, info):
+    if info.world_size == 1:
+        return [obj]
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_mean(t, info):
+    """Mean over ranks of a tensor (in place on a copy)."""
+    if info.world_size == 1:
+        return t
+    t = t.clone()
+    dist.all_reduce(t)
+    return t / info.world_size
+
+
+class ResumableDistributedSampler(DistributedSampler):
+    """`DistributedSampler` (shuffled per epoch from `seed`, equal share per rank) that can start
+    an epoch part-way: `set_start(n)` skips the first n indices of this rank's order, so a run
+    resumed mid-epoch sees exactly the clips the interrupted run had not seen yet."""
+
+    def __init__(self, dataset, num_replicas, rank, seed, shuffle=True):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed, drop_last=True)
+        self.start = 0
+
+    def set_start(self, n):
+        if not 0 <= n <= self.num_samples:
+            raise ValueError(f"start {n} outside this rank's {self.num_samples} samples")
+        self.start = n
+
+    def __iter__(self):
+        return itertools.islice(super().__iter__(), self.start, None)
+
+    def __len__(self):
+        return self.num_samples - self.start
+
+
+class EpochSeededDataset(Dataset):
+    """Draws item i of epoch e with the global RNGs (torch, numpy, random) seeded from
+    (seed, e, i), and restores them afterwards.
+
+    The random segment, crop, flip and tube mask of a clip then depend only on (seed, epoch,
+    index), not on which loader worker drew it or how many clips that worker drew before: the
+    condition for a run resumed mid-epoch to see the very same clips and masks as an
+    uninterrupted one. Set `epoch` before creating each epoch's DataLoader (workers get a copy).
+    """
+
+    def __init__(self, dataset, seed):
+        self.dataset = dataset
+        self.seed = int(seed)
+        self.epoch = 0
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        item_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
+        py_state, np_state = random.getstate(), np.random.get_state()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(item_seed)
+            random.seed(item_seed)
+            np.random.seed(item_seed)
+            try:
+                return self.dataset[index]
+            finally:
+                random.setstate(py_state)
+                np.random.set_state(np_state)

@@ -1,0 +1,219 @@
+"""Pieces of the pretraining CLI that need no video model: configs, schedule, optimizer groups,
+sampler / per-item seeding for exact resume, checkpoint files, collapse measures."""
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from sigma.diagnostics import feature_collapse_stats
+from sigma.pretrain import checkpoint as ck
+from sigma.pretrain.config import ConfigError, available_configs, load_config
+from sigma.pretrain.distributed import EpochSeededDataset, ResumableDistributedSampler
+
+# --- configs ------------------------------------------------------------------------------------
+
+
+def test_shipped_configs_carry_the_recipe():
+    names = available_configs()
+    for size in ("s", "b"):
+        for ds in ("k400", "ssv2"):
+            for proj in ("mlp", "dino"):
+                assert f"vit_{size}_{ds}_{proj}" in names
+    for name in names:
+        cfg = load_config(name)
+        o, p, d = cfg["objective"], cfg["optim"], cfg["data"]
+        if name == "tiny":
+            continue
+        assert o["name"] == "sigma" and o["num_prototypes"] == 3000 and o["sinkhorn_iterations"] == 10
+        assert o["temperature"] == 0.1 and o["targets"] == "hard"
+        assert o["epsilon"] == (0.03 if name.startswith("vit_b_ssv2") else 0.05)
+        assert p["epochs"] == 800 and p["base_lr"] == 1.5e-4 and p["weight_decay"] == 0.05
+        assert p["betas"] == [0.9, 0.95] and cfg["amp"] == "auto"
+        assert (d["num_frames"], d["img_size"], d["tubelet_size"], d["patch_size"], d["mask_ratio"]) == (16, 224, 2, 16, 0.9)
+        assert d["sampling_rate"] == (2 if "ssv2" in name else 4)
+        assert d["flip"] is ("k400" in name)
+        assert cfg["projection"]["out_dim"] == (256 if name.endswith("mlp") else 768)
+        assert cfg["model"]["name"] == ("sigma_vit_small_patch16" if name.startswith("vit_s") else "sigma_vit_base_patch16")
+
+
+def test_tiny_config_suits_its_token_count():
+    cfg = load_config("tiny")
+    d = cfg["data"]
+    grid = (d["num_frames"] // d["tubelet_size"], d["img_size"] // d["patch_size"], d["img_size"] // d["patch_size"])
+    masked = grid[0] * int(d["mask_ratio"] * grid[1] * grid[2])
+    m = masked * cfg["optim"]["batch_size"]
+    # every prototype can receive several tokens of a step under the equipartition
+    assert m / cfg["objective"]["num_prototypes"] >= 4
+
+
+def test_overrides_and_unknown_keys(tmp_path):
+    cfg = load_config("vit_b_ssv2_dino", ["optim.batch_size=8", "projection.kwargs.weights=/x/dino.pth",
+                                          "optim.betas=[0.9, 0.99]", "optim.clip_grad=null"])
+    assert cfg["optim"]["batch_size"] == 8 and cfg["projection"]["kwargs"] == {"weights": "/x/dino.pth"}
+    assert cfg["optim"]["betas"] == [0.9, 0.99] and cfg["optim"]["clip_grad"] is None
+    with pytest.raises(ConfigError, match=r"unknown config key 'optim\.batchsize'.*optim\.batch_size"):
+        load_config("tiny", ["optim.batchsize=3"])
+    with pytest.raises(ConfigError, match="unknown config key 'nonsense'"):
+        load_config("tiny", ["nonsense=1"])
+    with pytest.raises(ConfigError, match="key=value"):
+        load_config("tiny", ["optim.batch_size"])
+    with pytest.raises(ConfigError, match="'data.mask_ratio'"):
+        load_config("tiny", ["data.mask_ratio=1.0"])
+    with pytest.raises(ConfigError, match="'optim.batch_size' must be a positive integer"):
+        load_config("tiny", ["optim.batch_size=0"])
+    with pytest.raises(ConfigError, match="unknown config 'no_such_config'"):
+        load_config("no_such_config")
+    user = tmp_path / "mine.yaml"
+    user.write_text("inherit: vit_s_ssv2_mlp\noptim:\n  epochs: 3\n  warmpu_epochs: 1\n")
+    with pytest.raises(ConfigError, match=r"mine\.yaml: unknown config key 'optim\.warmpu_epochs'"):
+        load_config(str(user))
+    user.write_text("inherit: vit_s_ssv2_mlp\noptim:\n  epochs: 3\n")
+    cfg = load_config(str(user))
+    assert cfg["optim"]["epochs"] == 3 and cfg["data"]["sampling_rate"] == 2 and cfg["objective"]["epsilon"] == 0.05
+
+
+def test_cli_reports_unknown_key(capsys):
+    from sigma.pretrain.cli import main
+    assert main(["--data", "x.txt", "--output-dir", "out", "optim.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown config key 'optim.nope'" in err
+
+
+# --- optimizer and schedule ----------------------------------------------------------------------
+
+
+class _Toy(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(4, 4)
+        self.norm = torch.nn.LayerNorm(4)
+        self.pos_embed = torch.nn.Parameter(torch.zeros(1, 3, 4))
+        self.prototypes = torch.nn.Parameter(torch.randn(5, 4))
+
+    def no_weight_decay(self):
+        return {"pos_embed"}
+
+
+def test_optimizer_groups_and_schedule():
+    pytest.importorskip("timm")
+    from sigma.pretrain.objectives import PretrainModule
+    from sigma.pretrain.optim import build_optimizer, build_scheduler, peak_lr
+
+    class Proj(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(4, 4)
+
+    module = PretrainModule("l2", _Toy(), Proj())
+    opt = build_optimizer(module, 1e-3, 0.05, (0.9, 0.95))
+    names = {id(p): n for n, p in module.named_parameters()}
+    by_wd = {g["weight_decay"]: sorted(names[id(p)] for p in g["params"]) for g in opt.param_groups}
+    assert by_wd[0.05] == ["model.lin.weight", "model.prototypes", "projection.fc.weight"]
+    assert by_wd[0.0] == ["model.lin.bias", "model.norm.bias", "model.norm.weight", "model.pos_embed",
+                          "projection.fc.bias"]
+    assert opt.param_groups[0]["betas"] == (0.9, 0.95)
+    assert peak_lr(1.5e-4, 2048) == pytest.approx(1.2e-3)
+
+    total, warm, lr_min, lr0 = 50, 10, 1e-5, 1e-6
+    sched = build_scheduler(opt, total, warm, lr_min, lr0)
+    got = []
+    for step in range(total):
+        sched.step_update(step)
+        got.append(opt.param_groups[0]["lr"])
+    want = [lr0 + (1e-3 - lr0) * s / warm if s < warm else
+            lr_min + 0.5 * (1e-3 - lr_min) * (1 + math.cos(math.pi * (s - warm) / (total - warm)))
+            for s in range(total)]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+
+
+# --- exact resume: sampler order and per-item randomness -----------------------------------------
+
+
+def test_sampler_resumes_mid_epoch():
+    data = list(range(23))
+    for world in (1, 2):
+        for rank in range(world):
+            full = ResumableDistributedSampler(data, world, rank, seed=3)
+            full.set_epoch(4)
+            order = list(full)
+            assert len(order) == 23 // world
+            part = ResumableDistributedSampler(data, world, rank, seed=3)
+            part.set_epoch(4)
+            part.set_start(5)
+            assert list(part) == order[5:] and len(part) == len(order) - 5
+    a, b = (ResumableDistributedSampler(data, 2, r, seed=0) for r in (0, 1))
+    assert not set(a) & set(b)
+
+
+class _RandomItems(torch.utils.data.Dataset):
+    def __len__(self):
+        return 10
+
+    def __getitem__(self, i):
+        return torch.rand(3), np.random.rand(), random.random()
+
+
+def test_epoch_seeded_items_depend_on_epoch_and_index_only():
+    ds = EpochSeededDataset(_RandomItems(), seed=7)
+    torch.manual_seed(0)
+    before = torch.get_rng_state()
+    first = [ds[i] for i in range(10)]
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched
+    again = [ds[i] for i in reversed(range(10))][::-1]
+    for x, y in zip(first, again):
+        assert torch.equal(x[0], y[0]) and x[1] == y[1] and x[2] == y[2]
+    assert not torch.equal(first[0][0], first[1][0])
+    ds.epoch = 1
+    assert not torch.equal(ds[0][0], first[0][0])
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+
+
+def test_checkpoint_files_resume_discovery_and_rng(tmp_path):
+    torch.manual_seed(1)
+    random.seed(2)
+    np.random.seed(3)
+    rng = ck.rng_state()
+    want = (torch.rand(2), random.random(), np.random.rand())
+    for step in (2, 4, 6):
+        ck.save_checkpoint({"format": ck.FORMAT, "step": step, "rng": rng, "w": torch.full((3,), step)},
+                           tmp_path, keep=2)
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["checkpoint-4.pt", "checkpoint-6.pt", "last.pt"]  # no temp files left, oldest pruned
+    (tmp_path / "checkpoints" / "checkpoint-6.pt").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match="checkpoint-6.pt"):
+        path, state = ck.find_resume_checkpoint(tmp_path)
+    assert path.name == "checkpoint-4.pt" and state["step"] == 4
+    ck.set_rng_state(state["rng"])
+    got = (torch.rand(2), random.random(), np.random.rand())
+    assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
+    assert ck.find_resume_checkpoint(tmp_path / "elsewhere") == (None, None)
+
+
+def test_parameter_fingerprint():
+    a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    b.load_state_dict(a.state_dict())
+    assert ck.parameter_fingerprint(a) == ck.parameter_fingerprint(b)
+    with torch.no_grad():
+        b.bias[0] = torch.nextafter(b.bias[0], torch.tensor(1.0))
+    assert ck.parameter_fingerprint(a) != ck.parameter_fingerprint(b)
+
+
+# --- collapse measures ---------------------------------------------------------------------------
+
+
+def test_feature_collapse_stats_against_numpy():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 16, generator=g, dtype=torch.float64) * torch.linspace(0.1, 3, 16, dtype=torch.float64)
+    got = feature_collapse_stats(x)
+    xn = x.numpy()
+    s = np.linalg.svd(xn - xn.mean(0), compute_uv=False)
+    p = s / s.sum()
+    assert float(got["erank"]) == pytest.approx(float(np.exp(-(p * np.log(p)).sum())), rel=1e-5)
+    z = xn / np.linalg.norm(xn, axis=1, keepdims=True)
+    assert float(got["std"]) == pytest.approx(float(z.std(0, ddof=1).mean()), rel=1e-5)
+    collapsed = feature_collapse_stats(torch.ones(50, 8) + 1e-9 * torch.randn(50, 8, generator=g))
+    assert float(collapsed["std"]) < 1e-6
