@@ -15,10 +15,12 @@ def peak_lr(base_lr, global_batch):
 
 
 def build_optimizer(module, lr, weight_decay, betas):
-    """AdamW over the trainable parameters of `module` (a PretrainModule), two weight-decay groups."""
+    """AdamW over the trainable parameters of `module` (a PretrainModule, already on its device),
+    two weight-decay groups."""
     skip = module.no_weight_decay() if hasattr(module, "no_weight_decay") else ()
     groups = param_groups_weight_decay(module, weight_decay=weight_decay, no_weight_decay_list=skip)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+    # The fused implementation (CPU and CUDA) is several times faster than the foreach one here.
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas), fused=True)
 
 
 def build_scheduler(optimizer, total_steps, warmup_steps, min_lr, warmup_lr):
