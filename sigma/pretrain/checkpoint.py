@@ -179,10 +179,15 @@ def provenance(cfg, world_size, argv=None):
     }
 
 
-def parameter_fingerprint(module):
-    """sha256 of every parameter's bytes, in name order: equal on ranks that hold equal weights."""
+def state_fingerprint(state_dict):
+    """sha256 of a state dict's tensors (names and bytes, in name order)."""
     h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
+    for name, t in sorted(state_dict.items()):
         h.update(name.encode())
-        h.update(p.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
+        h.update(t.detach().cpu().reshape(-1).contiguous().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
+
+
+def parameter_fingerprint(module):
+    """`state_fingerprint` of a module: equal on ranks that hold bitwise-equal weights."""
+    return state_fingerprint(module.state_dict())
