@@ -139,7 +139,7 @@ def throughput(steps, videos, workers):
         bs = cfg["optim"]["batch_size"]
         loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=workers, drop_last=True)
         n, t0 = 0, None
-        for epoch in range(1000):
+        for _ in range(1000):
             for batch in loader:
                 if t0 is None:
                     t0 = time.perf_counter()  # after the first batch: worker start-up excluded

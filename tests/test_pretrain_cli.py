@@ -13,7 +13,7 @@ pytest.importorskip("timm")
 pytest.importorskip("av")
 
 from sigma.pretrain import checkpoint as ck  # noqa: E402
-from sigma.pretrain import load_config, train  # noqa: E402
+from sigma.pretrain import load_config  # noqa: E402
 from sigma.pretrain.cli import main  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
