@@ -10,7 +10,7 @@ import torch
 from sigma.diagnostics import feature_collapse_stats
 from sigma.pretrain import checkpoint as ck
 from sigma.pretrain.config import ConfigError, available_configs, load_config
-from sigma.pretrain.distributed import EpochSeededDataset, ResumableDistributedSampler
+from sigma.pretrain.distributed import ResumableDistributedSampler
 
 # --- configs ------------------------------------------------------------------------------------
 
@@ -130,7 +130,7 @@ def test_optimizer_groups_and_schedule():
     np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
-# --- exact resume: sampler order and per-item randomness -----------------------------------------
+# --- exact resume: sampler order -----------------------------------------
 
 
 def test_sampler_resumes_mid_epoch():
@@ -147,28 +147,6 @@ def test_sampler_resumes_mid_epoch():
             assert list(part) == order[5:] and len(part) == len(order) - 5
     a, b = (ResumableDistributedSampler(data, 2, r, seed=0) for r in (0, 1))
     assert not set(a) & set(b)
-
-
-class _RandomItems(torch.utils.data.Dataset):
-    def __len__(self):
-        return 10
-
-    def __getitem__(self, i):
-        return torch.rand(3), np.random.rand(), random.random()
-
-
-def test_epoch_seeded_items_depend_on_epoch_and_index_only():
-    ds = EpochSeededDataset(_RandomItems(), seed=7)
-    torch.manual_seed(0)
-    before = torch.get_rng_state()
-    first = [ds[i] for i in range(10)]
-    assert torch.equal(torch.get_rng_state(), before)  # the caller's RNG is untouched
-    again = [ds[i] for i in reversed(range(10))][::-1]
-    for x, y in zip(first, again):
-        assert torch.equal(x[0], y[0]) and x[1] == y[1] and x[2] == y[2]
-    assert not torch.equal(first[0][0], first[1][0])
-    ds.epoch = 1
-    assert not torch.equal(ds[0][0], first[0][0])
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

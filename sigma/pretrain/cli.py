@@ -37,10 +37,10 @@ def main(argv=None):
         from .config import dump_config
         print(dump_config(cfg), end="")
         return 0
-    from .trainer import train
+    from .trainer import DataError, train
     try:
         train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv)
-    except (ConfigError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError) as e:
         print(f"sigma-pretrain: error: {e}", file=sys.stderr)
         return 2
     return 0

@@ -1,17 +1,15 @@
-"""Process-group setup under torchrun, a resumable distributed sampler and per-item seeding.
+"""Process-group setup under torchrun and a distributed sampler that can resume mid-epoch.
 
 Everything here also works in a single process (world size 1) without torch.distributed.
 """
 import datetime
 import itertools
 import os
-import random
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import DistributedSampler
 
 
 @dataclass
@@ -86,35 +84,3 @@ class ResumableDistributedSampler(DistributedSampler):
 
     def __len__(self):
         return self.num_samples - self.start
-
-
-class EpochSeededDataset(Dataset):
-    """Draws item i of epoch e with the global RNGs (torch, numpy, random) seeded from
-    (seed, e, i), and restores them afterwards.
-
-    The random segment, crop, flip and tube mask of a clip then depend only on (seed, epoch,
-    index), not on which loader worker drew it or how many clips that worker drew before: the
-    condition for a run resumed mid-epoch to see the very same clips and masks as an
-    uninterrupted one. Set `epoch` before creating each epoch's DataLoader (workers get a copy).
-    """
-
-    def __init__(self, dataset, seed):
-        self.dataset = dataset
-        self.seed = int(seed)
-        self.epoch = 0
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, index):
-        item_seed = int(np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(1)[0])
-        py_state, np_state = random.getstate(), np.random.get_state()
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(item_seed)
-            random.seed(item_seed)
-            np.random.seed(item_seed)
-            try:
-                return self.dataset[index]
-            finally:
-                random.setstate(py_state)
-                np.random.set_state(np_state)

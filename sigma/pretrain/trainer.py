@@ -26,7 +26,6 @@ from sigma.diagnostics import feature_collapse_stats
 from . import checkpoint as ck
 from .config import ConfigError, dump_config
 from .distributed import (
-    EpochSeededDataset,
     ResumableDistributedSampler,
     all_gather_object,
     all_reduce_mean,
@@ -44,12 +43,13 @@ COLLAPSE = ("pred_std", "pred_erank", "target_std", "target_erank")
 CRASH_ENV = "SIGMA_PRETRAIN_CRASH_AT_STEP"
 
 
+class DataError(ValueError):
+    """The video list or folder cannot be used (missing, empty, nothing readable)."""
+
+
 def _factories():
-    try:
-        from sigma.data import VideoDataset
-        from sigma.models import create_model, create_projection
-    except ImportError:  # TEMPORARY until sigma.models / sigma.data land
-        from ._standin import VideoDataset, create_model, create_projection
+    from sigma.data import VideoDataset
+    from sigma.models import create_model, create_projection
     return create_model, create_projection, VideoDataset
 
 
@@ -72,9 +72,9 @@ def build_module(cfg, create_model, create_projection):
     kind = "pixels" if objective == "pixel" else p["kind"]
     if objective != "pixel" and kind == "pixels":
         raise ConfigError("projection.kind=pixels is the target of objective.name=pixel only")
-    projection_config = {"kind": kind, "tube_size": list(tube_size(cfg)), **p["kwargs"]}
-    if kind != "pixels":
-        projection_config["out_dim"] = p["out_dim"]
+    projection_config = {"kind": kind, "tube_size": list(tube_size(cfg))}
+    if kind != "pixels":  # the pixel target has no settings: the projection section is not used
+        projection_config.update(out_dim=p["out_dim"], **p["kwargs"])
     projection = create_projection(**projection_config)
     model_config = {"name": cfg["model"]["name"], "out_dim": int(projection.out_dim), "num_frames": d["num_frames"],
                     "img_size": d["img_size"], "patch_size": d["patch_size"], "tubelet_size": d["tubelet_size"],
@@ -152,7 +152,10 @@ def train(cfg, data, output_dir, resume=None, argv=None):
             tqdm.write(f"[sigma.pretrain] {msg}", file=sys.stderr)
 
     _seed_everything(cfg["seed"])
-    dataset = build_dataset(cfg, data, VideoDataset)
+    try:
+        dataset = build_dataset(cfg, data, VideoDataset)
+    except (OSError, ValueError, RuntimeError) as e:
+        raise DataError(f"--data {data}: {e}") from e
     n_skipped = int(getattr(dataset, "num_skipped", 0) or 0)
     if n_skipped:
         say(f"{n_skipped} unreadable video(s) skipped while indexing {data}")
@@ -207,7 +210,7 @@ def train(cfg, data, output_dir, resume=None, argv=None):
     prov.update(data=str(data), resumed_from=str(resumed_from) if resumed_from else None,
                 steps_per_epoch=steps_per_epoch, total_steps=total_steps, peak_lr=lr, amp=amp,
                 device=str(device), dataset_size=len(dataset), dataset_skipped=n_skipped)
-    columns = ["step", "epoch", "loss", "lr", "clips_per_s", "grad_norm", "loss_scale"]
+    columns = ["step", "epoch", "loss", "lr", "clips_per_s", "grad_norm", "loss_scale", "videos_skipped"]
     if module.objective == "sigma":
         columns += list(SIGMA_STATS)
     columns += list(COLLAPSE)
@@ -222,8 +225,7 @@ def train(cfg, data, output_dir, resume=None, argv=None):
             f"(schedule {total_steps}), global batch {clips_per_step}, peak lr {lr:.3g}, amp {amp}, "
             f"{info.world_size} process(es) on {device.type}")
 
-    items = EpochSeededDataset(dataset, cfg["seed"])
-    sampler = ResumableDistributedSampler(items, info.world_size, info.rank, seed=cfg["seed"])
+    sampler = ResumableDistributedSampler(dataset, info.world_size, info.rank, seed=cfg["seed"])
     autocast = (torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
                 if amp != "none" else contextlib.nullcontext())
     params = [p for p in module.parameters() if p.requires_grad]
@@ -257,8 +259,10 @@ def train(cfg, data, output_dir, resume=None, argv=None):
             epoch, in_epoch = divmod(step, steps_per_epoch)
             sampler.set_epoch(epoch)
             sampler.set_start(in_epoch * o["batch_size"] * o["accum_steps"])
-            items.epoch = epoch
-            loader = DataLoader(items, batch_size=o["batch_size"], sampler=sampler,
+            # Every clip's randomness (segment, crop, flip, mask) is seeded from (seed, epoch, index)
+            # by the dataset, whichever worker draws it: what makes a mid-epoch resume exact.
+            dataset.set_epoch(epoch)
+            loader = DataLoader(dataset, batch_size=o["batch_size"], sampler=sampler,
                                 num_workers=cfg["data"]["num_workers"], drop_last=True,
                                 pin_memory=cfg["data"]["pin_memory"] and device.type == "cuda",
                                 generator=torch.Generator().manual_seed(cfg["seed"] + epoch))
@@ -299,6 +303,7 @@ def train(cfg, data, output_dir, resume=None, argv=None):
                                    pred if stats_now else None, target if stats_now else None)
                     dt = time.perf_counter() - t_last
                     row["clips_per_s"] = steps_since * clips_per_step / dt
+                    row["videos_skipped"] = int(getattr(dataset, "num_skipped", 0) or 0)
                     if not math.isfinite(row["loss"]):
                         raise FloatingPointError(f"the loss is {row['loss']} at step {step}; stopping (lower the "
                                                  f"learning rate, enable optim.clip_grad, or check the data)")
