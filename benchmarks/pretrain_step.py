@@ -121,7 +121,6 @@ def throughput(steps, videos, workers):
     """End-to-end clips/s of the tiny config and the loader's clips/s alone (CPU)."""
     from sigma.data.synthetic import make_synthetic_dataset
     from sigma.pretrain import load_config, train
-    from sigma.pretrain.distributed import EpochSeededDataset
     from sigma.pretrain.trainer import _factories, build_dataset
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +134,7 @@ def throughput(steps, videos, workers):
             rows = list(csv.DictReader(f))
         # the first interval includes worker start-up and warm-up
         train_cps = statistics.median(float(r["clips_per_s"]) for r in rows[1:]) if len(rows) > 1 else float("nan")
-        ds = EpochSeededDataset(build_dataset(cfg, data, _factories()[2]), cfg["seed"])
+        ds = build_dataset(cfg, data, _factories()[2])
         bs = cfg["optim"]["batch_size"]
         loader = torch.utils.data.DataLoader(ds, batch_size=bs, shuffle=True, num_workers=workers, drop_last=True)
         n, t0 = 0, None
@@ -178,21 +177,26 @@ def main(argv=None):
     base = {k: meta[k] for k in COLUMNS if k in meta}
     base["threads"] = torch.get_num_threads()
     rows = []
+
+    def flush():  # rewritten after every case: an interrupted run keeps what it measured
+        with open(path, "w", newline="") as f:
+            w = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
+            w.writeheader()
+            for r in rows:
+                w.writerow({**base, **r, "device_type": meta["device_type"]})
+
+    from sigma.pretrain import load_config
+    tiny = load_config("tiny")
     for case in [c.strip() for c in args.cases.split(",") if c.strip()]:
         if case not in CASES:
             raise SystemExit(f"--cases: unknown case {case!r}; choose from {sorted(CASES)}")
-        from sigma.pretrain import load_config
-        batch = args.batch or (load_config("tiny")["optim"]["batch_size"] if case == "tiny" else 1)
+        batch = args.batch or (tiny["optim"]["batch_size"] if case == "tiny" else 1)
         rows += breakdown(case, batch, args.repeats, args.device, amp)
+        flush()
     if args.tiny_steps and torch.device(args.device).type == "cpu":
-        from sigma.pretrain import load_config
-        workers = args.workers if args.workers is not None else load_config("tiny")["data"]["num_workers"]
+        workers = args.workers if args.workers is not None else tiny["data"]["num_workers"]
         rows += throughput(args.tiny_steps, args.videos, workers)
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            w.writerow({**base, **r, "device_type": meta["device_type"]})
+        flush()
     print(f"{'case':6} {'stage':20} {'median ms':>10} {'share':>6} {'clips/s':>8}")
     for r in rows:
         ms = f"{r['median_ms']:.1f}" if "median_ms" in r else ""

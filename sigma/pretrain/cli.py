@@ -15,10 +15,10 @@ def build_parser():
                "projection.kwargs.weights=/path/dino.pth. Shipped configs: tiny (default), "
                + ", ".join(c for c in available_configs() if c != "tiny") + ".")
     p.add_argument("--config", default="tiny", help="a shipped config name or a YAML file (default: tiny)")
-    p.add_argument("--data", required=True,
+    p.add_argument("--data",
                    help="a video list (`path label ...` per line, relative to its folder or data.root) or a folder "
                         "of videos")
-    p.add_argument("--output-dir", required=True, help="where metrics.csv, config.yaml and checkpoints/ go")
+    p.add_argument("--output-dir", help="where metrics.csv, config.yaml and checkpoints/ go")
     p.add_argument("--resume", default=None,
                    help="'auto' continues from the newest checkpoint in --output-dir (if any); or a checkpoint path")
     p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
@@ -27,7 +27,10 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.print_config and (args.data is None or args.output_dir is None):
+        parser.error("--data and --output-dir are required")
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:

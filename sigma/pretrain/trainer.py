@@ -169,7 +169,10 @@ def train(cfg, data, output_dir, resume=None, argv=None):
     stop = min(total_steps, o["max_steps"]) if o["max_steps"] else total_steps
     warmup_steps = round(o["warmup_epochs"] * steps_per_epoch)
 
-    module, model_config, projection_config, loss_config = build_module(cfg, create_model, create_projection)
+    try:
+        module, model_config, projection_config, loss_config = build_module(cfg, create_model, create_projection)
+    except (TypeError, ValueError) as e:  # e.g. an unknown model.kwargs key, DINO without weights
+        raise ConfigError(f"cannot build the networks from the config: {e}") from e
     module.to(device)
     lr = peak_lr(o["base_lr"], clips_per_step)
     optimizer = build_optimizer(module, lr, o["weight_decay"], o["betas"])
