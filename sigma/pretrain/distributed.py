@@ -18,6 +18,7 @@ class DistInfo:
     local_rank: int
     world_size: int
     device: torch.device
+    owns_group: bool = False  # this call created the process group (and should destroy it)
 
     @property
     def is_main(self):
@@ -38,9 +39,16 @@ def init_distributed(device="auto", timeout_s=1800):
         dev = torch.device("cuda", local)
     else:
         dev = torch.device("cpu")
+    owns = False
     if world > 1 and not dist.is_initialized():
         dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
-    return DistInfo(rank, local, world, dev)
+        owns = True
+    return DistInfo(rank, local, world, dev, owns)
+
+
+def shutdown(info):
+    if info.owns_group and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 def barrier(info):

@@ -31,6 +31,7 @@ from .distributed import (
     all_reduce_mean,
     barrier,
     init_distributed,
+    shutdown,
 )
 from .objectives import PretrainModule, build_criterion
 from .optim import build_optimizer, build_scheduler, peak_lr
@@ -326,6 +327,7 @@ def train(cfg, data, output_dir, resume=None, argv=None):
             log.close()
     if is_main:
         say(f"done: {step} steps; checkpoints in {ck.checkpoint_dir(out)}")
+    shutdown(info)
     return step
 
 
