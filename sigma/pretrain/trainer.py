@@ -197,6 +197,7 @@ def train(cfg, data, output_dir, resume=None, argv=None):
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             scheduler.load_state_dict(state["scheduler"])
+            ck.set_rng_state(state["rng"])
             start_step, resumed_from = int(state["step"]), path
             changed = _config_changes(state.get("config", {}), cfg)
             if changed:
