@@ -12,8 +12,6 @@ import torch
 
 pytest.importorskip("timm")
 pytest.importorskip("av")
-# create_model / create_projection of the sigma.models package (until it replaces sigma/models.py)
-pytest.importorskip("sigma.models.projections")
 
 from sigma.pretrain import checkpoint as ck  # noqa: E402
 from sigma.pretrain import load_config  # noqa: E402
