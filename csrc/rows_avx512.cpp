@@ -182,6 +182,69 @@ int64_t first_at_least(const float* t, float value, int64_t n) {
   return n - 1;
 }
 
+void exp_row(const float* s, float ie, float* e, int64_t n, float* mx, float* mn) {
+  const __m512 va = _mm512_set1_ps(ie);
+  __m512 vmax = _mm512_set1_ps(-__builtin_inff()), vmin = _mm512_set1_ps(__builtin_inff());
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va);
+    vmax = _mm512_mask_max_ps(vmax, mk, vmax, t);
+    vmin = _mm512_mask_min_ps(vmin, mk, vmin, t);
+  }
+  const float hi = _mm512_reduce_max_ps(vmax);
+  *mx = hi;
+  *mn = _mm512_reduce_min_ps(vmin);
+  const __m512 vs = _mm512_set1_ps(hi);
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __m512 t = _mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va);
+    _mm512_mask_storeu_ps(e + k, mk, exp16(_mm512_sub_ps(t, vs)));
+  }
+}
+
+float dot(const float* e, const float* b, int64_t n) {
+  __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
+  int64_t k = 0;
+  for (; k + 32 <= n; k += 32) {
+    a0 = _mm512_fmadd_ps(_mm512_loadu_ps(e + k), _mm512_loadu_ps(b + k), a0);
+    a1 = _mm512_fmadd_ps(_mm512_loadu_ps(e + k + 16), _mm512_loadu_ps(b + k + 16), a1);
+  }
+  for (; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    a0 = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(mk, e + k), _mm512_maskz_loadu_ps(mk, b + k), a0);
+  }
+  return _mm512_reduce_add_ps(_mm512_add_ps(a0, a1));
+}
+
+void scaled_row(const float* e, const float* b, float a, float* out, int64_t n) {
+  const __m512 va = _mm512_set1_ps(a);
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __m512 t = _mm512_mul_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, e + k), _mm512_maskz_loadu_ps(mk, b + k)), va);
+    _mm512_mask_storeu_ps(out + k, mk, t);
+  }
+}
+
+int64_t argmax_entropy(const float* s, float ie, const float* add, float* buf, int64_t n, float* h) {
+  const float mx = scale_add_max(s, ie, add, buf, n);
+  const int64_t idx = first_at_least(buf, mx, n);
+  const float sh = (mx == __builtin_inff() || mx == -__builtin_inff()) ? 0.f : mx;
+  const __m512 vs = _mm512_set1_ps(sh), lo = _mm512_set1_ps(-87.33654475f);
+  __m512 z = _mm512_setzero_ps(), w = _mm512_setzero_ps();
+  for (int64_t k = 0; k < n; k += 16) {
+    const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
+    const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, buf + k), vs);
+    // terms below FLT_MIN count as 0 (also keeps 0·(-inf) out of the weighted sum)
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(mk, x, lo, _CMP_GE_OQ);
+    const __m512 ex = _mm512_maskz_mov_ps(live, exp16(x));
+    z = _mm512_add_ps(z, ex);
+    w = _mm512_add_ps(w, _mm512_maskz_mul_ps(live, ex, x));
+  }
+  const float zs = _mm512_reduce_add_ps(z), ws = _mm512_reduce_add_ps(w);
+  *h = __builtin_logf(zs) - ws / zs;
+  return idx;
+}
+
 }  // namespace avx512
 }  // namespace sigma_cpu
 
@@ -212,6 +275,10 @@ float row_exp_sum(const float*, float, const float*, float, float*, int64_t, con
 void col_max_row(const float*, float, float, float*, int64_t) {}
 void col_expsum_rows(const float*, int64_t, int64_t, float, const float*, const float*, float*, int64_t) {}
 int64_t first_at_least(const float*, float, int64_t n) { return n - 1; }
+void exp_row(const float*, float, float*, int64_t, float*, float*) {}
+float dot(const float*, const float*, int64_t) { return 0.f; }
+void scaled_row(const float*, const float*, float, float*, int64_t) {}
+int64_t argmax_entropy(const float*, float, const float*, float*, int64_t n, float*) { return n - 1; }
 }  // namespace avx512
 }  // namespace sigma_cpu
 

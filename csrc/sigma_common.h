@@ -135,6 +135,152 @@ inline float exp_shift_sum(const float* in, float shift, int64_t n) {
   return hsum(acc) + tail_sum;
 }
 
+
+// The AVX2 row kernels of the Sinkhorn loops as one type; Avx512Rows (rows_avx512.h) has the
+// same interface. Algorithms are templates over `Rows` and are instantiated for both, chosen
+// once per call (`with_rows`), so each reads as one algorithm and both paths are testable
+// (SIGMA_CPU_NO_AVX512=1 forces this one).
+struct Avx2Rows {
+  static constexpr int64_t W = Vec::size();
+
+  // e_k = exp(s_k·ie + v_k - shift), shift = lse_shift(max); returns Σ_k e_k.
+  static float row_exp(const float* s, float ie, const float* v, float* e, int64_t n, const float*, float* shift) {
+    *shift = lse_shift(scale_add_max(s, ie, v, e, n));
+    return exp_shift_sum_inplace(e, *shift, n);
+  }
+
+  // col_k += Σ_j e[j]·alpha[j] over gn rows of e (row stride k); fma, in row order.
+  static void fold_rows(float* col, const float* e, const float* alpha, int64_t gn, int64_t k) {
+    int64_t q = 0;
+    for (; q + W <= k; q += W) {
+      Vec acc = Vec::loadu(col + q);
+      for (int64_t j = 0; j < gn; ++j) acc = at::vec::fmadd(Vec::loadu(e + j * k + q), Vec(alpha[j]), acc);
+      acc.store(col + q);
+    }
+    for (; q < k; ++q) {
+      float acc = col[q];
+      for (int64_t j = 0; j < gn; ++j) acc = std::fma(e[j * k + q], alpha[j], acc);
+      col[q] = acc;
+    }
+  }
+
+  // cm_k = max(cm_k, s_k·ie + ui)
+  static void col_max_row(const float* s, float ie, float ui, float* cm, int64_t n) {
+    const Vec vie(ie), vu(ui);
+    int64_t q = 0;
+    for (; q + W <= n; q += W) fast_max(Vec::loadu(cm + q), Vec::loadu(s + q) * vie + vu).store(cm + q);
+    for (; q < n; ++q) cm[q] = std::fmax(cm[q], s[q] * ie + ui);
+  }
+
+  // cs_k += Σ_i exp(s_ik·ie + u_i - sh_k) over `rows` rows of stride `stride`
+  static void col_expsum_rows(const float* s, int64_t rows, int64_t stride, float ie, const float* u,
+                              const float* sh, float* cs, int64_t n) {
+    const Vec vie(ie);
+    for (int64_t i = 0; i < rows; ++i) {
+      const float* row = s + i * stride;
+      const Vec vu(u[i]);
+      int64_t q = 0;
+      for (; q + W <= n; q += W)
+        (Vec::loadu(cs + q) + fast_exp(Vec::loadu(row + q) * vie + vu - Vec::loadu(sh + q))).store(cs + q);
+      if (q < n) {
+        float xs[W] = {0}, shv[W] = {0}, tail[W];
+        for (int64_t j = 0; q + j < n; ++j) {
+          xs[j] = row[q + j] * ie + u[i];
+          shv[j] = sh[q + j];
+        }
+        fast_exp(Vec::loadu(xs) - Vec::loadu(shv)).store(tail);
+        for (int64_t j = 0; q + j < n; ++j) cs[q + j] += tail[j];
+      }
+    }
+  }
+
+  // first k reaching max_k (s_k·ie + v_k) (ties -> lowest index); buf (n) is scratch
+  static int64_t argmax(const float* s, float ie, const float* v, float* buf, int64_t n) {
+    const float mx = scale_add_max(s, ie, v, buf, n);
+    int64_t q = 0;
+    while (q < n - 1 && buf[q] < mx) ++q;
+    return q;
+  }
+
+  // argmax as above, and through *h the entropy of softmax_k(s_k·ie + v_k)
+  static int64_t argmax_entropy(const float* s, float ie, const float* v, float* buf, int64_t n, float* h) {
+    const int64_t idx = argmax(s, ie, v, buf, n);
+    const float sh = lse_shift(buf[idx]);
+    const Vec vs(sh);
+    Vec z(0.f), w(0.f);
+    int64_t q = 0;
+    for (; q + W <= n; q += W) {
+      const Vec x = Vec::loadu(buf + q) - vs;
+      const Vec ex = fast_exp(x);  // 0 below FLT_MIN
+      z = z + ex;
+      w = w + Vec::blendv(Vec(0.f), ex * x, ex > Vec(0.f));  // no 0·(-inf)
+    }
+    float zs = hsum(z), ws = hsum(w);
+    for (; q < n; ++q) {
+      const float x = buf[q] - sh;
+      const float ex = std::exp(x);
+      zs += ex;
+      if (ex > 0.f) ws += ex * x;
+    }
+    *h = std::log(zs) - ws / zs;
+    return idx;
+  }
+
+  // out_k = exp(((s_k·ie + ui) + v_k) + log_m), rounded step by step as in the reference
+  static void plan_row(const float* s, float ie, float ui, const float* v, float log_m, float* out, int64_t n) {
+    const Vec vie(ie), vu(ui), vlm(log_m);
+    int64_t q = 0;
+    for (; q + W <= n; q += W) (((Vec::loadu(s + q) * vie + vu) + Vec::loadu(v + q)) + vlm).exp().store(out + q);
+    if (q < n) {
+      const int64_t r = n - q;
+      (((Vec::loadu(s + q, r) * vie + vu) + Vec::loadu(v + q, r)) + vlm).exp().store(out + q, r);
+    }
+  }
+
+  // e_k = exp(s_k·ie - max_j s_j·ie); *mx, *mn: max and min of s_k·ie
+  static void exp_row(const float* s, float ie, float* e, int64_t n, float* mx, float* mn) {
+    const Vec vie(ie);
+    Vec vmax(-std::numeric_limits<float>::infinity()), vmin(std::numeric_limits<float>::infinity());
+    int64_t q = 0;
+    for (; q + W <= n; q += W) {
+      const Vec t = Vec::loadu(s + q) * vie;
+      vmax = fast_max(vmax, t);
+      vmin = at::vec::minimum(vmin, t);
+    }
+    float hi = hmax(vmax);
+    float lo = at::vec::vec_reduce_all<float>([](const Vec& a, const Vec& b) { return at::vec::minimum(a, b); }, vmin);
+    for (int64_t j = q; j < n; ++j) {
+      hi = std::fmax(hi, s[j] * ie);
+      lo = std::fmin(lo, s[j] * ie);
+    }
+    *mx = hi;
+    *mn = lo;
+    const Vec vs(hi);
+    for (q = 0; q + W <= n; q += W) fast_exp(Vec::loadu(s + q) * vie - vs).store(e + q);
+    for (; q < n; ++q) e[q] = std::exp(s[q] * ie - hi);
+  }
+
+  static float dot(const float* e, const float* b, int64_t n) {
+    Vec a0(0.f), a1(0.f);
+    int64_t q = 0;
+    for (; q + 2 * W <= n; q += 2 * W) {
+      a0 = at::vec::fmadd(Vec::loadu(e + q), Vec::loadu(b + q), a0);
+      a1 = at::vec::fmadd(Vec::loadu(e + q + W), Vec::loadu(b + q + W), a1);
+    }
+    float acc = hsum(a0 + a1);
+    for (; q < n; ++q) acc = std::fma(e[q], b[q], acc);
+    return acc;
+  }
+
+  // out_k = (e_k·b_k)·a (out may alias e)
+  static void scaled_row(const float* e, const float* b, float a, float* out, int64_t n) {
+    const Vec va(a);
+    int64_t q = 0;
+    for (; q + W <= n; q += W) ((Vec::loadu(e + q) * Vec::loadu(b + q)) * va).store(out + q);
+    for (; q < n; ++q) out[q] = (e[q] * b[q]) * a;
+  }
+};
+
 // Fill dst (rows × n, contiguous) with float copies of src rows (any floating dtype).
 template <typename T>
 inline void rows_to_float(const T* src, float* dst, int64_t count) {

@@ -13,6 +13,10 @@ Tensor sinkhorn_col_lse(const Tensor& scores, const Tensor& u, double inv_eps);
 Pair sinkhorn_row_step(const Tensor& scores, const Tensor& v, double inv_eps, double log_m);
 Tensor sinkhorn_assign(const Tensor& scores, const Tensor& v, double inv_eps);
 Tensor sinkhorn_plan(const Tensor& scores, const Tensor& u, const Tensor& v, double inv_eps, double log_m);
+std::tuple<Tensor, Tensor, Tensor, Tensor> sinkhorn_solve_dense(const Tensor& scores, double inv_eps, int64_t n_iters,
+                                                                double tol, int64_t check_every, bool want_plan);
+Pair sinkhorn_assign_entropy(const Tensor& scores, const Tensor& v, double inv_eps, bool entropy);
+Pair streaming_assign_entropy(const Tensor& x, const Tensor& c, const Tensor& v, double inv_eps, bool entropy);
 Tensor streaming_col_lse(const Tensor& x, const Tensor& c, const Tensor& u, double inv_eps);
 Pair streaming_row_step(const Tensor& x, const Tensor& c, const Tensor& v, double inv_eps, double log_m);
 Tensor streaming_assign(const Tensor& x, const Tensor& c, const Tensor& v, double inv_eps);
@@ -31,6 +35,10 @@ TORCH_LIBRARY(sigma_kernels_ext, m) {
   m.def("sinkhorn_row_step(Tensor scores, Tensor v, float inv_eps, float log_m) -> (Tensor, Tensor)");
   m.def("sinkhorn_assign(Tensor scores, Tensor v, float inv_eps) -> Tensor");
   m.def("sinkhorn_plan(Tensor scores, Tensor u, Tensor v, float inv_eps, float log_m) -> Tensor");
+  m.def("sinkhorn_solve_dense(Tensor scores, float inv_eps, int n_iters, float tol, int check_every, bool want_plan)"
+        " -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("sinkhorn_assign_entropy(Tensor scores, Tensor v, float inv_eps, bool entropy) -> (Tensor, Tensor)");
+  m.def("streaming_assign_entropy(Tensor x, Tensor c, Tensor v, float inv_eps, bool entropy) -> (Tensor, Tensor)");
   m.def("streaming_col_lse(Tensor x, Tensor c, Tensor u, float inv_eps) -> Tensor");
   m.def("streaming_row_step(Tensor x, Tensor c, Tensor v, float inv_eps, float log_m) -> (Tensor, Tensor)");
   m.def("streaming_assign(Tensor x, Tensor c, Tensor v, float inv_eps) -> Tensor");
@@ -49,6 +57,9 @@ TORCH_LIBRARY_IMPL(sigma_kernels_ext, CPU, m) {
   m.impl("sinkhorn_row_step", &sigma_cpu::sinkhorn_row_step);
   m.impl("sinkhorn_assign", &sigma_cpu::sinkhorn_assign);
   m.impl("sinkhorn_plan", &sigma_cpu::sinkhorn_plan);
+  m.impl("sinkhorn_solve_dense", &sigma_cpu::sinkhorn_solve_dense);
+  m.impl("sinkhorn_assign_entropy", &sigma_cpu::sinkhorn_assign_entropy);
+  m.impl("streaming_assign_entropy", &sigma_cpu::streaming_assign_entropy);
   m.impl("streaming_col_lse", &sigma_cpu::streaming_col_lse);
   m.impl("streaming_row_step", &sigma_cpu::streaming_row_step);
   m.impl("streaming_assign", &sigma_cpu::streaming_assign);

@@ -12,6 +12,8 @@
 #include "rows_avx512.h"
 #include "sigma_common.h"
 
+#include <ATen/ops/full.h>
+
 #include <algorithm>
 #include <tuple>
 #include <type_traits>
@@ -65,25 +67,9 @@ Buffers thread_buffers(int64_t per_thread, bool needed) {
   return Buffers{needed ? at::empty({at::get_num_threads() * per_thread}, at::kFloat) : at::empty({0}, at::kFloat)};
 }
 
-// col_k = sum_j e[j]·alpha[j] + col_k over gn rows of e (row stride k); fma, in row order.
-inline void fold_rows(float* col, const float* e, const float* alpha, int64_t gn, int64_t k) {
-  const int64_t W = Vec::size();
-  int64_t q = 0;
-  for (; q + W <= k; q += W) {
-    Vec acc = Vec::loadu(col + q);
-    for (int64_t j = 0; j < gn; ++j) acc = at::vec::fmadd(Vec::loadu(e + j * k + q), Vec(alpha[j]), acc);
-    acc.store(col + q);
-  }
-  for (; q < k; ++q) {
-    float acc = col[q];
-    for (int64_t j = 0; j < gn; ++j) acc = std::fma(e[j * k + q], alpha[j], acc);
-    col[q] = acc;
-  }
-}
-
 // Exact column LSE_i(S_ik·ie + u_i): per chunk a column max pass then a shifted exp-sum pass
 // over the (cached) chunk, chunks merged in order with rescaling.
-template <class Source>
+template <class Rows, class Source>
 at::Tensor col_lse_impl(const Source& src, int64_t m, int64_t k, const float* u, float ie) {
   const int64_t nch = num_chunks(m, Source::chunk);
   at::Tensor pmax = at::empty({nch, k}, at::kFloat), psum = at::empty({nch, k}, at::kFloat);
@@ -91,8 +77,6 @@ at::Tensor col_lse_impl(const Source& src, int64_t m, int64_t k, const float* u,
   float* ps = psum.data_ptr<float>();
   Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
   at::Tensor shifts_t = at::empty({at::get_num_threads() * k}, at::kFloat);
-  const bool wide = avx512::supported();
-  const int64_t W = Vec::size();
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* sh = shifts_t.data_ptr<float>() + tid * k;
@@ -103,45 +87,11 @@ at::Tensor col_lse_impl(const Source& src, int64_t m, int64_t k, const float* u,
       float* cs = ps + ch * k;
       std::fill(cm, cm + k, -std::numeric_limits<float>::infinity());
       std::fill(cs, cs + k, 0.f);
-      const Vec vie(ie);
-      if (wide) {
-        for (int64_t i = 0; i < n; ++i) avx512::col_max_row(tile + i * k, ie, u[r0 + i], cm, k);
-      } else {
-        for (int64_t i = 0; i < n; ++i) {
-          const float* row = tile + i * k;
-          const Vec vu(u[r0 + i]);
-          int64_t q = 0;
-          for (; q + W <= k; q += W)
-            fast_max(Vec::loadu(cm + q), Vec::loadu(row + q) * vie + vu).store(cm + q);
-          for (; q < k; ++q) cm[q] = std::fmax(cm[q], row[q] * ie + u[r0 + i]);
-        }
-      }
+      for (int64_t i = 0; i < n; ++i) Rows::col_max_row(tile + i * k, ie, u[r0 + i], cm, k);
       for (int64_t q = 0; q < k; ++q) sh[q] = lse_shift(cm[q]);
-      if (wide) {
-        // 8 rows per sweep: the column sums stay in registers across them
-        for (int64_t i = 0; i < n; i += 8)
-          avx512::col_expsum_rows(tile + i * k, std::min<int64_t>(8, n - i), k, ie, u + r0 + i, sh, cs, k);
-        continue;
-      }
-      for (int64_t i = 0; i < n; ++i) {
-        const float* row = tile + i * k;
-        const Vec vu(u[r0 + i]);
-        int64_t q = 0;
-        for (; q + W <= k; q += W) {
-          Vec ex = fast_exp(Vec::loadu(row + q) * vie + vu - Vec::loadu(sh + q));
-          (Vec::loadu(cs + q) + ex).store(cs + q);
-        }
-        if (q < k) {
-          float tail[Vec::size()], shv[Vec::size()] = {0};
-          float xs[Vec::size()] = {0};
-          for (int64_t j = 0; q + j < k; ++j) {
-            xs[j] = row[q + j] * ie + u[r0 + i];
-            shv[j] = sh[q + j];
-          }
-          fast_exp(Vec::loadu(xs) - Vec::loadu(shv)).store(tail);
-          for (int64_t j = 0; q + j < k; ++j) cs[q + j] += tail[j];
-        }
-      }
+      // 8 rows per sweep: the column sums stay in registers across them
+      for (int64_t i = 0; i < n; i += 8)
+        Rows::col_expsum_rows(tile + i * k, std::min<int64_t>(8, n - i), k, ie, u + r0 + i, sh, cs, k);
     }
   });
   at::Tensor out = at::empty({k}, at::kFloat);
@@ -163,7 +113,7 @@ at::Tensor col_lse_impl(const Source& src, int64_t m, int64_t k, const float* u,
 }
 
 // One fused pass: u_i = -log_m - LSE_k(S_ik·ie + v_k) and col_k = LSE_i(S_ik·ie + u_i).
-template <class Source>
+template <class Rows, class Source>
 std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, int64_t k, const float* v, float ie,
                                                  double log_m) {
   const int64_t nch = num_chunks(m, Source::chunk);
@@ -174,7 +124,6 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
   Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
   Buffers ebufs = thread_buffers(kFoldRows * k, true);
   const float neg_log_m = (float)(-log_m);
-  const bool wide = avx512::supported();
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* eb = ebufs.get(tid, kFoldRows * k);
@@ -187,27 +136,14 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
         const int64_t gn = std::min(kFoldRows, n - g);
         float alpha[kFoldRows];
         for (int64_t j = 0; j < gn; ++j) {
-          float* ej = eb + j * k;
           const float* srow = tile + (g + j) * k;
-          float mx, sh, sum;
-          if (wide) {
-            // the row is re-read from L1 by the exp pass instead of storing S·ie + v
-            mx = avx512::row_max(srow, ie, v, k);
-            sh = lse_shift(mx);
-            sum = avx512::row_exp_sum(srow, ie, v, sh, ej, k, g + j + 1 < n ? srow + k : nullptr);
-          } else {
-            mx = scale_add_max(srow, ie, v, ej, k);
-            sh = lse_shift(mx);
-            sum = exp_shift_sum_inplace(ej, sh, k);
-          }
+          float sh;
+          const float sum = Rows::row_exp(srow, ie, v, eb + j * k, k, g + j + 1 < n ? srow + k : nullptr, &sh);
           const float ui = neg_log_m - (sh + std::log(sum));
           u[r0 + g + j] = ui;
           alpha[j] = (float)std::exp((double)ui + (double)sh);
         }
-        if (wide)
-          avx512::fold_rows(col, eb, alpha, gn, k);
-        else
-          fold_rows(col, eb, alpha, gn, k);
+        Rows::fold_rows(col, eb, alpha, gn, k);
       }
     }
   });
@@ -225,7 +161,7 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
     }
   });
   if (std::find(flagged.begin(), flagged.end(), 1) != flagged.end()) {
-    at::Tensor exact = col_lse_impl(src, m, k, u, ie);
+    at::Tensor exact = col_lse_impl<Rows>(src, m, k, u, ie);
     const float* ex = exact.data_ptr<float>();
     for (int64_t q = 0; q < k; ++q)
       if (flagged[q]) col[q] = ex[q];
@@ -233,34 +169,245 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
   return {u_t, col_t};
 }
 
-// argmax_k (S_ik·ie + v_k), ties -> lowest index.
-template <class Source>
-at::Tensor assign_impl(const Source& src, int64_t m, int64_t k, const float* v, float ie) {
+// argmax_k (S_ik·ie + v_k), ties -> lowest index; with `entropy`, also Σ_i H(softmax_k(S_ik·ie + v_k))
+// (summed per chunk in double, chunks in order: independent of the thread count).
+template <class Rows, class Source>
+std::tuple<at::Tensor, at::Tensor> assign_impl(const Source& src, int64_t m, int64_t k, const float* v, float ie,
+                                               bool entropy) {
   const int64_t nch = num_chunks(m, Source::chunk);
   at::Tensor out = at::empty({m}, at::kLong);
   int64_t* o = out.data_ptr<int64_t>();
+  std::vector<double> hsums(nch, 0.0);
   Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
   Buffers rbufs = thread_buffers(k, true);
-  const bool wide = avx512::supported();
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* rb = rbufs.get(tid, k);
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t r0 = ch * Source::chunk, n = std::min(Source::chunk, m - r0);
       const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
+      double hs = 0.0;
       for (int64_t i = 0; i < n; ++i) {
-        const float mx = wide ? avx512::scale_add_max(tile + i * k, ie, v, rb, k) : scale_add_max(tile + i * k, ie, v, rb, k);
-        int64_t q = 0;
-        if (wide) {
-          q = avx512::first_at_least(rb, mx, k);
+        if (entropy) {
+          float h;
+          o[r0 + i] = Rows::argmax_entropy(tile + i * k, ie, v, rb, k, &h);
+          hs += h;
         } else {
-          while (q < k - 1 && rb[q] < mx) ++q;  // first index reaching the max
+          o[r0 + i] = Rows::argmax(tile + i * k, ie, v, rb, k);
         }
-        o[r0 + i] = q;
+      }
+      hsums[ch] = hs;
+    }
+  });
+  double total = 0.0;
+  for (double h : hsums) total += h;
+  return {out, entropy ? at::full({}, total, at::kFloat) : at::empty({0}, at::kFloat)};
+}
+
+template <class Rows, class Source>
+void plan_impl(const Source& src, int64_t m, int64_t k, const float* pu, const float* pv, float ie, float lm,
+               float* po) {
+  Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
+  at::parallel_for(0, num_chunks(m, Source::chunk), 1, [&](int64_t b, int64_t e) {
+    const int64_t tid = at::get_thread_num();
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t r0 = ch * Source::chunk, n = std::min(Source::chunk, m - r0);
+      const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
+      for (int64_t i = 0; i < n; ++i) Rows::plan_row(tile + i * k, ie, pu[r0 + i], pv, lm, po + (r0 + i) * k, k);
+    }
+  });
+}
+
+// Σ_k |exp(v_k + col_k) - 1/K| (the column marginal error of the plan, as _sinkhorn_loop.py)
+float marginal_error(const float* v, const float* col, int64_t k, double log_k) {
+  const float target = (float)std::exp(-log_k);
+  float err = 0.f;
+  for (int64_t q = 0; q < k; ++q) err += std::fabs(std::exp(v[q] + col[q]) - target);
+  return err;
+}
+
+// ---- Exp-domain Sinkhorn on stored scores ------------------------------------------------------
+//
+// E_ik = exp(S_ik·ε⁻¹ − r_i), r_i = max_k S_ik·ε⁻¹, is computed once (one exp per score per
+// solve). With b_k = exp(v_k − max v) the token step is a matrix-vector product and the
+// prototype sums a weighted column sum, both on E (one read of E per iteration, no exp):
+//   R_i = Σ_k E_ik b_k,   u_i = −log M − (r_i + max v + log R_i),
+//   col_k = LSE_i(S_ik·ε⁻¹ + u_i) = −log M − max v + log Σ_i E_ik / R_i.
+// The potentials stay logarithms (u, v as in the log domain), so scalings never leave the float
+// range. Exactness guards (everything else is fp32 rounding of the same sums):
+// - every E_ik is a normal float when the score range (max S − min S)·ε⁻¹ ≤ kMaxExpRange; else
+//   the whole solve runs in the log domain (e.g. ε = 1e-3);
+// - a row sum R_i < K·1e-30 or a column sum < M·1e-30 could have lost terms below FLT_MIN: that
+//   iteration is redone in the log domain and the solve stays there (rows), or those columns
+//   are recomputed exactly (columns), as in row_step_impl.
+// The plan is then Q_ik = M·exp(S_ik·ε⁻¹ + u_i + v_k) = E_ik·b_k / R_i, written over E.
+constexpr float kMaxExpRange = 80.f;
+
+template <class Rows, class Source>
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(const Source& src, int64_t m, int64_t k,
+                                                                            float ie, int64_t n_iters, double tol,
+                                                                            int64_t check_every, bool want_plan) {
+  const double log_m = std::log((double)m), log_k = std::log((double)k);
+  const int64_t chunk = kRowChunk;
+  const int64_t nch = num_chunks(m, chunk);
+  at::Tensor e_t = at::empty({m, k}, at::kFloat);
+  at::Tensor r_t = at::empty({m}, at::kFloat), rs_t = at::empty({m}, at::kFloat);
+  at::Tensor partial = at::empty({nch, k}, at::kFloat);
+  float* E = e_t.data_ptr<float>();
+  float* r = r_t.data_ptr<float>();
+  float* R = rs_t.data_ptr<float>();
+  float* pc = partial.data_ptr<float>();
+  std::vector<float> gch(nch);
+  std::vector<char> range_ok(nch, 1);
+  Buffers tiles = thread_buffers(chunk * k, src.needs_buffer());
+
+  // E, r and the chunk partials of Σ_i E_ik·exp(r_i − g_c) (the initial column LSE at u = 0)
+  at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
+    const int64_t tid = at::get_thread_num();
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t r0 = ch * chunk, n = std::min(chunk, m - r0);
+      const float* tile = src.rows(r0, n, tiles.get(tid, chunk * k));
+      float g = -std::numeric_limits<float>::infinity();
+      bool ok = true;
+      for (int64_t i = 0; i < n; ++i) {
+        float mx, mn;
+        Rows::exp_row(tile + i * k, ie, E + (r0 + i) * k, k, &mx, &mn);
+        r[r0 + i] = mx;
+        ok = ok && (mx - mn <= kMaxExpRange);  // false for NaN and infinities
+        g = std::fmax(g, mx);
+      }
+      range_ok[ch] = ok;
+      gch[ch] = g;
+      if (!ok) continue;
+      float* col = pc + ch * k;
+      std::fill(col, col + k, 0.f);
+      for (int64_t i = 0; i < n; i += kFoldRows) {
+        const int64_t gn = std::min(kFoldRows, n - i);
+        float alpha[kFoldRows];
+        for (int64_t j = 0; j < gn; ++j) alpha[j] = (float)std::exp((double)r[r0 + i + j] - (double)g);
+        Rows::fold_rows(col, E + (r0 + i) * k, alpha, gn, k);
       }
     }
   });
-  return out;
+  bool exp_mode = std::all_of(range_ok.begin(), range_ok.end(), [](char c) { return c != 0; });
+  float gmax = -std::numeric_limits<float>::infinity();
+  for (float g : gch) gmax = std::fmax(gmax, g);
+  exp_mode = exp_mode && std::isfinite(gmax) && std::abs(gmax - *std::min_element(gch.begin(), gch.end())) <= kMaxExpRange;
+
+  at::Tensor u_t = at::zeros({m}, at::kFloat), col_t = at::empty({k}, at::kFloat);
+  float* u = u_t.data_ptr<float>();
+  float* col = col_t.data_ptr<float>();
+  std::vector<char> flagged(k, 0);
+  // Column sums of the chunk partials (scaled by exp(g_c − gmax) when scales differ); flags small ones.
+  auto merge_cols = [&](const std::vector<double>& scale, double offset) {
+    const double threshold = (double)m * 1e-30;
+    at::parallel_for(0, k, 256, [&](int64_t b, int64_t e) {
+      for (int64_t q = b; q < e; ++q) {
+        double s = 0.0;
+        for (int64_t ch = 0; ch < nch; ++ch) s += (double)pc[ch * k + q] * scale[ch];
+        flagged[q] = !(s >= threshold);
+        col[q] = (float)(offset + std::log(s));
+      }
+    });
+    return std::find(flagged.begin(), flagged.end(), 1) != flagged.end();
+  };
+  auto fix_cols = [&]() {
+    at::Tensor exact = col_lse_impl<Rows>(src, m, k, u, ie);
+    const float* ex = exact.data_ptr<float>();
+    for (int64_t q = 0; q < k; ++q)
+      if (flagged[q]) col[q] = ex[q];
+  };
+  if (exp_mode) {
+    std::vector<double> scale(nch);
+    for (int64_t ch = 0; ch < nch; ++ch) scale[ch] = std::exp((double)gch[ch] - (double)gmax);
+    if (merge_cols(scale, (double)gmax)) fix_cols();
+  } else {
+    e_t = at::Tensor();  // not needed in the log domain
+    col_t = col_lse_impl<Rows>(src, m, k, u, ie);
+    col = col_t.data_ptr<float>();
+  }
+
+  at::Tensor v_t = at::empty({k}, at::kFloat);
+  float* v = v_t.data_ptr<float>();
+  std::vector<float> bvec(k);
+  const std::vector<double> ones(nch, 1.0);
+  float vmax = 0.f;
+  for (int64_t it = 1; it <= n_iters; ++it) {
+    for (int64_t q = 0; q < k; ++q) v[q] = (float)(-log_k) - col[q];
+    bool done = false;
+    if (exp_mode) {
+      vmax = -std::numeric_limits<float>::infinity();
+      for (int64_t q = 0; q < k; ++q) vmax = std::fmax(vmax, v[q]);
+      if (std::isfinite(vmax)) {
+        for (int64_t q = 0; q < k; ++q) bvec[q] = (float)std::exp((double)v[q] - (double)vmax);
+        const float* bv = bvec.data();
+        const float rmin = (float)k * 1e-30f;
+        std::vector<char> row_bad(nch, 0);
+        const float neg_log_m = (float)(-log_m);
+        at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
+          for (int64_t ch = b; ch < e; ++ch) {
+            const int64_t r0 = ch * chunk, n = std::min(chunk, m - r0);
+            float* pcol = pc + ch * k;
+            std::fill(pcol, pcol + k, 0.f);
+            bool bad = false;
+            for (int64_t i = 0; i < n; i += kFoldRows) {
+              const int64_t gn = std::min(kFoldRows, n - i);
+              float alpha[kFoldRows];
+              for (int64_t j = 0; j < gn; ++j) {
+                const int64_t row = r0 + i + j;
+                const float s = Rows::dot(E + row * k, bv, k);
+                bad = bad || !(s >= rmin);
+                R[row] = s;
+                alpha[j] = 1.f / s;
+                u[row] = neg_log_m - ((r[row] + vmax) + std::log(s));
+              }
+              Rows::fold_rows(pcol, E + (r0 + i) * k, alpha, gn, k);
+            }
+            row_bad[ch] = bad;
+          }
+        });
+        if (std::none_of(row_bad.begin(), row_bad.end(), [](char c) { return c != 0; })) {
+          if (merge_cols(ones, -log_m - (double)vmax)) fix_cols();
+          done = true;
+        }
+      }
+      if (!done) {
+        exp_mode = false;  // the log domain from here on (exact for any range)
+        e_t = at::Tensor();
+      }
+    }
+    if (!done) {
+      auto [nu, ncol] = row_step_impl<Rows>(src, m, k, v, ie, log_m);
+      u_t = nu;
+      col_t = ncol;
+      u = u_t.data_ptr<float>();
+      col = col_t.data_ptr<float>();
+    }
+    if (tol > 0 && it % check_every == 0 && it < n_iters && marginal_error(v, col, k, log_k) <= tol) break;
+  }
+  at::Tensor err = at::full({}, marginal_error(v, col, k, log_k), at::kFloat);
+  at::Tensor plan = at::empty({0}, at::kFloat);
+  if (want_plan) {
+    if (exp_mode) {
+      // Q_ik = E_ik·b_k / R_i, in place over E (R and b belong to the final v)
+      const float* bv = bvec.data();
+      at::parallel_for(0, m, 64, [&](int64_t b, int64_t e) {
+        for (int64_t i = b; i < e; ++i) Rows::scaled_row(E + i * k, bv, 1.f / R[i], E + i * k, k);
+      });
+      plan = e_t;
+    } else {
+      plan = at::empty({m, k}, at::kFloat);
+      plan_impl<Rows>(src, m, k, u, v, ie, (float)log_m, plan.data_ptr<float>());
+    }
+  }
+  return {u_t, v_t, err, plan};
+}
+
+// Calls f(Rows{}) with the row kernels of this CPU: AVX-512 unless unsupported or disabled.
+template <typename F>
+auto with_rows(F&& f) {
+  if (avx512::supported()) return f(Avx512Rows{});
+  return f(Avx2Rows{});
 }
 
 template <typename F>
@@ -293,8 +440,10 @@ FactorScores checked_factors(const at::Tensor& x, const at::Tensor& c) {
 at::Tensor sinkhorn_col_lse(const at::Tensor& scores, const at::Tensor& u, double inv_eps) {
   at::Tensor s = checked_scores(scores);
   at::Tensor uf = as_float_vector(u, s.size(0), "u");
-  return dispatch_dense(s, [&](const auto& src) {
-    return col_lse_impl(src, s.size(0), s.size(1), uf.data_ptr<float>(), (float)inv_eps);
+  return with_rows([&](auto rows) {
+    return dispatch_dense(s, [&](const auto& src) {
+      return col_lse_impl<decltype(rows)>(src, s.size(0), s.size(1), uf.data_ptr<float>(), (float)inv_eps);
+    });
   });
 }
 
@@ -302,17 +451,26 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_row_step(const at::Tensor& scores, c
                                                      double log_m) {
   at::Tensor s = checked_scores(scores);
   at::Tensor vf = as_float_vector(v, s.size(1), "v");
-  return dispatch_dense(s, [&](const auto& src) {
-    return row_step_impl(src, s.size(0), s.size(1), vf.data_ptr<float>(), (float)inv_eps, log_m);
+  return with_rows([&](auto rows) {
+    return dispatch_dense(s, [&](const auto& src) {
+      return row_step_impl<decltype(rows)>(src, s.size(0), s.size(1), vf.data_ptr<float>(), (float)inv_eps, log_m);
+    });
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> sinkhorn_assign_entropy(const at::Tensor& scores, const at::Tensor& v,
+                                                           double inv_eps, bool entropy) {
+  at::Tensor s = checked_scores(scores);
+  at::Tensor vf = as_float_vector(v, s.size(1), "v");
+  return with_rows([&](auto rows) {
+    return dispatch_dense(s, [&](const auto& src) {
+      return assign_impl<decltype(rows)>(src, s.size(0), s.size(1), vf.data_ptr<float>(), (float)inv_eps, entropy);
+    });
   });
 }
 
 at::Tensor sinkhorn_assign(const at::Tensor& scores, const at::Tensor& v, double inv_eps) {
-  at::Tensor s = checked_scores(scores);
-  at::Tensor vf = as_float_vector(v, s.size(1), "v");
-  return dispatch_dense(s, [&](const auto& src) {
-    return assign_impl(src, s.size(0), s.size(1), vf.data_ptr<float>(), (float)inv_eps);
-  });
+  return std::get<0>(sinkhorn_assign_entropy(scores, v, inv_eps, false));
 }
 
 at::Tensor sinkhorn_plan(const at::Tensor& scores, const at::Tensor& u, const at::Tensor& v, double inv_eps,
@@ -321,60 +479,59 @@ at::Tensor sinkhorn_plan(const at::Tensor& scores, const at::Tensor& u, const at
   const int64_t m = s.size(0), k = s.size(1);
   at::Tensor uf = as_float_vector(u, m, "u"), vf = as_float_vector(v, k, "v");
   at::Tensor out = at::empty({m, k}, at::kFloat);
-  const float ie = (float)inv_eps, lm = (float)log_m;
-  const float* pu = uf.data_ptr<float>();
-  const float* pv = vf.data_ptr<float>();
-  float* po = out.data_ptr<float>();
-  dispatch_dense(s, [&](const auto& src) {
-    using Source = std::decay_t<decltype(src)>;
-    const bool wide = avx512::supported();
-    Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
-    at::parallel_for(0, num_chunks(m, Source::chunk), 1, [&](int64_t b, int64_t e) {
-      const int64_t tid = at::get_thread_num();
-      const int64_t W = Vec::size();
-      for (int64_t ch = b; ch < e; ++ch) {
-        const int64_t r0 = ch * Source::chunk, n = std::min(Source::chunk, m - r0);
-        const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
-        for (int64_t i = 0; i < n; ++i) {
-          const float* row = tile + i * k;
-          float* orow = po + (r0 + i) * k;
-          if (wide) {
-            avx512::plan_row(row, ie, pu[r0 + i], pv, lm, orow, k);
-            continue;
-          }
-          const Vec vie(ie), vu(pu[r0 + i]), vlm(lm);
-          // ((S·ie + u_i) + v_k) + log_m, rounded step by step as in the reference
-          int64_t q = 0;
-          for (; q + W <= k; q += W) (((Vec::loadu(row + q) * vie + vu) + Vec::loadu(pv + q)) + vlm).exp().store(orow + q);
-          if (q < k) {
-            const int64_t r = k - q;
-            (((Vec::loadu(row + q, r) * vie + vu) + Vec::loadu(pv + q, r)) + vlm).exp().store(orow + q, r);
-          }
-        }
-      }
+  with_rows([&](auto rows) {
+    return dispatch_dense(s, [&](const auto& src) {
+      plan_impl<decltype(rows)>(src, m, k, uf.data_ptr<float>(), vf.data_ptr<float>(), (float)inv_eps, (float)log_m,
+                                out.data_ptr<float>());
+      return 0;
     });
-    return 0;
   });
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_solve_dense(const at::Tensor& scores,
+                                                                                double inv_eps, int64_t n_iters,
+                                                                                double tol, int64_t check_every,
+                                                                                bool want_plan) {
+  at::Tensor s = checked_scores(scores);
+  TORCH_CHECK(s.size(0) > 0, "scores must have at least one row (M > 0)");
+  TORCH_CHECK(n_iters >= 1 && check_every >= 1, "n_iters and check_every must be >= 1");
+  return with_rows([&](auto rows) {
+    return dispatch_dense(s, [&](const auto& src) {
+      return solve_dense_impl<decltype(rows)>(src, s.size(0), s.size(1), (float)inv_eps, n_iters, tol, check_every,
+                                              want_plan);
+    });
+  });
 }
 
 at::Tensor streaming_col_lse(const at::Tensor& x, const at::Tensor& c, const at::Tensor& u, double inv_eps) {
   FactorScores src = checked_factors(x, c);
   at::Tensor uf = as_float_vector(u, x.size(0), "u");
-  return col_lse_impl(src, x.size(0), c.size(0), uf.data_ptr<float>(), (float)inv_eps);
+  return with_rows([&](auto rows) {
+    return col_lse_impl<decltype(rows)>(src, x.size(0), c.size(0), uf.data_ptr<float>(), (float)inv_eps);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor> streaming_row_step(const at::Tensor& x, const at::Tensor& c, const at::Tensor& v,
                                                       double inv_eps, double log_m) {
   FactorScores src = checked_factors(x, c);
   at::Tensor vf = as_float_vector(v, c.size(0), "v");
-  return row_step_impl(src, x.size(0), c.size(0), vf.data_ptr<float>(), (float)inv_eps, log_m);
+  return with_rows([&](auto rows) {
+    return row_step_impl<decltype(rows)>(src, x.size(0), c.size(0), vf.data_ptr<float>(), (float)inv_eps, log_m);
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> streaming_assign_entropy(const at::Tensor& x, const at::Tensor& c,
+                                                            const at::Tensor& v, double inv_eps, bool entropy) {
+  FactorScores src = checked_factors(x, c);
+  at::Tensor vf = as_float_vector(v, c.size(0), "v");
+  return with_rows([&](auto rows) {
+    return assign_impl<decltype(rows)>(src, x.size(0), c.size(0), vf.data_ptr<float>(), (float)inv_eps, entropy);
+  });
 }
 
 at::Tensor streaming_assign(const at::Tensor& x, const at::Tensor& c, const at::Tensor& v, double inv_eps) {
-  FactorScores src = checked_factors(x, c);
-  at::Tensor vf = as_float_vector(v, c.size(0), "v");
-  return assign_impl(src, x.size(0), c.size(0), vf.data_ptr<float>(), (float)inv_eps);
+  return std::get<0>(streaming_assign_entropy(x, c, v, inv_eps, false));
 }
 
 }  // namespace sigma_cpu

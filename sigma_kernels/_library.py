@@ -5,6 +5,7 @@ running it, and the cross-entropy ops have autograd formulas whose backward is i
 custom op (the backward recomputes logits tile by tile in the fused backends).
 Validation and backend choice happen in the public functions, before these are called.
 """
+import math
 from typing import Tuple
 
 import torch
@@ -27,6 +28,8 @@ def _vec(t, n, dtype):
 def sinkhorn_solve(scores: Tensor, inv_eps: float, n_iters: int, tol: float, check_every: int,
                    backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     b = get_backend(backend)
+    if b.sinkhorn_solve_dense is not None:
+        return tuple(b.sinkhorn_solve_dense(scores, inv_eps, n_iters, tol, check_every, False)[:3])
     m, k = scores.shape
     return run_sinkhorn(b.sinkhorn_col_lse, b.sinkhorn_row_step, (scores,), m, k, inv_eps, n_iters,
                         tol=tol, check_every=check_every, dtype=compute_dtype(scores))
@@ -60,6 +63,43 @@ def sinkhorn_plan(scores: Tensor, u: Tensor, v: Tensor, inv_eps: float, log_m: f
 @sinkhorn_plan.register_fake
 def _(scores, u, v, inv_eps, log_m, backend):
     return scores.new_empty(scores.shape, dtype=compute_dtype(scores))
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_transport", mutates_args=())
+def sinkhorn_transport(scores: Tensor, inv_eps: float, n_iters: int, tol: float, check_every: int,
+                       backend: str) -> Tensor:
+    """The plan Q (M, K) of a solve: one fused call where the backend has one, else solve + plan."""
+    b = get_backend(backend)
+    if b.sinkhorn_solve_dense is not None:
+        return b.sinkhorn_solve_dense(scores, inv_eps, n_iters, tol, check_every, True)[3]
+    u, v, _ = sinkhorn_solve(scores, inv_eps, n_iters, tol, check_every, backend)
+    return b.sinkhorn_plan(scores, u, v, inv_eps, math.log(scores.shape[0]))
+
+
+@sinkhorn_transport.register_fake
+def _(scores, inv_eps, n_iters, tol, check_every, backend):
+    return scores.new_empty(scores.shape, dtype=compute_dtype(scores))
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_assign_entropy", mutates_args=())
+def sinkhorn_assign_entropy(scores: Tensor, v: Tensor, inv_eps: float, backend: str) -> Tuple[Tensor, Tensor]:
+    return tuple(get_backend(backend).sinkhorn_assign_entropy(scores, v, inv_eps))
+
+
+@sinkhorn_assign_entropy.register_fake
+def _(scores, v, inv_eps, backend):
+    return _vec(scores, scores.shape[0], torch.int64), scores.new_empty((), dtype=compute_dtype(scores))
+
+
+@torch.library.custom_op(f"{_NS}::sinkhorn_assign_entropy_streaming", mutates_args=())
+def sinkhorn_assign_entropy_streaming(x: Tensor, c: Tensor, v: Tensor, inv_eps: float,
+                                      backend: str) -> Tuple[Tensor, Tensor]:
+    return tuple(get_backend(backend).streaming_assign_entropy(x, c, v, inv_eps))
+
+
+@sinkhorn_assign_entropy_streaming.register_fake
+def _(x, c, v, inv_eps, backend):
+    return _vec(x, x.shape[0], torch.int64), x.new_empty((), dtype=compute_dtype(x, c))
 
 
 @torch.library.custom_op(f"{_NS}::sinkhorn_assign", mutates_args=())

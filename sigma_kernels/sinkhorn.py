@@ -3,7 +3,6 @@
 All functions run without autograd (Sinkhorn targets are constants of the loss) and return
 float32 tensors (float64 for float64 input).
 """
-import math
 from typing import NamedTuple
 
 import torch
@@ -57,8 +56,10 @@ def sinkhorn_potentials(scores, epsilon=0.05, n_iters=3, *, tol=None, check_ever
 
 def sinkhorn(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
     """Balanced assignment Q (M, K): rows sum to 1, columns to M/K (at convergence)."""
-    s, inv_eps, name, (u, v, _) = _solve_scores(scores, epsilon, n_iters, tol, check_every, backend)
-    return lib.sinkhorn_plan(s, u, v, inv_eps, math.log(s.shape[0]), name)
+    val.check_matrix("scores", scores)
+    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    name = resolve_backend(backend, scores.device, scores.dtype)
+    return lib.sinkhorn_transport(scores.detach(), inv_eps, n_iters, tol, check_every, name)
 
 
 def sinkhorn_assign(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
@@ -67,16 +68,20 @@ def sinkhorn_assign(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5,
     return lib.sinkhorn_assign(s, v, inv_eps, name)
 
 
-def sinkhorn_assign_from_potentials(scores, v, epsilon, *, backend="auto"):
+def sinkhorn_assign_from_potentials(scores, v, epsilon, *, return_entropy=False, backend="auto"):
     """Hard labels argmax_k (S_ik/ε + v_k) (int64 (M,)) of an already solved Sinkhorn, given its
     prototype potentials v (K,) (e.g. `sinkhorn_solve(...).v`); Q's rows are softmax_k(S_i/ε + v),
-    so v alone fixes them."""
+    so v alone fixes them. return_entropy=True returns (labels, Σ_i H(Q_i·)) with the rows'
+    entropies (nats) summed into a 0-d float tensor, computed in the same pass over the scores."""
     val.check_matrix("scores", scores)
     val.check_vector("v", v, scores.shape[1])
     val.check_same_device(scores=scores, v=v)
     inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
     name = resolve_backend(backend, scores.device, scores.dtype)
-    return lib.sinkhorn_assign(scores.detach(), v.detach().to(compute_dtype(scores)), inv_eps, name)
+    v = v.detach().to(compute_dtype(scores))
+    if return_entropy:
+        return lib.sinkhorn_assign_entropy(scores.detach(), v, inv_eps, name)
+    return lib.sinkhorn_assign(scores.detach(), v, inv_eps, name)
 
 
 def normalize_rows(z):
@@ -105,13 +110,17 @@ def sinkhorn_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True
     return SinkhornResult(*lib.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name))
 
 
-def sinkhorn_assign_from_potentials_streaming(z, prototypes, v, epsilon, *, normalize=True, backend="auto"):
+def sinkhorn_assign_from_potentials_streaming(z, prototypes, v, epsilon, *, normalize=True, return_entropy=False,
+                                              backend="auto"):
     """`sinkhorn_assign_from_potentials` for S = normalize(z)·prototypesᵀ, never storing S
-    (fused backends): int64 (M,) labels argmax_k (S_ik/ε + v_k)."""
+    (fused backends): int64 (M,) labels argmax_k (S_ik/ε + v_k) (and the entropy sum with
+    return_entropy=True)."""
     x, c, name = _streaming_operands(z, prototypes, normalize, backend)
     val.check_vector("v", v, c.shape[0])
     val.check_same_device(z=z, v=v)
     inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
+    if return_entropy:
+        return lib.sinkhorn_assign_entropy_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
     return lib.sinkhorn_assign_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
 
 

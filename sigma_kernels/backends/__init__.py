@@ -7,10 +7,12 @@ equations). Every backend must agree with `reference` to floating-point toleranc
     sinkhorn_col_lse(S, u, inv_eps)          -> (K,)
     sinkhorn_row_step(S, v, inv_eps, log_m)  -> (u (M,), col (K,))
     sinkhorn_assign(S, v, inv_eps)           -> int64 (M,)
+    sinkhorn_assign_entropy(S, v, inv_eps)   -> (labels int64 (M,), Σ_i H(softmax_k(S_ik·inv_eps + v_k)) 0-d)
     sinkhorn_plan(S, u, v, inv_eps, log_m)   -> (M, K)
     streaming_col_lse(x, c, u, inv_eps)      the same three with S = x·cᵀ never stored
     streaming_row_step(x, c, v, inv_eps, log_m)
     streaming_assign(x, c, v, inv_eps)
+    streaming_assign_entropy(x, c, v, inv_eps)
     linear_cross_entropy_forward(x, c, target, scale)              -> (loss (M,), lse (M,))
     linear_cross_entropy_backward(g, x, c, target, lse, scale, need_dx=True, need_dc=True) -> (dx, dc)
     sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft)
@@ -18,13 +20,18 @@ equations). Every backend must agree with `reference` to floating-point toleranc
                                            need_dx=True, need_dc=True)
         (the backwards return None for a gradient not asked for, and skip computing it)
 
+Optional fused primitive (None when a backend lacks it; callers compose the ones above instead):
+    sinkhorn_solve_dense(S, inv_eps, n_iters, tol, check_every, want_plan)
+        -> (u, v, marginal_error, plan or None): the whole solve in one call
+
 A backend may leave a primitive out; the reference one is then used for it, and
 `backend_info()` lists it under "fallbacks" so the gap is visible.
 
 Choice: an explicit `backend=` wins; with "auto", the environment variable
 SIGMA_KERNELS_BACKEND (if set) decides; otherwise CUDA tensors get "triton" when it is
 available, CPU tensors get "cpu" when the compiled extension is built, and anything else
-gets "reference".
+gets "reference". "auto" never picks "cuda" (the extension's plain CUDA kernels): it is
+reachable by name only, until measured faster than Triton on a GPU.
 """
 import importlib
 import os
@@ -32,27 +39,31 @@ import types
 
 import torch
 
-BACKENDS = ("reference", "cpu", "triton")
+BACKENDS = ("reference", "cpu", "triton", "cuda")
 ENV_VAR = "SIGMA_KERNELS_BACKEND"
 
 PRIMITIVES = (
     "sinkhorn_col_lse",
     "sinkhorn_row_step",
     "sinkhorn_assign",
+    "sinkhorn_assign_entropy",
     "sinkhorn_plan",
     "streaming_col_lse",
     "streaming_row_step",
     "streaming_assign",
+    "streaming_assign_entropy",
     "linear_cross_entropy_forward",
     "linear_cross_entropy_backward",
     "sinkhorn_target_cross_entropy_forward",
     "sinkhorn_target_cross_entropy_backward",
 )
+OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense",)
 
 _MODULES = {
     "reference": "sigma_kernels.backends.reference",
     "cpu": "sigma_kernels.backends.cpu",
     "triton": "sigma_kernels.backends.triton",
+    "cuda": "sigma_kernels.backends.cuda",
 }
 
 
@@ -84,6 +95,7 @@ def _load(name):
             device_types=getattr(module, "DEVICE_TYPES", None),
             fallbacks=fallbacks,
             **{p: getattr(module, p, getattr(reference, p)) for p in PRIMITIVES},
+            **{p: getattr(module, p, None) for p in OPTIONAL_PRIMITIVES},
         )
         result = (ns, None)
     _cache[name] = result

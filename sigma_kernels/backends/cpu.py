@@ -45,6 +45,18 @@ def sinkhorn_plan(scores, u, v, inv_eps, log_m):
     return _ops().sinkhorn_plan(scores, u, v, float(inv_eps), float(log_m))
 
 
+def sinkhorn_assign_entropy(scores, v, inv_eps):
+    return tuple(_ops().sinkhorn_assign_entropy(scores, v, float(inv_eps), True))
+
+
+def sinkhorn_solve_dense(scores, inv_eps, n_iters, tol, check_every, want_plan):
+    """The whole solve in one op, in the exp domain where that is exact (see csrc/sinkhorn_cpu.cpp
+    and docs/performance.md): (u, v, marginal_error, plan (M, K) or None)."""
+    u, v, err, plan = _ops().sinkhorn_solve_dense(scores, float(inv_eps), int(n_iters), float(tol),
+                                                  int(check_every), bool(want_plan))
+    return u, v, err, (plan if want_plan else None)
+
+
 # --- Sinkhorn on factored scores S = x·cᵀ (row chunks recomputed with GEMMs) ---------------
 
 def streaming_col_lse(x, c, u, inv_eps):
@@ -57,6 +69,10 @@ def streaming_row_step(x, c, v, inv_eps, log_m):
 
 def streaming_assign(x, c, v, inv_eps):
     return _ops().streaming_assign(x, c, v, float(inv_eps))
+
+
+def streaming_assign_entropy(x, c, v, inv_eps):
+    return tuple(_ops().streaming_assign_entropy(x, c, v, float(inv_eps), True))
 
 
 # --- Fused linear + cross-entropy ---------------------------------------------------------

@@ -46,6 +46,14 @@ def sinkhorn_assign(scores, v, inv_eps):
     return torch.argmax(_up(scores, dt) * inv_eps + v.to(dt)[None, :], dim=1)
 
 
+def sinkhorn_assign_entropy(scores, v, inv_eps):
+    """(argmax_k t_ik -> int64 (M,), Σ_i H(softmax_k t_i·) -> 0-d), t = S·inv_eps + v; H in nats."""
+    dt = compute_dtype(scores)
+    logits = _up(scores, dt) * inv_eps + v.to(dt)[None, :]
+    log_q = torch.log_softmax(logits, dim=1)
+    return torch.argmax(logits, dim=1), -torch.special.xlogy(log_q.exp(), log_q.exp()).sum()
+
+
 def sinkhorn_plan(scores, u, v, inv_eps, log_m):
     """Q_ik = exp(S_ik·inv_eps + u_i + v_k + log_m) -> (M, K)."""
     dt = compute_dtype(scores)
@@ -69,6 +77,10 @@ def streaming_row_step(x, c, v, inv_eps, log_m):
 
 def streaming_assign(x, c, v, inv_eps):
     return sinkhorn_assign(_product(x, c), v, inv_eps)
+
+
+def streaming_assign_entropy(x, c, v, inv_eps):
+    return sinkhorn_assign_entropy(_product(x, c), v, inv_eps)
 
 
 # --- Linear + cross-entropy: logits = scale·x·cᵀ ------------------------------------------
