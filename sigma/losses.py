@@ -46,18 +46,22 @@ class SinkhornSwapLoss(nn.Module):
         sinkhorn_iterations: (prototype, token) normalisation pairs per solve.
         temperature: τ of the prototype softmax in the cross-entropies.
         targets: "hard" (argmax of Q, ties to the lowest index; the released models) or "soft" (Q).
-        backend: sigma_kernels backend, "auto" | "reference" | "cpu" | "triton".
+        backend: sigma_kernels backend, "auto" | "reference" | "cpu" | "triton" | "cuda".
         tol: optional early stop of Sinkhorn once the column marginal error <= tol, tested every
             `check_every` iterations (each test is one host sync; None = always run all iterations).
         check_every: see tol.
         streaming: True solves Sinkhorn from the factors (normalize(z), C) without storing the M×K
             scores (fused backends); False materialises the scores of one branch at a time; "auto"
-            streams when M·K >= `STREAMING_MIN_ELEMENTS` on CUDA (tensor cores make recomputing
-            cheap) and >= `STREAMING_MIN_ELEMENTS_CPU` on the CPU (where every recomputation is a
-            full fp32 GEMM, so storing the scores is the faster trade up to 1 GiB). Hard targets
-            are labelled once per branch and fed to a plain fused CE; soft targets are recomputed
-            tile by tile from the other branch's potentials. The cross-entropies never store M×K
-            in the fused backends either way.
+            streams when the stored path's working set would exceed `score_memory_budget`. Hard
+            targets are labelled once per branch and fed to a plain fused CE; soft targets are
+            recomputed tile by tile from the other branch's potentials. The cross-entropies never
+            store M×K in the fused backends either way.
+        score_memory_budget: bytes the stored-score path may hold for one branch under
+            streaming="auto" (None: `SCORE_MEMORY_BUDGET[device type]`). The working set is
+            M·K·`STORED_BYTES_PER_SCORE[device type]` bytes: on the CPU the scores and their
+            exponentials (the exp-domain solve), on CUDA the scores. A fixed number, never the
+            momentary free memory, so the path taken (and the result) depends only on the shapes
+            and this setting. See docs/performance.md.
         process_group: data-parallel group for the global equipartition (docs/distributed.md). None uses the
             default group when torch.distributed is initialised with world size > 1.
         compute_stats: compute the diagnostics of `last_stats` at every forward.
@@ -76,12 +80,15 @@ class SinkhornSwapLoss(nn.Module):
     prototypes equal on all ranks.
     """
 
-    STREAMING_MIN_ELEMENTS = 1 << 25
-    STREAMING_MIN_ELEMENTS_CPU = 1 << 28
+    # CUDA: recomputing score tiles on tensor cores is cheap, stream from 128 MiB of scores on.
+    # CPU: every recomputation is a full fp32 GEMM, so the stored path (about 3× faster, see
+    # docs/performance.md) is kept up to 4 GiB (M ≈ 179k tokens at K = 3000).
+    SCORE_MEMORY_BUDGET = {"cuda": 1 << 27, "cpu": 1 << 32}
+    STORED_BYTES_PER_SCORE = {"cuda": 4, "cpu": 8}
 
     def __init__(self, num_prototypes=3000, dim=256, epsilon=0.05, sinkhorn_iterations=10, temperature=0.1,
                  targets="hard", backend="auto", tol=None, streaming="auto", process_group=None, *,
-                 check_every=5, compute_stats=True):
+                 check_every=5, compute_stats=True, score_memory_budget=None):
         super().__init__()
         self.num_prototypes = val.check_positive_int("num_prototypes", num_prototypes)
         self.dim = val.check_positive_int("dim", dim)
@@ -102,6 +109,9 @@ class SinkhornSwapLoss(nn.Module):
         self.streaming = streaming
         self.process_group = process_group
         self.compute_stats = bool(compute_stats)
+        if score_memory_budget is not None:
+            score_memory_budget = val.check_positive_int("score_memory_budget", score_memory_budget)
+        self.score_memory_budget = score_memory_budget
         self.prototypes = nn.Parameter(torch.empty(self.num_prototypes, self.dim))
         self.reset_parameters()
         self.last_stats = {}
@@ -194,8 +204,10 @@ class SinkhornSwapLoss(nn.Module):
 
     def _use_streaming(self, m, device):
         if self.streaming == "auto":
-            threshold = self.STREAMING_MIN_ELEMENTS_CPU if device.type == "cpu" else self.STREAMING_MIN_ELEMENTS
-            return m * self.num_prototypes >= threshold
+            kind = "cpu" if device.type == "cpu" else "cuda"
+            budget = self.score_memory_budget if self.score_memory_budget is not None \
+                else self.SCORE_MEMORY_BUDGET[kind]
+            return m * self.num_prototypes * self.STORED_BYTES_PER_SCORE[kind] > budget
         return self.streaming
 
     def _solve(self, z, streaming, group, m_global):
@@ -277,20 +289,17 @@ class SinkhornSwapLoss(nn.Module):
         """Sinkhorn of one branch: (SinkhornResult, its hard labels (targets="hard") or None,
         diagnostics dict or None). The stored scores, if any, are dropped on return."""
         res, scores = self._solve(z, streaming, group, m_global)
-        labels = None
-        if self.targets == "hard" and scores is not None:
-            labels = sinkhorn_assign_from_potentials(scores, res.v, self.epsilon, backend=self.backend)
-        elif self.targets == "hard":
-            labels = sinkhorn_assign_from_potentials_streaming(z, self.prototypes, res.v, self.epsilon,
-                                                               backend=self.backend)
-        stats = None
-        if want_stats:
-            inv_eps = 1.0 / self.epsilon
+        labels = stats = None
+        if self.targets == "hard" or want_stats:
+            # one pass over the scores gives the labels and, for the diagnostics, the row entropies
+            kw = dict(return_entropy=want_stats, backend=self.backend)
             if scores is not None:
-                stats = assignment_stats(res.v, inv_eps, scores=scores, m_global=m_global, process_group=group)
+                out = sinkhorn_assign_from_potentials(scores, res.v, self.epsilon, **kw)
             else:
-                stats = assignment_stats(res.v, inv_eps, x=normalize_rows(z.detach()),
-                                         prototypes=self.prototypes.detach(), m_global=m_global,
+                out = sinkhorn_assign_from_potentials_streaming(z, self.prototypes, res.v, self.epsilon, **kw)
+            labels = out[0] if want_stats else out
+            if want_stats:
+                stats = assignment_stats(labels, out[1], self.num_prototypes, m_global=m_global,
                                          process_group=group)
-            stats["marginal_error"] = res.marginal_error
-        return res, labels, stats
+                stats["marginal_error"] = res.marginal_error
+        return res, (labels if self.targets == "hard" else None), stats

@@ -314,27 +314,28 @@ def test_streaming_auto_switches_by_size(monkeypatch):
     crit = make_loss(c)
     small = crit(zv, zp)
     assert calls == []
-    crit.STREAMING_MIN_ELEMENTS = 200  # M·K = 200, but these are CPU tensors: the CPU threshold applies
+    # M·K = 200 scores: 1600 bytes on the CPU (scores + exponentials); the CUDA budget does not apply
+    crit.SCORE_MEMORY_BUDGET = {"cuda": 100, "cpu": 1600}
     assert torch.equal(crit(zv, zp), small) and calls == []
-    crit.STREAMING_MIN_ELEMENTS_CPU = 200
+    crit.score_memory_budget = 1599
     big = crit(zv, zp)
     assert len(calls) == 2
     torch.testing.assert_close(small, big)
+    with pytest.raises(ValueError, match="score_memory_budget"):
+        make_loss(c, score_memory_budget=0)
 
 
 # --- diagnostics ---------------------------------------------------------------------------
 
-@pytest.mark.parametrize("chunk_rows", [4096, 10])  # 10: 43 rows summarised in 5 chunks
+@pytest.mark.parametrize("targets", ["hard", "soft"])
 @pytest.mark.parametrize("streaming", [False, True])
-def test_stats_match_spec(streaming, chunk_rows, monkeypatch):
-    import sigma.diagnostics
-    monkeypatch.setattr(sigma.diagnostics, "CHUNK_ROWS", chunk_rows)
+def test_stats_match_spec(streaming, targets):
     zv, zp, c = make_inputs(43, 19, 11, seed=15)
-    crit = make_loss(c, streaming=streaming, sinkhorn_iterations=4)
+    crit = make_loss(c, streaming=streaming, sinkhorn_iterations=4, targets=targets)
     loss, stats = crit(zv, zp, return_stats=True)
     assert stats is crit.last_stats
     assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in stats.values())
-    t1, t2 = spec_terms(zv, zp, c, 0.05, 4, 0.1, "hard")
+    t1, t2 = spec_terms(zv, zp, c, 0.05, 4, 0.1, targets)
     torch.testing.assert_close(stats["loss_v"], t1)
     torch.testing.assert_close(stats["loss_p"], t2)
     for tag, z in (("v", zv), ("p", zp)):
