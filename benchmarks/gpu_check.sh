@@ -9,7 +9,11 @@
 #   3. tests     TEST_TIMEOUT=150     pytest -x -q tests -m "not slow"            (PYTEST_ARGS overrides)
 #   4. sinkhorn  SINKHORN_TIMEOUT=110 benchmarks/sinkhorn.py at M=45,056 K=3000 D=256 eps=0.03, 10 iters
 #   5. loss      LOSS_TIMEOUT=110     benchmarks/loss.py at M=22,528 K=3000 D=256 eps=0.05, hard and soft
-#   6. table     results.md from the CSVs of this run (benchmarks/make_table.py)
+#   6. cuda      the explicit `cuda` backend (the extension's CUDA kernels), after the Triton stages:
+#                when the extension has its CUDA part (GPU_CHECK_BUILD=1), or, with
+#                GPU_CHECK_CUDA_BACKEND=1, after building it in place (BUILD_TIMEOUT); its tests
+#                (CUDA_TEST_TIMEOUT=60) and the Sinkhorn benchmark rows (CUDA_BENCH_TIMEOUT=90)
+#   7. table     results.md from the CSVs of this run (benchmarks/make_table.py)
 # Everything (logs, CSVs, PNGs, summary.txt) goes to OUT_DIR. A stage that fails or times out is
 # recorded in summary.txt and the next stage still runs; benchmark CSVs are written row by row, so
 # a timed-out benchmark keeps the rows it finished.
@@ -104,7 +108,21 @@ run_stage sinkhorn "${SINKHORN_TIMEOUT:-110}" "$PY" benchmarks/sinkhorn.py --out
 run_stage loss "${LOSS_TIMEOUT:-110}" "$PY" benchmarks/loss.py --out "$OUT_DIR" \
     ${LOSS_ARGS:---sizes ssv2-vits --iters 10 --targets hard,soft}
 
-# 6. Markdown table of this run's CSVs
+# 6. the cuda backend: only with its kernels built (time to spare on a lent machine)
+cuda_built() { "$PY" -c "import sys; from sigma_kernels import _C; sys.exit(0 if _C.with_cuda else 1)" 2>/dev/null; }
+if ! cuda_built && [ "${GPU_CHECK_CUDA_BACKEND:-0}" = "1" ]; then
+    run_stage build-cuda "${BUILD_TIMEOUT:-240}" env MAX_JOBS="${MAX_JOBS:-16}" \
+        TORCH_CUDA_ARCH_LIST="${TORCH_CUDA_ARCH_LIST:-9.0}" "$PY" setup.py build_ext --inplace
+fi
+if cuda_built; then
+    run_stage cuda-tests "${CUDA_TEST_TIMEOUT:-60}" "$PY" -m pytest -q -x -p no:cacheprovider tests/test_cuda_backend.py
+    run_stage cuda-sinkhorn "${CUDA_BENCH_TIMEOUT:-90}" "$PY" benchmarks/sinkhorn.py --out "$OUT_DIR" --no-plot \
+        --sizes ssv2-vitb-b32 --iters 10 --providers 'research-eager,triton,cuda'
+else
+    note "cuda backend stage skipped: the extension has no CUDA part (GPU_CHECK_BUILD=1 or GPU_CHECK_CUDA_BACKEND=1)"
+fi
+
+# 7. Markdown table of this run's CSVs
 run_stage table 30 "$PY" benchmarks/make_table.py --results "$OUT_DIR" --stdout
 cp "$OUT_DIR/table.log" "$OUT_DIR/results.md" 2>/dev/null
 note "done in $(( $(date +%s) - START_TS ))s; outputs in $OUT_DIR"

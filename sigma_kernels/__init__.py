@@ -1,8 +1,9 @@
 """sigma_kernels: fused Sinkhorn and prototype cross-entropy ops (nothing SIGMA-specific).
 
 Backends: "reference" (pure PyTorch, always there), "cpu" (compiled extension from csrc/),
-"triton" (CUDA, or CPU under TRITON_INTERPRET=1). Pick with `backend=`, with the environment
-variable SIGMA_KERNELS_BACKEND, or let "auto" choose by device.
+"triton" (CUDA, or CPU under TRITON_INTERPRET=1), "cuda" (the extension's CUDA kernels, by name
+only). Pick with `backend=`, with the environment variable SIGMA_KERNELS_BACKEND, or let "auto"
+choose by device.
 """
 from ._sinkhorn_loop import column_marginal_error, run_sinkhorn
 from .backends import BackendUnavailableError, available_backends, backend_info, get_backend, resolve_backend
