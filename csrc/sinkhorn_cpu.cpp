@@ -204,6 +204,30 @@ std::tuple<at::Tensor, at::Tensor> assign_impl(const Source& src, int64_t m, int
   return {out, entropy ? at::full({}, total, at::kFloat) : at::empty({0}, at::kFloat)};
 }
 
+// LSE_k(S_ik·scale) per row (M,)
+template <class Rows, class Source>
+at::Tensor row_lse_impl(const Source& src, int64_t m, int64_t k, float scale) {
+  at::Tensor out = at::empty({m}, at::kFloat);
+  float* o = out.data_ptr<float>();
+  const std::vector<float> zeros(k, 0.f);
+  Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
+  Buffers rbufs = thread_buffers(k, true);
+  at::parallel_for(0, num_chunks(m, Source::chunk), 1, [&](int64_t b, int64_t e) {
+    const int64_t tid = at::get_thread_num();
+    float* rb = rbufs.get(tid, k);
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t r0 = ch * Source::chunk, n = std::min(Source::chunk, m - r0);
+      const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
+      for (int64_t i = 0; i < n; ++i) {
+        float sh;
+        const float sum = Rows::row_exp(tile + i * k, scale, zeros.data(), rb, k, nullptr, &sh);
+        o[r0 + i] = sh + std::log(sum);
+      }
+    }
+  });
+  return out;
+}
+
 template <class Rows, class Source>
 void plan_impl(const Source& src, int64_t m, int64_t k, const float* pu, const float* pv, float ie, float lm,
                float* po) {
@@ -261,25 +285,39 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
   std::vector<char> range_ok(nch, 1);
   Buffers tiles = thread_buffers(chunk * k, src.needs_buffer());
 
-  // E, r and the chunk partials of Σ_i E_ik·exp(r_i − g_c) (the initial column LSE at u = 0)
+  // E, r and the chunk partials of Σ_i E_ik·exp(r_i − g_c) (the initial column LSE at u = 0).
+  // The partials are folded right after each group's exps (rows still in cache) relative to the
+  // chunk's first row max; a chunk whose row maxima spread further than kMaxExpRange is refolded
+  // relative to its largest one.
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t r0 = ch * chunk, n = std::min(chunk, m - r0);
       const float* tile = src.rows(r0, n, tiles.get(tid, chunk * k));
-      float g = -std::numeric_limits<float>::infinity();
-      bool ok = true;
-      for (int64_t i = 0; i < n; ++i) {
-        float mx, mn;
-        Rows::exp_row(tile + i * k, ie, E + (r0 + i) * k, k, &mx, &mn);
-        r[r0 + i] = mx;
-        ok = ok && (mx - mn <= kMaxExpRange);  // false for NaN and infinities
-        g = std::fmax(g, mx);
+      float* col = pc + ch * k;
+      std::fill(col, col + k, 0.f);
+      float g = -std::numeric_limits<float>::infinity(), ref = 0.f;
+      bool ok = true, fused = true;
+      for (int64_t i = 0; i < n; i += kFoldRows) {
+        const int64_t gn = std::min(kFoldRows, n - i);
+        float alpha[kFoldRows];
+        for (int64_t j = 0; j < gn; ++j) {
+          const int64_t row = r0 + i + j;
+          float mx, mn;
+          Rows::exp_row(tile + (i + j) * k, ie, E + row * k, k, &mx, &mn);
+          r[row] = mx;
+          ok = ok && (mx - mn <= kMaxExpRange);  // false for NaN and infinities
+          g = std::fmax(g, mx);
+          if (row == r0) ref = mx;
+          const float d = mx - ref;
+          fused = fused && d <= kMaxExpRange;
+          alpha[j] = (float)std::exp((double)d);
+        }
+        if (fused) Rows::fold_rows(col, E + (r0 + i) * k, alpha, gn, k);
       }
       range_ok[ch] = ok;
-      gch[ch] = g;
-      if (!ok) continue;
-      float* col = pc + ch * k;
+      gch[ch] = fused ? ref : g;
+      if (!ok || fused) continue;
       std::fill(col, col + k, 0.f);
       for (int64_t i = 0; i < n; i += kFoldRows) {
         const int64_t gn = std::min(kFoldRows, n - i);
@@ -292,7 +330,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
   bool exp_mode = std::all_of(range_ok.begin(), range_ok.end(), [](char c) { return c != 0; });
   float gmax = -std::numeric_limits<float>::infinity();
   for (float g : gch) gmax = std::fmax(gmax, g);
-  exp_mode = exp_mode && std::isfinite(gmax) && std::abs(gmax - *std::min_element(gch.begin(), gch.end())) <= kMaxExpRange;
+  exp_mode = exp_mode && std::isfinite(gmax);
 
   at::Tensor u_t = at::zeros({m}, at::kFloat), col_t = at::empty({k}, at::kFloat);
   float* u = u_t.data_ptr<float>();
@@ -471,6 +509,15 @@ std::tuple<at::Tensor, at::Tensor> sinkhorn_assign_entropy(const at::Tensor& sco
 
 at::Tensor sinkhorn_assign(const at::Tensor& scores, const at::Tensor& v, double inv_eps) {
   return std::get<0>(sinkhorn_assign_entropy(scores, v, inv_eps, false));
+}
+
+at::Tensor row_logsumexp(const at::Tensor& scores, double scale) {
+  at::Tensor s = checked_scores(scores);
+  return with_rows([&](auto rows) {
+    return dispatch_dense(s, [&](const auto& src) {
+      return row_lse_impl<decltype(rows)>(src, s.size(0), s.size(1), (float)scale);
+    });
+  });
 }
 
 at::Tensor sinkhorn_plan(const at::Tensor& scores, const at::Tensor& u, const at::Tensor& v, double inv_eps,

@@ -16,6 +16,7 @@ from sigma_kernels import (
     normalize_rows,
     prototype_cross_entropy,
     prototype_cross_entropy_sinkhorn,
+    prototype_logsumexp,
     prototype_scores,
     sinkhorn_assign_from_potentials,
     sinkhorn_assign_from_potentials_streaming,
@@ -253,8 +254,8 @@ class SinkhornSwapLoss(nn.Module):
             streaming = self._use_streaming(m, zv.device)
             want_stats = self.compute_stats or return_stats
             # One branch at a time, so at most one stored M×K score matrix is alive.
-            res_v, labels_v, stats_v = self._branch(zv, streaming, group, m_global, want_stats)
-            res_p, labels_p, stats_p = self._branch(zp, streaming, group, m_global, want_stats)
+            res_v, labels_v, lse_v, stats_v = self._branch(zv, streaming, group, m_global, want_stats)
+            res_p, labels_p, lse_p, stats_p = self._branch(zp, streaming, group, m_global, want_stats)
 
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
@@ -263,9 +264,11 @@ class SinkhornSwapLoss(nn.Module):
                 # other branch's score tiles in both the forward and the backward.
                 kw = dict(reduction=reduction, backend=self.backend)
                 # Video-model term: the prototypes are detached (docs/method.md), the targets come from Q_p.
-                loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
+                # With stored scores each branch also gave its logits' row LSE (lse_*), so the
+                # CE forwards need no second pass over M×K.
+                loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, lse=lse_v, **kw)
                 # Projection term: live prototypes, targets from Q_v.
-                loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, **kw)
+                loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, lse=lse_p, **kw)
             else:  # soft targets, computed tile by tile from the other branch's potentials
                 kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
                 loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon,
@@ -286,10 +289,13 @@ class SinkhornSwapLoss(nn.Module):
 
     @torch.no_grad()
     def _branch(self, z, streaming, group, m_global, want_stats):
-        """Sinkhorn of one branch: (SinkhornResult, its hard labels (targets="hard") or None,
-        diagnostics dict or None). The stored scores, if any, are dropped on return."""
+        """Sinkhorn of one branch: (SinkhornResult, its hard labels (targets="hard") or None, the
+        row LSE of its CE logits (hard targets with stored scores) or None, diagnostics dict or
+        None). The stored scores, if any, are dropped on return."""
         res, scores = self._solve(z, streaming, group, m_global)
-        labels = stats = None
+        labels = stats = lse = None
+        if self.targets == "hard" and scores is not None:
+            lse = prototype_logsumexp(scores, self.temperature, backend=self.backend)
         if self.targets == "hard" or want_stats:
             # one pass over the scores gives the labels and, for the diagnostics, the row entropies
             kw = dict(return_entropy=want_stats, backend=self.backend)
@@ -302,4 +308,4 @@ class SinkhornSwapLoss(nn.Module):
                 stats = assignment_stats(labels, out[1], self.num_prototypes, m_global=m_global,
                                          process_group=group)
                 stats["marginal_error"] = res.marginal_error
-        return res, (labels if self.targets == "hard" else None), stats
+        return res, (labels if self.targets == "hard" else None), lse, stats

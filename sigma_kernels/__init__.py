@@ -11,6 +11,7 @@ from .cross_entropy import (
     prototype_cross_entropy,
     prototype_cross_entropy_sinkhorn,
     prototype_log_softmax,
+    prototype_logsumexp,
     prototype_scores,
     prototype_softmax,
 )
@@ -31,7 +32,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "BackendUnavailableError", "SinkhornResult", "available_backends", "backend_info", "column_marginal_error",
-    "get_backend", "normalize_rows", "prototype_log_softmax", "prototype_scores", "prototype_softmax",
+    "get_backend", "normalize_rows", "prototype_log_softmax", "prototype_logsumexp", "prototype_scores",
+    "prototype_softmax",
     "resolve_backend", "run_sinkhorn", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials",
     "sinkhorn_assign_from_potentials_streaming", "sinkhorn_assign_streaming",
     "sinkhorn_potentials", "sinkhorn_solve", "sinkhorn_streaming", "prototype_cross_entropy",

@@ -173,6 +173,47 @@ def _lce_backward(ctx, grad_loss, grad_lse):
 linear_cross_entropy.register_autograd(_lce_backward, setup_context=_lce_setup)
 
 
+@torch.library.custom_op(f"{_NS}::row_logsumexp", mutates_args=())
+def row_logsumexp(scores: Tensor, scale: float, backend: str) -> Tensor:
+    return get_backend(backend).row_logsumexp(scores, scale)
+
+
+@row_logsumexp.register_fake
+def _(scores, scale, backend):
+    return _vec(scores, scores.shape[0], compute_dtype(scores))
+
+
+@torch.library.custom_op(f"{_NS}::linear_cross_entropy_given_lse", mutates_args=())
+def linear_cross_entropy_given_lse(x: Tensor, c: Tensor, target: Tensor, lse: Tensor, scale: float,
+                                   backend: str) -> Tensor:
+    """Rows lse_i − scale·x_i·c_{t_i} of the CE against indices, the logits' row LSE given (e.g.
+    from stored scores): O(M·D) forward; the backward is the backend's fused one."""
+    dt = compute_dtype(x, c)
+    return lse.to(dt) - scale * (x.to(dt) * c.to(dt).index_select(0, target)).sum(dim=1)
+
+
+@linear_cross_entropy_given_lse.register_fake
+def _(x, c, target, lse, scale, backend):
+    return _vec(x, x.shape[0], compute_dtype(x, c))
+
+
+def _lce_lse_setup(ctx, inputs, output):
+    x, c, target, lse, scale, backend = inputs
+    ctx.save_for_backward(x, c, target, lse)
+    ctx.scale, ctx.backend = scale, backend
+
+
+def _lce_lse_backward(ctx, grad_rows):
+    x, c, target, lse = ctx.saved_tensors
+    need_dx, need_dc = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dc = linear_cross_entropy_backward(grad_rows, x, c, target, lse.to(grad_rows.dtype), ctx.scale, need_dx,
+                                           need_dc, ctx.backend)
+    return (dx if need_dx else None), (dc if need_dc else None), None, None, None, None
+
+
+linear_cross_entropy_given_lse.register_autograd(_lce_lse_backward, setup_context=_lce_lse_setup)
+
+
 @torch.library.custom_op(f"{_NS}::sinkhorn_target_cross_entropy", mutates_args=())
 def sinkhorn_target_cross_entropy(x: Tensor, c: Tensor, y: Tensor, cy: Tensor, v: Tensor, inv_eps: float,
                                   scale: float, soft: bool, backend: str) -> Tuple[Tensor, Tensor]:

@@ -48,12 +48,24 @@ def _check_reduction(reduction):
         raise ValueError(f"reduction must be one of {_REDUCTIONS}, got {reduction!r}")
 
 
-def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", backend="auto"):
+def prototype_logsumexp(scores, temperature=0.1, *, backend="auto"):
+    """LSE_k(scores_ik/τ) (M,) float32 of stored scores normalize(z)·prototypesᵀ (no autograd):
+    the `lse=` of `prototype_cross_entropy`, one pass over scores already in memory."""
+    val.check_matrix("scores", scores)
+    tau = val.check_positive("temperature", temperature)
+    name = resolve_backend(backend, scores.device, scores.dtype)
+    return lib.row_logsumexp(scores.detach(), 1.0 / tau, name)
+
+
+def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", lse=None,
+                            backend="auto"):
     """Cross-entropy of softmax(normalize(z)·prototypesᵀ/τ) against `target`.
 
     z: (M, D); prototypes: (K, D); target: int64 class indices (M,) (hard) or probabilities
     (M, K) (soft; treated as constants). reduction: "mean" (over the M rows; default), "sum",
     or "none" (per-row (M,)). Differentiable w.r.t. z and prototypes; float32 result.
+    lse: optional (M,) row LSE of the logits when already known (`prototype_logsumexp` of
+    stored scores; index targets only): the forward then needs no pass over the logits.
     """
     val.check_features("z", z, "prototypes", prototypes)
     tau = val.check_positive("temperature", temperature)
@@ -65,6 +77,12 @@ def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction
     x = normalize_rows(z)
     c = prototypes.to(dt)
     t = target.detach().to(torch.int64) if kind == "hard" else target.detach()
+    if lse is not None:
+        if kind != "hard":
+            raise ValueError("lse= needs index (hard) targets")
+        val.check_vector("lse", lse, m)
+        rows = lib.linear_cross_entropy_given_lse(x, c, t, lse.detach().to(dt), 1.0 / tau, name)
+        return _reduce(rows, reduction)
     rows, _ = lib.linear_cross_entropy(x, c, t, 1.0 / tau, name)
     return _reduce(rows, reduction)
 

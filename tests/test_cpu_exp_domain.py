@@ -150,3 +150,27 @@ def test_cpu_backend_tests_pass_on_the_avx2_loops():
            "-k", "not test_cpu_backend_tests_pass_on_the_avx2_loops"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("m,k,d", [(1, 1, 3), (37, 29, 19), (257, 131, 8)])
+def test_cross_entropy_with_given_lse_matches_the_fused_one(backend, m, k, d):
+    """The loss hands the CE the logits' row LSE from its stored scores; values and gradients
+    must equal the CE that computes it itself."""
+    g = torch.Generator().manual_seed(m * k)
+    z = torch.randn(m, d, generator=g, requires_grad=True)
+    c = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1).requires_grad_()
+    t = torch.randint(0, k, (m,), generator=g)
+    s = sk.prototype_scores(z.detach(), c.detach())
+    lse = sk.prototype_logsumexp(s, 0.1, backend=backend)
+    truth = np.log(np.exp(s.double().numpy() / 0.1).sum(1))
+    np.testing.assert_allclose(lse.numpy(), truth, rtol=1e-6, atol=1e-5)
+    given = sk.prototype_cross_entropy(z, c, t, 0.1, lse=lse, backend=backend)
+    g_given = torch.autograd.grad(given, (z, c))
+    plain = sk.prototype_cross_entropy(z, c, t, 0.1, backend=backend)
+    g_plain = torch.autograd.grad(plain, (z, c))
+    torch.testing.assert_close(given, plain, rtol=1e-5, atol=1e-6)
+    for a, b in zip(g_given, g_plain):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="lse"):
+        sk.prototype_cross_entropy(z, c, torch.softmax(s, 1), 0.1, lse=lse, backend=backend)

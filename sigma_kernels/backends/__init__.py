@@ -9,6 +9,7 @@ equations). Every backend must agree with `reference` to floating-point toleranc
     sinkhorn_assign(S, v, inv_eps)           -> int64 (M,)
     sinkhorn_assign_entropy(S, v, inv_eps)   -> (labels int64 (M,), Σ_i H(softmax_k(S_ik·inv_eps + v_k)) 0-d)
     sinkhorn_plan(S, u, v, inv_eps, log_m)   -> (M, K)
+    row_logsumexp(S, scale)                  -> LSE_k(S_ik·scale) (M,)
     streaming_col_lse(x, c, u, inv_eps)      the same three with S = x·cᵀ never stored
     streaming_row_step(x, c, v, inv_eps, log_m)
     streaming_assign(x, c, v, inv_eps)
@@ -48,6 +49,7 @@ PRIMITIVES = (
     "sinkhorn_assign",
     "sinkhorn_assign_entropy",
     "sinkhorn_plan",
+    "row_logsumexp",
     "streaming_col_lse",
     "streaming_row_step",
     "streaming_assign",

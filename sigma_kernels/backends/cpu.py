@@ -45,6 +45,10 @@ def sinkhorn_plan(scores, u, v, inv_eps, log_m):
     return _ops().sinkhorn_plan(scores, u, v, float(inv_eps), float(log_m))
 
 
+def row_logsumexp(scores, scale):
+    return _ops().row_logsumexp(scores, float(scale))
+
+
 def sinkhorn_assign_entropy(scores, v, inv_eps):
     return tuple(_ops().sinkhorn_assign_entropy(scores, v, float(inv_eps), True))
 

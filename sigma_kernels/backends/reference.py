@@ -54,6 +54,12 @@ def sinkhorn_assign_entropy(scores, v, inv_eps):
     return torch.argmax(logits, dim=1), -torch.special.xlogy(log_q.exp(), log_q.exp()).sum()
 
 
+def row_logsumexp(scores, scale):
+    """LSE_k(S_ik·scale) -> (M,)."""
+    dt = compute_dtype(scores)
+    return torch.logsumexp(_up(scores, dt) * scale, dim=1)
+
+
 def sinkhorn_plan(scores, u, v, inv_eps, log_m):
     """Q_ik = exp(S_ik·inv_eps + u_i + v_k + log_m) -> (M, K)."""
     dt = compute_dtype(scores)
