@@ -37,7 +37,8 @@ CSV_COLUMNS = (
     "benchmark", "machine", "device", "device_type", "torch", "triton", "pot", "python", "commit", "date",
     "provider", "size", "M", "K", "D", "eps", "iters", "tau", "targets", "dtype", "output",
     "median_ms", "min_ms", "first_ms", "repeats", "peak_mem_mb", "mem_method", "max_err", "err_what",
-    "grad_err", "speedup", "speedup_vs_compile", "mem_vs_research", "status",
+    "grad_err", "speedup", "speedup_vs_compile", "mem_vs_research", "floor_ms", "floor_frac", "read_gbps",
+    "gemm_gflops", "load", "status",
 )
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
@@ -452,8 +453,11 @@ def display(field, value):
     except ValueError:
         return value
     if math.isnan(x) or field not in ("median_ms", "min_ms", "first_ms", "peak_mem_mb", "speedup",
-                                      "speedup_vs_compile", "mem_vs_research", "max_err", "grad_err"):
+                                      "speedup_vs_compile", "mem_vs_research", "max_err", "grad_err",
+                                      "floor_ms", "floor_frac"):
         return value
+    if field == "floor_frac":
+        return f"{x:.2f}"
     if field in ("max_err", "grad_err"):
         return f"{x:.1e}"
     if field in ("speedup", "speedup_vs_compile", "mem_vs_research"):

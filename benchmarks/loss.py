@@ -15,7 +15,9 @@ rows. Providers:
   detached in the video term). In the fused backends no M×K array is stored;
 - <backend>-assign (hard targets only): `sinkhorn_assign_streaming` per branch, then
   `prototype_cross_entropy` against the index targets;
-- SinkhornSwapLoss: `sigma.losses.SinkhornSwapLoss` (backend "auto", stats off), when importable.
+- SinkhornSwapLoss: `sigma.losses.SinkhornSwapLoss` as users run it (defaults: backend "auto",
+  diagnostics on, streaming "auto"), when importable; SinkhornSwapLoss-nostats: the same with
+  compute_stats=False.
 
 Reported: median time of warm steps, peak extra memory, |L − L_float64| and the max abs error of
 the gradients against a float64 log-domain computation of the same loss (with hard targets, a
@@ -35,6 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _common as common  # noqa: E402
+from benchmarks import roofline  # noqa: E402
 from benchmarks.research_style import research_loss  # noqa: E402
 
 # label: (M, K, D, ε) — docs/method.md sizes; "quick" is small enough for a laptop CPU.
@@ -48,7 +51,7 @@ FULL_SIZES = "ssv2-vits,ssv2-vitb"
 BACKENDS = ("reference", "cpu", "triton")
 # research-eager first (the baseline of the ratios), research-compile last (slowest to set up).
 PROVIDERS = (("research-eager",) + BACKENDS + tuple(f"{b}-assign" for b in BACKENDS)
-             + ("SinkhornSwapLoss", "research-compile"))
+             + ("SinkhornSwapLoss", "SinkhornSwapLoss-nostats", "research-compile"))
 
 
 def make_problem(m, k, d, device, dtype, seed=0):
@@ -123,7 +126,7 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
                     "streaming, index targets")
         return ((lambda: ops_loss(z_v, z_p, c, eps, iters, tau, targets, backend)), (z_v, z_p, c),
                 "streaming, targets on the fly")
-    if name == "SinkhornSwapLoss":
+    if name in ("SinkhornSwapLoss", "SinkhornSwapLoss-nostats"):
         try:
             from sigma.losses import SinkhornSwapLoss
             from sigma_kernels import resolve_backend
@@ -132,11 +135,14 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
                 f"sigma.losses.SinkhornSwapLoss is not importable ({type(exc).__name__}: {exc})") from exc
         k, d = c.shape
         module = SinkhornSwapLoss(num_prototypes=k, dim=d, epsilon=eps, sinkhorn_iterations=iters, temperature=tau,
-                                  targets=targets, backend="auto", compute_stats=False).to(c.device)
+                                  targets=targets, compute_stats=name == "SinkhornSwapLoss").to(c.device)
         with torch.no_grad():
             module.prototypes.copy_(c)
         resolved = resolve_backend("auto", z_v.device, torch.float32)
-        return (lambda: module(z_v, z_p)), (z_v, z_p, module.prototypes), f"backend auto -> {resolved}"
+        streams = module._use_streaming(z_v.shape[0], z_v.device)
+        return ((lambda: module(z_v, z_p)), (z_v, z_p, module.prototypes),
+                f"backend auto -> {resolved}, {'streaming' if streams else 'stored scores'}, "
+                f"stats {'on' if module.compute_stats else 'off'}")
     raise ValueError(f"unknown provider {name!r}")
 
 
@@ -189,6 +195,9 @@ def main(argv=None):
     print(common.describe(meta), flush=True)
     print(f"memory method: {common.mem_method(device)}; repeats {repeats}; writing {log.path}", flush=True)
     tau = args.temperature
+    rates = roofline.measure(device)
+    print(f"floors: read {rates['read_gbps']:.1f} GB/s, fp32 GEMM {rates['gemm_gflops']:.0f} GFLOP/s "
+          f"(load {roofline.load_average()})", flush=True)
 
     for label, m, k, d, eps in sizes:
         eps = args.epsilon if args.epsilon is not None else (eps if eps is not None else 0.05)
@@ -205,6 +214,7 @@ def main(argv=None):
                   f"dtype={common.dtype_name(dtype)}{note}", flush=True)
             base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=args.iters, tau=tau, targets=targets,
                         dtype=common.dtype_name(dtype))
+            floor_ms = 1e3 * roofline.loss_floor_s(m, k, d, args.iters, rates)
             for i, name in enumerate(providers, 1):
                 if name.endswith("-assign") and targets != "hard":
                     continue  # index targets are hard by nature
@@ -233,10 +243,12 @@ def main(argv=None):
                         torch.cuda.empty_cache()
                 print(f"{prefix} median {r['median_ms']:10.1f} ms  (first {r['first_ms']:.0f} ms)  "
                       f"peak {r['peak_mem_mb'] if r['peak_mem_mb'] is not None else float('nan'):9.1f} MiB  "
-                      f"|dL| {err:.1e}  max|dgrad| {grad_err:.1e}", flush=True)
+                      f"|dL| {err:.1e}  max|dgrad| {grad_err:.1e}  floor {floor_ms / r['median_ms']:.2f}",
+                      flush=True)
                 log.add(provider=name, output=output, repeats=repeats, max_err=err, grad_err=grad_err,
                         err_what="|L - L_float64|; grad_err: max |grad - grad_float64|" if truth else "",
-                        status="ok", **base, **r)
+                        floor_ms=floor_ms, floor_frac=floor_ms / r["median_ms"], read_gbps=rates["read_gbps"],
+                        gemm_gflops=rates["gemm_gflops"], load=roofline.load_average(), status="ok", **base, **r)
                 common.fill_ratios(log.rows, ("size", "targets"))
                 log.rewrite()
             truth = None
@@ -244,7 +256,7 @@ def main(argv=None):
 
     columns = [("provider", "provider"), ("size", "size"), ("targets", "targets"), ("median ms", "median_ms"),
                ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"), ("peak MiB", "peak_mem_mb"),
-               ("mem/research", "mem_vs_research"),
+               ("mem/research", "mem_vs_research"), ("of floor", "floor_frac"),
                ("|dL|", "max_err"), ("max|dgrad|", "grad_err"), ("status", "status")]
     print("\n" + common.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")

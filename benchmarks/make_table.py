@@ -45,14 +45,22 @@ def table_for(path):
     first = ok[0]
     is_loss = first.get("benchmark") == "loss"
     methods = sorted({r["mem_method"] for r in ok if r.get("mem_method")})
+    loads = sorted({r["load"] for r in ok if r.get("load")}, key=float)
+    floors = ""
+    if first.get("read_gbps"):
+        floors = (f" Floors measured in the run: read {float(first['read_gbps']):.1f} GB/s, fp32 GEMM "
+                  f"{float(first['gemm_gflops']):.0f} GFLOP/s; load average {loads[0]}–{loads[-1]}."
+                  if loads else "")
     lines = [
         f"**{first.get('benchmark', '?')}** — {first.get('device', '?')} on host `{first.get('machine', '?')}`; "
         f"torch {first.get('torch', '?')}, triton {first.get('triton') or '–'}, commit `{first.get('commit', '?')}`, "
-        f"{first.get('date', '?')} (`{os.path.relpath(path, REPO_ROOT)}`; peak memory: {', '.join(methods) or '–'})",
+        f"{first.get('date', '?')} (`{os.path.relpath(path, REPO_ROOT)}`; peak memory: {', '.join(methods) or '–'})"
+        + floors,
         "",
     ]
     head = ["provider", "M×K×D", "ε", "iters"] + (["targets"] if is_loss else []) + [
-        "dtype", "median ms", "speed-up vs research-eager", "vs research-compile", "peak MiB", "mem vs research"]
+        "dtype", "median ms", "speed-up vs research-eager", "vs research-compile", "peak MiB", "mem vs research",
+        "fraction of floor"]
     head += ["loss err vs float64", "max grad err"] if is_loss else ["max err Q vs float64"]
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in ok:
@@ -61,7 +69,7 @@ def table_for(path):
             cells.append(r["targets"])
         cells += [r["dtype"], _num(r, "median_ms"), _num(r, "speedup"), _num(r, "speedup_vs_compile"),
                   _num(r, "peak_mem_mb"),
-                  _num(r, "mem_vs_research")]
+                  _num(r, "mem_vs_research"), _num(r, "floor_frac")]
         cells += [_num(r, "max_err"), _num(r, "grad_err")] if is_loss else [_num(r, "max_err")]
         lines.append("| " + " | ".join(cells) + " |")
     others = {}

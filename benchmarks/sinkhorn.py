@@ -13,7 +13,7 @@ with ε and a fixed number of iterations (no early stop), as in docs/sinkhorn.md
   (prototype update first, from zero potentials, plan from the potentials after the token
   update), but it also evaluates the marginal error on its first iteration (one extra pass over
   M×K) and materialises -S/ε and the plan;
-- reference / cpu / triton: `sigma_kernels.sinkhorn(S, backend=...)` -> Q;
+- reference / cpu / triton / cuda: `sigma_kernels.sinkhorn(S, backend=...)` -> Q;
 - <backend>-streaming: `sigma_kernels.sinkhorn_streaming(z, C, backend=...)` -> potentials,
   from the factors, never storing S in the fused backends (the score products are in the time);
 - flash-sinkhorn (CUDA, when importable): its alternating solver on the equivalent
@@ -37,6 +37,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import _common as common  # noqa: E402
+from benchmarks import roofline  # noqa: E402
 from benchmarks.research_style import research_sinkhorn  # noqa: E402
 
 # label: (M, K, D, ε) — docs/method.md sizes; "quick" is the masked tubes of a B=2 SSv2 batch (2 × 1408),
@@ -49,10 +50,11 @@ PRESETS = {
     "k400-vitb": (56320, 3000, 768, 0.05),
 }
 FULL_SIZES = "ssv2-vits,ssv2-vitb-b32,k400-vitb"
-BACKENDS = ("reference", "cpu", "triton")
+BACKENDS = ("reference", "cpu", "triton", "cuda")
+STREAMING_BACKENDS = ("reference", "cpu", "triton")  # the cuda backend has no streaming kernels
 # research-eager first (the baseline of the ratios), research-compile last (slowest to set up, so
 # a run cut short by a timeout still has the others).
-PROVIDERS = (("research-eager",) + BACKENDS + tuple(f"{b}-streaming" for b in BACKENDS)
+PROVIDERS = (("research-eager",) + BACKENDS + tuple(f"{b}-streaming" for b in STREAMING_BACKENDS)
              + ("pot-sinkhorn_log", "flash-sinkhorn", "research-compile"))
 
 
@@ -202,6 +204,9 @@ def main(argv=None):
     log = common.CsvLog(args.out, meta)
     print(common.describe(meta), flush=True)
     print(f"memory method: {common.mem_method(device)}; repeats {repeats}; writing {log.path}", flush=True)
+    rates = roofline.measure(device)
+    print(f"floors: read {rates['read_gbps']:.1f} GB/s, fp32 GEMM {rates['gemm_gflops']:.0f} GFLOP/s "
+          f"(load {roofline.load_average()})", flush=True)
 
     for label, m, k, d, eps in sizes:
         eps = args.epsilon if args.epsilon is not None else (eps if eps is not None else 0.05)
@@ -212,6 +217,7 @@ def main(argv=None):
         print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={args.iters} dtype={common.dtype_name(dtype)} "
               f"(float64 truth {time.perf_counter() - t0:.1f} s)", flush=True)
         base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=args.iters, targets="-")
+        floor_ms = 1e3 * roofline.sinkhorn_floor_s(m, k, args.iters, rates)
         for i, name in enumerate(providers, 1):
             prefix = f"[{i}/{len(providers)}] {name:<20}"
             try:
@@ -236,17 +242,20 @@ def main(argv=None):
                     torch.cuda.empty_cache()
             print(f"{prefix} median {r['median_ms']:10.2f} ms  (first {r['first_ms']:.0f} ms)  "
                   f"peak {r['peak_mem_mb'] if r['peak_mem_mb'] is not None else float('nan'):9.1f} MiB  "
-                  f"max err {err:.2e}", flush=True)
+                  f"max err {err:.2e}  floor {floor_ms / r['median_ms']:.2f}", flush=True)
             log.add(provider=name, dtype=common.dtype_name(in_dtype), output=output, repeats=repeats,
                     err_what="max |Q - Q_float64|" + (" (Q from potentials)" if output == "potentials" else ""),
-                    max_err=err, status="ok", **base, **r)
+                    max_err=err, status="ok", floor_ms=floor_ms, floor_frac=floor_ms / r["median_ms"],
+                    read_gbps=rates["read_gbps"], gemm_gflops=rates["gemm_gflops"], load=roofline.load_average(),
+                    **base, **r)
             common.fill_ratios(log.rows, ("size",))
             log.rewrite()
         del z, c, scores, row_scores
 
     columns = [("provider", "provider"), ("size", "size"), ("dtype", "dtype"), ("output", "output"),
                ("median ms", "median_ms"), ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"),
-               ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"), ("max err", "max_err"),
+               ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"), ("of floor", "floor_frac"),
+               ("max err", "max_err"),
                ("status", "status")]
     print("\n" + common.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")
