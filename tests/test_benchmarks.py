@@ -13,12 +13,13 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from truth import sinkhorn_log_f64  # noqa: E402
+
 import sigma_kernels  # noqa: E402
 from benchmarks import _common as common  # noqa: E402
 from benchmarks import loss as loss_bench  # noqa: E402
 from benchmarks import sinkhorn as sinkhorn_bench  # noqa: E402
 from benchmarks.research_style import research_loss, research_sinkhorn  # noqa: E402
-from truth import sinkhorn_log_f64  # noqa: E402
 
 
 def _truth_q(s, eps, n_iters):

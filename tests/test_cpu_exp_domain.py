@@ -14,12 +14,12 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from truth import sinkhorn_log_f64
 
 import sigma_kernels as sk
 from sigma_kernels.backends import backend_info, get_backend, is_available
-
-from truth import sinkhorn_log_f64
 
 pytestmark = pytest.mark.skipif(
     not is_available("cpu"),

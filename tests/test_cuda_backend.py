@@ -7,8 +7,14 @@ import pytest
 import torch
 
 import sigma_kernels as sk
-from sigma_kernels.backends import (BACKENDS, BackendUnavailableError, backend_info, get_backend, is_available,
-                                    resolve_backend)
+from sigma_kernels.backends import (
+    BACKENDS,
+    BackendUnavailableError,
+    backend_info,
+    get_backend,
+    is_available,
+    resolve_backend,
+)
 
 
 def test_cuda_is_a_named_backend_that_auto_never_picks(monkeypatch):
