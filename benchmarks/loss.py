@@ -36,8 +36,12 @@ import torch.nn.functional as F
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import _common as common  # noqa: E402
+from benchmarks import _cli as cli  # noqa: E402
+from benchmarks import _measure as measure  # noqa: E402
+from benchmarks import _report as report  # noqa: E402
+from benchmarks import _truth as truth64  # noqa: E402
 from benchmarks import roofline  # noqa: E402
+from benchmarks._driver import run_provider  # noqa: E402
 from benchmarks.research_style import research_loss  # noqa: E402
 
 # label: (M, K, D, ε) — docs/method.md sizes; "quick" is small enough for a laptop CPU.
@@ -87,7 +91,7 @@ def ops_assign_loss(z_v, z_p, c, eps, iters, tau, backend):
 
 
 def float64_loss_and_grads(z_v, z_p, c, eps, iters, tau, targets, cache=None):
-    """The loss and (dz_v, dz_p, dC) in float64, log-domain Sinkhorn (common.float64_sinkhorn).
+    """The loss and (dz_v, dz_p, dC) in float64, log-domain Sinkhorn (truth64.float64_sinkhorn).
 
     cache: optional dict keeping the two branches' potentials v between calls on the same inputs
     (hard and soft targets share them)."""
@@ -99,7 +103,7 @@ def float64_loss_and_grads(z_v, z_p, c, eps, iters, tau, targets, cache=None):
         target = {}
         for tag, s in (("v", s_v), ("p", s_p)):
             if tag not in cache:
-                cache[tag] = common.float64_sinkhorn_stored(s.detach(), eps, iters)[1]
+                cache[tag] = truth64.float64_sinkhorn_stored(s.detach(), eps, iters)[1]
             v = cache[tag]
             logits = s / eps + v
             target[tag] = logits.argmax(dim=1) if targets == "hard" else torch.softmax(logits, dim=1)
@@ -118,7 +122,7 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
         return (lambda: compiled(z_v, z_p, c, eps, iters, tau, targets)), (z_v, z_p, c), "materialised"
     if name in BACKENDS or name.endswith("-assign"):
         backend = name[: -len("-assign")] if name.endswith("-assign") else name
-        common.require_backend(backend, z_v.device, z_v.dtype)
+        cli.require_backend(backend, z_v.device, z_v.dtype)
         if name.endswith("-assign"):
             if targets != "hard":
                 raise ValueError(f"{name} computes index (hard) targets only")
@@ -131,7 +135,7 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
             from sigma.losses import SinkhornSwapLoss
             from sigma_kernels import resolve_backend
         except Exception as exc:
-            raise common.Unavailable(
+            raise cli.Unavailable(
                 f"sigma.losses.SinkhornSwapLoss is not importable ({type(exc).__name__}: {exc})") from exc
         k, d = c.shape
         module = SinkhornSwapLoss(num_prototypes=k, dim=d, epsilon=eps, sinkhorn_iterations=iters, temperature=tau,
@@ -170,30 +174,69 @@ def parse_args(argv=None):
     p.add_argument("--providers", default=None, help=f"comma list of glob patterns over {list(PROVIDERS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed steps per provider (default 3 on CPU, 10 on CUDA)")
     p.add_argument("--no-check", action="store_true", help="skip the float64 accuracy check (saves memory)")
-    p.add_argument("--out", default=common.RESULTS_DIR, help="output folder for the CSV and PNG")
+    p.add_argument("--out", default=report.RESULTS_DIR, help="output folder for the CSV and PNG")
     p.add_argument("--no-plot", action="store_true")
     return p.parse_args(argv)
+
+
+def run_size(log, device, repeats, providers, rates, label, m, k, d, eps, iters, tau, targets_list, dtype, check):
+    """Every provider and target kind on one problem size (inputs and truth freed on return)."""
+    z_v, z_p, c = make_problem(m, k, d, device, dtype)
+    truth_cache = {}
+    floor_ms = 1e3 * roofline.loss_floor_s(m, k, d, iters, rates)
+    for targets in targets_list:
+        truth = None
+        note = ""
+        if check:
+            t0 = time.perf_counter()
+            truth = float64_loss_and_grads(z_v, z_p, c, eps, iters, tau, targets, truth_cache)
+            note = f" (float64 truth {time.perf_counter() - t0:.1f} s, L = {float(truth[0]):.4f})"
+        print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={iters} tau={tau} targets={targets} "
+              f"dtype={cli.dtype_name(dtype)}{note}", flush=True)
+        base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=iters, tau=tau, targets=targets,
+                    dtype=cli.dtype_name(dtype), floor_ms=floor_ms, read_gbps=rates["read_gbps"],
+                    gemm_gflops=rates["gemm_gflops"])
+
+        def check_out(out, info, truth=truth):
+            loss, grads = out
+            err = grad_err = float("nan")
+            if truth is not None:
+                err = truth64.max_abs_error([(loss, truth[0])])
+                grad_err = truth64.max_abs_error(zip(grads, truth[1]))
+            what = "|L - L_float64|; grad_err: max |grad - grad_float64|" if truth else ""
+            text = f"|dL| {err:.1e}  max|dgrad| {grad_err:.1e}"
+            return {"max_err": err, "grad_err": grad_err, "err_what": what}, text
+
+        for i, name in enumerate(providers, 1):
+            if name.endswith("-assign") and targets != "hard":
+                continue  # index targets are hard by nature
+
+            def setup(name=name, targets=targets):
+                loss_fn, inputs, output = make_provider(name, z_v, z_p, c, eps, iters, tau, targets)
+                return step_fn(loss_fn, inputs), {"fields": {"output": output}}
+            run_provider(log, device, repeats, f"[{i}/{len(providers)}] {name:<18} {targets:<4}", name, base,
+                         ("size", "targets"), setup, check_out)
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = common.parse_dtype(args.dtype)
-    sizes = common.parse_sizes(args.sizes or (FULL_SIZES if args.full else "quick"), PRESETS)
+    dtype = cli.parse_dtype(args.dtype)
+    sizes = cli.parse_sizes(args.sizes or (FULL_SIZES if args.full else "quick"), PRESETS)
     targets_list = [t.strip() for t in args.targets.split(",") if t.strip()]
     if not targets_list or any(t not in ("hard", "soft") for t in targets_list):
         raise SystemExit(f"--targets must be hard, soft or hard,soft, got {args.targets!r}")
-    providers = common.select(PROVIDERS, args.providers)
+    providers = cli.select(PROVIDERS, args.providers)
     if not providers:
         raise SystemExit(f"--providers {args.providers!r} matches none of {list(PROVIDERS)}")
     repeats = args.repeats or (10 if device.type == "cuda" else 3)
     if repeats < 1 or args.iters < 1:
         raise SystemExit("--repeats and --iters must be >= 1")
 
-    meta = common.run_metadata("loss", device)
-    log = common.CsvLog(args.out, meta)
-    print(common.describe(meta), flush=True)
-    print(f"memory method: {common.mem_method(device)}; repeats {repeats}; writing {log.path}", flush=True)
+    meta = report.run_metadata("loss", device)
+    log = report.CsvLog(args.out, meta)
+    print(report.describe(meta), flush=True)
+    print(f"memory method: {measure.mem_method(device)}; repeats {repeats}; writing {log.path}", flush=True)
     tau = args.temperature
     rates = roofline.measure(device)
     print(f"floors: read {rates['read_gbps']:.1f} GB/s, fp32 GEMM {rates['gemm_gflops']:.0f} GFLOP/s "
@@ -201,69 +244,19 @@ def main(argv=None):
 
     for label, m, k, d, eps in sizes:
         eps = args.epsilon if args.epsilon is not None else (eps if eps is not None else 0.05)
-        z_v, z_p, c = make_problem(m, k, d, device, dtype)
-        truth_cache = {}
-        for targets in targets_list:
-            truth = None
-            note = ""
-            if not args.no_check:
-                t0 = time.perf_counter()
-                truth = float64_loss_and_grads(z_v, z_p, c, eps, args.iters, tau, targets, truth_cache)
-                note = f" (float64 truth {time.perf_counter() - t0:.1f} s, L = {float(truth[0]):.4f})"
-            print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={args.iters} tau={tau} targets={targets} "
-                  f"dtype={common.dtype_name(dtype)}{note}", flush=True)
-            base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=args.iters, tau=tau, targets=targets,
-                        dtype=common.dtype_name(dtype))
-            floor_ms = 1e3 * roofline.loss_floor_s(m, k, d, args.iters, rates)
-            for i, name in enumerate(providers, 1):
-                if name.endswith("-assign") and targets != "hard":
-                    continue  # index targets are hard by nature
-                prefix = f"[{i}/{len(providers)}] {name:<18} {targets:<4}"
-                try:
-                    loss_fn, inputs, output = make_provider(name, z_v, z_p, c, eps, args.iters, tau, targets)
-                except common.Unavailable as exc:
-                    common.record_skip(log, prefix, exc, provider=name, **base)
-                    continue
-                except Exception as exc:  # e.g. a module whose API changed
-                    common.record_failure(log, prefix, "failed to set up", exc, provider=name, **base)
-                    continue
-                try:
-                    r = common.bench(step_fn(loss_fn, inputs), device, repeats)
-                    loss, grads = r.pop("out")
-                    err = grad_err = float("nan")
-                    if truth is not None:
-                        err = common.max_abs_error([(loss, truth[0])])
-                        grad_err = common.max_abs_error(zip(grads, truth[1]))
-                except Exception as exc:
-                    common.record_failure(log, prefix, "failed", exc, provider=name, **base)
-                    continue
-                finally:
-                    loss_fn = inputs = None
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                print(f"{prefix} median {r['median_ms']:10.1f} ms  (first {r['first_ms']:.0f} ms)  "
-                      f"peak {r['peak_mem_mb'] if r['peak_mem_mb'] is not None else float('nan'):9.1f} MiB  "
-                      f"|dL| {err:.1e}  max|dgrad| {grad_err:.1e}  floor {floor_ms / r['median_ms']:.2f}",
-                      flush=True)
-                log.add(provider=name, output=output, repeats=repeats, max_err=err, grad_err=grad_err,
-                        err_what="|L - L_float64|; grad_err: max |grad - grad_float64|" if truth else "",
-                        floor_ms=floor_ms, floor_frac=floor_ms / r["median_ms"], read_gbps=rates["read_gbps"],
-                        gemm_gflops=rates["gemm_gflops"], load=roofline.load_average(), status="ok", **base, **r)
-                common.fill_ratios(log.rows, ("size", "targets"))
-                log.rewrite()
-            truth = None
-        del z_v, z_p, c, truth_cache
+        run_size(log, device, repeats, providers, rates, label, m, k, d, eps, args.iters, tau, targets_list, dtype,
+                 check=not args.no_check)
 
     columns = [("provider", "provider"), ("size", "size"), ("targets", "targets"), ("median ms", "median_ms"),
                ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"), ("peak MiB", "peak_mem_mb"),
                ("mem/research", "mem_vs_research"), ("of floor", "floor_frac"),
                ("|dL|", "max_err"), ("max|dgrad|", "grad_err"), ("status", "status")]
-    print("\n" + common.summary(log.rows, columns))
+    print("\n" + report.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")
     if not args.no_plot:
         for r in log.rows:
             r["_series"] = f"{r['size']} {r['targets']}"
-        png = common.plot_bars(log.rows, log.png_path, common.describe(meta), "provider", "_series")
+        png = report.plot_bars(log.rows, log.png_path, report.describe(meta), "provider", "_series")
         if png:
             print(f"PNG: {png}")
     return log.path

@@ -24,7 +24,7 @@ if __package__ in (None, ""):
 
 import torch  # noqa: E402
 
-from benchmarks import _common as common  # noqa: E402
+from benchmarks import _report as report  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_MS = "11264,22528,45056,90112,180224"
@@ -97,23 +97,23 @@ def main(argv=None):
     p.add_argument("--truth-max", type=int, default=45056, help="largest M with the float64 check")
     p.add_argument("--timeout", type=int, default=1800, help="seconds per point")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    p.add_argument("--out", default=common.RESULTS_DIR)
+    p.add_argument("--out", default=report.RESULTS_DIR)
     args = p.parse_args(argv)
-    meta = common.run_metadata("loss-scaling", args.device)
-    log = common.CsvLog(args.out, meta)
-    print(common.describe(meta), flush=True)
+    meta = report.run_metadata("loss-scaling", args.device)
+    log = report.CsvLog(args.out, meta)
+    print(report.describe(meta), flush=True)
     for m in [int(x) for x in args.ms.split(",") if x.strip()]:
         for provider in [x.strip() for x in args.providers.split(",") if x.strip()]:
             for r in run_point(m, args.k, args.d, args.epsilon, provider, args.repeats, m <= args.truth_max,
                                args.timeout, args.device):
-                fields = {c: r[c] for c in common.CSV_COLUMNS if c in r and c not in log.meta and r[c] != ""}
+                fields = {c: r[c] for c in report.CSV_COLUMNS if c in r and c not in log.meta and r[c] != ""}
                 fields["size"] = f"M={m}"
                 log.add(**fields)
                 print(f"M={m:>7} {provider:<18} {r.get('median_ms', '-'):>10} ms  peak {r.get('peak_mem_mb', '-')} MiB"
                       f"  load {r.get('load', '-')}  {r.get('status')}  {r.get('output', '')}", flush=True)
-            common.fill_ratios(log.rows, ("size",))
+            report.fill_ratios(log.rows, ("size",))
             log.rewrite()
-    png = plot(log.rows, log.png_path, common.describe(meta))
+    png = plot(log.rows, log.png_path, report.describe(meta))
     print(f"CSV: {log.path}" + (f"\nPNG: {png}" if png else ""))
     return log.path
 

@@ -15,7 +15,7 @@ import sys
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks._common import REPO_ROOT, RESULTS_DIR, display  # noqa: E402
+from benchmarks._report import REPO_ROOT, RESULTS_DIR, display  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 

@@ -36,8 +36,12 @@ import torch
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import _common as common  # noqa: E402
+from benchmarks import _cli as cli  # noqa: E402
+from benchmarks import _measure as measure  # noqa: E402
+from benchmarks import _report as report  # noqa: E402
+from benchmarks import _truth as truth64  # noqa: E402
 from benchmarks import roofline  # noqa: E402
+from benchmarks._driver import run_provider  # noqa: E402
 from benchmarks.research_style import research_sinkhorn  # noqa: E402
 
 # label: (M, K, D, ε) — docs/method.md sizes; "quick" is the masked tubes of a B=2 SSv2 batch (2 × 1408),
@@ -83,7 +87,7 @@ def make_provider(name, z, c, scores, eps, iters):
         try:
             import ot
         except ImportError as exc:
-            raise common.Unavailable(f"POT is not installed ({exc})") from exc
+            raise cli.Unavailable(f"POT is not installed ({exc})") from exc
         cost = -scores.float()
         a = torch.full((m,), 1.0 / m, device=z.device)
         b = torch.full((k,), 1.0 / k, device=z.device)
@@ -93,24 +97,24 @@ def make_provider(name, z, c, scores, eps, iters):
         return run_pot, as_q, "Q", torch.float32
     if name in BACKENDS:
         import sigma_kernels
-        common.require_backend(name, z.device, scores.dtype)
+        cli.require_backend(name, z.device, scores.dtype)
         return (lambda: sigma_kernels.sinkhorn(scores, eps, iters, backend=name)), as_q, "Q", scores.dtype
     if name.endswith("-streaming"):
         import sigma_kernels
         backend = name[: -len("-streaming")]
         zd, cd = z.to(scores.dtype), c.to(scores.dtype)
-        common.require_backend(backend, z.device, zd.dtype)
+        cli.require_backend(backend, z.device, zd.dtype)
 
         def run_streaming():
             return sinkhorn_streaming_uv(sigma_kernels, zd, cd, eps, iters, backend)
         return run_streaming, (lambda out: ("uv",) + out), "potentials", zd.dtype
     if name == "flash-sinkhorn":
         if z.device.type != "cuda":
-            raise common.Unavailable("flash-sinkhorn runs on CUDA tensors only")
+            raise cli.Unavailable("flash-sinkhorn runs on CUDA tensors only")
         try:
             from flash_sinkhorn import SamplesLoss
         except ImportError as exc:
-            raise common.Unavailable(f"flash-sinkhorn is not installed ({exc})") from exc
+            raise cli.Unavailable(f"flash-sinkhorn is not installed ({exc})") from exc
         # Prototypes are the sources (updated first, like our v), tokens the targets; with
         # half_cost the cost is ½‖c−z‖² = 1 − z·c, so exp(−cost/ε) ∝ exp(S/ε).
         solver = SamplesLoss("sinkhorn", backend="alternating", use_epsilon_scaling=False, eps=eps,
@@ -148,10 +152,10 @@ def float64_truth(z, c, eps, n_iters):
     budget = (4 if z.device.type == "cuda" else 2) * 2**30
     if m * k * 8 <= budget:
         s64 = z64 @ c64.T
-        u, v = common.float64_sinkhorn_stored(s64, eps, n_iters)
+        u, v = truth64.float64_sinkhorn_stored(s64, eps, n_iters)
         return (lambda i0, i1: s64[i0:i1]), u, v
     row_scores = lambda i0, i1: z64[i0:i1] @ c64.T  # noqa: E731
-    return (row_scores,) + common.float64_sinkhorn(row_scores, m, k, eps, n_iters)
+    return (row_scores,) + truth64.float64_sinkhorn(row_scores, m, k, eps, n_iters)
 
 
 def q_error(result, row_scores, m, u64, v64, eps, chunk=2048):
@@ -168,7 +172,7 @@ def q_error(result, row_scores, m, u64, v64, eps, chunk=2048):
             else:
                 u, v = result[1].double(), result[2].double()
                 yield torch.exp(s + u[i0:i1, None] + v[None, :] + log_m), truth
-    return common.max_abs_error(blocks())
+    return truth64.max_abs_error(blocks())
 
 
 def parse_args(argv=None):
@@ -183,84 +187,68 @@ def parse_args(argv=None):
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     p.add_argument("--providers", default=None, help=f"comma list of glob patterns over {list(PROVIDERS)}")
     p.add_argument("--repeats", type=int, default=None, help="timed runs per provider (default 3 on CPU, 10 on CUDA)")
-    p.add_argument("--out", default=common.RESULTS_DIR, help="output folder for the CSV and PNG")
+    p.add_argument("--out", default=report.RESULTS_DIR, help="output folder for the CSV and PNG")
     p.add_argument("--no-plot", action="store_true")
     return p.parse_args(argv)
+
+
+def run_size(log, device, repeats, providers, rates, label, m, k, d, eps, iters, dtype):
+    """Every provider on one problem size (its inputs and float64 truth freed on return)."""
+    z, c = make_problem(m, k, d, device)
+    scores = (z @ c.T).to(dtype)
+    t0 = time.perf_counter()
+    row_scores, u64, v64 = float64_truth(z, c, eps, iters)
+    print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={iters} dtype={cli.dtype_name(dtype)} "
+          f"(float64 truth {time.perf_counter() - t0:.1f} s)", flush=True)
+    floor_ms = 1e3 * roofline.sinkhorn_floor_s(m, k, iters, rates)
+    base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=iters, targets="-", dtype=cli.dtype_name(dtype),
+                floor_ms=floor_ms, read_gbps=rates["read_gbps"], gemm_gflops=rates["gemm_gflops"])
+
+    def check(out, info):
+        err = q_error(info["finish"](out), row_scores, m, u64, v64, eps)
+        return {"max_err": err}, f"max err {err:.2e}"
+
+    for i, name in enumerate(providers, 1):
+        def setup(name=name):
+            fn, finish, output, in_dtype = make_provider(name, z, c, scores, eps, iters)
+            what = "max |Q - Q_float64|" + (" (Q from potentials)" if output == "potentials" else "")
+            return fn, {"finish": finish, "fields": dict(dtype=cli.dtype_name(in_dtype), output=output, err_what=what)}
+        run_provider(log, device, repeats, f"[{i}/{len(providers)}] {name:<20}", name, base, ("size",), setup, check)
 
 
 def main(argv=None):
     args = parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    dtype = common.parse_dtype(args.dtype)
-    sizes = common.parse_sizes(args.sizes or (FULL_SIZES if args.full else "quick"), PRESETS)
-    providers = common.select(PROVIDERS, args.providers)
+    dtype = cli.parse_dtype(args.dtype)
+    sizes = cli.parse_sizes(args.sizes or (FULL_SIZES if args.full else "quick"), PRESETS)
+    providers = cli.select(PROVIDERS, args.providers)
     if not providers:
         raise SystemExit(f"--providers {args.providers!r} matches none of {list(PROVIDERS)}")
     repeats = args.repeats or (10 if device.type == "cuda" else 3)
     if repeats < 1 or args.iters < 1:
         raise SystemExit("--repeats and --iters must be >= 1")
 
-    meta = common.run_metadata("sinkhorn", device)
-    log = common.CsvLog(args.out, meta)
-    print(common.describe(meta), flush=True)
-    print(f"memory method: {common.mem_method(device)}; repeats {repeats}; writing {log.path}", flush=True)
+    meta = report.run_metadata("sinkhorn", device)
+    log = report.CsvLog(args.out, meta)
+    print(report.describe(meta), flush=True)
+    print(f"memory method: {measure.mem_method(device)}; repeats {repeats}; writing {log.path}", flush=True)
     rates = roofline.measure(device)
     print(f"floors: read {rates['read_gbps']:.1f} GB/s, fp32 GEMM {rates['gemm_gflops']:.0f} GFLOP/s "
           f"(load {roofline.load_average()})", flush=True)
 
     for label, m, k, d, eps in sizes:
         eps = args.epsilon if args.epsilon is not None else (eps if eps is not None else 0.05)
-        z, c = make_problem(m, k, d, device)
-        scores = (z @ c.T).to(dtype)
-        t0 = time.perf_counter()
-        row_scores, u64, v64 = float64_truth(z, c, eps, args.iters)
-        print(f"\n== {label}: M={m} K={k} D={d} eps={eps} iters={args.iters} dtype={common.dtype_name(dtype)} "
-              f"(float64 truth {time.perf_counter() - t0:.1f} s)", flush=True)
-        base = dict(size=label, M=m, K=k, D=d, eps=eps, iters=args.iters, targets="-")
-        floor_ms = 1e3 * roofline.sinkhorn_floor_s(m, k, args.iters, rates)
-        for i, name in enumerate(providers, 1):
-            prefix = f"[{i}/{len(providers)}] {name:<20}"
-            try:
-                fn, finish, output, in_dtype = make_provider(name, z, c, scores, eps, args.iters)
-            except common.Unavailable as exc:
-                common.record_skip(log, prefix, exc, provider=name, dtype=common.dtype_name(dtype), **base)
-                continue
-            except Exception as exc:  # e.g. a peer whose API changed
-                common.record_failure(log, prefix, "failed to set up", exc, provider=name,
-                                      dtype=common.dtype_name(dtype), **base)
-                continue
-            try:
-                r = common.bench(fn, device, repeats)
-                err = q_error(finish(r.pop("out")), row_scores, m, u64, v64, eps)
-            except Exception as exc:
-                common.record_failure(log, prefix, "failed", exc, provider=name, dtype=common.dtype_name(in_dtype),
-                                      **base)
-                continue
-            finally:
-                fn = None
-                if device.type == "cuda":
-                    torch.cuda.empty_cache()
-            print(f"{prefix} median {r['median_ms']:10.2f} ms  (first {r['first_ms']:.0f} ms)  "
-                  f"peak {r['peak_mem_mb'] if r['peak_mem_mb'] is not None else float('nan'):9.1f} MiB  "
-                  f"max err {err:.2e}  floor {floor_ms / r['median_ms']:.2f}", flush=True)
-            log.add(provider=name, dtype=common.dtype_name(in_dtype), output=output, repeats=repeats,
-                    err_what="max |Q - Q_float64|" + (" (Q from potentials)" if output == "potentials" else ""),
-                    max_err=err, status="ok", floor_ms=floor_ms, floor_frac=floor_ms / r["median_ms"],
-                    read_gbps=rates["read_gbps"], gemm_gflops=rates["gemm_gflops"], load=roofline.load_average(),
-                    **base, **r)
-            common.fill_ratios(log.rows, ("size",))
-            log.rewrite()
-        del z, c, scores, row_scores
+        run_size(log, device, repeats, providers, rates, label, m, k, d, eps, args.iters, dtype)
 
     columns = [("provider", "provider"), ("size", "size"), ("dtype", "dtype"), ("output", "output"),
                ("median ms", "median_ms"), ("speed-up", "speedup"), ("vs compile", "speedup_vs_compile"),
                ("peak MiB", "peak_mem_mb"), ("mem/research", "mem_vs_research"), ("of floor", "floor_frac"),
                ("max err", "max_err"),
                ("status", "status")]
-    print("\n" + common.summary(log.rows, columns))
+    print("\n" + report.summary(log.rows, columns))
     print(f"\nCSV: {log.path}")
     if not args.no_plot:
-        png = common.plot_bars(log.rows, log.png_path, common.describe(meta), "provider", "size")
+        png = report.plot_bars(log.rows, log.png_path, report.describe(meta), "provider", "size")
         if png:
             print(f"PNG: {png}")
     return log.path

@@ -16,7 +16,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from truth import sinkhorn_log_f64  # noqa: E402
 
 import sigma_kernels  # noqa: E402
-from benchmarks import _common as common  # noqa: E402
+from benchmarks import _cli as cli  # noqa: E402
+from benchmarks import _report as report  # noqa: E402
+from benchmarks import _truth as truth64  # noqa: E402
 from benchmarks import loss as loss_bench  # noqa: E402
 from benchmarks import sinkhorn as sinkhorn_bench  # noqa: E402
 from benchmarks.research_style import research_loss, research_sinkhorn  # noqa: E402
@@ -53,7 +55,7 @@ def test_research_sinkhorn_overflows_where_the_spec_says():
 def test_float64_truth_matches_the_independent_truth():
     _, _, s = _scores(53, 17)
     s64 = s.double()
-    u, v = common.float64_sinkhorn(lambda i0, i1: s64[i0:i1], 53, 17, 0.05, 7, chunk=10)  # several blocks
+    u, v = truth64.float64_sinkhorn(lambda i0, i1: s64[i0:i1], 53, 17, 0.05, 7, chunk=10)  # several blocks
     _, u_t, v_t = sinkhorn_log_f64(s64.numpy(), 0.05, 7)
     torch.testing.assert_close(u, torch.from_numpy(u_t), rtol=0, atol=1e-10)
     torch.testing.assert_close(v, torch.from_numpy(v_t), rtol=0, atol=1e-10)
@@ -63,13 +65,13 @@ def test_float64_truth_matches_the_independent_truth():
 def test_stored_float64_truth_matches_the_log_domain_one(eps):
     _, _, s = _scores(61, 23)
     s64 = s.double()
-    u, v = common.float64_sinkhorn_stored(s64, eps, 8)
-    u_ref, v_ref = common.float64_sinkhorn(lambda i0, i1: s64[i0:i1], 61, 23, eps, 8, chunk=16)
+    u, v = truth64.float64_sinkhorn_stored(s64, eps, 8)
+    u_ref, v_ref = truth64.float64_sinkhorn(lambda i0, i1: s64[i0:i1], 61, 23, eps, 8, chunk=16)
     scale = 1.0 / eps  # potentials are of order 1/ε: compare relative to it
     torch.testing.assert_close(u / scale, u_ref / scale, rtol=0, atol=1e-12)
     torch.testing.assert_close(v / scale, v_ref / scale, rtol=0, atol=1e-12)
     # scores far from 0 do not overflow the exp-domain path (only differences of S matter)
-    u2, v2 = common.float64_sinkhorn_stored(s64 + 50.0, eps, 8)
+    u2, v2 = truth64.float64_sinkhorn_stored(s64 + 50.0, eps, 8)
     torch.testing.assert_close(u2 / scale, u_ref / scale, rtol=0, atol=1e-12)
     torch.testing.assert_close(v2 / scale, (v_ref - 50.0 / eps) / scale, rtol=0, atol=1e-12)
 
@@ -157,7 +159,7 @@ def test_sinkhorn_benchmark_writes_the_promised_csv_and_png(tmp_path, capsys):
     path = sinkhorn_bench.main(["--sizes", "64x7x8@0.2", "--repeats", "1", "--iters", "3", "--device", "cpu",
                                 "--providers", "research-eager,reference*,pot*,cpu", "--out", str(tmp_path)])
     header, rows = _read_csv(path)
-    assert tuple(header) == common.CSV_COLUMNS
+    assert tuple(header) == report.CSV_COLUMNS
     for col in ("machine", "device", "torch", "triton", "commit", "date", "provider", "size", "eps", "iters",
                 "dtype", "median_ms", "peak_mem_mb", "mem_method", "max_err", "speedup"):
         assert col in header
@@ -183,7 +185,7 @@ def test_loss_benchmark_writes_the_promised_csv(tmp_path):
                             "--providers", "research-eager,reference,reference-assign", "--out", str(tmp_path),
                             "--no-plot"])
     header, rows = _read_csv(path)
-    assert tuple(header) == common.CSV_COLUMNS
+    assert tuple(header) == report.CSV_COLUMNS
     ok = [r for r in rows if r["status"] == "ok"]
     assert {(r["provider"], r["targets"]) for r in ok} == {
         ("research-eager", "hard"), ("research-eager", "soft"), ("reference", "hard"), ("reference", "soft"),
@@ -194,12 +196,12 @@ def test_loss_benchmark_writes_the_promised_csv(tmp_path):
 
 
 def test_size_and_provider_selection():
-    sizes = common.parse_sizes("quick,100x20x8,64x7x3@0.5", sinkhorn_bench.PRESETS)
+    sizes = cli.parse_sizes("quick,100x20x8,64x7x3@0.5", sinkhorn_bench.PRESETS)
     assert sizes[0] == ("quick",) + sinkhorn_bench.PRESETS["quick"]
     assert sizes[1] == ("100x20x8", 100, 20, 8, None) and sizes[2][-1] == 0.5
     with pytest.raises(SystemExit, match="MxKxD"):
-        common.parse_sizes("big", sinkhorn_bench.PRESETS)
-    assert common.select(sinkhorn_bench.PROVIDERS, "*-streaming") == [
+        cli.parse_sizes("big", sinkhorn_bench.PRESETS)
+    assert cli.select(sinkhorn_bench.PROVIDERS, "*-streaming") == [
         "reference-streaming", "cpu-streaming", "triton-streaming"]
 
 

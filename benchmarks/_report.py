@@ -1,32 +1,11 @@
-"""Shared machinery of the benchmark scripts: timing, peak memory, float64 truth, run metadata,
-CSV/PNG output and the printed table.
-
-Timing: one first call (compilation, autotuning, lazy initialisation; reported as first_ms), one
-call under the memory probe, then `repeats` timed calls; median_ms is their median. On CUDA
-every call is bracketed by torch.cuda.synchronize().
-
-Peak memory (peak_mem_mb), the extra memory one call needs on top of its inputs, outputs
-included; the method is named in the mem_method column:
-- "cuda_max_allocated_delta": torch.cuda.max_memory_allocated() after reset_peak_memory_stats(),
-  minus memory_allocated() before the call;
-- "rss_hwm_delta": on Linux CPU runs, the process's peak resident set (VmHWM, reset by writing 5
-  to /proc/self/clear_refs) minus the resident set before the call, after malloc_trim(0) has
-  returned the heap's free pages. It sees every allocation that touches memory (C++ extensions
-  and compiled code included), with page granularity;
-- "rss_sampled_delta": where the peak cannot be reset, the resident set sampled every 0.5 ms
-  by a thread (can miss short peaks).
-"""
+"""Run metadata, the CSV log, speed-up/memory ratios, the printed table and the bar plot."""
 import csv
 import datetime as _dt
-import fnmatch
 import math
 import os
 import platform
 import socket
-import statistics
 import subprocess
-import threading
-import time
 
 import torch
 
@@ -41,29 +20,6 @@ CSV_COLUMNS = (
     "gemm_gflops", "load", "status",
 )
 
-DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-          "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
-
-
-class Unavailable(Exception):
-    """A provider cannot run here (or not with these settings); the message says why."""
-
-
-def require_backend(name, device, dtype):
-    """The sigma_kernels backend namespace `name`, or Unavailable if it cannot take `dtype`
-    tensors on `device` in this process."""
-    from sigma_kernels.backends import BackendUnavailableError, get_backend
-    try:
-        ns = get_backend(name)
-    except BackendUnavailableError as exc:
-        raise Unavailable(str(exc)) from exc
-    device_type = torch.device(device).type
-    if ns.device_types is not None and device_type not in ns.device_types:
-        raise Unavailable(f"backend {name!r} runs on {list(ns.device_types)} tensors, not {device_type}")
-    if dtype not in ns.supported_dtypes:
-        raise Unavailable(f"backend {name!r} does not support {dtype}")
-    return ns
-
 
 def record_skip(log, prefix, exc, **fields):
     """Print and log a provider that cannot run here (an Unavailable)."""
@@ -76,238 +32,6 @@ def record_failure(log, prefix, stage, exc, **fields):
     msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
     print(f"{prefix} {stage}: {msg}", flush=True)
     log.add(status=f"failed: {msg}", **fields)
-
-
-def parse_dtype(name):
-    try:
-        return DTYPES[name]
-    except KeyError:
-        raise SystemExit(f"--dtype must be one of {sorted(DTYPES)}, got {name!r}") from None
-
-
-def dtype_name(dtype):
-    return str(dtype).replace("torch.", "")
-
-
-def parse_sizes(text, presets):
-    """'name,MxKxD,MxKxD@eps' -> list of (label, M, K, D, eps or None)."""
-    sizes = []
-    for item in (s.strip() for s in text.split(",")):
-        if not item:
-            continue
-        if item in presets:
-            m, k, d, eps = presets[item]
-            sizes.append((item, m, k, d, eps))
-            continue
-        shape, _, eps = item.partition("@")
-        try:
-            m, k, d = (int(v) for v in shape.lower().split("x"))
-            eps = float(eps) if eps else None
-        except ValueError:
-            raise SystemExit(f"--sizes: {item!r} is neither a preset {sorted(presets)} nor MxKxD[@eps]") from None
-        if min(m, k, d) < 1:
-            raise SystemExit(f"--sizes: {item!r} must have positive M, K, D")
-        sizes.append((f"{m}x{k}x{d}", m, k, d, eps))
-    if not sizes:
-        raise SystemExit("--sizes is empty")
-    return sizes
-
-
-def select(names, patterns):
-    """The names matching any of the comma-separated glob patterns (all when patterns is None)."""
-    if not patterns:
-        return list(names)
-    pats = [p.strip() for p in patterns.split(",") if p.strip()]
-    return [n for n in names if any(fnmatch.fnmatchcase(n, p) for p in pats)]
-
-
-# --- synchronisation, timing, memory ------------------------------------------------------
-
-def sync(device):
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _hwm_bytes():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    raise OSError("no VmHWM in /proc/self/status")
-
-
-def _can_reset_hwm():
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        _hwm_bytes()
-        return True
-    except OSError:
-        return False
-
-
-def _release_free_heap():
-    """Give the heap's free pages back to the OS (glibc malloc_trim), so that memory the call
-    reuses from earlier, freed allocations shows up in its resident-set peak instead of hiding in
-    the baseline (glibc serves allocations below its adaptive mmap threshold, up to 32 MiB, from
-    the heap and keeps them resident after free)."""
-    global _malloc_trim
-    if _malloc_trim is None:
-        try:
-            import ctypes
-            _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
-        except (OSError, AttributeError):
-            _malloc_trim = False
-    if _malloc_trim:
-        _malloc_trim(0)
-
-
-_malloc_trim = None
-
-
-def cpu_mem_method():
-    if not os.path.exists("/proc/self/statm"):
-        return None
-    return "rss_hwm_delta" if _can_reset_hwm() else "rss_sampled_delta"
-
-
-def mem_method(device):
-    return "cuda_max_allocated_delta" if torch.device(device).type == "cuda" else cpu_mem_method()
-
-
-def measure_peak_mb(fn, device):
-    """Run fn() once; return (extra peak memory in MiB or None, method name)."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        sync(device)
-        base = torch.cuda.memory_allocated(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        out = fn()
-        sync(device)
-        peak = torch.cuda.max_memory_allocated(device) - base
-        del out
-        return peak / 2**20, "cuda_max_allocated_delta"
-    method = cpu_mem_method()
-    if method is None:
-        fn()
-        return None, "unavailable"
-    _release_free_heap()
-    if method == "rss_hwm_delta":
-        _can_reset_hwm()
-        base = _rss_bytes()
-        out = fn()
-        peak = _hwm_bytes() - base
-        del out
-        return max(peak, 0) / 2**20, method
-    base = _rss_bytes()
-    peak = [base]
-    done = threading.Event()
-
-    def sample():
-        while not done.is_set():
-            peak[0] = max(peak[0], _rss_bytes())
-            time.sleep(0.0005)
-
-    t = threading.Thread(target=sample, daemon=True)
-    t.start()
-    try:
-        out = fn()
-    finally:
-        done.set()
-        t.join()
-    peak[0] = max(peak[0], _rss_bytes())
-    del out
-    return (peak[0] - base) / 2**20, method
-
-
-def bench(fn, device, repeats):
-    """First call, memory-probe call, then `repeats` timed calls of fn().
-
-    Returns dict(first_ms, median_ms, min_ms, peak_mem_mb, mem_method, out) where out is the
-    last call's result (for the accuracy check).
-    """
-    sync(device)
-    t0 = time.perf_counter()
-    out = fn()
-    sync(device)
-    first_ms = (time.perf_counter() - t0) * 1e3
-    del out  # free it before the memory probe
-    out = None
-    peak_mb, method = measure_peak_mb(fn, device)
-    times = []
-    for _ in range(repeats):
-        out = None
-        sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return dict(first_ms=first_ms, median_ms=statistics.median(times), min_ms=min(times),
-                peak_mem_mb=peak_mb, mem_method=method, out=out)
-
-
-# --- float64 truth --------------------------------------------------------------------------
-
-def float64_sinkhorn(row_scores, m, k, epsilon, n_iters, chunk=2048):
-    """Log-domain Sinkhorn (docs/sinkhorn.md) in float64, row block by row block (memory O(chunk·K)).
-
-    row_scores(i0, i1) -> float64 (i1-i0, K) scores of those rows. Returns (u (M,), v (K,)),
-    Q_ik = M·exp(S_ik/ε + u_i + v_k). Independent of sigma_kernels on purpose: it is the truth.
-    """
-    inv_eps = 1.0 / epsilon
-    log_m, log_k = math.log(m), math.log(k)
-    blocks = [(i0, min(i0 + chunk, m)) for i0 in range(0, m, chunk)]
-    u = None
-    v = None
-    for _ in range(n_iters):
-        parts = []
-        for i0, i1 in blocks:
-            s = row_scores(i0, i1) * inv_eps
-            if u is not None:
-                s += u[i0:i1, None]
-            parts.append(torch.logsumexp(s, dim=0))
-        v = -log_k - torch.logsumexp(torch.stack(parts), dim=0)
-        u_parts = [-log_m - torch.logsumexp(row_scores(i0, i1) * inv_eps + v, dim=1) for i0, i1 in blocks]
-        u = torch.cat(u_parts)
-    return u, v
-
-
-def float64_sinkhorn_stored(s64, epsilon, n_iters):
-    """`float64_sinkhorn` for a stored float64 S (M, K): the same (u, v), faster.
-
-    When the exponents span at most 200 ((max S − min S)/ε ≤ 200), it iterates in the exp
-    domain on the shifted kernel G = exp((S − max S)/ε), two float64 mat-vecs per iteration,
-    with scalings that stay within about e^±200 (no over/underflow in float64); otherwise it runs
-    the log-domain loop.
-    """
-    m, k = s64.shape
-    smin, smax = float(s64.min()), float(s64.max())
-    if (smax - smin) / epsilon > 200:
-        return float64_sinkhorn(lambda i0, i1: s64[i0:i1], m, k, epsilon, n_iters)
-    kernel = (s64 - smax).div_(epsilon).exp_()  # G, entries in [exp(-200), 1]
-    # a_i = exp(u_i), b_k = exp(v_k + max S/ε):  b = 1/(K·Gᵀa),  a = 1/(M·G b);  u = 0 at the start
-    a = torch.ones(m, dtype=torch.float64, device=s64.device)
-    b = None
-    for _ in range(n_iters):
-        b = 1.0 / (k * (kernel.T @ a))
-        a = 1.0 / (m * (kernel @ b))
-    return torch.log(a), torch.log(b) - smax / epsilon
-
-
-def max_abs_error(blocks):
-    """Max |a - b| over an iterable of (a, b) pairs; NaN if any entry is not finite."""
-    worst = 0.0
-    for a, b in blocks:
-        d = (a.double() - b.double()).abs()
-        if not bool(torch.isfinite(d).all()):
-            return float("nan")
-        worst = max(worst, float(d.max()))
-    return worst
 
 
 # --- run metadata ---------------------------------------------------------------------------
@@ -329,7 +53,8 @@ def _git_commit():
                              text=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--", "sigma_kernels", "csrc", "sigma",
                                 "benchmarks/sinkhorn.py", "benchmarks/loss.py", "benchmarks/research_style.py",
-                                "benchmarks/_common.py"],
+                                "benchmarks/_cli.py", "benchmarks/_measure.py", "benchmarks/_truth.py",
+                                "benchmarks/_report.py", "benchmarks/_driver.py", "benchmarks/roofline.py"],
                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
         return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
     except (OSError, subprocess.SubprocessError):
