@@ -106,6 +106,12 @@ def test_custom_ops_pass_opcheck():
     opcheck(ops.sinkhorn_solve, (s, 20.0, 3, 0.0, 5, "reference"))
     opcheck(ops.sinkhorn_assign, (s, torch.zeros(5), 20.0, "reference"))
     opcheck(ops.linear_cross_entropy, (x, c, t, 10.0, "reference"))
+    opcheck(ops.sinkhorn_transport, (s, 20.0, 3, 0.0, 5, "reference"))
+    opcheck(ops.sinkhorn_assign_entropy, (s, torch.zeros(5), 20.0, "reference"))
+    opcheck(ops.sinkhorn_assign_entropy_streaming, (x.detach(), c.detach(), torch.zeros(5), 20.0, "reference"))
+    opcheck(ops.row_logsumexp, (s, 10.0, "reference"))
+    lse_rows = torch.logsumexp(x.detach() @ c.detach().T * 10.0, dim=1)
+    opcheck(ops.linear_cross_entropy_given_lse, (x, c, t, lse_rows, 10.0, "reference"))
     opcheck(ops.sinkhorn_target_cross_entropy,
             (x, c, x.detach(), c.detach(), torch.zeros(5), 20.0, 10.0, True, "reference"))
     # autograd with only one factor requiring grad (the backward skips the other gradient)
