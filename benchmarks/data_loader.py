@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, RandomSampler
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import _common as common  # noqa: E402
+from benchmarks import _report as report  # noqa: E402
 from sigma.data import VideoDataset, sample_videos, seed_worker  # noqa: E402
 
 COLUMNS = ("benchmark", "machine", "device", "torch", "python", "commit", "date", "source", "reader",
@@ -73,11 +73,11 @@ def main(argv=None):
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--clips", type=int, default=64, help="timed clips per setting (after one warm-up batch)")
     p.add_argument("--reader", default="auto", choices=("auto", "decord", "pyav"))
-    p.add_argument("--out", default=common.RESULTS_DIR)
+    p.add_argument("--out", default=report.RESULTS_DIR)
     args = p.parse_args(argv)
     sizes = parse_sizes(args.sizes)
     workers = [int(w) for w in args.workers.split(",") if w.strip()]
-    meta = common.run_metadata("data_loader", "cpu")
+    meta = report.run_metadata("data_loader", "cpu")
     with tempfile.TemporaryDirectory() as tmp:
         if args.source == "synthetic":
             from sigma.data.synthetic import make_synthetic_dataset
@@ -91,9 +91,9 @@ def main(argv=None):
         else:
             source, label, rate = args.source, args.source, args.sampling_rate or 4
         os.makedirs(args.out, exist_ok=True)
-        path = os.path.join(args.out, f"{common.device_slug(meta)}-{meta['_stamp']}-data_loader.csv")
+        path = os.path.join(args.out, f"{report.device_slug(meta)}-{meta['_stamp']}-data_loader.csv")
         rows = []
-        print(common.describe(meta), flush=True)
+        print(report.describe(meta), flush=True)
         print(f"source: {label}, batch {args.batch_size}, {args.clips} timed clips per setting", flush=True)
         for frames, size in sizes:
             for w in workers:
