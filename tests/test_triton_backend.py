@@ -606,3 +606,16 @@ def test_gpu_realistic_sizes_match_reference(k):
         dx_r, dc_r = ref.linear_cross_entropy_backward(g, x, c, ref_target, lse_r, 10.0)
         near(dx, dx_r, 1e-3)
         near(dc, dc_r, 1e-3)
+
+
+def test_derived_primitives_match_reference():
+    """row_logsumexp and the assign + entropy pass (labels from the Triton kernels)."""
+    s = _unit(37, 8, seed=4) @ _unit(29, 8, seed=5).T
+    x, c = _unit(37, 8, seed=4), _unit(29, 8, seed=5)
+    v = torch.randn(29, generator=torch.Generator().manual_seed(6)).to(DEV)
+    ref = get_backend("reference")
+    _close(tri.row_logsumexp(s, 10.0), ref.row_logsumexp(s, 10.0))
+    for got, want in ((tri.sinkhorn_assign_entropy(s, v, 20.0), ref.sinkhorn_assign_entropy(s, v, 20.0)),
+                      (tri.streaming_assign_entropy(x, c, v, 20.0), ref.streaming_assign_entropy(x, c, v, 20.0))):
+        assert torch.equal(got[0], want[0])
+        _close(got[1], want[1], atol=1e-4, rtol=1e-5)

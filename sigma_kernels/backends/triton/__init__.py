@@ -36,5 +36,6 @@ if unavailable_reason() is None:
         sinkhorn_target_cross_entropy_backward,
         sinkhorn_target_cross_entropy_forward,
     )
+    from .derived import row_logsumexp, sinkhorn_assign_entropy, streaming_assign_entropy  # noqa: E402,F401
     from .sinkhorn import sinkhorn_assign, sinkhorn_col_lse, sinkhorn_plan, sinkhorn_row_step  # noqa: E402,F401
     from .streaming import streaming_assign, streaming_col_lse, streaming_row_step  # noqa: E402,F401
