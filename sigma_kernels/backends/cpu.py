@@ -15,11 +15,22 @@ DEVICE_TYPES = ("cpu",)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
 
+# Ops this module calls; a build of the extension from older sources lacks some of them.
+_OPS = ("sinkhorn_col_lse", "sinkhorn_row_step", "sinkhorn_assign", "sinkhorn_plan", "sinkhorn_solve_dense",
+        "sinkhorn_assign_entropy", "row_logsumexp", "streaming_col_lse", "streaming_row_step", "streaming_assign",
+        "streaming_assign_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
+        "sinkhorn_target_cross_entropy_forward", "sinkhorn_target_cross_entropy_backward")
+
+
 def unavailable_reason():
     try:
         from sigma_kernels import _C  # noqa: F401  (registers torch.ops.sigma_kernels_ext)
     except ImportError as exc:
         return f"the compiled extension is not built ({exc}); reinstall with `pip install --no-build-isolation -e .`"
+    missing = [name for name in _OPS if not hasattr(torch.ops.sigma_kernels_ext, name)]
+    if missing:
+        return (f"the compiled extension is out of date (no op {', '.join(missing)}); rebuild it with "
+                "`python setup.py build_ext --inplace` (or reinstall)")
     return None
 
 
