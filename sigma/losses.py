@@ -24,6 +24,7 @@ from sigma_kernels import (
     sinkhorn_streaming,
 )
 from sigma_kernels.backends import BACKENDS
+from sigma_kernels.backends.reference import compute_dtype
 from sigma_kernels.distributed import (
     global_count,
     sinkhorn_solve_distributed,
@@ -122,6 +123,24 @@ class SinkhornSwapLoss(nn.Module):
         with torch.no_grad():
             nn.init.normal_(self.prototypes)
             self.prototypes.copy_(normalize_rows(self.prototypes))
+
+    @torch.no_grad()
+    def _renormalize_prototypes(self):
+        """Unit rows, in place and outside autograd, so dL/dC is the raw gradient (docs/method.md).
+
+        Rows already unit-norm to rounding are left bitwise as they are, and the write does not
+        bump the parameter's version counter: a second forward before the backward (two views,
+        multi-crop, two clips summed into one loss) then changes nothing the first one saved.
+        No host sync: the choice is made per row by torch.where.
+        """
+        c = self.prototypes
+        w = c.to(compute_dtype(c))
+        sq = (w * w).sum(dim=1, keepdim=True)
+        # rounding of a normalised row's squared norm stays below ~(D + 4) ulp
+        tol = (c.shape[1] + 8) * torch.finfo(c.dtype).eps
+        fresh = torch.where((sq - 1).abs() <= tol, w, normalize_rows(c))
+        with torch.autograd._unsafe_preserve_version_counter(c):
+            c.copy_(fresh)
 
     def extra_repr(self):
         return (f"num_prototypes={self.num_prototypes}, dim={self.dim}, epsilon={self.epsilon}, "
@@ -243,9 +262,7 @@ class SinkhornSwapLoss(nn.Module):
         """
         zv, zp = self.flatten_inputs(pred, target_feats, mask)
         with torch.autocast(device_type=zv.device.type, enabled=False):
-            # Unit rows (docs/method.md), in place and outside autograd, so dL/dC is the raw gradient.
-            with torch.no_grad():
-                self.prototypes.copy_(normalize_rows(self.prototypes))
+            self._renormalize_prototypes()
             w = world_size(self.process_group)
             group = (self.process_group if self.process_group is not None else torch.distributed.group.WORLD) \
                 if w > 1 else None

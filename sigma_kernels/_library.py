@@ -214,6 +214,23 @@ def _lce_lse_backward(ctx, grad_rows):
 linear_cross_entropy_given_lse.register_autograd(_lce_lse_backward, setup_context=_lce_lse_setup)
 
 
+def _no_double_backward(public_name):
+    """An autograd formula for a backward op that refuses, so create_graph=True works and only
+    differentiating the gradient again fails, with a message naming the public op."""
+    def backward(ctx, *grads):
+        raise RuntimeError(f"double backward is not supported by sigma_kernels.{public_name} "
+                           f"(its gradient is computed by a fused kernel without an autograd formula)")
+    return backward
+
+
+def _no_setup(ctx, inputs, output):
+    pass
+
+
+linear_cross_entropy_backward.register_autograd(_no_double_backward("prototype_cross_entropy"),
+                                                setup_context=_no_setup)
+
+
 @torch.library.custom_op(f"{_NS}::sinkhorn_target_cross_entropy", mutates_args=())
 def sinkhorn_target_cross_entropy(x: Tensor, c: Tensor, y: Tensor, cy: Tensor, v: Tensor, inv_eps: float,
                                   scale: float, soft: bool, backend: str) -> Tuple[Tensor, Tensor]:
@@ -256,3 +273,5 @@ def _stce_backward(ctx, grad_loss, grad_lse):
 
 
 sinkhorn_target_cross_entropy.register_autograd(_stce_backward, setup_context=_stce_setup)
+sinkhorn_target_cross_entropy_backward.register_autograd(_no_double_backward("prototype_cross_entropy_sinkhorn"),
+                                                         setup_context=_no_setup)

@@ -84,9 +84,39 @@ def sinkhorn_assign_from_potentials(scores, v, epsilon, *, return_entropy=False,
     return lib.sinkhorn_assign(scores.detach(), v, inv_eps, name)
 
 
+def _pow2_row_scale(x):
+    """Per-row power of two 2^-e (..., 1) bringing max_j |x_ij| into [0.5, 1), and whether the row is
+    finite (...,). Scaling by a power of two is exact, so the normalised rows and their gradients are
+    bitwise those of the unscaled rows wherever ‖x‖² neither overflows nor underflows."""
+    amax = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True)
+    finite = torch.isfinite(amax)
+    _, e = torch.frexp(amax)
+    fi = torch.finfo(x.dtype)
+    # 0, NaN and inf rows keep scale 1 (they normalise to 0 / NaN as before); the clamp keeps 2^-e a
+    # normal number (subnormal rows are scaled as far as one normal factor allows).
+    lo, hi = math.frexp(fi.tiny)[1], math.frexp(fi.max)[1] - 2
+    e = torch.where(finite & (amax > 0), e, 0).clamp(lo, hi)
+    # 2^-e from its exponent bits (exact; torch.ldexp would allocate a broadcast temporary)
+    bits, ibits = (52, torch.int64) if x.dtype == torch.float64 else (23, torch.int32)
+    bias = 2 - lo  # 127 / 1023
+    return ((bias - e.to(ibits)) << bits).view(x.dtype), finite.squeeze(-1)
+
+
+def _normalize_rows_flagged(z):
+    """(normalize_rows(z), (M,) bool: row i of z was finite)."""
+    x = z.to(compute_dtype(z))
+    scale, finite = _pow2_row_scale(x.detach())
+    return F.normalize(x * scale, dim=-1, eps=1e-12), finite
+
+
 def normalize_rows(z):
-    """z / ‖z‖ per row in float32 (float64 stays float64); differentiable."""
-    return F.normalize(z.to(compute_dtype(z)), dim=-1, eps=1e-12)
+    """z / ‖z‖ per row in float32 (float64 stays float64); differentiable.
+
+    Scale-safe: rows are first scaled by an exact power of two, so magnitudes whose squares
+    overflow (|z| ≳ 1e19 in float32) or underflow still give unit rows. A zero row stays zero;
+    a row holding inf or NaN becomes NaN.
+    """
+    return _normalize_rows_flagged(z)[0]
 
 
 def _streaming_operands(z, prototypes, normalize, backend):
