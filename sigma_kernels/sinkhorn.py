@@ -3,6 +3,7 @@
 All functions run without autograd (Sinkhorn targets are constants of the loss) and return
 float32 tensors (float64 for float64 input).
 """
+import math
 from typing import NamedTuple
 
 import torch
