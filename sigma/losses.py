@@ -11,7 +11,6 @@ cross-entropies.
 import torch
 import torch.nn as nn
 
-from sigma_kernels import _validation as val
 from sigma_kernels import (
     normalize_rows,
     prototype_cross_entropy,
@@ -23,6 +22,7 @@ from sigma_kernels import (
     sinkhorn_solve,
     sinkhorn_streaming,
 )
+from sigma_kernels import rules as val
 from sigma_kernels.backends import BACKENDS
 from sigma_kernels.backends.reference import compute_dtype
 from sigma_kernels.distributed import (

@@ -5,7 +5,6 @@ Backends: "reference" (pure PyTorch, always there), "cpu" (compiled extension fr
 only). Pick with `backend=`, with the environment variable SIGMA_KERNELS_BACKEND, or let "auto"
 choose by device.
 """
-from ._sinkhorn_loop import column_marginal_error, run_sinkhorn
 from .backends import BackendUnavailableError, available_backends, backend_info, get_backend, resolve_backend
 from .cross_entropy import (
     prototype_cross_entropy,
@@ -31,10 +30,10 @@ from .sinkhorn import (
 __version__ = "0.1.0"
 
 __all__ = [
-    "BackendUnavailableError", "SinkhornResult", "available_backends", "backend_info", "column_marginal_error",
+    "BackendUnavailableError", "SinkhornResult", "available_backends", "backend_info",
     "get_backend", "normalize_rows", "prototype_log_softmax", "prototype_logsumexp", "prototype_scores",
     "prototype_softmax",
-    "resolve_backend", "run_sinkhorn", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials",
+    "resolve_backend", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials",
     "sinkhorn_assign_from_potentials_streaming", "sinkhorn_assign_streaming",
     "sinkhorn_potentials", "sinkhorn_solve", "sinkhorn_streaming", "prototype_cross_entropy",
     "prototype_cross_entropy_sinkhorn",

@@ -13,7 +13,7 @@ from torch import Tensor
 
 from ._sinkhorn_loop import run_sinkhorn
 from .backends import get_backend
-from .backends.reference import compute_dtype
+from .rules import compute_dtype
 
 _NS = "sigma_kernels"
 

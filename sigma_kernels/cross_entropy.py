@@ -7,9 +7,9 @@ normalize(z)·prototypesᵀ/τ, accumulated in float32.
 import torch
 
 from . import _library as lib
-from . import _validation as val
+from . import rules as val
 from .backends import resolve_backend
-from .backends.reference import compute_dtype
+from .rules import compute_dtype
 from .sinkhorn import normalize_rows
 
 _REDUCTIONS = ("mean", "sum", "none")

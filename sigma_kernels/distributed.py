@@ -12,11 +12,11 @@ Without a process group of size > 1 these functions are the single-device public
 """
 import torch
 
-from . import _validation as val
+from . import rules as val
 from ._sinkhorn_loop import run_sinkhorn
 from .backends import get_backend, resolve_backend
-from .backends.reference import compute_dtype
-from .sinkhorn import SinkhornResult, _check_common, normalize_rows, sinkhorn_solve, sinkhorn_streaming
+from .rules import compute_dtype
+from .sinkhorn import SinkhornResult, normalize_rows, sinkhorn_solve, sinkhorn_streaming
 
 
 def _dist():
@@ -85,7 +85,7 @@ def sinkhorn_solve_distributed(scores, epsilon=0.05, n_iters=3, *, tol=None, che
     if not is_distributed(process_group):
         return sinkhorn_solve(scores, epsilon, n_iters, tol=tol, check_every=check_every, backend=backend)
     val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     name = resolve_backend(backend, scores.device, scores.dtype)
     b = get_backend(name)
     s = scores.detach()
@@ -105,7 +105,7 @@ def sinkhorn_streaming_distributed(z, prototypes, epsilon=0.05, n_iters=3, *, no
     if not is_distributed(process_group):
         return sinkhorn_streaming(z, prototypes, epsilon, n_iters, normalize=normalize, tol=tol,
                                   check_every=check_every, backend=backend)
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     val.check_features("z", z, "prototypes", prototypes)
     dt = compute_dtype(z, prototypes)
     x = normalize_rows(z.detach()) if normalize else z.detach().to(dt)

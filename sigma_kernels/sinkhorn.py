@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from . import _library as lib
-from . import _validation as val
+from . import rules as val
 from .backends import resolve_backend
-from .backends.reference import compute_dtype
+from .rules import compute_dtype
 
 
 class SinkhornResult(NamedTuple):
@@ -22,17 +22,10 @@ class SinkhornResult(NamedTuple):
     marginal_error: torch.Tensor
 
 
-def _check_common(epsilon, n_iters, tol, check_every):
-    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
-    n_iters = val.check_positive_int("n_iters", n_iters)
-    tol, check_every = val.check_tolerance(tol, check_every)
-    return inv_eps, n_iters, tol, check_every
-
-
 def _solve_scores(scores, epsilon, n_iters, tol, check_every, backend):
     """Validate, pick the backend and solve: (detached scores, inv_eps, backend name, (u, v, error))."""
     val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     name = resolve_backend(backend, scores.device, scores.dtype)
     s = scores.detach()
     return s, inv_eps, name, lib.sinkhorn_solve(s, inv_eps, n_iters, tol, check_every, name)
@@ -136,7 +129,7 @@ def sinkhorn_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True
     z: (M, D), prototypes: (K, D), used as given (normalise them yourself if needed).
     normalize=False uses z as given. Returns a SinkhornResult.
     """
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     x, c, name = _streaming_operands(z, prototypes, normalize, backend)
     return SinkhornResult(*lib.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name))
 
@@ -158,7 +151,7 @@ def sinkhorn_assign_from_potentials_streaming(z, prototypes, v, epsilon, *, norm
 def sinkhorn_assign_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True, tol=None,
                               check_every=5, backend="auto"):
     """Hard Sinkhorn assignment (int64 (M,)) of normalize(z)·prototypesᵀ, never storing S."""
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     x, c, name = _streaming_operands(z, prototypes, normalize, backend)
     _, v, _ = lib.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name)
     return lib.sinkhorn_assign_streaming(x, c, v, inv_eps, name)

@@ -25,6 +25,11 @@ Optional fused primitive (None when a backend lacks it; callers compose the ones
     sinkhorn_solve_dense(S, inv_eps, n_iters, tol, check_every, want_plan)
         -> (u, v, marginal_error, plan or None): the whole solve in one call
 
+A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
+that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops of
+`_library.py`, carry it as an empty (0,) tensor; the layer above turns it back into None from the
+need_dx / need_dc flags (never from the tensor's size).
+
 A backend may leave a primitive out; the reference one is then used for it, and
 `backend_info()` lists it under "fallbacks" so the gap is visible.
 

@@ -7,12 +7,9 @@ Q_ik = exp(S_ik·inv_eps + u_i + v_k + log_m).
 """
 import torch
 
+from ..rules import compute_dtype
+
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-
-
-def compute_dtype(*tensors):
-    """float64 if any input is float64, else float32 (fp16/bf16 are accumulated in fp32)."""
-    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def _up(t, dtype):

@@ -6,7 +6,9 @@
     cross_entropy.py  fused linear + cross-entropy, hard / soft / on-the-fly Sinkhorn targets,
                       deterministic recomputing backward
     _common.py        block sizes, the score-tile loader, argument checks
-    compile_check.py  compiles every launch configuration for a GPU target without a GPU
+
+tools/triton_compile_check.py (repository root) compiles every launch configuration for a GPU
+target without a GPU.
 
 Everything accumulates in fp32; inputs may be fp32, fp16 or bf16. Triton 3.6-3.8, no block
 pointers, no libdevice.

@@ -46,7 +46,7 @@ class BlockConfig:
             self.fit_blocks = True         # shrink blocks to small problems: less Python work
         else:
             # Untuned H100 defaults (no GPU was available to time them), chosen so that every
-            # kernel compiles for sm_90 without register spills (see compile_check.py):
+            # kernel compiles for sm_90 without register spills (see tools/triton_compile_check.py):
             # 64x64 score tiles with 32-wide feature steps; ~16 fp32 values per thread in
             # the kernels that stream S.
             # The backward recomputes each logit tile once per block_d_out feature chunk of its

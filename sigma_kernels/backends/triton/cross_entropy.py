@@ -37,7 +37,11 @@ from ._common import (
 )
 from .sinkhorn import row_reduce
 
-HARD, SOFT, SINKHORN, SINKHORN_HARD = 0, 1, 2, 3
+# The TARGET modes (module docstring). constexpr globals, so that the kernels can name them too.
+HARD = tl.constexpr(0)
+SOFT = tl.constexpr(1)
+SINKHORN = tl.constexpr(2)
+SINKHORN_HARD = tl.constexpr(3)
 
 
 @triton.jit
@@ -71,10 +75,10 @@ def _target_tile(tidx_ptr, t_ptr, t_sm, t_sk, y_ptr, y_sm, y_sd, cy_ptr, cy_sk, 
     or Sinkhorn soft targets exp(b - lse_b) (nlse_t_ptr holds -lse_b per row)."""
     rmask = rows < M
     mask = rmask[:, None] & (cols < K)[None, :]
-    if TARGET == 0:
+    if TARGET == HARD:
         idx = tl.load(tidx_ptr + rows, mask=rmask, other=-1)
         t = tl.where(cols[None, :] == idx[:, None], 1.0, 0.0)
-    elif TARGET == 1:
+    elif TARGET == SOFT:
         t = tl.load(t_ptr + rows[:, None] * t_sm + cols[None, :] * t_sk, mask=mask, other=0.0).to(tl.float32)
     else:
         b = _sinkhorn_logits_tile(y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, rows, cols, M, K, DY, inv_eps,
@@ -98,7 +102,7 @@ def ce_forward_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd,
     picked = tl.zeros([BLOCK_M], dtype=tl.float32)      # target logit (hard) / Σ t·logit (soft)
     t_sum = tl.zeros([BLOCK_M], dtype=tl.float32)       # Σ_k t_ik (SOFT) / Σ exp(b - b_max) (SINKHORN)
     b_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    if TARGET == 0:
+    if TARGET == HARD:
         idx = tl.load(tidx_ptr + rows, mask=rmask, other=-1)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
@@ -107,9 +111,9 @@ def ce_forward_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd,
                               BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
         l_max, l_sum = fold_rows(l_max, l_sum, logits)
         finite_logits = tl.where(cmask[None, :], logits, 0.0)
-        if TARGET == 0:
+        if TARGET == HARD:
             picked += tl.sum(tl.where(cols[None, :] == idx[:, None], finite_logits, 0.0), axis=1)
-        elif TARGET == 1:
+        elif TARGET == SOFT:
             t = tl.load(t_ptr + rows[:, None] * t_sm + cols[None, :] * t_sk,
                         mask=rmask[:, None] & cmask[None, :], other=0.0).to(tl.float32)
             t_sum += tl.sum(t, axis=1)
@@ -118,7 +122,7 @@ def ce_forward_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd,
             b = _sinkhorn_logits_tile(y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, rows, cols, M, K, DY, inv_eps,
                                       BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
             tile_max = tl.max(b, axis=1)
-            if TARGET == 2:
+            if TARGET == SINKHORN:
                 new_max = tl.maximum(b_max, tile_max)
                 shift = finite_or_zero(new_max)
                 rescale = tl.exp(b_max - shift)
@@ -133,9 +137,9 @@ def ce_forward_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd,
                 picked = tl.where(better, at_first, picked)
                 b_max = tl.where(better, tile_max, b_max)
     lse = finite_or_zero(l_max) + tl.log(l_sum)
-    if TARGET == 1:
+    if TARGET == SOFT:
         loss = t_sum * lse - picked
-    elif TARGET == 2:
+    elif TARGET == SINKHORN:
         loss = lse - picked / t_sum
     else:
         loss = lse - picked
@@ -164,7 +168,7 @@ def _dlogits_tile(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, lse, g_tsum, g_scale,
 def _row_grad_factors(g_ptr, tsum_ptr, lse_ptr, rows, M, scale, TARGET: tl.constexpr):
     rmask = rows < M
     g = tl.load(g_ptr + rows, mask=rmask, other=0.0) * scale
-    if TARGET == 1:
+    if TARGET == SOFT:
         g_tsum = g * tl.load(tsum_ptr + rows, mask=rmask, other=0.0)
     else:
         g_tsum = g
@@ -268,7 +272,7 @@ def _forward(x, c, kind, target, sinkhorn, scale, inv_eps):
         x, x.stride(0), x.stride(1), c, c.stride(0), c.stride(1),
         *_target_args(kind, target, sinkhorn, dummy_f32, dummy_i64),
         loss, lse, m, k, d, dy, float(scale), float(inv_eps),
-        TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **dot_launch_options())
+        TARGET=kind.value, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **dot_launch_options())
     return loss, lse
 
 
@@ -288,7 +292,7 @@ def _backward(grad_rows, x, c, kind, target, sinkhorn, nlse_t, lse, scale, inv_e
     block_m, block_k, block_d = _blocks(m, k, d, dy, backward=True)
     block_do = pow2_block(d, CONFIG.block_d_out)
     d_chunks = triton.cdiv(d, block_do)
-    common = dict(TARGET=kind, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_DO=block_do,
+    common = dict(TARGET=kind.value, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, BLOCK_DO=block_do,
                   **dot_launch_options())
     x_dtype = x.dtype
     x, c_op = matching_factors(x, c)

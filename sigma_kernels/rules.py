@@ -1,11 +1,20 @@
-"""Argument checks for the public ops. Shape/dtype/device checks only: no host syncs, except
-the index-range check on CPU tensors (free there); on accelerators it is a device-side assert."""
+"""The input rules every sigma_kernels op applies, in one place: accepted dtypes, the dtype the
+arithmetic runs in, and the argument checks (errors name the argument and what was expected).
+
+Public so that callers (e.g. `sigma.losses`) check their own arguments the same way; backends
+use `compute_dtype` too. Shape/dtype/device checks only: no host syncs, except the index-range
+check on CPU tensors (free there); on accelerators it is a device-side assert."""
 import math
 import numbers
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+def compute_dtype(*tensors):
+    """float64 if any input is float64, else float32 (fp16/bf16 are accumulated in fp32)."""
+    return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
 def check_matrix(name, t):
@@ -69,6 +78,14 @@ def check_tolerance(tol, check_every):
     elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
         raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
     return float(tol), check_positive_int("check_every", check_every)
+
+
+def check_sinkhorn_args(epsilon, n_iters, tol, check_every):
+    """The scalar arguments every Sinkhorn solve takes -> (1/ε, n_iters, tol, check_every)."""
+    inv_eps = 1.0 / check_positive("epsilon", epsilon)
+    n_iters = check_positive_int("n_iters", n_iters)
+    tol, check_every = check_tolerance(tol, check_every)
+    return inv_eps, n_iters, tol, check_every
 
 
 def check_target(target, m, k, device):

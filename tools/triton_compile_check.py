@@ -2,7 +2,9 @@
 without a GPU: catches GPU-only compile errors that the interpreter cannot see, and reports
 registers, spills and shared memory (via the cuobjdump that ships with triton).
 
-    python -m sigma_kernels.backends.triton.compile_check [--arch 90] [--quick]
+    python tools/triton_compile_check.py [--arch 90] [--quick]      (from the repository root)
+
+Developer tooling for the Triton backend (sigma_kernels/backends/triton), kept out of the package.
 
 Step 1 runs in a child process under TRITON_INTERPRET=1 with the GPU block configuration: the
 primitives are called on CPU tensors with kernel execution replaced by a recorder. Step 2 (this
@@ -32,10 +34,10 @@ def _record(cases, out_path):
     import triton.language as tl
     from triton.runtime.interpreter import InterpretedFunction
 
-    from . import _common
-    from . import cross_entropy as ce
-    from . import sinkhorn as skh
-    from . import streaming as st
+    from sigma_kernels.backends.triton import _common
+    from sigma_kernels.backends.triton import cross_entropy as ce
+    from sigma_kernels.backends.triton import sinkhorn as skh
+    from sigma_kernels.backends.triton import streaming as st
 
     gpu = _common.BlockConfig(interpret=False)
     for name, value in vars(gpu).items():
@@ -136,7 +138,7 @@ def main(argv=None):
         parser.error("run without TRITON_INTERPRET=1 (the recording step sets it in a child process)")
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "launches.json")
-        cmd = [sys.executable, "-m", __spec__.name, "--record-to", path] + (["--quick"] if args.quick else [])
+        cmd = [sys.executable, os.path.abspath(__file__), "--record-to", path] + (["--quick"] if args.quick else [])
         subprocess.run(cmd, check=True, env={**os.environ, "TRITON_INTERPRET": "1"})
         with open(path) as f:
             launches = json.load(f)
