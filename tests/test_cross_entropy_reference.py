@@ -1,12 +1,11 @@
 """Reference prototype scoring and swapped cross-entropy: values vs float64 NumPy, gradients
 by gradcheck, and the identities between its modes."""
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
-from truth import cross_entropy_f64
+from truth import cross_entropy, cross_entropy_f64, prototype_logits
 
 import sigma_kernels as sk
 
@@ -86,11 +85,11 @@ def test_gradients_match_plain_torch_autograd():
     z, c = features(29, 13, 7, seed=9)
     t = torch.softmax(torch.randn(29, 13, generator=torch.Generator().manual_seed(10)), 1)
     z1, c1 = z.clone().requires_grad_(), c.clone().requires_grad_()
-    z2, c2 = z.clone().requires_grad_(), c.clone().requires_grad_()
+    z2, c2 = z.double().requires_grad_(), c.double().requires_grad_()
     sk.prototype_cross_entropy(z1, c1, t, 0.1, **REF).backward()
-    (-(t * torch.log_softmax(F.normalize(z2, dim=1) @ c2.T / 0.1, 1)).sum(1).mean()).backward()
-    torch.testing.assert_close(z1.grad, z2.grad)
-    torch.testing.assert_close(c1.grad, c2.grad)
+    cross_entropy(prototype_logits(z2, c2, 0.1), t.double()).backward()
+    torch.testing.assert_close(z1.grad.double(), z2.grad, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(c1.grad.double(), c2.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("which", ["z", "c", "both"])
@@ -105,13 +104,13 @@ def test_gradients_only_for_inputs_that_need_them(loss, which):
         sk.prototype_cross_entropy(zq, cq, t, 0.1, **REF).backward()
     else:
         sk.prototype_cross_entropy_sinkhorn(zq, cq, zt, c, v, 0.05, 0.1, targets="soft", **REF).backward()
-    z2, c2 = z.clone().requires_grad_(), c.clone().requires_grad_()
-    (-(t * torch.log_softmax(F.normalize(z2, dim=1) @ c2.T / 0.1, 1)).sum(1).mean()).backward()
+    z2, c2 = z.double().requires_grad_(), c.double().requires_grad_()
+    cross_entropy(prototype_logits(z2, c2, 0.1), t.double()).backward()
     assert (zq.grad is None) == (which == "c") and (cq.grad is None) == (which == "z")
     if zq.grad is not None:
-        torch.testing.assert_close(zq.grad, z2.grad)
+        torch.testing.assert_close(zq.grad.double(), z2.grad, rtol=1e-5, atol=1e-6)
     if cq.grad is not None:
-        torch.testing.assert_close(cq.grad, c2.grad)
+        torch.testing.assert_close(cq.grad.double(), c2.grad, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("need_dx,need_dc", [(True, False), (False, True), (False, False)])
@@ -157,9 +156,59 @@ def test_half_inputs_give_fp32_loss_and_grads_in_input_dtype(dtype):
 
 
 def test_prototype_scores_softmax_helpers():
+    """Against float64 logits from z and c directly, not against our own scores."""
     z, c = features(13, 7, 5, seed=13)
-    s = sk.prototype_scores(z, c, 0.5)
-    x = z.double() / z.double().norm(dim=1, keepdim=True)
-    np.testing.assert_allclose(s.double().numpy(), (x @ c.double().T / 0.5).numpy(), atol=1e-6)
-    torch.testing.assert_close(sk.prototype_softmax(z, c, 0.5), torch.softmax(s, 1))
-    torch.testing.assert_close(sk.prototype_log_softmax(z, c, 0.5), torch.log_softmax(s, 1))
+    logits64 = prototype_logits(z.double(), c.double(), 0.5)
+    tol = dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(sk.prototype_scores(z, c, 0.5).double(), logits64, **tol)
+    torch.testing.assert_close(sk.prototype_softmax(z, c, 0.5).double(), torch.softmax(logits64, 1), **tol)
+    torch.testing.assert_close(sk.prototype_log_softmax(z, c, 0.5).double(), torch.log_softmax(logits64, 1), **tol)
+
+
+@pytest.mark.parametrize("backend", ["reference", "cpu", "triton"])
+def test_non_contiguous_inputs(backend):
+    """Column-sliced z, transposed prototypes, stride-0 (expanded) soft targets, transposed target
+    features: each backend gives what it gives on contiguous copies (values and gradients), and
+    the float64 truth."""
+    if backend not in sk.available_backends():
+        pytest.skip(sk.backend_info()[backend]["reason"])
+    g = torch.Generator().manual_seed(17)
+    z_base = torch.randn(23, 2 * 11, generator=g)
+    c_base = F.normalize(torch.randn(11, 29, generator=g), dim=0)
+    t = torch.softmax(torch.randn(29, generator=g), 0).expand(23, 29)
+    y = torch.randn(11, 23, generator=g).T
+    v = torch.randn(29, generator=g)
+
+    def z_view(b):
+        return b[:, ::2]
+
+    def c_view(b):
+        return b.T
+
+    def run(loss_fn, strided):
+        zb, cb = z_base.clone().requires_grad_(), c_base.clone().requires_grad_()
+        if strided:
+            z, c, tt, yy = z_view(zb), c_view(cb), t, y
+            assert not any(a.is_contiguous() for a in (z, c, tt, yy))
+        else:  # contiguous leaves holding the same values
+            zb = z_view(z_base).contiguous().requires_grad_()
+            cb = c_view(c_base).contiguous().requires_grad_()
+            z, c, tt, yy = zb, cb, t.contiguous(), y.contiguous()
+        loss = loss_fn(z, c, tt, yy)
+        loss.backward()
+        dz, dc = (z_view(zb.grad), c_view(cb.grad)) if strided else (zb.grad, cb.grad)
+        return loss.detach(), dz, dc
+
+    def given_targets(z, c, t, y):
+        return sk.prototype_cross_entropy(z, c, t, 0.1, backend=backend)
+
+    def sinkhorn_targets(z, c, t, y):
+        return sk.prototype_cross_entropy_sinkhorn(z, c, y, c.detach(), v, 0.05, 0.1, targets="soft",
+                                                   backend=backend)
+
+    for loss_fn in (given_targets, sinkhorn_targets):
+        for a, b in zip(run(loss_fn, True), run(loss_fn, False)):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6, msg=loss_fn.__name__)
+    want = cross_entropy_f64(z_view(z_base).numpy(), c_view(c_base).numpy(), t.numpy(), 0.1)
+    got = run(given_targets, True)[0].item()
+    assert abs(got - want) <= 1e-5 * max(1.0, abs(want))
