@@ -170,8 +170,6 @@ def test_non_contiguous_inputs(backend):
         q64 = sinkhorn_log_f64(dense.double().numpy(), 0.05, 4)[0]
         np.testing.assert_allclose(sk.sinkhorn(view, 0.05, 4, **kw).double().numpy(), q64, atol=2e-5, rtol=1e-4,
                                    err_msg=layout)
-        torch.testing.assert_close(sk.sinkhorn_solve(view, 0.05, 4, **kw).v, sk.sinkhorn_solve(dense, 0.05, 4, **kw).v,
-                                   msg=layout)
         assert torch.equal(sk.sinkhorn_assign_from_potentials(view, v, 0.05, **kw),
                            sk.sinkhorn_assign_from_potentials(dense, v, 0.05, **kw)), layout
     z = torch.randn(23, 11, generator=torch.Generator().manual_seed(15))
