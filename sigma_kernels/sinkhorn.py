@@ -51,7 +51,7 @@ def sinkhorn_potentials(scores, epsilon=0.05, n_iters=3, *, tol=None, check_ever
 def sinkhorn(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
     """Balanced assignment Q (M, K): rows sum to 1, columns to M/K (at convergence)."""
     val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = _check_common(epsilon, n_iters, tol, check_every)
+    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     name = resolve_backend(backend, scores.device, scores.dtype)
     return lib.sinkhorn_transport(scores.detach(), inv_eps, n_iters, tol, check_every, name)
 
