@@ -81,6 +81,33 @@ def test_cli_reports_unknown_key(capsys):
     assert main(["--data", "x.txt", "--output-dir", "out", "optim.nope=1"]) == 2
     err = capsys.readouterr().err
     assert "unknown config key 'optim.nope'" in err
+    # overrides may sit between the options (intermixed), and still reach the config check
+    assert main(["--data", "x.txt", "optim.nope=1", "--output-dir", "out", "data.nope=2"]) == 2
+    assert "unknown config key" in capsys.readouterr().err
+
+
+def test_scientific_notation_in_overrides_and_files(tmp_path):
+    """YAML 1.1 alone reads `1e-4` as a string; both spellings must give floats."""
+    cfg = load_config("tiny", ["optim.base_lr=1e-4", "objective.epsilon=3E-2", "optim.min_lr=1.0e-6"])
+    assert cfg["optim"]["base_lr"] == 1e-4 and cfg["objective"]["epsilon"] == 0.03 and cfg["optim"]["min_lr"] == 1e-6
+    user = tmp_path / "sci.yaml"
+    user.write_text("inherit: tiny\noptim:\n  base_lr: 2e-3\n")
+    assert load_config(str(user))["optim"]["base_lr"] == 2e-3
+    with pytest.raises(ConfigError, match="'optim.base_lr' must be a number"):
+        load_config("tiny", ["optim.base_lr=fast"])
+
+
+def test_cli_resume_from_an_unreadable_file_is_one_line(tmp_path, capsys):
+    from sigma.pretrain.cli import main
+    bad = tmp_path / "bytes.pth"
+    bad.write_bytes(bytes(range(256)) * 4)
+    from sigma.data import make_synthetic_dataset
+    make_synthetic_dataset(tmp_path / "data", videos=4, seed=0)
+    code = main(["--data", str(tmp_path / "data" / "train.txt"), "--output-dir", str(tmp_path / "o"),
+                 "--resume", str(bad), "optim.batch_size=1", "data.num_workers=0"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("sigma-pretrain: error: --resume") and "bytes.pth" in err and "Traceback" not in err
 
 
 # --- optimizer and schedule ----------------------------------------------------------------------

@@ -12,6 +12,10 @@ from . import transforms as T
 from .lists import VideoRecord, read_video_list
 from .readers import open_video, resolve_reader
 
+
+class NoReadableVideoError(RuntimeError):
+    """Every video of a dataset failed to decode (each was skipped with a warning naming it)."""
+
 logger = logging.getLogger(__name__)
 
 BREADCRUMB_ENV = "SIGMA_DATA_BREADCRUMBS"
@@ -153,7 +157,7 @@ class VideoDataset(Dataset):
                                    self.records[i].path, type(exc).__name__, exc, self.num_skipped)
                 continue
             return self._make_sample(frames, i, g)
-        raise RuntimeError(f"no readable video in {self.source!r}: all {n} files failed to decode "
+        raise NoReadableVideoError(f"no readable video in {self.source!r}: all {n} files failed to decode "
                            f"(first: {self.records[0].path!r}); see the warnings above")
 
     def _decode(self, path, g):

@@ -87,7 +87,10 @@ def _numbered(ckdir):
 
 def load_checkpoint(path, map_location="cpu"):
     """Read a checkpoint written by `save_checkpoint` (weights_only: no code is unpickled)."""
-    state = torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - torch.load raises many types for a file it cannot read
+        raise ValueError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e).splitlines()[0]})") from e
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise ValueError(f"{path} is not a sigma pretraining checkpoint (format {FORMAT!r})")
     return state

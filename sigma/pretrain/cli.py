@@ -28,7 +28,8 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # intermixed: key=value overrides may sit between the options
+    args = parser.parse_intermixed_args(argv)
     if not args.print_config and (args.data is None or args.output_dir is None):
         parser.error("--data and --output-dir are required")
     try:
@@ -40,10 +41,14 @@ def main(argv=None):
         from .config import dump_config
         print(dump_config(cfg), end="")
         return 0
+    from ..data import NoReadableVideoError
     from .trainer import DataError, train
     try:
         train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv)
-    except (ConfigError, DataError, FileNotFoundError) as e:
+    except (ConfigError, DataError, FileNotFoundError, NoReadableVideoError) as e:
         print(f"sigma-pretrain: error: {e}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # the trainer stopped on a non-finite loss; its message says what to do
+        print(f"sigma-pretrain: stopped: {e}", file=sys.stderr)
+        return 1
     return 0

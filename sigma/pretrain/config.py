@@ -6,10 +6,21 @@ are not checked here (the factory rejects what it does not take).
 """
 import copy
 import difflib
+import re
 from importlib import resources
 from pathlib import Path
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-4` as a string (it wants `1.0e-4`); researchers write both, so accept both."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
 
 CONFIG_PACKAGE = "sigma.pretrain.configs"
 # Mappings whose keys are free-form (forwarded as **kwargs).
@@ -40,7 +51,7 @@ def _read_yaml(name_or_path):
                               f"(shipped: {', '.join(available_configs())})")
         text, where = res.read_text(), f"{name_or_path} (shipped)"
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_Loader)
     except yaml.YAMLError as e:
         raise ConfigError(f"config {where} is not valid YAML: {e}") from None
     if data is None:
@@ -92,7 +103,7 @@ def parse_override(text):
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else None
+        value = yaml.load(raw, Loader=_Loader) if raw.strip() else None
     except yaml.YAMLError:
         value = raw
     return key, value

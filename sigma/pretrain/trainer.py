@@ -188,12 +188,21 @@ def train(cfg, data, output_dir, resume=None, argv=None):
             path = Path(resume)
             if not path.is_file():
                 raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
-            state = ck.load_checkpoint(path)
+            try:
+                state = ck.load_checkpoint(path)
+            except ValueError as e:
+                raise DataError(f"--resume {resume}: {e}") from e
         if state is not None:
-            module.model.load_state_dict(state["model"])
-            module.projection.load_state_dict(state["projection"])
-            if module.objective == "sigma":
-                module.criterion.load_state_dict(state["loss"])
+            try:
+                module.model.load_state_dict(state["model"])
+                module.projection.load_state_dict(state["projection"])
+                if module.objective == "sigma":
+                    module.criterion.load_state_dict(state["loss"])
+            except (KeyError, RuntimeError) as e:
+                # a checkpoint of another config (model size, projection, K): one line, not pages of keys
+                first = str(e).strip().splitlines()[0]
+                raise DataError(f"--resume {path}: the checkpoint does not fit this config ({first}); "
+                                "resume with the config it was written with") from e
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             scheduler.load_state_dict(state["scheduler"])
