@@ -78,11 +78,14 @@ def sinkhorn_assign_from_potentials(scores, v, epsilon, *, return_entropy=False,
     return lib.sinkhorn_assign(scores.detach(), v, inv_eps, name)
 
 
+_NORM_EPS = 1e-12
+
+
 def _pow2_row_scale(x):
     """Per-row power of two 2^-e (..., 1) bringing max_j |x_ij| into [0.5, 1), and whether the row is
     finite (...,). Scaling by a power of two is exact, so the normalised rows and their gradients are
     bitwise those of the unscaled rows wherever ‖x‖² neither overflows nor underflows."""
-    amax = torch.linalg.vector_norm(x, ord=float("inf"), dim=-1, keepdim=True)
+    amax = torch.maximum(x.amax(dim=-1, keepdim=True), -x.amin(dim=-1, keepdim=True))  # NaN-propagating
     finite = torch.isfinite(amax)
     _, e = torch.frexp(amax)
     fi = torch.finfo(x.dtype)
@@ -99,8 +102,14 @@ def _pow2_row_scale(x):
 def _normalize_rows_flagged(z):
     """(normalize_rows(z), (M,) bool: row i of z was finite)."""
     x = z.to(compute_dtype(z))
+    if x.device.type == "cpu" and not torch.compiler.is_compiling():
+        # On CPU (a host read is free) skip the rescaling pass when no row needs it: then this is
+        # exactly F.normalize, and every row is finite.
+        n = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
+        if bool(((n >= _NORM_EPS) & (n < math.inf)).all()):
+            return x / n.clamp_min(_NORM_EPS), torch.ones(x.shape[:-1], dtype=torch.bool, device=x.device)
     scale, finite = _pow2_row_scale(x.detach())
-    return F.normalize(x * scale, dim=-1, eps=1e-12), finite
+    return F.normalize(x * scale, dim=-1, eps=_NORM_EPS), finite
 
 
 def normalize_rows(z):

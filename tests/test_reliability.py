@@ -29,8 +29,14 @@ def test_normalize_rows_is_scale_safe(scale):
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-6 if scale >= 1e-38 else 1e-3)
 
 
-def test_normalize_rows_bitwise_unchanged_on_moderate_rows():
-    z = _features(33, 20).requires_grad_()
+@pytest.mark.parametrize("rescaled", [False, True])
+def test_normalize_rows_bitwise_unchanged_on_moderate_rows(rescaled):
+    """Bitwise F.normalize, values and gradients, on ordinary rows; also when another row (zero here)
+    sends the batch through the power-of-two rescaling."""
+    z = _features(33, 20)
+    if rescaled:
+        z[7] = 0.0
+    z = z.requires_grad_()
     g = _features(33, 20, seed=1)
     (sk.normalize_rows(z) * g).sum().backward()
     z2 = z.detach().clone().requires_grad_()
