@@ -78,6 +78,19 @@ inline Vec fast_max(const Vec& a, const Vec& b) {
 #endif
 }
 
+// First k with t_k NaN, n if none. Hard labels rank NaN above every number (as torch.argmax
+// does), so every backend gives the same label to a row holding NaN (docs/numerics.md).
+inline int64_t first_nan(const float* t, int64_t n) {
+  const int64_t W = Vec::size();
+  const int all_lanes = (1 << W) - 1;
+  int64_t k = 0;
+  for (; k + W <= n; k += W)
+    if (Vec::loadu(t + k).isnan().zero_mask() != all_lanes) break;  // some lane is NaN
+  for (; k < n; ++k)
+    if (std::isnan(t[k])) return k;
+  return n;
+}
+
 // out_k = s_k*a + add_k (two roundings, as the reference's `S*inv_eps + v`); returns max_k out_k.
 inline float scale_add_max(const float* s, float a, const float* add, float* out, int64_t n) {
   const int64_t W = Vec::size();

@@ -139,6 +139,8 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
           const float* srow = tile + (g + j) * k;
           float sh;
           const float sum = Rows::row_exp(srow, ie, v, eb + j * k, k, g + j + 1 < n ? srow + k : nullptr, &sh);
+          // a row without a finite logit has sum 0, so u = -log M - log 0 = +inf, as the reference's
+          // LSE = -inf gives (fast_exp flushes exp(-inf) to exactly 0)
           const float ui = neg_log_m - (sh + std::log(sum));
           u[r0 + g + j] = ui;
           alpha[j] = (float)std::exp((double)ui + (double)sh);
@@ -195,6 +197,9 @@ std::tuple<at::Tensor, at::Tensor> assign_impl(const Source& src, int64_t m, int
         } else {
           o[r0 + i] = Rows::argmax(tile + i * k, ie, v, rb, k);
         }
+        // NaN ranks above every number, as torch.argmax (the max above skips it); rb holds the row
+        const int64_t qn = first_nan(rb, k);
+        if (qn < k) o[r0 + i] = qn;
       }
       hsums[ch] = hs;
     }

@@ -27,7 +27,10 @@ def assignment_stats(labels, entropy_sum, num_prototypes, *, m_global=None, proc
     tensors: entropy, usage_perplexity (dtype of entropy_sum) and unused_prototypes (int64).
     """
     dt = entropy_sum.dtype
-    counts = torch.bincount(labels, minlength=num_prototypes).to(dt)
+    # index_add_ rather than bincount: bincount's length depends on the data, which torch.compile
+    # (fullgraph) cannot trace; the int64 counts are the same
+    counts = torch.zeros(num_prototypes, dtype=torch.int64, device=labels.device)
+    counts = counts.index_add_(0, labels, torch.ones_like(labels)).to(dt)
     counts = all_reduce_sum(counts, process_group)
     entropy_sum = all_reduce_sum(entropy_sum, process_group)
     m = m_global if m_global is not None else labels.shape[0]

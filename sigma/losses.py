@@ -10,6 +10,7 @@ cross-entropies.
 
 import torch
 import torch.nn as nn
+from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 from sigma_kernels import (
     normalize_rows,
@@ -23,6 +24,7 @@ from sigma_kernels import (
     sinkhorn_streaming,
 )
 from sigma_kernels import rules as val
+from sigma_kernels._sinkhorn_loop import POTENTIAL_LIMIT
 from sigma_kernels.backends import BACKENDS
 from sigma_kernels.backends.reference import compute_dtype
 from sigma_kernels.distributed import (
@@ -35,6 +37,15 @@ from sigma_kernels.distributed import (
 from .diagnostics import assignment_stats
 
 _TARGETS = ("hard", "soft")
+
+
+def _require(ok, message):
+    """ValueError(message) unless ok. A condition on a size torch.compile knows only at run time (the
+    number of masked tokens) becomes a runtime assertion of the compiled graph instead."""
+    if torch.compiler.is_compiling():
+        torch._check(ok)  # the compiled graph's assertion names the failed condition
+    elif not ok:
+        raise ValueError(message)
 
 
 class SinkhornSwapLoss(nn.Module):
@@ -95,6 +106,11 @@ class SinkhornSwapLoss(nn.Module):
         self.num_prototypes = val.check_positive_int("num_prototypes", num_prototypes)
         self.dim = val.check_positive_int("dim", dim)
         self.epsilon = val.check_positive("epsilon", epsilon)
+        # Unit features and prototypes bound the scores by 1, so ε alone decides whether float32
+        # resolves the Sinkhorn logits; the potentials then stay within ~3/ε (docs/numerics.md).
+        if 1.0 / self.epsilon > POTENTIAL_LIMIT[torch.float32] / 4:
+            raise ValueError(f"epsilon={epsilon!r} is too small for float32 Sinkhorn on cosine scores: it must be "
+                             f">= {4 / POTENTIAL_LIMIT[torch.float32]:.3g} (released configs use 0.05 and 0.03)")
         self.sinkhorn_iterations = val.check_positive_int("sinkhorn_iterations", sinkhorn_iterations)
         self.temperature = val.check_positive("temperature", temperature)
         if targets not in _TARGETS:
@@ -163,11 +179,10 @@ class SinkhornSwapLoss(nn.Module):
 
     @staticmethod
     def _check_mask_counts(mask, n_per_sample):
-        """Every sample must mask exactly n_per_sample tubes (a host sync only on CPU, where it is free)."""
-        if torch.compiler.is_compiling():
-            return
+        """Every sample must mask exactly n_per_sample tubes (a host sync only on CPU, where it is free;
+        a device-side assert on accelerators and inside a compiled graph)."""
         counts = mask.sum(dim=1)
-        if mask.device.type == "cpu":
+        if mask.device.type == "cpu" and not torch.compiler.is_compiling():
             bad = counts != n_per_sample
             if bool(bad.any()):
                 raise ValueError(
@@ -175,7 +190,8 @@ class SinkhornSwapLoss(nn.Module):
                     f"N_mask={n_per_sample} in every sample; pass (B, N, D) inputs to allow unequal counts")
         else:
             torch._assert_async((counts == n_per_sample).all(),
-                                "mask must select the same number of tubes (N_mask) in every sample")
+                                f"mask must select N_mask={n_per_sample} tubes in every sample for a (B, N_mask, D) "
+                                f"input; pass (B, N, D) inputs to allow unequal counts")
 
     def flatten_inputs(self, pred, target_feats, mask=None):
         """(M, D) rows of pred and target_feats, in the same token order.
@@ -214,10 +230,10 @@ class SinkhornSwapLoss(nn.Module):
             if gathered:
                 self._check_mask_counts(mask, gathered[0])
             zv, zp = (t[mask] if t.shape[1] == n else t.reshape(-1, self.dim) for t in (pred, target_feats))
-            if zv.shape[0] != zp.shape[0]:
-                raise ValueError(f"pred gives {zv.shape[0]} masked tokens but target_feats gives {zp.shape[0]}")
-        if zv.shape[0] == 0:
-            raise ValueError("no tokens to train on: the mask has no True entry (or the inputs are empty)")
+            _require(zv.shape[0] == zp.shape[0],
+                     f"pred gives {zv.shape[0]} masked tokens but target_feats gives {zp.shape[0]}")
+            _require(zv.shape[0] <= b * n, "more masked tokens than tubes")  # a bound for torch.compile
+        _require(zv.shape[0] > 0, "no tokens to train on: the mask has no True entry (or the inputs are empty)")
         return zv, zp
 
     # --- the objective ----------------------------------------------------------------------
@@ -227,7 +243,9 @@ class SinkhornSwapLoss(nn.Module):
             kind = "cpu" if device.type == "cpu" else "cuda"
             budget = self.score_memory_budget if self.score_memory_budget is not None \
                 else self.SCORE_MEMORY_BUDGET[kind]
-            return m * self.num_prototypes * self.STORED_BYTES_PER_SCORE[kind] > budget
+            # Under torch.compile with a (B, N) mask, M is known only at run time: the graph then
+            # streams unless even B·N tokens stay within the budget (never storing too much).
+            return guard_or_true(m * self.num_prototypes * self.STORED_BYTES_PER_SCORE[kind] > budget)
         return self.streaming
 
     def _solve(self, z, streaming, group, m_global):

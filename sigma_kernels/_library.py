@@ -11,7 +11,7 @@ from typing import Tuple
 import torch
 from torch import Tensor
 
-from ._sinkhorn_loop import run_sinkhorn
+from ._sinkhorn_loop import finish_potentials, run_sinkhorn
 from .backends import get_backend
 from .rules import compute_dtype
 
@@ -29,7 +29,8 @@ def sinkhorn_solve(scores: Tensor, inv_eps: float, n_iters: int, tol: float, che
                    backend: str) -> Tuple[Tensor, Tensor, Tensor]:
     b = get_backend(backend)
     if b.sinkhorn_solve_dense is not None:
-        return tuple(b.sinkhorn_solve_dense(scores, inv_eps, n_iters, tol, check_every, False)[:3])
+        u, v, err, _ = b.sinkhorn_solve_dense(scores, inv_eps, n_iters, tol, check_every, False)
+        return finish_potentials(u, v, err, inv_eps)
     m, k = scores.shape
     return run_sinkhorn(b.sinkhorn_col_lse, b.sinkhorn_row_step, (scores,), m, k, inv_eps, n_iters,
                         tol=tol, check_every=check_every, dtype=compute_dtype(scores))
@@ -71,7 +72,10 @@ def sinkhorn_transport(scores: Tensor, inv_eps: float, n_iters: int, tol: float,
     """The plan Q (M, K) of a solve: one fused call where the backend has one, else solve + plan."""
     b = get_backend(backend)
     if b.sinkhorn_solve_dense is not None:
-        return b.sinkhorn_solve_dense(scores, inv_eps, n_iters, tol, check_every, True)[3]
+        u, v, err, plan = b.sinkhorn_solve_dense(scores, inv_eps, n_iters, tol, check_every, True)
+        # the same policy as the potentials (docs/numerics.md): non-finite -> a NaN plan, O(K) check
+        _, v, _ = finish_potentials(u, v, err, inv_eps)
+        return torch.where(torch.isfinite(v).all(), plan, torch.full((), float("nan"), dtype=plan.dtype))
     u, v, _ = sinkhorn_solve(scores, inv_eps, n_iters, tol, check_every, backend)
     return b.sinkhorn_plan(scores, u, v, inv_eps, math.log(scores.shape[0]))
 

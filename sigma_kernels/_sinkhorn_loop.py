@@ -43,4 +43,36 @@ def run_sinkhorn(col_lse, row_step, operands, m, k, inv_eps, n_iters, *, tol=0.0
         if tol > 0 and it % check_every == 0 and it < n_iters:
             if column_marginal_error(v, col, log_k).item() <= tol:
                 break
-    return u, v, column_marginal_error(v, col, log_k)
+    return finish_potentials(u, v, column_marginal_error(v, col, log_k), inv_eps)
+
+
+# Largest max|u| + max|v| accepted: the logits S/ε + u + v are then resolved to about 2^-10 per
+# rounding (2^14 · 2^-24 in float32). Beyond it the plan's rows no longer sum to 1.
+POTENTIAL_LIMIT = {torch.float32: 2.0 ** 14, torch.float64: 2.0 ** 43}
+
+
+def finish_potentials(u, v, err, inv_eps):
+    """The non-finite policy and the range guard on solved potentials (O(M + K), no M×K pass).
+
+    Non-finite in -> NaN out: if any potential is non-finite (a NaN or +inf score, a row or
+    column without a finite score, or S/ε overflowing), u, v and the error all become NaN, on
+    every backend. Finite potentials too large for the compute dtype to resolve the logits
+    (|S|/ε too large: ε too small or scores too wide) raise a ValueError naming ε (on CPU; on
+    accelerators a device-side assert, no host sync).
+    """
+    finite = torch.isfinite(u).all() & torch.isfinite(v).all()
+    nan = torch.full((), float("nan"), dtype=u.dtype, device=u.device)
+    u, v, err = torch.where(finite, u, nan), torch.where(finite, v, nan), torch.where(finite, err, nan)
+    limit = POTENTIAL_LIMIT.get(u.dtype, POTENTIAL_LIMIT[torch.float32])
+    reach = v.abs().amax() + (u.abs().amax() if u.numel() else 0.0)
+    reach = torch.where(finite, reach, torch.zeros((), dtype=u.dtype, device=u.device))
+    eps = 1.0 / inv_eps
+    hint = (f"Sinkhorn with epsilon={eps:g} is beyond what {str(u.dtype).replace('torch.', '')} resolves: the "
+            f"potentials reach max|u| + max|v| = {{}} > {limit:g} (roughly |S|/epsilon > {limit / 3:.0f}), so the "
+            f"plan would be wrong; use a larger epsilon, scores of a smaller range, or float64 scores")
+    if u.device.type == "cpu":
+        if reach.item() > limit:
+            raise ValueError(hint.format(f"{reach.item():.3g}"))
+    else:
+        torch._assert_async(reach <= limit, hint.format("too much"))
+    return u, v, err

@@ -10,7 +10,7 @@ from . import _library as lib
 from . import rules as val
 from .backends import resolve_backend
 from .rules import compute_dtype
-from .sinkhorn import normalize_rows
+from .sinkhorn import _normalize_rows_flagged, normalize_rows
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -105,14 +105,18 @@ def prototype_cross_entropy_sinkhorn(z, prototypes, z_target, prototypes_target,
     val.check_vector("v_target", v_target, k)
     val.check_same_device(z=z, z_target=z_target, v_target=v_target)
     tau = val.check_positive("temperature", temperature)
-    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
+    inv_eps = val.check_epsilon(epsilon)
     if targets not in ("hard", "soft"):
         raise ValueError(f"targets must be 'hard' or 'soft', got {targets!r}")
     _check_reduction(reduction)
     dt = compute_dtype(z, prototypes)
     name = resolve_backend(backend, z.device, dt)
     x, c = normalize_rows(z), prototypes.to(dt)
-    y, cy = normalize_rows(z_target.detach()), prototypes_target.detach().to(dt)
-    rows, _ = lib.sinkhorn_target_cross_entropy(x, c, y, cy, v_target.detach().to(dt), inv_eps, 1.0 / tau,
-                                                targets == "soft", name)
+    (y, y_finite), cy = _normalize_rows_flagged(z_target.detach()), prototypes_target.detach().to(dt)
+    v = v_target.detach().to(dt)
+    rows, _ = lib.sinkhorn_target_cross_entropy(x, c, y, cy, v, inv_eps, 1.0 / tau, targets == "soft", name)
+    # Non-finite target side -> NaN rows (docs/numerics.md): a hard label taken from NaN logits would
+    # otherwise give a finite, wrong loss. O(M + K·D) checks, no M×K pass, no host sync.
+    target_ok = y_finite & torch.isfinite(v).all() & torch.isfinite(cy).all()
+    rows = torch.where(target_ok, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
     return _reduce(rows, reduction)

@@ -63,6 +63,18 @@ def check_positive(name, value):
     return float(value)
 
 
+def check_epsilon(value, name="epsilon"):
+    """ε > 0 whose 1/ε is a finite float32 (the kernels scale scores by it). Returns 1/ε.
+
+    How small an ε the scores allow is checked on the solved potentials (docs/numerics.md)."""
+    eps = check_positive(name, value)
+    inv_eps = 1.0 / eps
+    if not inv_eps <= torch.finfo(torch.float32).max:
+        raise ValueError(f"{name}={value!r} is too small: 1/{name} = {inv_eps:.3g} overflows float32; "
+                         f"{name} must be >= {1 / torch.finfo(torch.float32).max:.3g}")
+    return inv_eps
+
+
 def check_positive_int(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an int, got {type(value).__name__}")
@@ -82,7 +94,7 @@ def check_tolerance(tol, check_every):
 
 def check_sinkhorn_args(epsilon, n_iters, tol, check_every):
     """The scalar arguments every Sinkhorn solve takes -> (1/ε, n_iters, tol, check_every)."""
-    inv_eps = 1.0 / check_positive("epsilon", epsilon)
+    inv_eps = check_epsilon(epsilon)
     n_iters = check_positive_int("n_iters", n_iters)
     tol, check_every = check_tolerance(tol, check_every)
     return inv_eps, n_iters, tol, check_every

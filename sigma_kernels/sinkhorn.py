@@ -70,7 +70,7 @@ def sinkhorn_assign_from_potentials(scores, v, epsilon, *, return_entropy=False,
     val.check_matrix("scores", scores)
     val.check_vector("v", v, scores.shape[1])
     val.check_same_device(scores=scores, v=v)
-    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
+    inv_eps = val.check_epsilon(epsilon)
     name = resolve_backend(backend, scores.device, scores.dtype)
     v = v.detach().to(compute_dtype(scores))
     if return_entropy:
@@ -151,7 +151,7 @@ def sinkhorn_assign_from_potentials_streaming(z, prototypes, v, epsilon, *, norm
     x, c, name = _streaming_operands(z, prototypes, normalize, backend)
     val.check_vector("v", v, c.shape[0])
     val.check_same_device(z=z, v=v)
-    inv_eps = 1.0 / val.check_positive("epsilon", epsilon)
+    inv_eps = val.check_epsilon(epsilon)
     if return_entropy:
         return lib.sinkhorn_assign_entropy_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
     return lib.sinkhorn_assign_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)

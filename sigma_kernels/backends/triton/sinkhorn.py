@@ -49,13 +49,14 @@ def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v
 
     ASSIGN=False: out_i = -log_m - LSE_k t_ik (fp32). ASSIGN=True: out_i = argmax_k t_ik (int64;
     ties to the lowest index: the first maximum within a tile, and a later tile only wins if it
-    is strictly larger).
+    is strictly larger; NaN ranks above every number, as in torch.argmax: the first NaN wins).
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
     run_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
+    run_nan = tl.zeros([BLOCK_M], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = cols < K
@@ -64,11 +65,17 @@ def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v
         v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
         t = tl.where(cmask[None, :], s * inv_eps + v[None, :], float("-inf"))
         if ASSIGN:
+            is_nan = t != t
+            tile_nan_idx = tl.min(tl.where(is_nan, cols[None, :], K), axis=1)
+            t = tl.where(is_nan, float("-inf"), t)
             tile_max = tl.max(t, axis=1)
             tile_idx = tl.min(tl.where(t == tile_max[:, None], cols[None, :], K), axis=1)
-            better = tile_max > run_max
+            better = (tile_max > run_max) & (run_nan == 0)
             run_idx = tl.where(better, tile_idx, run_idx)
             run_max = tl.where(better, tile_max, run_max)
+            first_nan = (tile_nan_idx < K) & (run_nan == 0)
+            run_idx = tl.where(first_nan, tile_nan_idx, run_idx)
+            run_nan = tl.where(first_nan, 1, run_nan)
         else:
             run_max, run_sum = fold_rows(run_max, run_sum, t)
     rmask = rows < M
