@@ -139,9 +139,10 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
           const float* srow = tile + (g + j) * k;
           float sh;
           const float sum = Rows::row_exp(srow, ie, v, eb + j * k, k, g + j + 1 < n ? srow + k : nullptr, &sh);
-          // a row without a finite logit has sum 0, so u = -log M - log 0 = +inf, as the reference's
-          // LSE = -inf gives (fast_exp flushes exp(-inf) to exactly 0)
-          const float ui = neg_log_m - (sh + std::log(sum));
+          // The row max contributes exp(0) = 1, so sum < 1 only for a row without a finite logit
+          // (max -inf, shift 0, every exp clamped to ~0): its u is +inf, as the reference's
+          // LSE = -inf gives (a finite u would leave a plan row summing to 0).
+          const float ui = sum < 1.f ? std::numeric_limits<float>::infinity() : neg_log_m - (sh + std::log(sum));
           u[r0 + g + j] = ui;
           alpha[j] = (float)std::exp((double)ui + (double)sh);
         }
@@ -226,7 +227,8 @@ at::Tensor row_lse_impl(const Source& src, int64_t m, int64_t k, float scale) {
       for (int64_t i = 0; i < n; ++i) {
         float sh;
         const float sum = Rows::row_exp(tile + i * k, scale, zeros.data(), rb, k, nullptr, &sh);
-        o[r0 + i] = sh + std::log(sum);
+        // sum < 1 only when no entry is finite (see row_step_impl): LSE = -inf, as torch.logsumexp
+        o[r0 + i] = sum < 1.f ? -std::numeric_limits<float>::infinity() : sh + std::log(sum);
       }
     }
   });
