@@ -28,19 +28,6 @@ def require_backend(name, device, dtype):
     return ns
 
 
-def record_skip(log, prefix, exc, **fields):
-    """Print and log a provider that cannot run here (an Unavailable)."""
-    print(f"{prefix} skipped: {exc}", flush=True)
-    log.add(status=f"skipped: {exc}", **fields)
-
-
-def record_failure(log, prefix, stage, exc, **fields):
-    """Print and log a provider that raised (a failing peer must not stop the others)."""
-    msg = f"{type(exc).__name__}: {exc}".replace("\n", " ")[:300]
-    print(f"{prefix} {stage}: {msg}", flush=True)
-    log.add(status=f"failed: {msg}", **fields)
-
-
 def parse_dtype(name):
     try:
         return DTYPES[name]

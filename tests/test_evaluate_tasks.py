@@ -193,3 +193,9 @@ def test_finetune_under_torchrun_two_ranks(synthetic, checkpoint, tmp_path):
     r = _read(tmp_path / "finetune.json")
     assert r["world_size"] == 2 and r["steps"] == 1  # 6 clips / 2 ranks / batch 2 -> 1 full step per epoch
     assert r["num_samples"] == 2  # both val clips scored once across the two ranks
+
+
+def test_missing_data_path_is_named_in_the_error(tmp_path):
+    from sigma.evaluate.common import resolve_split_lists
+    with pytest.raises(FileNotFoundError, match=r"--data '.*nodir' does not exist"):
+        resolve_split_lists(tmp_path / "nodir")

@@ -141,6 +141,9 @@ def resolve_split_lists(data, train_list=None, val_list=None):
     """(train list, val list) paths: explicit ones (relative to `data` when it is a folder) or
     DATA/train.txt and DATA/val.txt."""
     data = Path(data)
+    if not data.exists():
+        raise FileNotFoundError(f"--data {str(data)!r} does not exist (a folder holding train.txt/val.txt, "
+                                "or a list file)")
     base = data if data.is_dir() else data.parent
     out = []
     for given, default in ((train_list, "train.txt"), (val_list, "val.txt")):
@@ -152,6 +155,21 @@ def resolve_split_lists(data, train_list=None, val_list=None):
                                     "or --train-list/--val-list)")
         out.append(p)
     return tuple(out)
+
+
+def labelled_splits(data, train_list=None, val_list=None, label_column=0, classes=None):
+    """The train/val lists of a labelled task, read and checked: (train_path, val_path,
+    train_records, val_records, num_classes)."""
+    from sigma.data import read_video_list
+
+    train_path, val_path = resolve_split_lists(data, train_list, val_list)
+    train_records, val_records = read_video_list(train_path), read_video_list(val_path)
+    num_classes = num_classes_of(train_path, label_column, classes)
+    check_list_labels(train_records, train_path, label_column, num_classes)
+    if num_classes is None:
+        num_classes = 1 + max(r.labels[label_column] for r in train_records)
+    check_list_labels(val_records, val_path, label_column, num_classes)
+    return train_path, val_path, train_records, val_records, num_classes
 
 
 @torch.no_grad()

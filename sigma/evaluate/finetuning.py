@@ -29,11 +29,9 @@ from .augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
 from .common import (
     amp_dtype_for,
     atomic_torch_save,
-    check_list_labels,
-    num_classes_of,
+    labelled_splits,
     provenance,
     resolve_device,
-    resolve_split_lists,
     write_json,
 )
 from .metrics import classification_metrics
@@ -222,20 +220,15 @@ def finetune(checkpoint, data, output_dir, *, train_list=None, val_list=None, la
     """
     from timm.loss import SoftTargetCrossEntropy
 
-    from sigma.data import VideoDataset, read_video_list
+    from sigma.data import VideoDataset
 
     t0 = time.time()
     out = Path(output_dir)
     device = _init_distributed(resolve_device(device))
     rank, world = _dist_info()
     amp_dtype = amp_dtype_for(device, amp)
-    train_path, val_path = resolve_split_lists(data, train_list, val_list)
-    train_records, val_records = read_video_list(train_path), read_video_list(val_path)
-    num_classes = num_classes_of(train_path, label_column, classes)
-    check_list_labels(train_records, train_path, label_column, num_classes)
-    if num_classes is None:
-        num_classes = 1 + max(r.labels[label_column] for r in train_records)
-    check_list_labels(val_records, val_path, label_column, num_classes)
+    train_path, val_path, train_records, val_records, num_classes = labelled_splits(
+        data, train_list, val_list, label_column, classes)
     use_mix = mixup > 0 or cutmix > 0
     if use_mix and batch_size % 2:
         raise ValueError(f"batch_size must be even with mixup/cutmix (timm mixes a batch with its flip), "

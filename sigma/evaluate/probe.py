@@ -10,14 +10,12 @@ from pathlib import Path
 from .common import (
     amp_dtype_for,
     atomic_torch_save,
-    check_list_labels,
     encoder_input_size,
     extract_pooled_features,
+    labelled_splits,
     load_encoder,
-    num_classes_of,
     provenance,
     resolve_device,
-    resolve_split_lists,
     write_json,
 )
 from .metrics import classification_metrics, knn_evaluate, linear_probe_scores, train_linear_probe
@@ -25,15 +23,10 @@ from .metrics import classification_metrics, knn_evaluate, linear_probe_scores, 
 
 def _features(checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
               batch_size, num_workers, device, amp, progress):
-    from sigma.data import VideoDataset, read_video_list
+    from sigma.data import VideoDataset
 
-    train_path, val_path = resolve_split_lists(data, train_list, val_list)
-    train_records, val_records = read_video_list(train_path), read_video_list(val_path)
-    num_classes = num_classes_of(train_path, label_column, classes)
-    check_list_labels(train_records, train_path, label_column, num_classes)
-    if num_classes is None:
-        num_classes = 1 + max(r.labels[label_column] for r in train_records)
-    check_list_labels(val_records, val_path, label_column, num_classes)
+    train_path, val_path, train_records, val_records, num_classes = labelled_splits(
+        data, train_list, val_list, label_column, classes)
     device = resolve_device(device)
     encoder = load_encoder(checkpoint)
     num_frames, size, tube = encoder_input_size(encoder)
