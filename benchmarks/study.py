@@ -262,6 +262,26 @@ def plot(results, path, title):
     os.replace(tmp, path)
 
 
+def markdown_table(results):
+    """A README table: per objective, mean over seeds (each seed's value in brackets)."""
+    cols = [("knn_object", "k-NN object %", 1), ("knn_motion", "k-NN motion %", 1),
+            ("linear_object", "linear object %", 1), ("linear_motion", "linear motion %", 1),
+            ("segment_miou", "segment mIoU", 3), ("encoder_erank", "encoder eff. rank", 1),
+            ("encoder_std", "encoder std", 4), ("target_erank", "target eff. rank", 1),
+            ("target_std", "target std", 4), ("usage_perplexity", "usage perplexity", 1)]
+    lines = ["| objective | seeds | " + " | ".join(c[1] for c in cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for o in (*OBJECTIVES, BASELINE):
+        runs = [r for r in results if r["objective"] == o]
+        if not runs:
+            continue
+        cells = []
+        for key, _, nd in cols:
+            vals = [r[key] for r in runs if r.get(key) is not None]
+            cells.append(f"{sum(vals) / len(vals):.{nd}f} ({', '.join(f'{v:.{nd}f}' for v in vals)})" if vals else "–")
+        lines.append(f"| `{o}` | {len(runs)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--quick", action="store_true", help="smoke test: tiny set and clips, a few steps, one seed")
@@ -317,6 +337,7 @@ def main(argv=None):
     plot(results, out / f"{stem}.png",
          f"tiny ViT, {s['num_frames']}x{s['img_size']}² clips, {s['patch_size']}-px tubes, {steps} steps, "
          f"batch {s['batch_size']}, {s['videos']} synthetic videos, seeds {seeds}")
+    print(markdown_table(results))
     print(f"[study] wrote {out / (stem + '.csv')}, {out / (stem + '_curves.csv')}, {out / (stem + '.png')}",
           file=sys.stderr)
     return results
