@@ -9,6 +9,9 @@ this one only once it is measured faster on a GPU. Fp32 accumulation, fp32 resul
 """
 import torch
 
+# The extension's ops dispatch on the tensors' device: the cpu backend's wrappers serve CUDA tensors too.
+from .cpu import sinkhorn_col_lse, sinkhorn_row_step  # noqa: F401
+
 DEVICE_TYPES = ("cuda",)
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 
@@ -24,15 +27,3 @@ def unavailable_reason():
     if not torch.cuda.is_available():
         return "no CUDA device is visible to torch"
     return None
-
-
-def _ops():
-    return torch.ops.sigma_kernels_ext
-
-
-def sinkhorn_col_lse(scores, u, inv_eps):
-    return _ops().sinkhorn_col_lse(scores, u, float(inv_eps))
-
-
-def sinkhorn_row_step(scores, v, inv_eps, log_m):
-    return tuple(_ops().sinkhorn_row_step(scores, v, float(inv_eps), float(log_m)))
