@@ -193,9 +193,17 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const Operands& op, const Target
   return {loss, lse};
 }
 
+// logits tile of rows [r0, r0+n) from stored scores x·cᵀ (M, K): scale·S, as logits_chunk without the GEMM.
+inline float* stored_logits_chunk(const float* scores, int64_t r0, int64_t n, int64_t k, float scale, float* tile) {
+  at::vec::map([scale](Vec a) { return a * Vec(scale); }, tile, scores + r0 * k, n * k);
+  return tile;
+}
+
+// `stored`: optional fp32 contiguous (M, K) scores x·cᵀ (undefined: recompute them chunk by chunk).
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const Operands& op, const Targets& tg,
                                                  const at::Tensor& lse_in, float scale, at::ScalarType x_dtype,
-                                                 at::ScalarType c_dtype, bool need_dx, bool need_dc) {
+                                                 at::ScalarType c_dtype, bool need_dx, bool need_dc,
+                                                 const at::Tensor& stored = at::Tensor()) {
   const int64_t m = op.m, k = op.k, d = op.x.size(1);
   at::Tensor gf = as_float_vector(grad, m, "grad");
   at::Tensor lf = as_float_vector(lse_in, m, "lse");
@@ -219,7 +227,8 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const O
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
       const float* probs = tg.chunk(r0, n, k, tt, idx);
-      float* g = logits_chunk(op, r0, n, scale, lt);
+      float* g = stored.defined() ? stored_logits_chunk(stored.data_ptr<float>(), r0, n, k, scale, lt)
+                                  : logits_chunk(op, r0, n, scale, lt);
       for (int64_t i = 0; i < n; ++i) {
         float* row = g + i * k;
         const float gi = pg[r0 + i];
@@ -271,6 +280,19 @@ std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_backward(const at::Tenso
   Operands op = checked_operands(x, c);
   return backward_impl(grad, op, given_targets(target, op.m, op.k), lse, (float)scale, x.scalar_type(),
                        c.scalar_type(), need_dx, need_dc);
+}
+
+std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_backward_stored(const at::Tensor& grad, const at::Tensor& scores,
+                                                                        const at::Tensor& x, const at::Tensor& c,
+                                                                        const at::Tensor& target, const at::Tensor& lse,
+                                                                        double scale, bool need_dx, bool need_dc) {
+  Operands op = checked_operands(x, c);
+  check_matrix(scores, "scores");
+  TORCH_CHECK(scores.size(0) == op.m && scores.size(1) == op.k, "scores must have shape (", op.m, ", ", op.k,
+              ") like x·cᵀ, got ", scores.sizes());
+  at::Tensor s = scores.detach().to(at::kFloat).contiguous();
+  return backward_impl(grad, op, given_targets(target, op.m, op.k), lse, (float)scale, x.scalar_type(),
+                       c.scalar_type(), need_dx, need_dc, s);
 }
 
 std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_forward(const at::Tensor& x, const at::Tensor& c,

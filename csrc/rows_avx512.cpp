@@ -88,8 +88,13 @@ float exp_shift_sum_inplace(float* buf, float shift, int64_t n) {
 }
 
 void fold_rows(float* col, const float* e, const float* alpha, int64_t gn, int64_t k) {
+  // The loops call this right after reading these gn rows from memory (their dot products); the
+  // next gn rows follow in memory, so ask for them now: the loads then overlap this fold instead
+  // of waiting for it. (A prefetch never faults, also past the end of the matrix.)
+  const float* next = e + gn * k;
   int64_t q = 0;
   for (; q + 16 <= k; q += 16) {
+    for (int64_t j = 0; j < gn; ++j) _mm_prefetch(reinterpret_cast<const char*>(next + j * k + q), _MM_HINT_T1);
     __m512 acc = _mm512_loadu_ps(col + q);
     for (int64_t j = 0; j < gn; ++j) acc = _mm512_fmadd_ps(_mm512_loadu_ps(e + j * k + q), _mm512_set1_ps(alpha[j]), acc);
     _mm512_storeu_ps(col + q, acc);

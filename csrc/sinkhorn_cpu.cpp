@@ -282,6 +282,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
   const int64_t chunk = kRowChunk;
   const int64_t nch = num_chunks(m, chunk);
   at::Tensor e_t = at::empty({m, k}, at::kFloat);
+  advise_huge_pages(e_t);
   at::Tensor r_t = at::empty({m}, at::kFloat), rs_t = at::empty({m}, at::kFloat);
   at::Tensor partial = at::empty({nch, k}, at::kFloat);
   float* E = e_t.data_ptr<float>();

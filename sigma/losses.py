@@ -289,8 +289,12 @@ class SinkhornSwapLoss(nn.Module):
             streaming = self._use_streaming(m, zv.device)
             want_stats = self.compute_stats or return_stats
             # One branch at a time, so at most one stored M×K score matrix is alive.
-            res_v, labels_v, lse_v, stats_v = self._branch(zv, streaming, group, m_global, want_stats)
-            res_p, labels_p, lse_p, stats_p = self._branch(zp, streaming, group, m_global, want_stats)
+            res_v, labels_v, lse_v, stats_v, _ = self._branch(zv, streaming, group, m_global, want_stats)
+            # The last branch keeps its stored scores (if any) for its cross-entropy's backward,
+            # which then reads them instead of recomputing z_p·Cᵀ: one M×K×D product less, and no
+            # more than the one score matrix (plus the solve's) alive at any time.
+            res_p, labels_p, lse_p, stats_p, scores_p = self._branch(zp, streaming, group, m_global, want_stats,
+                                                                     keep_scores=self.targets == "hard")
 
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
@@ -303,7 +307,8 @@ class SinkhornSwapLoss(nn.Module):
                 # CE forwards need no second pass over M×K.
                 loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, lse=lse_v, **kw)
                 # Projection term: live prototypes, targets from Q_v.
-                loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, lse=lse_p, **kw)
+                loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, lse=lse_p, scores=scores_p,
+                                                 **kw)
             else:  # soft targets, computed tile by tile from the other branch's potentials
                 kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
                 loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon,
@@ -323,10 +328,10 @@ class SinkhornSwapLoss(nn.Module):
         return (loss, stats) if return_stats else loss
 
     @torch.no_grad()
-    def _branch(self, z, streaming, group, m_global, want_stats):
+    def _branch(self, z, streaming, group, m_global, want_stats, keep_scores=False):
         """Sinkhorn of one branch: (SinkhornResult, its hard labels (targets="hard") or None, the
         row LSE of its CE logits (hard targets with stored scores) or None, diagnostics dict or
-        None). The stored scores, if any, are dropped on return."""
+        None, the stored scores if keep_scores else None)."""
         res, scores = self._solve(z, streaming, group, m_global)
         labels = stats = lse = None
         if self.targets == "hard" and scores is not None:
@@ -343,4 +348,4 @@ class SinkhornSwapLoss(nn.Module):
                 stats = assignment_stats(labels, out[1], self.num_prototypes, m_global=m_global,
                                          process_group=group)
                 stats["marginal_error"] = res.marginal_error
-        return res, (labels if self.targets == "hard" else None), lse, stats
+        return res, (labels if self.targets == "hard" else None), lse, stats, (scores if keep_scores else None)

@@ -6,7 +6,7 @@ custom op (the backward recomputes logits tile by tile in the fused backends).
 Validation and backend choice happen in the public functions, before these are called.
 """
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -75,7 +75,15 @@ def sinkhorn_transport(scores: Tensor, inv_eps: float, n_iters: int, tol: float,
         u, v, err, plan = b.sinkhorn_solve_dense(scores, inv_eps, n_iters, tol, check_every, True)
         # the same policy as the potentials (docs/numerics.md): non-finite -> a NaN plan, O(K) check
         _, v, _ = finish_potentials(u, v, err, inv_eps)
-        return torch.where(torch.isfinite(v).all(), plan, torch.full((), float("nan"), dtype=plan.dtype))
+        # In place on the fresh plan: a torch.where here would allocate (and page-fault) a second M×K
+        # tensor, which cost a quarter of the whole solve on the CPU.
+        bad = ~torch.isfinite(v).all()
+        if plan.device.type == "cpu":
+            if bool(bad):  # a host read is free on the CPU
+                plan.fill_(float("nan"))
+        else:
+            plan.masked_fill_(bad, float("nan"))
+        return plan
     u, v, _ = sinkhorn_solve(scores, inv_eps, n_iters, tol, check_every, backend)
     return b.sinkhorn_plan(scores, u, v, inv_eps, math.log(scores.shape[0]))
 
@@ -187,32 +195,57 @@ def _(scores, scale, backend):
     return _vec(scores, scores.shape[0], compute_dtype(scores))
 
 
+@torch.library.custom_op(f"{_NS}::linear_cross_entropy_backward_stored", mutates_args=())
+def linear_cross_entropy_backward_stored(grad: Tensor, scores: Tensor, x: Tensor, c: Tensor, target: Tensor,
+                                         lse: Tensor, scale: float, need_dx: bool, need_dc: bool,
+                                         backend: str) -> Tuple[Tensor, Tensor]:
+    """`linear_cross_entropy_backward` reading the stored scores x·cᵀ where the backend can (no
+    M×K×D recomputation), else recomputing them."""
+    b = get_backend(backend)
+    if b.linear_cross_entropy_backward_stored is not None:
+        dx, dc = b.linear_cross_entropy_backward_stored(grad, scores, x, c, target, lse, scale, need_dx=need_dx,
+                                                        need_dc=need_dc)
+    else:
+        dx, dc = b.linear_cross_entropy_backward(grad, x, c, target, lse, scale, need_dx=need_dx, need_dc=need_dc)
+    return _grads_or_empty(dx, dc, x, c)
+
+
+@linear_cross_entropy_backward_stored.register_fake
+def _(grad, scores, x, c, target, lse, scale, need_dx, need_dc, backend):
+    return _fake_grads(x, c, need_dx, need_dc)
+
+
 @torch.library.custom_op(f"{_NS}::linear_cross_entropy_given_lse", mutates_args=())
-def linear_cross_entropy_given_lse(x: Tensor, c: Tensor, target: Tensor, lse: Tensor, scale: float,
-                                   backend: str) -> Tensor:
+def linear_cross_entropy_given_lse(x: Tensor, c: Tensor, target: Tensor, lse: Tensor, scale: float, backend: str,
+                                   scores: Optional[Tensor] = None) -> Tensor:
     """Rows lse_i − scale·x_i·c_{t_i} of the CE against indices, the logits' row LSE given (e.g.
-    from stored scores): O(M·D) forward; the backward is the backend's fused one."""
+    from stored scores): O(M·D) forward; the backward is the backend's fused one, reading `scores`
+    (x·cᵀ, kept until then) instead of recomputing them when given."""
     dt = compute_dtype(x, c)
     return lse.to(dt) - scale * (x.to(dt) * c.to(dt).index_select(0, target)).sum(dim=1)
 
 
 @linear_cross_entropy_given_lse.register_fake
-def _(x, c, target, lse, scale, backend):
+def _(x, c, target, lse, scale, backend, scores=None):
     return _vec(x, x.shape[0], compute_dtype(x, c))
 
 
 def _lce_lse_setup(ctx, inputs, output):
-    x, c, target, lse, scale, backend = inputs
-    ctx.save_for_backward(x, c, target, lse)
+    x, c, target, lse, scale, backend, scores = inputs
+    ctx.save_for_backward(x, c, target, lse, scores)
     ctx.scale, ctx.backend = scale, backend
 
 
 def _lce_lse_backward(ctx, grad_rows):
-    x, c, target, lse = ctx.saved_tensors
+    x, c, target, lse, scores = ctx.saved_tensors
     need_dx, need_dc = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    dx, dc = linear_cross_entropy_backward(grad_rows, x, c, target, lse.to(grad_rows.dtype), ctx.scale, need_dx,
-                                           need_dc, ctx.backend)
-    return (dx if need_dx else None), (dc if need_dc else None), None, None, None, None
+    lse = lse.to(grad_rows.dtype)
+    if scores is None:
+        dx, dc = linear_cross_entropy_backward(grad_rows, x, c, target, lse, ctx.scale, need_dx, need_dc, ctx.backend)
+    else:
+        dx, dc = linear_cross_entropy_backward_stored(grad_rows, scores, x, c, target, lse, ctx.scale, need_dx,
+                                                      need_dc, ctx.backend)
+    return (dx if need_dx else None), (dc if need_dc else None), None, None, None, None, None
 
 
 linear_cross_entropy_given_lse.register_autograd(_lce_lse_backward, setup_context=_lce_lse_setup)
@@ -233,6 +266,8 @@ def _no_setup(ctx, inputs, output):
 
 linear_cross_entropy_backward.register_autograd(_no_double_backward("prototype_cross_entropy"),
                                                 setup_context=_no_setup)
+linear_cross_entropy_backward_stored.register_autograd(_no_double_backward("prototype_cross_entropy"),
+                                                       setup_context=_no_setup)
 
 
 @torch.library.custom_op(f"{_NS}::sinkhorn_target_cross_entropy", mutates_args=())

@@ -22,7 +22,9 @@ def prototype_scores(z, prototypes, temperature=1.0):
     """
     val.check_features("z", z, "prototypes", prototypes)
     tau = val.check_positive("temperature", temperature)
-    return normalize_rows(z) @ prototypes.to(compute_dtype(z, prototypes)).T / tau
+    scores = normalize_rows(z) @ prototypes.to(compute_dtype(z, prototypes)).T
+    # τ = 1 (the Sinkhorn scores) skips a division that would allocate a second M×K matrix
+    return scores if tau == 1.0 else scores / tau
 
 
 def prototype_softmax(z, prototypes, temperature=1.0):
@@ -57,7 +59,7 @@ def prototype_logsumexp(scores, temperature=0.1, *, backend="auto"):
     return lib.row_logsumexp(scores.detach(), 1.0 / tau, name)
 
 
-def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", lse=None,
+def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", lse=None, scores=None,
                             backend="auto"):
     """Cross-entropy of softmax(normalize(z)·prototypesᵀ/τ) against `target`.
 
@@ -66,6 +68,9 @@ def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction
     or "none" (per-row (M,)). Differentiable w.r.t. z and prototypes; float32 result.
     lse: optional (M,) row LSE of the logits when already known (`prototype_logsumexp` of
     stored scores; index targets only): the forward then needs no pass over the logits.
+    scores: optional (M, K) stored scores normalize(z)·prototypesᵀ (with `lse`): kept until the
+    backward, which then reads them instead of recomputing the logits (one M×K×D product less,
+    M×K memory held meanwhile). They must be those exact scores; they are not checked.
     """
     val.check_features("z", z, "prototypes", prototypes)
     tau = val.check_positive("temperature", temperature)
@@ -81,8 +86,16 @@ def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction
         if kind != "hard":
             raise ValueError("lse= needs index (hard) targets")
         val.check_vector("lse", lse, m)
-        rows = lib.linear_cross_entropy_given_lse(x, c, t, lse.detach().to(dt), 1.0 / tau, name)
+        if scores is not None:
+            val.check_matrix("scores", scores)
+            if tuple(scores.shape) != (m, k):
+                raise ValueError(f"scores must have shape (M, K) = ({m}, {k}), got {tuple(scores.shape)}")
+            val.check_same_device(z=z, scores=scores)
+            scores = scores.detach()
+        rows = lib.linear_cross_entropy_given_lse(x, c, t, lse.detach().to(dt), 1.0 / tau, name, scores)
         return _reduce(rows, reduction)
+    if scores is not None:
+        raise ValueError("scores= needs lse= (the row LSE of the stored scores, see prototype_logsumexp)")
     rows, _ = lib.linear_cross_entropy(x, c, t, 1.0 / tau, name)
     return _reduce(rows, reduction)
 

@@ -174,3 +174,68 @@ def test_cross_entropy_with_given_lse_matches_the_fused_one(backend, m, k, d):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     with pytest.raises(ValueError, match="lse"):
         sk.prototype_cross_entropy(z, c, torch.softmax(s, 1), 0.1, lse=lse, backend=backend)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference", "triton"])
+@pytest.mark.parametrize("m,k,d", [(1, 1, 3), (37, 29, 19), (300, 131, 8)])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_cross_entropy_backward_from_stored_scores(backend, m, k, d, reduction):
+    """scores= hands the backward the stored x·cᵀ instead of recomputing it: gradients must equal
+    the recomputing path and a float64 autograd of the same CE, for any upstream gradient."""
+    if not sk.backend_info()[backend]["available"]:
+        pytest.skip(f"{backend} backend unavailable here")
+    g = torch.Generator().manual_seed(m + k + d)
+    z = torch.randn(m, d, generator=g, requires_grad=True)
+    c = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1).requires_grad_()
+    t = torch.randint(0, k, (m,), generator=g)
+    w = torch.rand(m, generator=g) if reduction == "none" else torch.ones(())  # uneven upstream gradients
+    s = sk.prototype_scores(z.detach(), c.detach())
+    lse = sk.prototype_logsumexp(s, 0.1, backend=backend)
+    stored = sk.prototype_cross_entropy(z, c, t, 0.1, lse=lse, scores=s, reduction=reduction, backend=backend)
+    g_stored = torch.autograd.grad((stored * w).sum(), (z, c))
+    plain = sk.prototype_cross_entropy(z, c, t, 0.1, lse=lse, reduction=reduction, backend=backend)
+    g_plain = torch.autograd.grad((plain * w).sum(), (z, c))
+    z64, c64 = z.detach().double().requires_grad_(), c.detach().double().requires_grad_()
+    logits = torch.nn.functional.normalize(z64, dim=1) @ c64.T / 0.1
+    rows = torch.logsumexp(logits, 1) - logits.gather(1, t[:, None]).squeeze(1)
+    truth = rows.mean() if reduction == "mean" else rows
+    g_truth = torch.autograd.grad((truth * w.double()).sum(), (z64, c64))
+    torch.testing.assert_close(stored, plain, rtol=0, atol=0)  # the forward does not read the scores
+    for a, b, e in zip(g_stored, g_plain, g_truth):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(a.double(), e, rtol=1e-4, atol=1e-6)
+
+
+def test_stored_scores_are_read_not_recomputed_and_not_changed(monkeypatch):
+    m, k, d = 64, 23, 8
+    g = torch.Generator().manual_seed(5)
+    z = torch.randn(m, d, generator=g, requires_grad=True)
+    c = torch.nn.functional.normalize(torch.randn(k, d, generator=g), dim=1).requires_grad_()
+    t = torch.randint(0, k, (m,), generator=g)
+    s = sk.prototype_scores(z.detach(), c.detach())
+    before = s.clone()
+    lse = sk.prototype_logsumexp(s, 0.1, backend="cpu")
+    loss = sk.prototype_cross_entropy(z, c, t, 0.1, lse=lse, scores=s, backend="cpu")
+
+    def recompute(*args, **kwargs):
+        raise AssertionError("the backward recomputed the scores")
+
+    monkeypatch.setattr(get_backend("cpu"), "linear_cross_entropy_backward", recompute)
+    first = torch.autograd.grad(loss, (z, c), retain_graph=True)
+    second = torch.autograd.grad(loss, (z, c))  # the saved scores are still intact
+    assert torch.equal(s, before)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+def test_stored_scores_arguments_are_checked(backend):
+    z = torch.randn(6, 4, requires_grad=True)
+    c = torch.nn.functional.normalize(torch.randn(5, 4), dim=1)
+    t = torch.zeros(6, dtype=torch.int64)
+    s = sk.prototype_scores(z.detach(), c)
+    lse = sk.prototype_logsumexp(s, 0.1, backend=backend)
+    with pytest.raises(ValueError, match="scores= needs lse="):
+        sk.prototype_cross_entropy(z, c, t, 0.1, scores=s, backend=backend)
+    with pytest.raises(ValueError, match=r"scores must have shape \(M, K\) = \(6, 5\)"):
+        sk.prototype_cross_entropy(z, c, t, 0.1, lse=lse, scores=s[:, :4], backend=backend)

@@ -21,9 +21,12 @@ equations). Every backend must agree with `reference` to floating-point toleranc
                                            need_dx=True, need_dc=True)
         (the backwards return None for a gradient not asked for, and skip computing it)
 
-Optional fused primitive (None when a backend lacks it; callers compose the ones above instead):
+Optional fused primitives (None when a backend lacks them; callers compose the ones above instead):
     sinkhorn_solve_dense(S, inv_eps, n_iters, tol, check_every, want_plan)
         -> (u, v, marginal_error, plan or None): the whole solve in one call
+    linear_cross_entropy_backward_stored(g, S, x, c, target, lse, scale, need_dx=True, need_dc=True)
+        -> (dx, dc): linear_cross_entropy_backward reading the stored scores S = x·cᵀ (M, K)
+           instead of recomputing them (one M×K×D GEMM less)
 
 A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
 that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops of
@@ -64,7 +67,7 @@ PRIMITIVES = (
     "sinkhorn_target_cross_entropy_forward",
     "sinkhorn_target_cross_entropy_backward",
 )
-OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense",)
+OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "linear_cross_entropy_backward_stored")
 
 _MODULES = {
     "reference": "sigma_kernels.backends.reference",

@@ -19,6 +19,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _OPS = ("sinkhorn_col_lse", "sinkhorn_row_step", "sinkhorn_assign", "sinkhorn_plan", "sinkhorn_solve_dense",
         "sinkhorn_assign_entropy", "row_logsumexp", "streaming_col_lse", "streaming_row_step", "streaming_assign",
         "streaming_assign_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
+        "linear_cross_entropy_backward_stored",
         "sinkhorn_target_cross_entropy_forward", "sinkhorn_target_cross_entropy_backward")
 
 
@@ -105,6 +106,11 @@ def _asked(grads, need_dx, need_dc):
 def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=True, need_dc=True):
     return _asked(_ops().linear_cross_entropy_backward(grad_rows, x, c, target, lse, float(scale), bool(need_dx),
                                                        bool(need_dc)), need_dx, need_dc)
+
+
+def linear_cross_entropy_backward_stored(grad_rows, scores, x, c, target, lse, scale, need_dx=True, need_dc=True):
+    return _asked(_ops().linear_cross_entropy_backward_stored(grad_rows, scores, x, c, target, lse, float(scale),
+                                                              bool(need_dx), bool(need_dc)), need_dx, need_dc)
 
 
 def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
