@@ -16,6 +16,7 @@ Tensor sinkhorn_plan(const Tensor& scores, const Tensor& u, const Tensor& v, dou
 std::tuple<Tensor, Tensor, Tensor, Tensor> sinkhorn_solve_dense(const Tensor& scores, double inv_eps, int64_t n_iters,
                                                                 double tol, int64_t check_every, bool want_plan);
 Tensor row_logsumexp(const Tensor& scores, double scale);
+Tensor scores_product(const Tensor& x, const Tensor& c);
 Pair sinkhorn_assign_entropy(const Tensor& scores, const Tensor& v, double inv_eps, bool entropy);
 Pair streaming_assign_entropy(const Tensor& x, const Tensor& c, const Tensor& v, double inv_eps, bool entropy);
 Tensor streaming_col_lse(const Tensor& x, const Tensor& c, const Tensor& u, double inv_eps);
@@ -42,6 +43,7 @@ TORCH_LIBRARY(sigma_kernels_ext, m) {
   m.def("sinkhorn_solve_dense(Tensor scores, float inv_eps, int n_iters, float tol, int check_every, bool want_plan)"
         " -> (Tensor, Tensor, Tensor, Tensor)");
   m.def("row_logsumexp(Tensor scores, float scale) -> Tensor");
+  m.def("scores_product(Tensor x, Tensor c) -> Tensor");
   m.def("sinkhorn_assign_entropy(Tensor scores, Tensor v, float inv_eps, bool entropy) -> (Tensor, Tensor)");
   m.def("streaming_assign_entropy(Tensor x, Tensor c, Tensor v, float inv_eps, bool entropy) -> (Tensor, Tensor)");
   m.def("streaming_col_lse(Tensor x, Tensor c, Tensor u, float inv_eps) -> Tensor");
@@ -66,6 +68,7 @@ TORCH_LIBRARY_IMPL(sigma_kernels_ext, CPU, m) {
   m.impl("sinkhorn_plan", &sigma_cpu::sinkhorn_plan);
   m.impl("sinkhorn_solve_dense", &sigma_cpu::sinkhorn_solve_dense);
   m.impl("row_logsumexp", &sigma_cpu::row_logsumexp);
+  m.impl("scores_product", &sigma_cpu::scores_product);
   m.impl("sinkhorn_assign_entropy", &sigma_cpu::sinkhorn_assign_entropy);
   m.impl("streaming_assign_entropy", &sigma_cpu::streaming_assign_entropy);
   m.impl("streaming_col_lse", &sigma_cpu::streaming_col_lse);

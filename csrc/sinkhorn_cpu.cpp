@@ -519,6 +519,19 @@ at::Tensor sinkhorn_assign(const at::Tensor& scores, const at::Tensor& v, double
   return std::get<0>(sinkhorn_assign_entropy(scores, v, inv_eps, false));
 }
 
+at::Tensor scores_product(const at::Tensor& x, const at::Tensor& c) {
+  check_matrix(x, "x");
+  check_matrix(c, "c");
+  TORCH_CHECK(x.size(1) == c.size(1), "x (M, D) and c (K, D) must have the same D, got ", x.sizes(), " and ",
+              c.sizes());
+  TORCH_CHECK(x.scalar_type() == c.scalar_type() && (x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble),
+              "x and c must both be float32 or both float64, got ", x.scalar_type(), " and ", c.scalar_type());
+  at::Tensor out = at::empty({x.size(0), c.size(0)}, x.options());
+  advise_huge_pages(out);  // before at::mm_out's first write (see advise_huge_pages)
+  at::mm_out(out, x.detach(), c.detach().t());
+  return out;
+}
+
 at::Tensor row_logsumexp(const at::Tensor& scores, double scale) {
   at::Tensor s = checked_scores(scores);
   return with_rows([&](auto rows) {

@@ -185,6 +185,18 @@ def _lce_backward(ctx, grad_loss, grad_lse):
 linear_cross_entropy.register_autograd(_lce_backward, setup_context=_lce_setup)
 
 
+@torch.library.custom_op(f"{_NS}::scores_product", mutates_args=())
+def scores_product(x: Tensor, c: Tensor, backend: str) -> Tensor:
+    """x·cᵀ (M, K) without autograd, by the backend's `scores_product` where it has one."""
+    b = get_backend(backend)
+    return b.scores_product(x, c) if b.scores_product is not None else x @ c.T
+
+
+@scores_product.register_fake
+def _(x, c, backend):
+    return x.new_empty((x.shape[0], c.shape[0]))
+
+
 @torch.library.custom_op(f"{_NS}::row_logsumexp", mutates_args=())
 def row_logsumexp(scores: Tensor, scale: float, backend: str) -> Tensor:
     return get_backend(backend).row_logsumexp(scores, scale)

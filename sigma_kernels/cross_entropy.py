@@ -22,7 +22,11 @@ def prototype_scores(z, prototypes, temperature=1.0):
     """
     val.check_features("z", z, "prototypes", prototypes)
     tau = val.check_positive("temperature", temperature)
-    scores = normalize_rows(z) @ prototypes.to(compute_dtype(z, prototypes)).T
+    x, c = normalize_rows(z), prototypes.to(compute_dtype(z, prototypes))
+    if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad):
+        scores = x @ c.T
+    else:  # no autograd (e.g. the Sinkhorn scores of the loss): the backend's product, if it has one
+        scores = lib.scores_product(x, c, resolve_backend("auto", x.device, x.dtype))
     # τ = 1 (the Sinkhorn scores) skips a division that would allocate a second M×K matrix
     return scores if tau == 1.0 else scores / tau
 

@@ -27,6 +27,8 @@ Optional fused primitives (None when a backend lacks them; callers compose the o
     linear_cross_entropy_backward_stored(g, S, x, c, target, lse, scale, need_dx=True, need_dc=True)
         -> (dx, dc): linear_cross_entropy_backward reading the stored scores S = x·cᵀ (M, K)
            instead of recomputing them (one M×K×D GEMM less)
+    scores_product(x, c) -> x·cᵀ (M, K) (x, c of one float dtype), equal to torch.mm, in memory
+        that is cheaper to fill the first time (no autograd)
 
 A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
 that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops of
@@ -67,7 +69,7 @@ PRIMITIVES = (
     "sinkhorn_target_cross_entropy_forward",
     "sinkhorn_target_cross_entropy_backward",
 )
-OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "linear_cross_entropy_backward_stored")
+OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "linear_cross_entropy_backward_stored", "scores_product")
 
 _MODULES = {
     "reference": "sigma_kernels.backends.reference",

@@ -19,7 +19,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _OPS = ("sinkhorn_col_lse", "sinkhorn_row_step", "sinkhorn_assign", "sinkhorn_plan", "sinkhorn_solve_dense",
         "sinkhorn_assign_entropy", "row_logsumexp", "streaming_col_lse", "streaming_row_step", "streaming_assign",
         "streaming_assign_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
-        "linear_cross_entropy_backward_stored",
+        "linear_cross_entropy_backward_stored", "scores_product",
         "sinkhorn_target_cross_entropy_forward", "sinkhorn_target_cross_entropy_backward")
 
 
@@ -55,6 +55,11 @@ def sinkhorn_assign(scores, v, inv_eps):
 
 def sinkhorn_plan(scores, u, v, inv_eps, log_m):
     return _ops().sinkhorn_plan(scores, u, v, float(inv_eps), float(log_m))
+
+
+def scores_product(x, c):
+    """x·cᵀ (M, K) as torch.mm, into a buffer given the huge-page hint (csrc/sigma_common.h)."""
+    return _ops().scores_product(x, c)
 
 
 def row_logsumexp(scores, scale):
