@@ -131,7 +131,7 @@ float row_exp_sum(const float* s, float a, const float* add, float shift, float*
   int64_t k = 0;
   for (; k < n; k += 16) {
     // one cache line of the next row per 16 scores: its load overlaps this compute-bound loop
-    if (prefetch != nullptr) _mm_prefetch(reinterpret_cast<const char*>(prefetch + k), _MM_HINT_T0);
+    if (prefetch != nullptr) _mm_prefetch(reinterpret_cast<const char*>(prefetch + k), _MM_HINT_T1);
     const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
     const __m512 t = _mm512_add_ps(_mm512_mul_ps(_mm512_maskz_loadu_ps(mk, s + k), va), _mm512_maskz_loadu_ps(mk, add + k));
     const __m512 x = exp16(_mm512_sub_ps(t, vs));

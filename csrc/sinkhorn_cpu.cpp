@@ -378,6 +378,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
   std::vector<float> bvec(k);
   const std::vector<double> ones(nch, 1.0);
   float vmax = 0.f;
+  bool plan_written = false;  // E already holds the plan (see write_plan)
   for (int64_t it = 1; it <= n_iters; ++it) {
     for (int64_t q = 0; q < k; ++q) v[q] = (float)(-log_k) - col[q];
     bool done = false;
@@ -390,6 +391,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
         const float rmin = (float)k * 1e-30f;
         std::vector<char> row_bad(nch, 0);
         const float neg_log_m = (float)(-log_m);
+        // The plan Q_ik = E_ik·b_k / R_i needs this iteration's b and R only: on the last iteration
+        // it is written over each row group right after the group is folded (still in cache),
+        // instead of in one more pass over E. (With tol, the last iteration is not known ahead.)
+        const bool write_plan = want_plan && it == n_iters;
         at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
           for (int64_t ch = b; ch < e; ++ch) {
             const int64_t r0 = ch * chunk, n = std::min(chunk, m - r0);
@@ -408,6 +413,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
                 u[row] = neg_log_m - ((r[row] + vmax) + std::log(s));
               }
               Rows::fold_rows(pcol, E + (r0 + i) * k, alpha, gn, k);
+              if (write_plan)
+                for (int64_t j = 0; j < gn; ++j) {
+                  float* er = E + (r0 + i + j) * k;
+                  Rows::scaled_row(er, bv, alpha[j], er, k);
+                }
             }
             row_bad[ch] = bad;
           }
@@ -415,6 +425,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
         if (std::none_of(row_bad.begin(), row_bad.end(), [](char c) { return c != 0; })) {
           if (merge_cols(ones, -log_m - (double)vmax)) fix_cols();
           done = true;
+          plan_written = write_plan;
         }
       }
       if (!done) {
@@ -437,9 +448,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
     if (exp_mode) {
       // Q_ik = E_ik·b_k / R_i, in place over E (R and b belong to the final v)
       const float* bv = bvec.data();
-      at::parallel_for(0, m, 64, [&](int64_t b, int64_t e) {
-        for (int64_t i = b; i < e; ++i) Rows::scaled_row(E + i * k, bv, 1.f / R[i], E + i * k, k);
-      });
+      if (!plan_written)
+        at::parallel_for(0, m, 64, [&](int64_t b, int64_t e) {
+          for (int64_t i = b; i < e; ++i) Rows::scaled_row(E + i * k, bv, 1.f / R[i], E + i * k, k);
+        });
       plan = e_t;
     } else {
       plan = at::empty({m, k}, at::kFloat);
