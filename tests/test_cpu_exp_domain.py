@@ -92,6 +92,19 @@ def test_early_stop_matches_reference():
     assert r_cpu.marginal_error <= 1e-2
 
 
+@pytest.mark.parametrize("n_iters,tol", [(30, 1e-2), (30, 0.0), (1, 0.0)])
+def test_plan_with_and_without_early_stop(n_iters, tol):
+    """The plan is written during the last iteration's pass when that iteration is known ahead,
+    and in a pass of its own after an early stop: both must be the plan of the final potentials."""
+    s = scores(400, 40, seed=8)
+    kw = dict(tol=tol or None, check_every=2)
+    q = sk.sinkhorn(s, 0.1, n_iters, backend="cpu", **kw)
+    r = sk.sinkhorn_solve(s, 0.1, n_iters, backend="cpu", **kw)
+    from_potentials = 400 * torch.exp(s.double() / 0.1 + r.u.double()[:, None] + r.v.double()[None, :])
+    torch.testing.assert_close(q.double(), from_potentials, rtol=2e-5, atol=1e-7)
+    torch.testing.assert_close(q, sk.sinkhorn(s, 0.1, n_iters, backend="reference", **kw), rtol=2e-5, atol=1e-6)
+
+
 @given(m=st.integers(1, 300), k=st.integers(1, 60), seed=st.integers(0, 2**16),
        eps=st.sampled_from([0.5, 0.05, 0.02]))
 @settings(max_examples=25, deadline=None)
