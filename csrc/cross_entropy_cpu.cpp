@@ -193,17 +193,9 @@ std::tuple<at::Tensor, at::Tensor> forward_impl(const Operands& op, const Target
   return {loss, lse};
 }
 
-// logits tile of rows [r0, r0+n) from stored scores x·cᵀ (M, K): scale·S, as logits_chunk without the GEMM.
-inline float* stored_logits_chunk(const float* scores, int64_t r0, int64_t n, int64_t k, float scale, float* tile) {
-  at::vec::map([scale](Vec a) { return a * Vec(scale); }, tile, scores + r0 * k, n * k);
-  return tile;
-}
-
-// `stored`: optional fp32 contiguous (M, K) scores x·cᵀ (undefined: recompute them chunk by chunk).
 std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const Operands& op, const Targets& tg,
                                                  const at::Tensor& lse_in, float scale, at::ScalarType x_dtype,
-                                                 at::ScalarType c_dtype, bool need_dx, bool need_dc,
-                                                 const at::Tensor& stored = at::Tensor()) {
+                                                 at::ScalarType c_dtype, bool need_dx, bool need_dc) {
   const int64_t m = op.m, k = op.k, d = op.x.size(1);
   at::Tensor gf = as_float_vector(grad, m, "grad");
   at::Tensor lf = as_float_vector(lse_in, m, "lse");
@@ -227,8 +219,7 @@ std::tuple<at::Tensor, at::Tensor> backward_impl(const at::Tensor& grad, const O
     for (int64_t ch = b; ch < e; ++ch) {
       const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
       const float* probs = tg.chunk(r0, n, k, tt, idx);
-      float* g = stored.defined() ? stored_logits_chunk(stored.data_ptr<float>(), r0, n, k, scale, lt)
-                                  : logits_chunk(op, r0, n, scale, lt);
+      float* g = logits_chunk(op, r0, n, scale, lt);
       for (int64_t i = 0; i < n; ++i) {
         float* row = g + i * k;
         const float gi = pg[r0 + i];
@@ -282,17 +273,55 @@ std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_backward(const at::Tenso
                        c.scalar_type(), need_dx, need_dc);
 }
 
-std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_backward_stored(const at::Tensor& grad, const at::Tensor& scores,
-                                                                        const at::Tensor& x, const at::Tensor& c,
-                                                                        const at::Tensor& target, const at::Tensor& lse,
-                                                                        double scale, bool need_dx, bool need_dc) {
-  Operands op = checked_operands(x, c);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_products(const at::Tensor& scores, double scale,
+                                                               const c10::optional<at::Tensor>& v, const at::Tensor& c,
+                                                               const c10::optional<at::Tensor>& x) {
+  // P = softmax_k(S·scale + v) of stored scores, one row chunk (kGemmRowChunk × K) per thread at a
+  // time, never stored whole: its row LSE (M,), P·c (M, D) and, if x is given, Pᵀ·x (K, D), the
+  // latter summed over per-thread fp32 partials (last bits may depend on the thread count).
   check_matrix(scores, "scores");
-  TORCH_CHECK(scores.size(0) == op.m && scores.size(1) == op.k, "scores must have shape (", op.m, ", ", op.k,
-              ") like x·cᵀ, got ", scores.sizes());
+  check_matrix(c, "c");
+  const int64_t m = scores.size(0), k = scores.size(1), d = c.size(1);
+  TORCH_CHECK(c.size(0) == k, "c must have K=", k, " rows like scores (M, K), got ", c.sizes());
+  const bool with_x = x.has_value() && x->defined();
+  at::Tensor xf;
+  if (with_x) {
+    check_matrix(*x, "x");
+    TORCH_CHECK(x->size(0) == m && x->size(1) == d, "x must have shape (", m, ", ", d, "), got ", x->sizes());
+    xf = x->detach().to(at::kFloat).contiguous();
+  }
+  at::Tensor vf = v.has_value() && v->defined() ? as_float_vector(*v, k, "v") : at::zeros({k}, at::kFloat);
   at::Tensor s = scores.detach().to(at::kFloat).contiguous();
-  return backward_impl(grad, op, given_targets(target, op.m, op.k), lse, (float)scale, x.scalar_type(),
-                       c.scalar_type(), need_dx, need_dc, s);
+  at::Tensor cf = c.detach().to(at::kFloat).contiguous();
+  at::Tensor lse = at::empty({m}, at::kFloat), pc = at::empty({m, d}, at::kFloat);
+  const int64_t nt = at::get_num_threads(), per = kGemmRowChunk * k;
+  at::Tensor parts = with_x ? at::zeros({nt, k, d}, at::kFloat) : at::empty({0}, at::kFloat);
+  at::Tensor tiles = at::empty({nt * per}, at::kFloat);
+  const float* ps = s.data_ptr<float>();
+  const float* pv = vf.data_ptr<float>();
+  float* pl = lse.data_ptr<float>();
+  const float a = (float)scale;
+  at::parallel_for(0, num_chunks(m, kGemmRowChunk), 1, [&](int64_t b, int64_t e) {
+    const int64_t tid = at::get_thread_num();
+    float* tile = tiles.data_ptr<float>() + tid * per;
+    at::Tensor part = with_x ? parts[tid] : at::Tensor();
+    for (int64_t ch = b; ch < e; ++ch) {
+      const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
+      for (int64_t i = 0; i < n; ++i) {
+        float* row = tile + i * k;
+        const float sh = lse_shift(scale_add_max(ps + (r0 + i) * k, a, pv, row, k));
+        const float sum = exp_shift_sum_inplace(row, sh, k);
+        pl[r0 + i] = sh + std::log(sum);
+        const float inv = 1.f / sum;
+        at::vec::map([inv](Vec t) { return t * Vec(inv); }, row, row, k);
+      }
+      at::Tensor pt = at::from_blob(tile, {n, k}, cf.options());
+      at::Tensor out = pc.narrow(0, r0, n);
+      at::mm_out(out, pt, cf);
+      if (with_x) part.addmm_(pt.t(), xf.narrow(0, r0, n));
+    }
+  });
+  return {lse, pc, with_x ? parts.sum(0) : at::empty({0}, at::kFloat)};
 }
 
 std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_forward(const at::Tensor& x, const at::Tensor& c,

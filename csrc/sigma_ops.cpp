@@ -25,9 +25,9 @@ Tensor streaming_assign(const Tensor& x, const Tensor& c, const Tensor& v, doubl
 Pair linear_cross_entropy_forward(const Tensor& x, const Tensor& c, const Tensor& target, double scale);
 Pair linear_cross_entropy_backward(const Tensor& grad, const Tensor& x, const Tensor& c, const Tensor& target,
                                    const Tensor& lse, double scale, bool need_dx, bool need_dc);
-Pair linear_cross_entropy_backward_stored(const Tensor& grad, const Tensor& scores, const Tensor& x, const Tensor& c,
-                                          const Tensor& target, const Tensor& lse, double scale, bool need_dx,
-                                          bool need_dc);
+std::tuple<Tensor, Tensor, Tensor> softmax_products(const Tensor& scores, double scale,
+                                                   const c10::optional<Tensor>& v, const Tensor& c,
+                                                   const c10::optional<Tensor>& x);
 Pair sinkhorn_target_cross_entropy_forward(const Tensor& x, const Tensor& c, const Tensor& y, const Tensor& cy,
                                            const Tensor& v, double inv_eps, double scale, bool soft);
 Pair sinkhorn_target_cross_entropy_backward(const Tensor& grad, const Tensor& x, const Tensor& c, const Tensor& y,
@@ -52,8 +52,7 @@ TORCH_LIBRARY(sigma_kernels_ext, m) {
   m.def("linear_cross_entropy_forward(Tensor x, Tensor c, Tensor target, float scale) -> (Tensor, Tensor)");
   m.def("linear_cross_entropy_backward(Tensor grad, Tensor x, Tensor c, Tensor target, Tensor lse, float scale,"
         " bool need_dx=True, bool need_dc=True) -> (Tensor, Tensor)");
-  m.def("linear_cross_entropy_backward_stored(Tensor grad, Tensor scores, Tensor x, Tensor c, Tensor target,"
-        " Tensor lse, float scale, bool need_dx=True, bool need_dc=True) -> (Tensor, Tensor)");
+  m.def("softmax_products(Tensor scores, float scale, Tensor? v, Tensor c, Tensor? x) -> (Tensor, Tensor, Tensor)");
   m.def("sinkhorn_target_cross_entropy_forward(Tensor x, Tensor c, Tensor y, Tensor cy, Tensor v, float inv_eps,"
         " float scale, bool soft) -> (Tensor, Tensor)");
   m.def("sinkhorn_target_cross_entropy_backward(Tensor grad, Tensor x, Tensor c, Tensor y, Tensor cy, Tensor v,"
@@ -76,7 +75,7 @@ TORCH_LIBRARY_IMPL(sigma_kernels_ext, CPU, m) {
   m.impl("streaming_assign", &sigma_cpu::streaming_assign);
   m.impl("linear_cross_entropy_forward", &sigma_cpu::linear_cross_entropy_forward);
   m.impl("linear_cross_entropy_backward", &sigma_cpu::linear_cross_entropy_backward);
-  m.impl("linear_cross_entropy_backward_stored", &sigma_cpu::linear_cross_entropy_backward_stored);
+  m.impl("softmax_products", &sigma_cpu::softmax_products);
   m.impl("sinkhorn_target_cross_entropy_forward", &sigma_cpu::sinkhorn_target_cross_entropy_forward);
   m.impl("sinkhorn_target_cross_entropy_backward", &sigma_cpu::sinkhorn_target_cross_entropy_backward);
 }

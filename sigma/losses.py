@@ -15,9 +15,10 @@ from torch.fx.experimental.symbolic_shapes import guard_or_true
 from sigma_kernels import (
     normalize_rows,
     prototype_cross_entropy,
+    prototype_cross_entropy_from_products,
     prototype_cross_entropy_sinkhorn,
-    prototype_logsumexp,
     prototype_scores,
+    prototype_softmax_products,
     sinkhorn_assign_from_potentials,
     sinkhorn_assign_from_potentials_streaming,
     sinkhorn_solve,
@@ -289,31 +290,45 @@ class SinkhornSwapLoss(nn.Module):
             streaming = self._use_streaming(m, zv.device)
             want_stats = self.compute_stats or return_stats
             # One branch at a time, so at most one stored M×K score matrix is alive.
-            res_v, labels_v, lse_v, stats_v, _ = self._branch(zv, streaming, group, m_global, want_stats)
-            # The last branch keeps its stored scores (if any) for its cross-entropy's backward,
-            # which then reads them instead of recomputing z_p·Cᵀ: one M×K×D product less, and no
-            # more than the one score matrix (plus the solve's) alive at any time.
-            res_p, labels_p, lse_p, stats_p, scores_p = self._branch(zp, streaming, group, m_global, want_stats,
-                                                                     keep_scores=self.targets == "hard")
-
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
-            if self.targets == "hard":
-                # Labels once per branch (one pass), then plain CE: cheaper than recomputing the
-                # other branch's score tiles in both the forward and the backward.
-                kw = dict(reduction=reduction, backend=self.backend)
-                # Video-model term: the prototypes are detached (docs/method.md), the targets come from Q_p.
-                # With stored scores each branch also gave its logits' row LSE (lse_*), so the
-                # CE forwards need no second pass over M×K.
-                loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, lse=lse_v, **kw)
-                # Projection term: live prototypes, targets from Q_v.
-                loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, lse=lse_p, scores=scores_p,
-                                                 **kw)
-            else:  # soft targets, computed tile by tile from the other branch's potentials
-                kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
-                loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon,
-                                                          self.temperature, **kw)
-                loss_p = prototype_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon, self.temperature, **kw)
+            if not streaming:
+                # Stored scores: each branch leaves only what its term and the other's need —
+                # labels, or the soft targets' products Q·C and Qᵀ·normalize(z_p) — and its own
+                # softmax products (LSE, P·C, and Pᵀ·normalize(z_p) for the prototypes' gradient),
+                # all from the scores in memory. Neither cross-entropy then touches an M×K matrix,
+                # forward or backward: 5 M×K×D products in all (docs/performance.md).
+                res_v, labels_v, stats_v, prod_v, targ_v = self._stored_branch(zv, group, m_global, want_stats,
+                                                                               own_grad=False, other=zp)
+                res_p, labels_p, stats_p, prod_p, targ_p = self._stored_branch(zp, group, m_global, want_stats,
+                                                                               own_grad=True, other=None)
+                kw = dict(reduction=reduction)
+                if self.targets == "hard":
+                    loss_v = prototype_cross_entropy_from_products(zv, c.detach(), labels_p, prod_v,
+                                                                   self.temperature, **kw)
+                    loss_p = prototype_cross_entropy_from_products(zp, c, labels_v, prod_p, self.temperature, **kw)
+                else:
+                    loss_v = prototype_cross_entropy_from_products(zv, c.detach(), targ_p.p_c, prod_v,
+                                                                   self.temperature, **kw)
+                    loss_p = prototype_cross_entropy_from_products(zp, c, targ_v.p_c, prod_p, self.temperature,
+                                                                   target_x=targ_v.p_x, **kw)
+            else:
+                res_v, labels_v, stats_v = self._branch(zv, group, m_global, want_stats)
+                res_p, labels_p, stats_p = self._branch(zp, group, m_global, want_stats)
+                if self.targets == "hard":
+                    # Labels once per branch (one pass), then the fused CE: cheaper than recomputing
+                    # the other branch's score tiles in both the forward and the backward.
+                    kw = dict(reduction=reduction, backend=self.backend)
+                    # Video-model term: the prototypes are detached (docs/method.md), targets from Q_p.
+                    loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
+                    # Projection term: live prototypes, targets from Q_v.
+                    loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, **kw)
+                else:  # soft targets, computed tile by tile from the other branch's potentials
+                    kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
+                    loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon,
+                                                              self.temperature, **kw)
+                    loss_p = prototype_cross_entropy_sinkhorn(zp, c, zv, c, res_v.v, self.epsilon,
+                                                              self.temperature, **kw)
             if group is not None:
                 scale = w / m_global
                 loss_v, loss_p = loss_v * scale, loss_p * scale
@@ -327,15 +342,10 @@ class SinkhornSwapLoss(nn.Module):
                 self.last_stats = stats
         return (loss, stats) if return_stats else loss
 
-    @torch.no_grad()
-    def _branch(self, z, streaming, group, m_global, want_stats, keep_scores=False):
-        """Sinkhorn of one branch: (SinkhornResult, its hard labels (targets="hard") or None, the
-        row LSE of its CE logits (hard targets with stored scores) or None, diagnostics dict or
-        None, the stored scores if keep_scores else None)."""
-        res, scores = self._solve(z, streaming, group, m_global)
-        labels = stats = lse = None
-        if self.targets == "hard" and scores is not None:
-            lse = prototype_logsumexp(scores, self.temperature, backend=self.backend)
+    def _labels_and_stats(self, z, res, scores, group, m_global, want_stats):
+        """Hard labels argmax_k Q_ik (targets="hard") and the diagnostics (want_stats), from one
+        pass over the stored scores (scores) or over recomputed tiles (scores None)."""
+        labels = stats = None
         if self.targets == "hard" or want_stats:
             # one pass over the scores gives the labels and, for the diagnostics, the row entropies
             kw = dict(return_entropy=want_stats, backend=self.backend)
@@ -348,4 +358,27 @@ class SinkhornSwapLoss(nn.Module):
                 stats = assignment_stats(labels, out[1], self.num_prototypes, m_global=m_global,
                                          process_group=group)
                 stats["marginal_error"] = res.marginal_error
-        return res, (labels if self.targets == "hard" else None), lse, stats, (scores if keep_scores else None)
+        return (labels if self.targets == "hard" else None), stats
+
+    @torch.no_grad()
+    def _branch(self, z, group, m_global, want_stats):
+        """Streaming Sinkhorn of one branch: (SinkhornResult, hard labels or None, diagnostics or None)."""
+        res, scores = self._solve(z, True, group, m_global)
+        return (res, *self._labels_and_stats(z, res, scores, group, m_global, want_stats))
+
+    @torch.no_grad()
+    def _stored_branch(self, z, group, m_global, want_stats, own_grad, other):
+        """Sinkhorn of one branch on stored scores, and all that the two cross-entropies need of
+        those scores: (SinkhornResult, hard labels or None, diagnostics or None, the branch's
+        SoftmaxProducts at τ (p_x when own_grad), the soft targets' products at ε with Q (p_x over
+        `other`, the features of the term that takes them, when given) or None). The scores are
+        dropped on return."""
+        res, scores = self._solve(z, False, group, m_global)
+        labels, stats = self._labels_and_stats(z, res, scores, group, m_global, want_stats)
+        c = self.prototypes
+        prod = prototype_softmax_products(scores, c, self.temperature, z=z if own_grad else None,
+                                          backend=self.backend)
+        targ = None
+        if self.targets == "soft":
+            targ = prototype_softmax_products(scores, c, self.epsilon, v=res.v, z=other, backend=self.backend)
+        return res, labels, stats, prod, targ

@@ -7,12 +7,15 @@ choose by device.
 """
 from .backends import BackendUnavailableError, available_backends, backend_info, get_backend, resolve_backend
 from .cross_entropy import (
+    SoftmaxProducts,
     prototype_cross_entropy,
+    prototype_cross_entropy_from_products,
     prototype_cross_entropy_sinkhorn,
     prototype_log_softmax,
     prototype_logsumexp,
     prototype_scores,
     prototype_softmax,
+    prototype_softmax_products,
 )
 from .sinkhorn import (
     SinkhornResult,
@@ -36,5 +39,6 @@ __all__ = [
     "resolve_backend", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials",
     "sinkhorn_assign_from_potentials_streaming", "sinkhorn_assign_streaming",
     "sinkhorn_potentials", "sinkhorn_solve", "sinkhorn_streaming", "prototype_cross_entropy",
-    "prototype_cross_entropy_sinkhorn",
+    "prototype_cross_entropy_sinkhorn", "SoftmaxProducts", "prototype_softmax_products",
+    "prototype_cross_entropy_from_products",
 ]

@@ -197,6 +197,110 @@ def _(x, c, backend):
     return x.new_empty((x.shape[0], c.shape[0]))
 
 
+@torch.library.custom_op(f"{_NS}::softmax_products", mutates_args=())
+def softmax_products(scores: Tensor, scale: float, v: Optional[Tensor], c: Tensor, x: Optional[Tensor],
+                     backend: str) -> Tuple[Tensor, Tensor, Tensor]:
+    """(LSE_k(S·scale + v) (M,), P·c (M, D), Pᵀ·x (K, D) or empty (0,)) for P = softmax_k(S·scale + v):
+    one pass over the stored scores where the backend has it, else P materialised (M×K)."""
+    b = get_backend(backend)
+    if b.softmax_products is not None:
+        lse, pc, px = b.softmax_products(scores, scale, v, c, x)
+    else:
+        dt = compute_dtype(scores, c)
+        logits = scores.to(dt) * scale
+        if v is not None:
+            logits = logits + v.to(dt)
+        lse = torch.logsumexp(logits, dim=1)
+        p = torch.softmax(logits, dim=1)
+        pc = p @ c.to(dt)
+        px = p.T @ x.to(dt) if x is not None else None
+    return lse, pc, (px if px is not None else pc.new_empty((0,)))
+
+
+@softmax_products.register_fake
+def _(scores, scale, v, c, x, backend):
+    dt = compute_dtype(scores, c)
+    m, k, d = scores.shape[0], scores.shape[1], c.shape[1]
+    px = scores.new_empty((k, d), dtype=dt) if x is not None else scores.new_empty((0,), dtype=dt)
+    return _vec(scores, m, dt), scores.new_empty((m, d), dtype=dt), px
+
+
+@torch.library.custom_op(f"{_NS}::cross_entropy_from_products", mutates_args=())
+def cross_entropy_from_products(x: Tensor, c: Tensor, target: Tensor, lse: Tensor, pc: Tensor, px: Optional[Tensor],
+                                target_x: Optional[Tensor], scale: float) -> Tensor:
+    """Rows lse_i − scale·x_i·t_i of a cross-entropy whose softmax products were computed from
+    stored scores (`softmax_products`): t_i = c[target_i] (int64 labels) or target_i (the target
+    rows' product T·c, (M, D)). The backward needs no M×K work: dx = scale·g·(P·c − t), and
+    dc = scale·(g·Pᵀ·x − Tᵀ·(g·x)) with Pᵀ·x = px (computed with unit row weights, so g must be
+    the same on every row, as for a mean or sum) and Tᵀ·x = target_x for product targets."""
+    dt = compute_dtype(x, c)
+    t = c.to(dt).index_select(0, target) if not target.is_floating_point() else target.to(dt)
+    return lse.to(dt) - scale * (x.to(dt) * t).sum(dim=1)
+
+
+@cross_entropy_from_products.register_fake
+def _(x, c, target, lse, pc, px, target_x, scale):
+    return _vec(x, x.shape[0], compute_dtype(x, c))
+
+
+@torch.library.custom_op(f"{_NS}::cross_entropy_from_products_backward", mutates_args=())
+def cross_entropy_from_products_backward(grad: Tensor, x: Tensor, c: Tensor, target: Tensor, pc: Tensor,
+                                         px: Optional[Tensor], target_x: Optional[Tensor], scale: float,
+                                         need_dx: bool, need_dc: bool) -> Tuple[Tensor, Tensor]:
+    dt = compute_dtype(x, c)
+    g = grad.to(dt)
+    hard = not target.is_floating_point()
+    dx = dc = None
+    if need_dx:
+        t = c.to(dt).index_select(0, target) if hard else target.to(dt)
+        dx = ((scale * g)[:, None] * (pc.to(dt) - t)).to(x.dtype)
+    if need_dc:
+        if px is None:
+            raise RuntimeError("the prototypes' gradient of cross_entropy_from_products needs Pᵀ·x: compute the "
+                               "softmax products with z given")
+        if not hard and target_x is None:
+            raise RuntimeError("the prototypes' gradient of cross_entropy_from_products with product targets needs "
+                               "target_x (Tᵀ·x): compute the target products with z given")
+        g0 = g[0] if g.numel() else g.new_zeros(())
+        uniform = (g == g0).all()
+        msg = ("the prototypes' gradient of cross_entropy_from_products needs the same upstream gradient on every "
+               "row (a mean or sum of the rows), as Pᵀ·x was computed with unit weights")
+        if g.device.type == "cpu":
+            if not bool(uniform):
+                raise RuntimeError(msg)
+        else:
+            torch._assert_async(uniform, msg)
+        xd = x.to(dt)
+        if hard:  # Tᵀ·(g·x) with one-hot T: a scatter of the weighted rows
+            tx = torch.zeros_like(px, dtype=dt).index_add_(0, target, g[:, None] * xd)
+        else:
+            tx = g0 * target_x.to(dt)
+        dc = (scale * (g0 * px.to(dt) - tx)).to(c.dtype)
+    return _grads_or_empty(dx, dc, x, c)
+
+
+@cross_entropy_from_products_backward.register_fake
+def _(grad, x, c, target, pc, px, target_x, scale, need_dx, need_dc):
+    return _fake_grads(x, c, need_dx, need_dc)
+
+
+def _cefp_setup(ctx, inputs, output):
+    x, c, target, lse, pc, px, target_x, scale = inputs
+    ctx.save_for_backward(x, c, target, pc, px, target_x)
+    ctx.scale = scale
+
+
+def _cefp_backward(ctx, grad_rows):
+    x, c, target, pc, px, target_x = ctx.saved_tensors
+    need_dx, need_dc = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+    dx, dc = cross_entropy_from_products_backward(grad_rows, x, c, target, pc, px, target_x, ctx.scale, need_dx,
+                                                  need_dc)
+    return (dx if need_dx else None), (dc if need_dc else None), None, None, None, None, None, None
+
+
+cross_entropy_from_products.register_autograd(_cefp_backward, setup_context=_cefp_setup)
+
+
 @torch.library.custom_op(f"{_NS}::row_logsumexp", mutates_args=())
 def row_logsumexp(scores: Tensor, scale: float, backend: str) -> Tensor:
     return get_backend(backend).row_logsumexp(scores, scale)
@@ -207,57 +311,32 @@ def _(scores, scale, backend):
     return _vec(scores, scores.shape[0], compute_dtype(scores))
 
 
-@torch.library.custom_op(f"{_NS}::linear_cross_entropy_backward_stored", mutates_args=())
-def linear_cross_entropy_backward_stored(grad: Tensor, scores: Tensor, x: Tensor, c: Tensor, target: Tensor,
-                                         lse: Tensor, scale: float, need_dx: bool, need_dc: bool,
-                                         backend: str) -> Tuple[Tensor, Tensor]:
-    """`linear_cross_entropy_backward` reading the stored scores x·cᵀ where the backend can (no
-    M×K×D recomputation), else recomputing them."""
-    b = get_backend(backend)
-    if b.linear_cross_entropy_backward_stored is not None:
-        dx, dc = b.linear_cross_entropy_backward_stored(grad, scores, x, c, target, lse, scale, need_dx=need_dx,
-                                                        need_dc=need_dc)
-    else:
-        dx, dc = b.linear_cross_entropy_backward(grad, x, c, target, lse, scale, need_dx=need_dx, need_dc=need_dc)
-    return _grads_or_empty(dx, dc, x, c)
-
-
-@linear_cross_entropy_backward_stored.register_fake
-def _(grad, scores, x, c, target, lse, scale, need_dx, need_dc, backend):
-    return _fake_grads(x, c, need_dx, need_dc)
-
-
 @torch.library.custom_op(f"{_NS}::linear_cross_entropy_given_lse", mutates_args=())
-def linear_cross_entropy_given_lse(x: Tensor, c: Tensor, target: Tensor, lse: Tensor, scale: float, backend: str,
-                                   scores: Optional[Tensor] = None) -> Tensor:
+def linear_cross_entropy_given_lse(x: Tensor, c: Tensor, target: Tensor, lse: Tensor, scale: float,
+                                   backend: str) -> Tensor:
     """Rows lse_i − scale·x_i·c_{t_i} of the CE against indices, the logits' row LSE given (e.g.
-    from stored scores): O(M·D) forward; the backward is the backend's fused one, reading `scores`
-    (x·cᵀ, kept until then) instead of recomputing them when given."""
+    from stored scores): O(M·D) forward; the backward is the backend's fused one."""
     dt = compute_dtype(x, c)
     return lse.to(dt) - scale * (x.to(dt) * c.to(dt).index_select(0, target)).sum(dim=1)
 
 
 @linear_cross_entropy_given_lse.register_fake
-def _(x, c, target, lse, scale, backend, scores=None):
+def _(x, c, target, lse, scale, backend):
     return _vec(x, x.shape[0], compute_dtype(x, c))
 
 
 def _lce_lse_setup(ctx, inputs, output):
-    x, c, target, lse, scale, backend, scores = inputs
-    ctx.save_for_backward(x, c, target, lse, scores)
+    x, c, target, lse, scale, backend = inputs
+    ctx.save_for_backward(x, c, target, lse)
     ctx.scale, ctx.backend = scale, backend
 
 
 def _lce_lse_backward(ctx, grad_rows):
-    x, c, target, lse, scores = ctx.saved_tensors
+    x, c, target, lse = ctx.saved_tensors
     need_dx, need_dc = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-    lse = lse.to(grad_rows.dtype)
-    if scores is None:
-        dx, dc = linear_cross_entropy_backward(grad_rows, x, c, target, lse, ctx.scale, need_dx, need_dc, ctx.backend)
-    else:
-        dx, dc = linear_cross_entropy_backward_stored(grad_rows, scores, x, c, target, lse, ctx.scale, need_dx,
-                                                      need_dc, ctx.backend)
-    return (dx if need_dx else None), (dc if need_dc else None), None, None, None, None, None
+    dx, dc = linear_cross_entropy_backward(grad_rows, x, c, target, lse.to(grad_rows.dtype), ctx.scale, need_dx,
+                                           need_dc, ctx.backend)
+    return (dx if need_dx else None), (dc if need_dc else None), None, None, None, None
 
 
 linear_cross_entropy_given_lse.register_autograd(_lce_lse_backward, setup_context=_lce_lse_setup)
@@ -278,8 +357,8 @@ def _no_setup(ctx, inputs, output):
 
 linear_cross_entropy_backward.register_autograd(_no_double_backward("prototype_cross_entropy"),
                                                 setup_context=_no_setup)
-linear_cross_entropy_backward_stored.register_autograd(_no_double_backward("prototype_cross_entropy"),
-                                                       setup_context=_no_setup)
+cross_entropy_from_products_backward.register_autograd(
+    _no_double_backward("prototype_cross_entropy_from_products"), setup_context=_no_setup)
 
 
 @torch.library.custom_op(f"{_NS}::sinkhorn_target_cross_entropy", mutates_args=())

@@ -4,6 +4,8 @@ z is L2-normalised inside (gradients flow through the normalisation); prototypes
 given (the caller renormalises them, without grad: docs/method.md). Logits are
 normalize(z)·prototypesᵀ/τ, accumulated in float32.
 """
+from typing import NamedTuple, Optional
+
 import torch
 
 from . import _library as lib
@@ -63,7 +65,7 @@ def prototype_logsumexp(scores, temperature=0.1, *, backend="auto"):
     return lib.row_logsumexp(scores.detach(), 1.0 / tau, name)
 
 
-def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", lse=None, scores=None,
+def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", lse=None,
                             backend="auto"):
     """Cross-entropy of softmax(normalize(z)·prototypesᵀ/τ) against `target`.
 
@@ -72,9 +74,6 @@ def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction
     or "none" (per-row (M,)). Differentiable w.r.t. z and prototypes; float32 result.
     lse: optional (M,) row LSE of the logits when already known (`prototype_logsumexp` of
     stored scores; index targets only): the forward then needs no pass over the logits.
-    scores: optional (M, K) stored scores normalize(z)·prototypesᵀ (with `lse`): kept until the
-    backward, which then reads them instead of recomputing the logits (one M×K×D product less,
-    M×K memory held meanwhile). They must be those exact scores; they are not checked.
     """
     val.check_features("z", z, "prototypes", prototypes)
     tau = val.check_positive("temperature", temperature)
@@ -90,16 +89,8 @@ def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction
         if kind != "hard":
             raise ValueError("lse= needs index (hard) targets")
         val.check_vector("lse", lse, m)
-        if scores is not None:
-            val.check_matrix("scores", scores)
-            if tuple(scores.shape) != (m, k):
-                raise ValueError(f"scores must have shape (M, K) = ({m}, {k}), got {tuple(scores.shape)}")
-            val.check_same_device(z=z, scores=scores)
-            scores = scores.detach()
-        rows = lib.linear_cross_entropy_given_lse(x, c, t, lse.detach().to(dt), 1.0 / tau, name, scores)
+        rows = lib.linear_cross_entropy_given_lse(x, c, t, lse.detach().to(dt), 1.0 / tau, name)
         return _reduce(rows, reduction)
-    if scores is not None:
-        raise ValueError("scores= needs lse= (the row LSE of the stored scores, see prototype_logsumexp)")
     rows, _ = lib.linear_cross_entropy(x, c, t, 1.0 / tau, name)
     return _reduce(rows, reduction)
 
@@ -136,4 +127,84 @@ def prototype_cross_entropy_sinkhorn(z, prototypes, z_target, prototypes_target,
     # otherwise give a finite, wrong loss. O(M + K·D) checks, no M×K pass, no host sync.
     target_ok = y_finite & torch.isfinite(v).all() & torch.isfinite(cy).all()
     rows = torch.where(target_ok, rows, torch.full((), float("nan"), dtype=rows.dtype, device=rows.device))
+    return _reduce(rows, reduction)
+
+
+class SoftmaxProducts(NamedTuple):
+    """What a cross-entropy needs of P = softmax_k(scores_ik/τ + v_k), without P itself:
+    lse (M,) = LSE_k(scores/τ + v), p_c (M, D) = P·prototypes, p_x (K, D) = Pᵀ·normalize(z) or None."""
+    lse: torch.Tensor
+    p_c: torch.Tensor
+    p_x: Optional[torch.Tensor]
+
+
+def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z=None, backend="auto"):
+    """`SoftmaxProducts` of stored scores (no autograd): one pass over scores (M, K) in the fused
+    backends, which never hold P (others materialise it). scores are normalize(z')·prototypesᵀ for
+    the features z' of the branch; v (K,) optional (with temperature=ε and a Sinkhorn's prototype
+    potentials, P is that Sinkhorn's assignment Q); z (M, D) optional, for p_x = Pᵀ·normalize(z).
+    """
+    val.check_matrix("scores", scores)
+    m, k = scores.shape
+    if prototypes.dim() != 2 or prototypes.shape[0] != k:
+        raise ValueError(f"prototypes must have shape (K={k}, D) like scores (M, K), got {tuple(prototypes.shape)}")
+    tau = val.check_positive("temperature", temperature)
+    if v is not None:
+        val.check_vector("v", v, k)
+        val.check_same_device(scores=scores, v=v)
+        v = v.detach()
+    x = None
+    if z is not None:
+        if z.dim() != 2 or tuple(z.shape) != (m, prototypes.shape[1]):
+            raise ValueError(f"z must have shape (M, D) = ({m}, {prototypes.shape[1]}), got {tuple(z.shape)}")
+        val.check_same_device(scores=scores, z=z)
+        x = normalize_rows(z.detach())
+    val.check_same_device(scores=scores, prototypes=prototypes)
+    name = resolve_backend(backend, scores.device, scores.dtype)
+    lse, pc, px = lib.softmax_products(scores.detach(), 1.0 / tau, v, prototypes.detach(), x, name)
+    return SoftmaxProducts(lse, pc, px if z is not None else None)
+
+
+def prototype_cross_entropy_from_products(z, prototypes, target, products, temperature=0.1, *, target_x=None,
+                                          reduction="mean"):
+    """`prototype_cross_entropy` when its softmax products are already known, e.g. from the stored
+    scores of a Sinkhorn solve (`prototype_softmax_products`): no M×K work forward or backward.
+
+    target: int64 labels (M,), or the product T·prototypes (M, D) of soft targets T (the p_c of
+    `prototype_softmax_products` with the target's v and ε). products: this CE's SoftmaxProducts at
+    `temperature` (p_x needed when prototypes take a gradient). target_x: Tᵀ·normalize(z) (K, D)
+    for product targets when prototypes take a gradient (the p_x of the targets' products with this
+    z). reduction: "mean" or "sum" ("none" is possible without a prototype gradient), as the
+    prototype gradient uses products computed with equal row weights.
+    """
+    val.check_features("z", z, "prototypes", prototypes)
+    tau = val.check_positive("temperature", temperature)
+    _check_reduction(reduction)
+    m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
+    lse, pc, px = products
+    val.check_vector("products.lse", lse, m)
+    if tuple(pc.shape) != (m, d):
+        raise ValueError(f"products.p_c must have shape (M, D) = ({m}, {d}), got {tuple(pc.shape)}")
+    if px is not None and tuple(px.shape) != (k, d):
+        raise ValueError(f"products.p_x must have shape (K, D) = ({k}, {d}), got {tuple(px.shape)}")
+    if target.is_floating_point():
+        if tuple(target.shape) != (m, d):
+            raise ValueError(f"a product target must have shape (M, D) = ({m}, {d}), got {tuple(target.shape)}")
+    else:
+        val.check_target(target, m, k, z.device)
+    wants_dc = prototypes.requires_grad and torch.is_grad_enabled()
+    if wants_dc:
+        if px is None:
+            raise ValueError("prototypes take a gradient: compute the products with z= (their p_x)")
+        if target.is_floating_point() and target_x is None:
+            raise ValueError("prototypes take a gradient: product targets need target_x= (Tᵀ·normalize(z))")
+        if reduction == "none":
+            raise ValueError("reduction='none' gives rows unequal weights, which the prototype gradient from "
+                             "products cannot take; use 'mean' or 'sum', or prototype_cross_entropy")
+    dt = compute_dtype(z, prototypes)
+    x = normalize_rows(z)
+    t = target.detach() if target.is_floating_point() else target.detach().to(torch.int64)
+    rows = lib.cross_entropy_from_products(x, prototypes.to(dt), t, lse.detach(), pc.detach(),
+                                           None if px is None else px.detach(),
+                                           None if target_x is None else target_x.detach(), 1.0 / tau)
     return _reduce(rows, reduction)

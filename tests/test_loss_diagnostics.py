@@ -105,3 +105,28 @@ def test_stats_add_no_score_recomputation(targets, streaming):
                               "sigma_kernels_ext::streaming_assign_entropy"}
         assert sum(v for n, v in extra.items() if n.startswith("sigma_kernels::")) == 2
     assert not any("mm" in n for n in extra), extra
+
+
+@pytest.mark.parametrize("backend", ["cpu", "reference"])
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+def test_stored_path_backward_touches_no_score_matrix(backend, targets):
+    """With stored scores the cross-entropies run on softmax products computed in the forward: the
+    backward makes no M×K-sized tensor and no GEMM over the scores (only M×D and K×D work)."""
+    zv, zp, c = inputs(3)
+    crit = loss_module(c, backend=backend, targets=targets, streaming=False)
+    loss = crit(zv, zp)
+    seen = []
+
+    class Spy(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            tensors = [t for t in (*args, *(out if isinstance(out, (tuple, list)) else (out,)))
+                       if isinstance(t, torch.Tensor)]
+            seen.append((func.name(), max((t.numel() for t in tensors), default=0)))
+            return out
+
+    with Spy():
+        loss.backward()
+    assert seen, "the backward ran no op"
+    assert max(n for _, n in seen) < M * K, [s for s in seen if s[1] >= M * K]
+    assert zv.grad is not None and zp.grad is not None and crit.prototypes.grad is not None

@@ -24,11 +24,10 @@ equations). Every backend must agree with `reference` to floating-point toleranc
 Optional fused primitives (None when a backend lacks them; callers compose the ones above instead):
     sinkhorn_solve_dense(S, inv_eps, n_iters, tol, check_every, want_plan)
         -> (u, v, marginal_error, plan or None): the whole solve in one call
-    linear_cross_entropy_backward_stored(g, S, x, c, target, lse, scale, need_dx=True, need_dc=True)
-        -> (dx, dc): linear_cross_entropy_backward reading the stored scores S = x·cᵀ (M, K)
-           instead of recomputing them (one M×K×D GEMM less)
     scores_product(x, c) -> x·cᵀ (M, K) (x, c of one float dtype), equal to torch.mm, in memory
         that is cheaper to fill the first time (no autograd)
+    softmax_products(S, scale, v, c, x) -> (LSE_k(S·scale + v) (M,), P·c (M, D), Pᵀ·x (K, D) or None)
+        for P = softmax_k(S·scale + v) (v (K,) and x (M, D) may be None), without storing P
 
 A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
 that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops of
@@ -69,7 +68,7 @@ PRIMITIVES = (
     "sinkhorn_target_cross_entropy_forward",
     "sinkhorn_target_cross_entropy_backward",
 )
-OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "linear_cross_entropy_backward_stored", "scores_product")
+OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "scores_product", "softmax_products")
 
 _MODULES = {
     "reference": "sigma_kernels.backends.reference",

@@ -19,7 +19,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _OPS = ("sinkhorn_col_lse", "sinkhorn_row_step", "sinkhorn_assign", "sinkhorn_plan", "sinkhorn_solve_dense",
         "sinkhorn_assign_entropy", "row_logsumexp", "streaming_col_lse", "streaming_row_step", "streaming_assign",
         "streaming_assign_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
-        "linear_cross_entropy_backward_stored", "scores_product",
+        "scores_product", "softmax_products",
         "sinkhorn_target_cross_entropy_forward", "sinkhorn_target_cross_entropy_backward")
 
 
@@ -113,9 +113,9 @@ def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=T
                                                        bool(need_dc)), need_dx, need_dc)
 
 
-def linear_cross_entropy_backward_stored(grad_rows, scores, x, c, target, lse, scale, need_dx=True, need_dc=True):
-    return _asked(_ops().linear_cross_entropy_backward_stored(grad_rows, scores, x, c, target, lse, float(scale),
-                                                              bool(need_dx), bool(need_dc)), need_dx, need_dc)
+def softmax_products(scores, scale, v, c, x):
+    lse, pc, px = _ops().softmax_products(scores, float(scale), v, c, x)
+    return lse, pc, (px if x is not None else None)
 
 
 def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):

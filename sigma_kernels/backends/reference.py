@@ -133,17 +133,6 @@ def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=T
     return dx, dc
 
 
-def linear_cross_entropy_backward_stored(grad_rows, scores, x, c, target, lse, scale, need_dx=True, need_dc=True):
-    """`linear_cross_entropy_backward` with the scores x·cᵀ (M, K) given instead of recomputed."""
-    if not (need_dx or need_dc):
-        return None, None
-    dt = compute_dtype(x, c)
-    g = _logit_grad(scores.to(dt) * scale, lse.to(dt), target, grad_rows) * scale
-    dx = (g @ _up(c, dt)).to(x.dtype) if need_dx else None
-    dc = (g.T @ _up(x, dt)).to(c.dtype) if need_dc else None
-    return dx, dc
-
-
 # --- Cross-entropy against Sinkhorn targets of another factored score matrix ---------------
 
 def sinkhorn_target(y, cy, v, inv_eps, soft):

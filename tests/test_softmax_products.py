@@ -1,0 +1,131 @@
+"""Cross-entropy from softmax products of stored scores (what SinkhornSwapLoss runs on stored
+scores): `prototype_softmax_products` against a float64 computation, and
+`prototype_cross_entropy_from_products` (values and gradients) against float64 autograd of the
+plain cross-entropy, hard and soft targets, on the `cpu` backend (one pass, P never stored) and
+the generic path (P materialised)."""
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import sigma_kernels as sk
+from sigma_kernels import _library as lib
+from sigma_kernels.backends import is_available
+
+BACKENDS = ["reference"] + (["cpu"] if is_available("cpu") else [])
+
+
+def features(m, k, d, seed):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(m, d, generator=g)
+    c = F.normalize(torch.randn(k, d, generator=g), dim=1)
+    v = 0.5 * torch.randn(k, generator=g)
+    return z, c, v
+
+
+def products64(z, c, scale, v=None, x_for=None):
+    """(LSE, P·c, Pᵀ·normalize(x_for)) in float64 for P = softmax(normalize(z)·cᵀ·scale + v)."""
+    logits = F.normalize(z.double(), dim=1) @ c.double().T * scale
+    if v is not None:
+        logits = logits + v.double()
+    p = torch.softmax(logits, dim=1)
+    px = p.T @ F.normalize(x_for.double(), dim=1) if x_for is not None else None
+    return torch.logsumexp(logits, dim=1), p @ c.double(), px
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@settings(max_examples=25, deadline=None)
+@given(m=st.integers(1, 300), k=st.integers(1, 70), d=st.integers(1, 24), seed=st.integers(0, 2**16),
+       with_v=st.booleans())
+def test_softmax_products_match_float64(backend, m, k, d, seed, with_v):
+    z, c, v = features(m, k, d, seed)
+    y = torch.randn(m, d, generator=torch.Generator().manual_seed(seed + 1))
+    s = sk.prototype_scores(z, c)
+    tau = 0.05 if with_v else 0.1
+    got = sk.prototype_softmax_products(s, c, tau, v=v if with_v else None, z=y, backend=backend)
+    lse, pc, px = products64(z, c, 1 / tau, v if with_v else None, y)
+    torch.testing.assert_close(got.lse.double(), lse, rtol=1e-6, atol=1e-5)
+    torch.testing.assert_close(got.p_c.double(), pc, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got.p_x.double(), px, rtol=1e-5, atol=2e-6 * max(1.0, m ** 0.5))
+    assert sk.prototype_softmax_products(s, c, tau, backend=backend).p_x is None
+
+
+def plain_ce64(z, c, target, tau, weights=None):
+    """Float64 autograd truth: (loss, dz, dc) of Σ_i w_i·CE_i of softmax(normalize(z)·cᵀ/τ)."""
+    z64, c64 = z.detach().double().requires_grad_(), c.detach().double().requires_grad_()
+    logp = torch.log_softmax(F.normalize(z64, dim=1) @ c64.T / tau, dim=1)
+    rows = -(target.double() * logp).sum(1) if target.is_floating_point() else -logp.gather(1, target[:, None])[:, 0]
+    loss = rows.mean() if weights is None else (rows * weights.double()).sum()
+    return (loss, *torch.autograd.grad(loss, (z64, c64)))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+@pytest.mark.parametrize("m,k,d", [(1, 1, 4), (37, 29, 19), (300, 131, 8)])
+def test_cross_entropy_from_products_values_and_gradients(backend, targets, m, k, d):
+    z, c, v = features(m, k, d, seed=m + k)
+    zt = torch.randn(m, d, generator=torch.Generator().manual_seed(3))  # the target branch's features
+    z, c = z.requires_grad_(), c.requires_grad_()
+    eps, tau = 0.05, 0.1
+    s_t = sk.prototype_scores(zt, c.detach())
+    if targets == "hard":
+        target = torch.argmax(s_t / eps + v, dim=1)
+        t_kw, truth_target = {}, target
+        arg = target
+    else:
+        tp = sk.prototype_softmax_products(s_t, c, eps, v=v, z=z, backend=backend)
+        arg, t_kw = tp.p_c, dict(target_x=tp.p_x)
+        truth_target = torch.softmax(s_t.double() / eps + v.double(), dim=1)
+    prods = sk.prototype_softmax_products(sk.prototype_scores(z.detach(), c.detach()), c, tau, z=z, backend=backend)
+    loss = sk.prototype_cross_entropy_from_products(z, c, arg, prods, tau, **t_kw)
+    dz, dc = torch.autograd.grad(loss, (z, c))
+    loss64, dz64, dc64 = plain_ce64(z, c, truth_target, tau)
+    torch.testing.assert_close(loss.double(), loss64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(dz.double(), dz64, rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(dc.double(), dc64, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_uneven_row_weights_reach_z_exactly_and_are_refused_for_prototypes(backend):
+    """dz is exact for any upstream gradient; the prototypes' gradient from products assumes equal
+    row weights, so uneven ones must raise, never give a wrong gradient."""
+    m, k, d = 50, 11, 6
+    z, c, _ = features(m, k, d, seed=9)
+    z = z.requires_grad_()
+    t = torch.randint(0, k, (m,), generator=torch.Generator().manual_seed(1))
+    w = torch.rand(m, generator=torch.Generator().manual_seed(2))
+    prods = sk.prototype_softmax_products(sk.prototype_scores(z.detach(), c), c, 0.1, z=z, backend=backend)
+    rows = sk.prototype_cross_entropy_from_products(z, c, t, prods, 0.1, reduction="none")
+    (dz,) = torch.autograd.grad((rows * w).sum(), (z,))
+    _, dz64, _ = plain_ce64(z, c, t, 0.1, weights=w)
+    torch.testing.assert_close(dz.double(), dz64, rtol=1e-4, atol=1e-7)
+
+    c = c.clone().requires_grad_()
+    with pytest.raises(ValueError, match="reduction='none'"):
+        sk.prototype_cross_entropy_from_products(z, c, t, prods, 0.1, reduction="none")
+    # below the public checks: the backward itself refuses uneven weights
+    x = sk.normalize_rows(z)
+    rows = lib.cross_entropy_from_products(x, c, t, prods.lse, prods.p_c, prods.p_x, None, 10.0)
+    with pytest.raises(RuntimeError, match="same upstream gradient on every row"):
+        torch.autograd.grad((rows * w).sum(), (c,))
+
+
+def test_cross_entropy_from_products_arguments_are_checked():
+    z, c, v = features(6, 5, 4, seed=0)
+    c = c.requires_grad_()
+    s = sk.prototype_scores(z, c.detach())
+    t = torch.zeros(6, dtype=torch.int64)
+    no_px = sk.prototype_softmax_products(s, c, 0.1)
+    with pytest.raises(ValueError, match="z="):
+        sk.prototype_cross_entropy_from_products(z, c, t, no_px, 0.1)
+    prods = sk.prototype_softmax_products(s, c, 0.1, z=z)
+    soft = sk.prototype_softmax_products(s, c, 0.05, v=v)
+    with pytest.raises(ValueError, match="target_x="):
+        sk.prototype_cross_entropy_from_products(z, c, soft.p_c, prods, 0.1)
+    with pytest.raises(ValueError, match=r"product target must have shape \(M, D\) = \(6, 4\)"):
+        sk.prototype_cross_entropy_from_products(z, c, soft.p_c[:, :3], prods, 0.1)
+    with pytest.raises(ValueError, match=r"prototypes must have shape \(K=5, D\)"):
+        sk.prototype_softmax_products(s, c[:4], 0.1)
+    with pytest.raises(ValueError, match=r"z must have shape \(M, D\) = \(6, 4\)"):
+        sk.prototype_softmax_products(s, c, 0.1, z=z[:5])
