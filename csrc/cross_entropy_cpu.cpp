@@ -297,29 +297,42 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_products(const at::Tensor
   const int64_t nt = at::get_num_threads(), per = kGemmRowChunk * k;
   at::Tensor parts = with_x ? at::zeros({nt, k, d}, at::kFloat) : at::empty({0}, at::kFloat);
   at::Tensor tiles = at::empty({nt * per}, at::kFloat);
+  // per thread: 1/Σ_k of each row, and the chunk's x rows scaled by it (for Pᵀ·x)
+  at::Tensor invs = at::empty({nt * kGemmRowChunk}, at::kFloat);
+  at::Tensor xtiles = at::empty({with_x ? nt * kGemmRowChunk * d : 0}, at::kFloat);
   const float* ps = s.data_ptr<float>();
   const float* pv = vf.data_ptr<float>();
   float* pl = lse.data_ptr<float>();
   const float a = (float)scale;
-  at::parallel_for(0, num_chunks(m, kGemmRowChunk), 1, [&](int64_t b, int64_t e) {
-    const int64_t tid = at::get_thread_num();
-    float* tile = tiles.data_ptr<float>() + tid * per;
-    at::Tensor part = with_x ? parts[tid] : at::Tensor();
-    for (int64_t ch = b; ch < e; ++ch) {
-      const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
-      for (int64_t i = 0; i < n; ++i) {
-        float* row = tile + i * k;
-        const float sh = lse_shift(scale_add_max(ps + (r0 + i) * k, a, pv, row, k));
-        const float sum = exp_shift_sum_inplace(row, sh, k);
-        pl[r0 + i] = sh + std::log(sum);
-        const float inv = 1.f / sum;
-        at::vec::map([inv](Vec t) { return t * Vec(inv); }, row, row, k);
+  with_rows([&](auto rows) {
+    using Rows = decltype(rows);
+    at::parallel_for(0, num_chunks(m, kGemmRowChunk), 1, [&](int64_t b, int64_t e) {
+      const int64_t tid = at::get_thread_num();
+      float* tile = tiles.data_ptr<float>() + tid * per;
+      float* inv = invs.data_ptr<float>() + tid * kGemmRowChunk;
+      at::Tensor part = with_x ? parts[tid] : at::Tensor();
+      for (int64_t ch = b; ch < e; ++ch) {
+        const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
+        // the tile keeps exp(t − shift) unnormalised; 1/Σ scales the n×D products instead of n×K
+        for (int64_t i = 0; i < n; ++i) {
+          const float* src = ps + (r0 + i) * k;
+          float sh;
+          const float sum = Rows::row_exp(src, a, pv, tile + i * k, k, src + k, &sh);
+          pl[r0 + i] = sh + std::log(sum);
+          inv[i] = 1.f / sum;
+        }
+        at::Tensor et = at::from_blob(tile, {n, k}, cf.options());
+        at::Tensor inv_t = at::from_blob(inv, {n, 1}, cf.options());
+        at::Tensor out = pc.narrow(0, r0, n);
+        at::mm_out(out, et, cf);
+        out.mul_(inv_t);
+        if (with_x) {
+          at::Tensor xs = at::from_blob(xtiles.data_ptr<float>() + tid * kGemmRowChunk * d, {n, d}, cf.options());
+          at::mul_out(xs, xf.narrow(0, r0, n), inv_t);
+          part.addmm_(et.t(), xs);
+        }
       }
-      at::Tensor pt = at::from_blob(tile, {n, k}, cf.options());
-      at::Tensor out = pc.narrow(0, r0, n);
-      at::mm_out(out, pt, cf);
-      if (with_x) part.addmm_(pt.t(), xf.narrow(0, r0, n));
-    }
+    });
   });
   return {lse, pc, with_x ? parts.sum(0) : at::empty({0}, at::kFloat)};
 }

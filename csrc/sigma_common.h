@@ -6,6 +6,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/mm.h>
+#include <ATen/ops/mul.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <ATen/cpu/vec/functional.h>
@@ -18,6 +19,8 @@
 #endif
 #include <limits>
 #include <vector>
+
+#include "rows_avx512.h"
 
 namespace sigma_cpu {
 
@@ -315,6 +318,14 @@ struct Avx2Rows {
 };
 
 // Fill dst (rows × n, contiguous) with float copies of src rows (any floating dtype).
+// Calls f(Rows{}) with the row kernels of this CPU: AVX-512 (rows_avx512.h) unless unsupported or
+// disabled (SIGMA_CPU_NO_AVX512=1), else the AVX2 ones above.
+template <typename F>
+auto with_rows(F&& f) {
+  if (avx512::supported()) return f(Avx512Rows{});
+  return f(Avx2Rows{});
+}
+
 template <typename T>
 inline void rows_to_float(const T* src, float* dst, int64_t count) {
   at::vec::convert(src, dst, count);

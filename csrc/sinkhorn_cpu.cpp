@@ -9,7 +9,6 @@
 // below FLT_MIN, at most M of them per column, i.e. an absolute error < M·FLT_MIN on C_k. Where
 // C_k < M·1e-30 that bound is no longer negligible (relative 1e-8), and those columns are
 // recomputed by the exact two-level log-domain column LSE (`col_lse_impl`).
-#include "rows_avx512.h"
 #include "sigma_common.h"
 
 #include <ATen/ops/full.h>
@@ -459,13 +458,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> solve_dense_impl(cons
     }
   }
   return {u_t, v_t, err, plan};
-}
-
-// Calls f(Rows{}) with the row kernels of this CPU: AVX-512 unless unsupported or disabled.
-template <typename F>
-auto with_rows(F&& f) {
-  if (avx512::supported()) return f(Avx512Rows{});
-  return f(Avx2Rows{});
 }
 
 template <typename F>
