@@ -7,9 +7,11 @@
 #include "sigma_common.h"
 
 #include <ATen/Dispatch.h>
+#include <ATen/ops/full.h>
 
 #include <algorithm>
 #include <tuple>
+#include <vector>
 
 namespace sigma_cpu {
 namespace {
@@ -273,12 +275,14 @@ std::tuple<at::Tensor, at::Tensor> linear_cross_entropy_backward(const at::Tenso
                        c.scalar_type(), need_dx, need_dc);
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_products(const at::Tensor& scores, double scale,
-                                                               const c10::optional<at::Tensor>& v, const at::Tensor& c,
-                                                               const c10::optional<at::Tensor>& x) {
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_products(
+    const at::Tensor& scores, double scale, const c10::optional<at::Tensor>& v, const at::Tensor& c,
+    const c10::optional<at::Tensor>& x, bool labels) {
   // P = softmax_k(S·scale + v) of stored scores, one row chunk (kGemmRowChunk × K) per thread at a
   // time, never stored whole: its row LSE (M,), P·c (M, D) and, if x is given, Pᵀ·x (K, D), the
   // latter summed over per-thread fp32 partials (last bits may depend on the thread count).
+  // With labels: also argmax_k (int64 (M,), as sinkhorn_assign: ties to the lowest index, NaN
+  // first) and Σ_i H(P_i·) (0-d, as sinkhorn_assign_entropy), from the same row sweeps.
   check_matrix(scores, "scores");
   check_matrix(c, "c");
   const int64_t m = scores.size(0), k = scores.size(1), d = c.size(1);
@@ -300,6 +304,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_products(const at::Tensor
   // per thread: 1/Σ_k of each row, and the chunk's x rows scaled by it (for Pᵀ·x)
   at::Tensor invs = at::empty({nt * kGemmRowChunk}, at::kFloat);
   at::Tensor xtiles = at::empty({with_x ? nt * kGemmRowChunk * d : 0}, at::kFloat);
+  at::Tensor lab = at::empty({labels ? m : 0}, at::kLong);
+  at::Tensor tbufs = at::empty({labels ? nt * k : 0}, at::kFloat);  // a row of logits per thread
+  const int64_t nch = num_chunks(m, kGemmRowChunk);
+  std::vector<double> hsums(labels ? nch : 0, 0.0);
   const float* ps = s.data_ptr<float>();
   const float* pv = vf.data_ptr<float>();
   float* pl = lse.data_ptr<float>();
@@ -314,13 +322,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_products(const at::Tensor
       for (int64_t ch = b; ch < e; ++ch) {
         const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
         // the tile keeps exp(t − shift) unnormalised; 1/Σ scales the n×D products instead of n×K
+        double hs = 0.0;
         for (int64_t i = 0; i < n; ++i) {
           const float* src = ps + (r0 + i) * k;
           float sh;
           const float sum = Rows::row_exp(src, a, pv, tile + i * k, k, src + k, &sh);
           pl[r0 + i] = sh + std::log(sum);
           inv[i] = 1.f / sum;
+          if (labels) {
+            float* t = tbufs.data_ptr<float>() + tid * k;
+            int64_t q = Rows::argmax(src, a, pv, t, k);  // t: the row's logits
+            const int64_t qn = first_nan(t, k);
+            lab.data_ptr<int64_t>()[r0 + i] = qn < k ? qn : q;
+            // H = log Σe − Σ e·(t − shift) / Σe (terms below the float range count as 0)
+            hs += std::log(sum) - exp_weighted_shift_sum(tile + i * k, t, sh, k) / sum;
+          }
         }
+        if (labels) hsums[ch] = hs;
         at::Tensor et = at::from_blob(tile, {n, k}, cf.options());
         at::Tensor inv_t = at::from_blob(inv, {n, 1}, cf.options());
         at::Tensor out = pc.narrow(0, r0, n);
@@ -334,7 +352,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> softmax_products(const at::Tensor
       }
     });
   });
-  return {lse, pc, with_x ? parts.sum(0) : at::empty({0}, at::kFloat)};
+  double total = 0.0;
+  for (double h : hsums) total += h;
+  return {lse, pc, with_x ? parts.sum(0) : at::empty({0}, at::kFloat), lab,
+          labels ? at::full({}, (float)total, at::kFloat) : at::empty({0}, at::kFloat)};
 }
 
 std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_forward(const at::Tensor& x, const at::Tensor& c,

@@ -172,6 +172,25 @@ inline float exp_shift_sum(const float* in, float shift, int64_t n) {
 }
 
 
+// Σ_k e_k·(t_k − shift) over the terms with t_k − shift ≥ log(FLT_MIN) (the others, and their
+// 0·(−inf) products, count as 0): the weighted sum of an entropy H = log Σe − Σ e·(t − shift) / Σe.
+inline float exp_weighted_shift_sum(const float* e, const float* t, float shift, int64_t n) {
+  const int64_t W = Vec::size();
+  const Vec vs(shift), lo(-87.33654475f), zero(0.f);
+  Vec acc(0.f);
+  int64_t k = 0;
+  for (; k + W <= n; k += W) {
+    const Vec x = Vec::loadu(t + k) - vs;
+    acc = acc + Vec::blendv(zero, Vec::loadu(e + k) * x, x >= lo);
+  }
+  float tail = 0.f;
+  for (; k < n; ++k) {
+    const float x = t[k] - shift;
+    if (x >= -87.33654475f) tail += e[k] * x;
+  }
+  return hsum(acc) + tail;
+}
+
 // The AVX2 row kernels of the Sinkhorn loops as one type; Avx512Rows (rows_avx512.h) has the
 // same interface. Algorithms are templates over `Rows` and are instantiated for both, chosen
 // once per call (`with_rows`), so each reads as one algorithm and both paths are testable

@@ -25,9 +25,9 @@ Tensor streaming_assign(const Tensor& x, const Tensor& c, const Tensor& v, doubl
 Pair linear_cross_entropy_forward(const Tensor& x, const Tensor& c, const Tensor& target, double scale);
 Pair linear_cross_entropy_backward(const Tensor& grad, const Tensor& x, const Tensor& c, const Tensor& target,
                                    const Tensor& lse, double scale, bool need_dx, bool need_dc);
-std::tuple<Tensor, Tensor, Tensor> softmax_products(const Tensor& scores, double scale,
-                                                   const c10::optional<Tensor>& v, const Tensor& c,
-                                                   const c10::optional<Tensor>& x);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> softmax_products(const Tensor& scores, double scale,
+                                                                   const c10::optional<Tensor>& v, const Tensor& c,
+                                                                   const c10::optional<Tensor>& x, bool labels);
 Pair sinkhorn_target_cross_entropy_forward(const Tensor& x, const Tensor& c, const Tensor& y, const Tensor& cy,
                                            const Tensor& v, double inv_eps, double scale, bool soft);
 Pair sinkhorn_target_cross_entropy_backward(const Tensor& grad, const Tensor& x, const Tensor& c, const Tensor& y,
@@ -52,7 +52,8 @@ TORCH_LIBRARY(sigma_kernels_ext, m) {
   m.def("linear_cross_entropy_forward(Tensor x, Tensor c, Tensor target, float scale) -> (Tensor, Tensor)");
   m.def("linear_cross_entropy_backward(Tensor grad, Tensor x, Tensor c, Tensor target, Tensor lse, float scale,"
         " bool need_dx=True, bool need_dc=True) -> (Tensor, Tensor)");
-  m.def("softmax_products(Tensor scores, float scale, Tensor? v, Tensor c, Tensor? x) -> (Tensor, Tensor, Tensor)");
+  m.def("softmax_products(Tensor scores, float scale, Tensor? v, Tensor c, Tensor? x, bool labels=False)"
+        " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("sinkhorn_target_cross_entropy_forward(Tensor x, Tensor c, Tensor y, Tensor cy, Tensor v, float inv_eps,"
         " float scale, bool soft) -> (Tensor, Tensor)");
   m.def("sinkhorn_target_cross_entropy_backward(Tensor grad, Tensor x, Tensor c, Tensor y, Tensor cy, Tensor v,"

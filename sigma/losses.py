@@ -355,10 +355,13 @@ class SinkhornSwapLoss(nn.Module):
                 out = sinkhorn_assign_from_potentials_streaming(z, self.prototypes, res.v, self.epsilon, **kw)
             labels = out[0] if want_stats else out
             if want_stats:
-                stats = assignment_stats(labels, out[1], self.num_prototypes, m_global=m_global,
-                                         process_group=group)
-                stats["marginal_error"] = res.marginal_error
+                stats = self._stats(labels, out[1], res, group, m_global)
         return (labels if self.targets == "hard" else None), stats
+
+    def _stats(self, labels, entropy_sum, res, group, m_global):
+        stats = assignment_stats(labels, entropy_sum, self.num_prototypes, m_global=m_global, process_group=group)
+        stats["marginal_error"] = res.marginal_error
+        return stats
 
     @torch.no_grad()
     def _branch(self, z, group, m_global, want_stats):
@@ -374,11 +377,16 @@ class SinkhornSwapLoss(nn.Module):
         `other`, the features of the term that takes them, when given) or None). The scores are
         dropped on return."""
         res, scores = self._solve(z, False, group, m_global)
-        labels, stats = self._labels_and_stats(z, res, scores, group, m_global, want_stats)
         c = self.prototypes
-        prod = prototype_softmax_products(scores, c, self.temperature, z=z if own_grad else None,
-                                          backend=self.backend)
         targ = None
         if self.targets == "soft":
-            targ = prototype_softmax_products(scores, c, self.epsilon, v=res.v, z=other, backend=self.backend)
+            # Q's products; the diagnostics' labels and entropies come from the same pass
+            targ = prototype_softmax_products(scores, c, self.epsilon, v=res.v, z=other, return_labels=want_stats,
+                                              backend=self.backend)
+            labels, stats = None, (self._stats(targ.labels, targ.entropy, res, group, m_global) if want_stats
+                                   else None)
+        else:
+            labels, stats = self._labels_and_stats(z, res, scores, group, m_global, want_stats)
+        prod = prototype_softmax_products(scores, c, self.temperature, z=z if own_grad else None,
+                                          backend=self.backend)
         return res, labels, stats, prod, targ

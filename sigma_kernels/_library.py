@@ -198,15 +198,16 @@ def _(x, c, backend):
 
 
 @torch.library.custom_op(f"{_NS}::softmax_products", mutates_args=())
-def softmax_products(scores: Tensor, scale: float, v: Optional[Tensor], c: Tensor, x: Optional[Tensor],
-                     backend: str) -> Tuple[Tensor, Tensor, Tensor]:
-    """(LSE_k(S·scale + v) (M,), P·c (M, D), Pᵀ·x (K, D) or empty (0,)) for P = softmax_k(S·scale + v):
-    one pass over the stored scores where the backend has it, else P materialised (M×K)."""
+def softmax_products(scores: Tensor, scale: float, v: Optional[Tensor], c: Tensor, x: Optional[Tensor], labels: bool,
+                     backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(LSE_k(S·scale + v) (M,), P·c (M, D), Pᵀ·x (K, D) or empty, argmax labels or empty, Σ_i H(P_i·)
+    or empty) for P = softmax_k(S·scale + v): one pass over the stored scores where the backend has
+    it, else P materialised (M×K). Labels and entropy are those of `sinkhorn_assign_entropy`."""
     b = get_backend(backend)
+    dt = compute_dtype(scores, c)
     if b.softmax_products is not None:
-        lse, pc, px = b.softmax_products(scores, scale, v, c, x)
+        lse, pc, px, lab, ent = b.softmax_products(scores, scale, v, c, x, labels)
     else:
-        dt = compute_dtype(scores, c)
         logits = scores.to(dt) * scale
         if v is not None:
             logits = logits + v.to(dt)
@@ -214,15 +215,23 @@ def softmax_products(scores: Tensor, scale: float, v: Optional[Tensor], c: Tenso
         p = torch.softmax(logits, dim=1)
         pc = p @ c.to(dt)
         px = p.T @ x.to(dt) if x is not None else None
-    return lse, pc, (px if px is not None else pc.new_empty((0,)))
+        lab = ent = None
+        if labels:
+            vv = v if v is not None else scores.new_zeros(scores.shape[1], dtype=dt)
+            lab, ent = get_backend("reference").sinkhorn_assign_entropy(scores, vv.to(dt), scale)
+    return (lse, pc, px if px is not None else pc.new_empty((0,)),
+            lab if lab is not None else pc.new_empty((0,), dtype=torch.int64),
+            ent if ent is not None else pc.new_empty((0,)))
 
 
 @softmax_products.register_fake
-def _(scores, scale, v, c, x, backend):
+def _(scores, scale, v, c, x, labels, backend):
     dt = compute_dtype(scores, c)
     m, k, d = scores.shape[0], scores.shape[1], c.shape[1]
     px = scores.new_empty((k, d), dtype=dt) if x is not None else scores.new_empty((0,), dtype=dt)
-    return _vec(scores, m, dt), scores.new_empty((m, d), dtype=dt), px
+    lab = scores.new_empty((m,) if labels else (0,), dtype=torch.int64)
+    ent = scores.new_empty(() if labels else (0,), dtype=dt)
+    return _vec(scores, m, dt), scores.new_empty((m, d), dtype=dt), px, lab, ent
 
 
 @torch.library.custom_op(f"{_NS}::cross_entropy_from_products", mutates_args=())

@@ -132,17 +132,23 @@ def prototype_cross_entropy_sinkhorn(z, prototypes, z_target, prototypes_target,
 
 class SoftmaxProducts(NamedTuple):
     """What a cross-entropy needs of P = softmax_k(scores_ik/τ + v_k), without P itself:
-    lse (M,) = LSE_k(scores/τ + v), p_c (M, D) = P·prototypes, p_x (K, D) = Pᵀ·normalize(z) or None."""
+    lse (M,) = LSE_k(scores/τ + v), p_c (M, D) = P·prototypes, p_x (K, D) = Pᵀ·normalize(z) or None;
+    with return_labels, labels (M,) int64 = argmax_k P_ik and entropy () = Σ_i H(P_i·) (nats), as
+    `sinkhorn_assign_from_potentials(..., return_entropy=True)` gives them, else None."""
     lse: torch.Tensor
     p_c: torch.Tensor
     p_x: Optional[torch.Tensor]
+    labels: Optional[torch.Tensor] = None
+    entropy: Optional[torch.Tensor] = None
 
 
-def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z=None, backend="auto"):
+def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z=None, return_labels=False,
+                               backend="auto"):
     """`SoftmaxProducts` of stored scores (no autograd): one pass over scores (M, K) in the fused
     backends, which never hold P (others materialise it). scores are normalize(z')·prototypesᵀ for
     the features z' of the branch; v (K,) optional (with temperature=ε and a Sinkhorn's prototype
-    potentials, P is that Sinkhorn's assignment Q); z (M, D) optional, for p_x = Pᵀ·normalize(z).
+    potentials, P is that Sinkhorn's assignment Q); z (M, D) optional, for p_x = Pᵀ·normalize(z);
+    return_labels: also P's hard labels and summed row entropy, from the same pass.
     """
     val.check_matrix("scores", scores)
     m, k = scores.shape
@@ -161,8 +167,11 @@ def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z
         x = normalize_rows(z.detach())
     val.check_same_device(scores=scores, prototypes=prototypes)
     name = resolve_backend(backend, scores.device, scores.dtype)
-    lse, pc, px = lib.softmax_products(scores.detach(), 1.0 / tau, v, prototypes.detach(), x, name)
-    return SoftmaxProducts(lse, pc, px if z is not None else None)
+    lse, pc, px, labels, entropy = lib.softmax_products(scores.detach(), 1.0 / tau, v, prototypes.detach(), x,
+                                                        bool(return_labels), name)
+    if not return_labels:
+        labels = entropy = None
+    return SoftmaxProducts(lse, pc, px if z is not None else None, labels, entropy)
 
 
 def prototype_cross_entropy_from_products(z, prototypes, target, products, temperature=0.1, *, target_x=None,
@@ -181,7 +190,7 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     tau = val.check_positive("temperature", temperature)
     _check_reduction(reduction)
     m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
-    lse, pc, px = products
+    lse, pc, px = products[:3]
     val.check_vector("products.lse", lse, m)
     if tuple(pc.shape) != (m, d):
         raise ValueError(f"products.p_c must have shape (M, D) = ({m}, {d}), got {tuple(pc.shape)}")

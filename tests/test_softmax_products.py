@@ -49,6 +49,14 @@ def test_softmax_products_match_float64(backend, m, k, d, seed, with_v):
     torch.testing.assert_close(got.p_c.double(), pc, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(got.p_x.double(), px, rtol=1e-5, atol=2e-6 * max(1.0, m ** 0.5))
     assert sk.prototype_softmax_products(s, c, tau, backend=backend).p_x is None
+    # labels and entropies from the same pass: those of the labelling pass, and float64 entropies
+    got = sk.prototype_softmax_products(s, c, tau, v=v if with_v else None, return_labels=True, backend=backend)
+    labels, _ = sk.sinkhorn_assign_from_potentials(s, v if with_v else torch.zeros(k), tau, return_entropy=True,
+                                                   backend=backend)
+    assert torch.equal(got.labels, labels)
+    logits = s.double() / tau + (v.double() if with_v else 0.0)
+    h64 = torch.special.entr(torch.softmax(logits, dim=1)).sum()
+    torch.testing.assert_close(got.entropy.double(), h64, rtol=1e-5, atol=1e-5 * m)
 
 
 def plain_ce64(z, c, target, tau, weights=None):
@@ -129,3 +137,13 @@ def test_cross_entropy_from_products_arguments_are_checked():
         sk.prototype_softmax_products(s, c[:4], 0.1)
     with pytest.raises(ValueError, match=r"z must have shape \(M, D\) = \(6, 4\)"):
         sk.prototype_softmax_products(s, c, 0.1, z=z[:5])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_labels_of_a_row_holding_nan_follow_torch_argmax(backend):
+    z, c, v = features(40, 9, 5, seed=4)
+    s = sk.prototype_scores(z, c)
+    s[3, 6] = float("nan")
+    got = sk.prototype_softmax_products(s, c, 0.05, v=v, return_labels=True, backend=backend)
+    assert torch.equal(got.labels, torch.argmax(s / 0.05 + v, dim=1))
+    assert got.labels[3] == 6 and torch.isnan(got.entropy)

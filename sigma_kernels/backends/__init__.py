@@ -26,8 +26,10 @@ Optional fused primitives (None when a backend lacks them; callers compose the o
         -> (u, v, marginal_error, plan or None): the whole solve in one call
     scores_product(x, c) -> x·cᵀ (M, K) (x, c of one float dtype), equal to torch.mm, in memory
         that is cheaper to fill the first time (no autograd)
-    softmax_products(S, scale, v, c, x) -> (LSE_k(S·scale + v) (M,), P·c (M, D), Pᵀ·x (K, D) or None)
-        for P = softmax_k(S·scale + v) (v (K,) and x (M, D) may be None), without storing P
+    softmax_products(S, scale, v, c, x, labels=False) -> (LSE_k(S·scale + v) (M,), P·c (M, D),
+        Pᵀ·x (K, D) or None, labels or None, Σ_i H(P_i·) or None) for P = softmax_k(S·scale + v)
+        (v (K,) and x (M, D) may be None), without storing P; labels/entropy as
+        sinkhorn_assign_entropy(S, v, scale)
 
 A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
 that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops of

@@ -113,9 +113,9 @@ def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=T
                                                        bool(need_dc)), need_dx, need_dc)
 
 
-def softmax_products(scores, scale, v, c, x):
-    lse, pc, px = _ops().softmax_products(scores, float(scale), v, c, x)
-    return lse, pc, (px if x is not None else None)
+def softmax_products(scores, scale, v, c, x, labels=False):
+    lse, pc, px, lab, ent = _ops().softmax_products(scores, float(scale), v, c, x, bool(labels))
+    return lse, pc, (px if x is not None else None), (lab if labels else None), (ent if labels else None)
 
 
 def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
