@@ -147,3 +147,23 @@ def test_labels_of_a_row_holding_nan_follow_torch_argmax(backend):
     got = sk.prototype_softmax_products(s, c, 0.05, v=v, return_labels=True, backend=backend)
     assert torch.equal(got.labels, torch.argmax(s / 0.05 + v, dim=1))
     assert got.labels[3] == 6 and torch.isnan(got.entropy)
+
+
+@pytest.mark.skipif(not is_available("cpu"), reason="needs the cpu backend")
+def test_cpu_products_do_not_depend_on_the_thread_count():
+    """Row results (LSE, P·C, labels, the entropy sum) are bitwise the same for 1 and 2 threads;
+    Pᵀ·x is summed over per-thread partials, so only its last bits may move."""
+    z, c, v = features(1000, 301, 12, seed=5)
+    s = sk.prototype_scores(z, c)
+    n = torch.get_num_threads()
+    out = []
+    try:
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(sk.prototype_softmax_products(s, c, 0.05, v=v, z=z, return_labels=True, backend="cpu"))
+    finally:
+        torch.set_num_threads(n)
+    one, two = out
+    for name in ("lse", "p_c", "labels", "entropy"):
+        assert torch.equal(getattr(one, name), getattr(two, name)), name
+    torch.testing.assert_close(one.p_x, two.p_x, rtol=1e-6, atol=1e-6)
