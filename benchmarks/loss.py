@@ -17,7 +17,8 @@ rows. Providers:
   `prototype_cross_entropy` against the index targets;
 - SinkhornSwapLoss: `sigma.losses.SinkhornSwapLoss` as users run it (defaults: backend "auto",
   diagnostics on, streaming "auto"), when importable; SinkhornSwapLoss-nostats: the same with
-  compute_stats=False.
+  compute_stats=False; SinkhornSwapLoss-stored / -streaming: the defaults with streaming=False /
+  True, whatever the memory budget would choose.
 
 Reported: median time of warm steps, peak extra memory, |L − L_float64| and the max abs error of
 the gradients against a float64 log-domain computation of the same loss (with hard targets, a
@@ -55,7 +56,8 @@ FULL_SIZES = "ssv2-vits,ssv2-vitb"
 BACKENDS = ("reference", "cpu", "triton")
 # research-eager first (the baseline of the ratios), research-compile last (slowest to set up).
 PROVIDERS = (("research-eager",) + BACKENDS + tuple(f"{b}-assign" for b in BACKENDS)
-             + ("SinkhornSwapLoss", "SinkhornSwapLoss-nostats", "research-compile"))
+             + ("SinkhornSwapLoss", "SinkhornSwapLoss-nostats", "SinkhornSwapLoss-stored",
+                "SinkhornSwapLoss-streaming", "research-compile"))
 
 
 def make_problem(m, k, d, device, dtype, seed=0):
@@ -130,7 +132,7 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
                     "streaming, index targets")
         return ((lambda: ops_loss(z_v, z_p, c, eps, iters, tau, targets, backend)), (z_v, z_p, c),
                 "streaming, targets on the fly")
-    if name in ("SinkhornSwapLoss", "SinkhornSwapLoss-nostats"):
+    if name.startswith("SinkhornSwapLoss"):
         try:
             from sigma.losses import SinkhornSwapLoss
             from sigma_kernels import resolve_backend
@@ -139,7 +141,9 @@ def make_provider(name, z_v, z_p, c, eps, iters, tau, targets):
                 f"sigma.losses.SinkhornSwapLoss is not importable ({type(exc).__name__}: {exc})") from exc
         k, d = c.shape
         module = SinkhornSwapLoss(num_prototypes=k, dim=d, epsilon=eps, sinkhorn_iterations=iters, temperature=tau,
-                                  targets=targets, compute_stats=name == "SinkhornSwapLoss").to(c.device)
+                                  targets=targets, compute_stats=name != "SinkhornSwapLoss-nostats",
+                                  streaming={"SinkhornSwapLoss-stored": False,
+                                             "SinkhornSwapLoss-streaming": True}.get(name, "auto")).to(c.device)
         with torch.no_grad():
             module.prototypes.copy_(c)
         resolved = resolve_backend("auto", z_v.device, torch.float32)

@@ -95,9 +95,9 @@ class SinkhornSwapLoss(nn.Module):
     """
 
     # CUDA: recomputing score tiles on tensor cores is cheap, stream from 128 MiB of scores on.
-    # CPU: every recomputation is a full fp32 GEMM, so the stored path (about 3× faster, see
-    # docs/performance.md) is kept up to 4 GiB (M ≈ 179k tokens at K = 3000).
-    SCORE_MEMORY_BUDGET = {"cuda": 1 << 27, "cpu": 1 << 32}
+    # CPU: every recomputation is a full fp32 GEMM, so the stored path (about 3× faster than
+    # streaming at M = 180k, see docs/performance.md) is kept up to 8 GiB (M ≈ 358k at K = 3000).
+    SCORE_MEMORY_BUDGET = {"cuda": 1 << 27, "cpu": 1 << 33}
     STORED_BYTES_PER_SCORE = {"cuda": 4, "cpu": 8}
 
     def __init__(self, num_prototypes=3000, dim=256, epsilon=0.05, sinkhorn_iterations=10, temperature=0.1,
