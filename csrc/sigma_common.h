@@ -337,6 +337,39 @@ struct Avx2Rows {
 };
 
 // Fill dst (rows × n, contiguous) with float copies of src rows (any floating dtype).
+// Per-thread fp32 accumulators (threads × rows × cols) fed by GEMMs inside at::parallel_for: a
+// thread's first product overwrites its slot and later ones add to it, so no threads·rows·cols
+// zero fill is needed (at small M that fill cost as much as the products); slots a thread never
+// wrote stay out of the sum, taken in thread order (fixed for a given thread count).
+class ThreadPartials {
+ public:
+  ThreadPartials(int64_t rows, int64_t cols, bool active)
+      : rows_(rows), cols_(cols),
+        parts_(active ? at::empty({at::get_num_threads(), rows, cols}, at::kFloat) : at::empty({0}, at::kFloat)),
+        used_(active ? at::get_num_threads() : 0, 0) {}
+  // slot[tid] (+)= a·b
+  void add_product(int64_t tid, const at::Tensor& a, const at::Tensor& b) {
+    at::Tensor slot = parts_[tid];
+    if (used_[tid]) {
+      slot.addmm_(a, b);
+    } else {
+      at::mm_out(slot, a, b);
+      used_[tid] = 1;
+    }
+  }
+  at::Tensor sum() const {
+    at::Tensor out;
+    for (size_t t = 0; t < used_.size(); ++t)
+      if (used_[t]) out = out.defined() ? out.add_(parts_[(int64_t)t]) : parts_[(int64_t)t].clone();
+    return out.defined() ? out : at::zeros({rows_, cols_}, at::kFloat);
+  }
+
+ private:
+  int64_t rows_, cols_;
+  at::Tensor parts_;
+  std::vector<char> used_;
+};
+
 // Calls f(Rows{}) with the row kernels of this CPU: AVX-512 (rows_avx512.h) unless unsupported or
 // disabled (SIGMA_CPU_NO_AVX512=1), else the AVX2 ones above.
 template <typename F>
