@@ -3,13 +3,15 @@
     python benchmarks/make_table.py            # rewrites README.md between the results markers
     python benchmarks/make_table.py --stdout   # print the Markdown instead
 
-One table per CSV (one benchmark run), headed by the machine, device, versions, commit and date it
-came from. Without the markers in the README the Markdown is printed to stdout.
+One table per committed CSV (one benchmark run; files git does not track, such as your own runs,
+are left out), headed by the machine, device, versions, commit and date it came from. Without the
+markers in the README the Markdown is printed to stdout.
 """
 import argparse
 import csv
 import glob
 import os
+import subprocess
 import sys
 
 if __package__ in (None, ""):
@@ -81,8 +83,20 @@ def table_for(path):
     return "\n".join(lines)
 
 
+def committed(paths, results_dir):
+    """The paths git tracks (a user's own runs land in the same folder but stay out of the README);
+    all of them where git is not available."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--", "."], cwd=results_dir, capture_output=True, text=True,
+                             check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return paths
+    tracked = {os.path.normpath(os.path.join(results_dir, line)) for line in out.splitlines()}
+    return [p for p in paths if os.path.normpath(p) in tracked]
+
+
 def build_markdown(results_dir):
-    paths = sorted(glob.glob(os.path.join(results_dir, "*.csv")))
+    paths = committed(sorted(glob.glob(os.path.join(results_dir, "*.csv"))), results_dir)
     blocks = [b for b in (table_for(p) for p in paths) if b]
     if not blocks:
         return "_No committed benchmark results yet._"

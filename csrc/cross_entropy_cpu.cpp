@@ -325,15 +325,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_p
           const float* src = ps + (r0 + i) * k;
           float sh;
           const float sum = Rows::row_exp(src, a, pv, tile + i * k, k, src + k, &sh);
-          pl[r0 + i] = sh + std::log(sum);
-          inv[i] = 1.f / sum;
+          // sum >= 1 (the max term is exp(0)) unless no logit is finite: then LSE = -inf and P is
+          // NaN, as torch.logsumexp / torch.softmax give
+          const bool none_finite = sum < 1.f;
+          pl[r0 + i] = none_finite ? -std::numeric_limits<float>::infinity() : sh + std::log(sum);
+          inv[i] = none_finite ? std::numeric_limits<float>::quiet_NaN() : 1.f / sum;
           if (labels) {
             float* t = tbufs.data_ptr<float>() + tid * k;
             int64_t q = Rows::argmax(src, a, pv, t, k);  // t: the row's logits
             const int64_t qn = first_nan(t, k);
             lab.data_ptr<int64_t>()[r0 + i] = qn < k ? qn : q;
             // H = log Σe − Σ e·(t − shift) / Σe (terms below the float range count as 0)
-            hs += std::log(sum) - exp_weighted_shift_sum(tile + i * k, t, sh, k) / sum;
+            hs += none_finite ? std::numeric_limits<double>::quiet_NaN()
+                              : std::log(sum) - exp_weighted_shift_sum(tile + i * k, t, sh, k) / sum;
           }
         }
         if (labels) hsums[ch] = hs;

@@ -271,7 +271,8 @@ def cross_entropy_from_products_backward(grad: Tensor, x: Tensor, c: Tensor, tar
             raise RuntimeError("the prototypes' gradient of cross_entropy_from_products with product targets needs "
                                "target_x (Tᵀ·x): compute the target products with z given")
         g0 = g[0] if g.numel() else g.new_zeros(())
-        uniform = (g == g0).all()
+        nan = torch.isnan(g).any()  # a NaN upstream gradient gives a NaN gradient, not an error
+        uniform = (g == g0).all() | nan
         msg = ("the prototypes' gradient of cross_entropy_from_products needs the same upstream gradient on every "
                "row (a mean or sum of the rows), as Pᵀ·x was computed with unit weights")
         if g.device.type == "cpu":
@@ -284,7 +285,8 @@ def cross_entropy_from_products_backward(grad: Tensor, x: Tensor, c: Tensor, tar
             tx = torch.zeros_like(px, dtype=dt).index_add_(0, target, g[:, None] * xd)
         else:
             tx = g0 * target_x.to(dt)
-        dc = (scale * (g0 * px.to(dt) - tx)).to(c.dtype)
+        dc = torch.where(nan, torch.full((), float("nan"), dtype=dt, device=g.device),
+                         scale * (g0 * px.to(dt) - tx)).to(c.dtype)
     return _grads_or_empty(dx, dc, x, c)
 
 

@@ -24,7 +24,8 @@ def prototype_scores(z, prototypes, temperature=1.0):
     """
     val.check_features("z", z, "prototypes", prototypes)
     tau = val.check_positive("temperature", temperature)
-    x, c = normalize_rows(z), prototypes.to(compute_dtype(z, prototypes))
+    dt = compute_dtype(z, prototypes)
+    x, c = normalize_rows(z).to(dt), prototypes.to(dt)
     if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad):
         scores = x @ c.T
     else:  # no autograd (e.g. the Sinkhorn scores of the loss): the backend's product, if it has one
@@ -151,23 +152,26 @@ def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z
     return_labels: also P's hard labels and summed row entropy, from the same pass.
     """
     val.check_matrix("scores", scores)
+    val.check_matrix("prototypes", prototypes)
     m, k = scores.shape
-    if prototypes.dim() != 2 or prototypes.shape[0] != k:
+    if prototypes.shape[0] != k:
         raise ValueError(f"prototypes must have shape (K={k}, D) like scores (M, K), got {tuple(prototypes.shape)}")
-    tau = val.check_positive("temperature", temperature)
+    inv_tau = val.check_epsilon(temperature, name="temperature")
+    val.check_same_device(scores=scores, prototypes=prototypes)
+    dt = compute_dtype(scores, prototypes)
     if v is not None:
         val.check_vector("v", v, k)
         val.check_same_device(scores=scores, v=v)
-        v = v.detach()
+        v = v.detach().to(dt)
     x = None
     if z is not None:
-        if z.dim() != 2 or tuple(z.shape) != (m, prototypes.shape[1]):
+        val.check_matrix("z", z)
+        if tuple(z.shape) != (m, prototypes.shape[1]):
             raise ValueError(f"z must have shape (M, D) = ({m}, {prototypes.shape[1]}), got {tuple(z.shape)}")
         val.check_same_device(scores=scores, z=z)
-        x = normalize_rows(z.detach())
-    val.check_same_device(scores=scores, prototypes=prototypes)
-    name = resolve_backend(backend, scores.device, scores.dtype)
-    lse, pc, px, labels, entropy = lib.softmax_products(scores.detach(), 1.0 / tau, v, prototypes.detach(), x,
+        x = normalize_rows(z.detach()).to(dt)
+    name = resolve_backend(backend, scores.device, dt)
+    lse, pc, px, labels, entropy = lib.softmax_products(scores.detach(), inv_tau, v, prototypes.detach().to(dt), x,
                                                         bool(return_labels), name)
     if not return_labels:
         labels = entropy = None
@@ -187,20 +191,21 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     prototype gradient uses products computed with equal row weights.
     """
     val.check_features("z", z, "prototypes", prototypes)
-    tau = val.check_positive("temperature", temperature)
+    inv_tau = val.check_epsilon(temperature, name="temperature")
     _check_reduction(reduction)
     m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
     lse, pc, px = products[:3]
     val.check_vector("products.lse", lse, m)
-    if tuple(pc.shape) != (m, d):
-        raise ValueError(f"products.p_c must have shape (M, D) = ({m}, {d}), got {tuple(pc.shape)}")
-    if px is not None and tuple(px.shape) != (k, d):
-        raise ValueError(f"products.p_x must have shape (K, D) = ({k}, {d}), got {tuple(px.shape)}")
+    _check_product("products.p_c", pc, (m, d), z.device)
+    val.check_same_device(z=z, **{"products.lse": lse})
+    if px is not None:
+        _check_product("products.p_x", px, (k, d), z.device)
     if target.is_floating_point():
-        if tuple(target.shape) != (m, d):
-            raise ValueError(f"a product target must have shape (M, D) = ({m}, {d}), got {tuple(target.shape)}")
+        _check_product("a product target", target, (m, d), z.device)
     else:
         val.check_target(target, m, k, z.device)
+    if target_x is not None:
+        _check_product("target_x", target_x, (k, d), z.device)
     wants_dc = prototypes.requires_grad and torch.is_grad_enabled()
     if wants_dc:
         if px is None:
@@ -215,5 +220,16 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     t = target.detach() if target.is_floating_point() else target.detach().to(torch.int64)
     rows = lib.cross_entropy_from_products(x, prototypes.to(dt), t, lse.detach(), pc.detach(),
                                            None if px is None else px.detach(),
-                                           None if target_x is None else target_x.detach(), 1.0 / tau)
+                                           None if target_x is None else target_x.detach(), inv_tau)
     return _reduce(rows, reduction)
+
+
+def _check_product(name, t, shape, device):
+    """A floating-point (M, D) or (K, D) product on the features' device."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in val.FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor, got "
+                        f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the features are on {device}")

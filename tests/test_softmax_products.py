@@ -131,7 +131,7 @@ def test_cross_entropy_from_products_arguments_are_checked():
     soft = sk.prototype_softmax_products(s, c, 0.05, v=v)
     with pytest.raises(ValueError, match="target_x="):
         sk.prototype_cross_entropy_from_products(z, c, soft.p_c, prods, 0.1)
-    with pytest.raises(ValueError, match=r"product target must have shape \(M, D\) = \(6, 4\)"):
+    with pytest.raises(ValueError, match=r"product target must have shape \(6, 4\)"):
         sk.prototype_cross_entropy_from_products(z, c, soft.p_c[:, :3], prods, 0.1)
     with pytest.raises(ValueError, match=r"prototypes must have shape \(K=5, D\)"):
         sk.prototype_softmax_products(s, c[:4], 0.1)
@@ -195,3 +195,66 @@ def test_loss_on_cuda_stored_scores_matches_float64(targets):
     if targets == "soft":  # hard labels may flip at fp32 near-ties; soft gradients compare element-wise
         for got, t in zip((a.grad, b.grad, crit.prototypes.grad), z64):
             torch.testing.assert_close(got.double().cpu(), t.grad, rtol=1e-3, atol=1e-7)
+
+
+def test_products_and_targets_are_checked_for_shape_dtype_and_device():
+    z, c, v = features(6, 5, 4, seed=0)
+    c = c.requires_grad_()
+    s = sk.prototype_scores(z, c.detach())
+    prods = sk.prototype_softmax_products(s, c, 0.1, z=z)
+    soft = sk.prototype_softmax_products(s, c, 0.05, v=v, z=z)
+    cefp = sk.prototype_cross_entropy_from_products
+    with pytest.raises(ValueError, match=r"target_x must have shape \(5, 4\)"):
+        cefp(z, c, soft.p_c, prods, 0.1, target_x=soft.p_x[:1])  # would broadcast into a wrong dC
+    with pytest.raises(TypeError, match="products.p_c must be a floating-point tensor"):
+        cefp(z, c, soft.p_c, prods._replace(p_c=prods.p_c.long()), 0.1, target_x=soft.p_x)
+    with pytest.raises(ValueError, match="products.p_x is on meta"):
+        cefp(z, c, soft.p_c, prods._replace(p_x=prods.p_x.to("meta")), 0.1, target_x=soft.p_x)
+    with pytest.raises(ValueError, match="one device"):
+        cefp(z, c, soft.p_c, prods._replace(lse=prods.lse.to("meta")), 0.1, target_x=soft.p_x)
+    with pytest.raises(ValueError, match="temperature=1e-45 is too small"):
+        sk.prototype_softmax_products(s, c, 1e-45)
+    with pytest.raises(TypeError, match="prototypes must be float16, bfloat16, float32 or float64"):
+        sk.prototype_softmax_products(s, c.detach().int(), 0.1)
+
+
+@pytest.mark.parametrize("backend", ["auto", "reference"])  # an explicit "cpu" refuses float64 by name
+def test_mixed_precisions_compute_in_the_wider_dtype(backend):
+    z, c, _ = features(30, 7, 5, seed=1)
+    s = sk.prototype_scores(z, c)
+    got = sk.prototype_softmax_products(s, c.double(), 0.1, z=z, backend=backend)
+    assert got.p_c.dtype == torch.float64
+    lse, pc, px = products64(z, c, 10.0, None, z)
+    torch.testing.assert_close(got.p_c, pc, rtol=1e-5, atol=1e-6)
+    assert sk.prototype_scores(z, c.double()).dtype == torch.float64  # float32 z, float64 prototypes
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_row_without_finite_scores_gives_lse_minus_inf_and_nan_products(backend):
+    z, c, _ = features(20, 6, 4, seed=2)
+    s = sk.prototype_scores(z, c)
+    s[3] = float("-inf")
+    got = sk.prototype_softmax_products(s, c, 0.1, z=z, return_labels=True, backend=backend)
+    assert got.lse[3] == float("-inf") and torch.isnan(got.p_c[3]).all() and torch.isnan(got.entropy)
+    assert torch.isfinite(got.lse[torch.arange(20) != 3]).all()
+
+
+def test_a_nan_upstream_gradient_gives_nan_gradients_not_an_error():
+    z, c, _ = features(12, 5, 4, seed=3)
+    z, c = z.requires_grad_(), c.requires_grad_()
+    t = torch.randint(0, 5, (12,), generator=torch.Generator().manual_seed(0))
+    prods = sk.prototype_softmax_products(sk.prototype_scores(z.detach(), c.detach()), c, 0.1, z=z)
+    loss = sk.prototype_cross_entropy_from_products(z, c, t, prods, 0.1)
+    dz, dc = torch.autograd.grad(loss * float("nan"), (z, c))
+    assert torch.isnan(dz).all() and torch.isnan(dc).all()
+
+
+def test_float64_loss_module_takes_float32_features():
+    from sigma.losses import SinkhornSwapLoss
+    crit = SinkhornSwapLoss(20, 8).double()
+    zv, zp = torch.randn(2, 40, 8), torch.randn(2, 40, 8)
+    stored = crit(zv, zp)
+    streamed = SinkhornSwapLoss(20, 8, streaming=True).double()
+    streamed.load_state_dict(crit.state_dict())
+    assert stored.dtype == torch.float64
+    torch.testing.assert_close(stored, streamed(zv, zp), rtol=1e-10, atol=1e-10)
