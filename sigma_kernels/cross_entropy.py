@@ -200,7 +200,8 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     val.check_same_device(z=z, **{"products.lse": lse})
     if px is not None:
         _check_product("products.p_x", px, (k, d), z.device)
-    if target.is_floating_point():
+    soft = isinstance(target, torch.Tensor) and target.is_floating_point()
+    if soft:
         _check_product("a product target", target, (m, d), z.device)
     else:
         val.check_target(target, m, k, z.device)
@@ -210,14 +211,14 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     if wants_dc:
         if px is None:
             raise ValueError("prototypes take a gradient: compute the products with z= (their p_x)")
-        if target.is_floating_point() and target_x is None:
+        if soft and target_x is None:
             raise ValueError("prototypes take a gradient: product targets need target_x= (Tᵀ·normalize(z))")
         if reduction == "none":
             raise ValueError("reduction='none' gives rows unequal weights, which the prototype gradient from "
                              "products cannot take; use 'mean' or 'sum', or prototype_cross_entropy")
     dt = compute_dtype(z, prototypes)
     x = normalize_rows(z)
-    t = target.detach() if target.is_floating_point() else target.detach().to(torch.int64)
+    t = target.detach() if soft else target.detach().to(torch.int64)
     rows = lib.cross_entropy_from_products(x, prototypes.to(dt), t, lse.detach(), pc.detach(),
                                            None if px is None else px.detach(),
                                            None if target_x is None else target_x.detach(), inv_tau)
