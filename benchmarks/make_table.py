@@ -20,6 +20,7 @@ if __package__ in (None, ""):
 from benchmarks._report import REPO_ROOT, RESULTS_DIR, display  # noqa: E402
 
 START, END = "<!-- results:start -->", "<!-- results:end -->"
+TABULATED = ("sinkhorn", "loss", "loss-scaling")
 
 
 def _read(path):
@@ -41,11 +42,13 @@ def _short(status):
 def table_for(path):
     """Markdown for one CSV file, or None when it holds no measurement."""
     rows = _read(path)
-    ok = [r for r in rows if r.get("status") == "ok"]
+    # the Sinkhorn and loss benchmarks' rows (data_loader.py, pretrain_step.py and the study have tables of
+    # their own in the README)
+    ok = [r for r in rows if r.get("status") == "ok" and r.get("benchmark") in TABULATED]
     if not ok:
         return None
     first = ok[0]
-    is_loss = first.get("benchmark") == "loss"
+    is_loss = first.get("benchmark") in ("loss", "loss-scaling")
     methods = sorted({r["mem_method"] for r in ok if r.get("mem_method")})
     loads = sorted({r["load"] for r in ok if r.get("load")}, key=float)
     floors = ""
