@@ -7,8 +7,9 @@ the frame sampler and the multi-scale crop box are written here because no libra
 """
 import torch
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+# one home for the normalisation statistics and its inverse (sigma.models.tubes, importable without timm)
+from sigma.models.tubes import IMAGENET_MEAN, IMAGENET_STD
+from sigma.models.tubes import unnormalize_video as denormalize  # noqa: F401  (public as sigma.data.denormalize)
 
 
 def _tv_functional():
@@ -97,10 +98,3 @@ def to_normalized_clip(frames):
     video = F.normalize(frames.float().div_(255), IMAGENET_MEAN, IMAGENET_STD)
     return video.permute(1, 0, 2, 3).contiguous()
 
-
-def denormalize(video):
-    """ImageNet-normalised video (..., C, T, H, W) back to [0, 1] pixels (not clamped)."""
-    shape = (3, 1, 1, 1)
-    mean = torch.tensor(IMAGENET_MEAN, dtype=video.dtype, device=video.device).view(shape)
-    std = torch.tensor(IMAGENET_STD, dtype=video.dtype, device=video.device).view(shape)
-    return video * std + mean

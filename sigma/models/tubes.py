@@ -60,8 +60,9 @@ def tube_pixels(video, tube_size=(2, 16, 16)):
 
 
 def unnormalize_video(video, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Undo a per-channel normalisation of a (B, C, T, H, W) clip: video · std + mean."""
-    shape = (1, -1, 1, 1, 1)
+    """Undo a per-channel normalisation of a (..., C, T, H, W) clip: video · std + mean (ImageNet
+    statistics by default, so an ImageNet-normalised clip comes back to [0, 1] pixels, not clamped)."""
+    shape = (-1, 1, 1, 1)
     mean = torch.as_tensor(mean, dtype=video.dtype, device=video.device).reshape(shape)
     std = torch.as_tensor(std, dtype=video.dtype, device=video.device).reshape(shape)
     return video * std + mean
