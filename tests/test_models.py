@@ -377,3 +377,16 @@ def test_loss_tubes_and_mlp_import_without_timm():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip().endswith("ok")
+
+
+def test_projection_errors_name_the_layout_expected():
+    from sigma.models import MLPProjection, TubeProjectionMLP
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[:, :4] = True
+    with pytest.raises(ValueError, match=r"looks like \(B, T, C, H, W\).*transpose\(1, 2\)"):
+        MLPProjection()(torch.randn(1, 8, 3, 32, 32), mask)
+    with pytest.raises(ValueError, match=r"tubes must be \(\.\.\., in_dim=1536\)"):
+        TubeProjectionMLP()(torch.randn(1, 3, 8, 32, 32))
+    with pytest.raises(ValueError, match="not divisible by tube_size") as err:
+        MLPProjection()(torch.randn(1, 3, 8, 30, 32), mask)
+    assert "looks like" not in str(err.value)  # a (B, C, T, H, W) clip gets no layout hint

@@ -64,6 +64,10 @@ class TubeProjectionMLP(nn.Module):
         self.in_dim, self.out_dim = in_dim, out_dim
 
     def forward(self, tubes):
+        if tubes.shape[-1] != self.in_dim:
+            raise ValueError(f"tubes must be (..., in_dim={self.in_dim}): the C·pt·ph·pw voxels of each tube, as "
+                             f"tube_pixels gives them; got shape {tuple(tubes.shape)} (for a clip and a mask, use "
+                             f"MLPProjection)")
         return self.net(tubes)
 
 

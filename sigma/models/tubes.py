@@ -23,7 +23,11 @@ def tube_grid(video_shape, tube_size=(2, 16, 16)):
     pt, ph, pw = _as_tube(tube_size)
     t, h, w = video_shape[-3:]
     if t % pt or h % ph or w % pw:
-        raise ValueError(f"clip (T, H, W)=({t}, {h}, {w}) is not divisible by tube_size {(pt, ph, pw)}")
+        hint = ""
+        if len(video_shape) == 5 and video_shape[2] in (1, 3) and video_shape[1] not in (1, 3):
+            hint = (f"; the clip looks like (B, T, C, H, W) = {tuple(video_shape)}: clips are (B, C, T, H, W), "
+                    f"use video.transpose(1, 2)")
+        raise ValueError(f"clip (T, H, W)=({t}, {h}, {w}) is not divisible by tube_size {(pt, ph, pw)}{hint}")
     return t // pt, h // ph, w // pw
 
 
