@@ -123,6 +123,18 @@ def test_visualize_writes_pictures_of_documented_size(synthetic, checkpoint, tmp
     assert _read(tmp_path / "visualize.json")["clips"][0]["png"] == clip["png"]
 
 
+def test_visualize_cli_lists_every_file_it_wrote(synthetic, checkpoint, tmp_path, capsys):
+    metrics = tmp_path / "metrics.csv"
+    metrics.write_text("step,loss\n1,8.0\n2,7.5\n")
+    video = os.path.join(synthetic["root"], "videos", "clip00000.mp4")
+    rc = main(["visualize", "--checkpoint", checkpoint, "--data", video, "--output-dir", str(tmp_path),
+               "--metrics", str(metrics), "--k", "3", "--sampling-rate", "1"])
+    assert rc == 0
+    files = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["files"]
+    assert [os.path.splitext(f)[1] for f in files] == [".png", ".gif", ".png"]
+    assert all(os.path.exists(f) for f in files)
+
+
 def test_visualize_shows_sinkhorn_prototypes_of_a_pretraining_checkpoint(synthetic, tmp_path):
     from PIL import Image
 

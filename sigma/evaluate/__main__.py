@@ -148,7 +148,13 @@ def main(argv=None):
         print(f"python -m sigma.evaluate {args.task}: error: {exc}", file=sys.stderr)
         return 2
     keys = HEADLINE.get(args.task)
-    summary = {k: result.get(k) for k in keys} if keys else {"files": [c["png"] for c in result["clips"]]}
+    if keys:
+        summary = {k: result.get(k) for k in keys}
+    else:  # visualize: every file it wrote (per clip a PNG and a GIF; the training curves if any)
+        files = [f for c in result["clips"] for f in (c.get("png"), c.get("gif")) if f]
+        if result.get("training_curves"):
+            files.append(result["training_curves"]["png"])
+        summary = {"files": files}
     print(json.dumps({"task": args.task, **summary, "output": f"{args.output_dir}/{args.task}.json"}))
     return 0
 
