@@ -224,3 +224,20 @@ def test_feature_collapse_stats_against_numpy():
     assert float(got["std"]) == pytest.approx(float(z.std(0, ddof=1).mean()), rel=1e-5)
     collapsed = feature_collapse_stats(torch.ones(50, 8) + 1e-9 * torch.randn(50, 8, generator=g))
     assert float(collapsed["std"]) < 1e-6
+
+
+def test_scheduler_of_a_tiny_run_does_not_warn(caplog):
+    """Two steps with one of warmup leave one cosine step: timm would warn that its cosine has no
+    effect (true, and expected at that size); the lr still follows warmup then the peak."""
+    import logging
+
+    from sigma.pretrain.optim import build_scheduler
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    with caplog.at_level(logging.WARNING):
+        sched = build_scheduler(opt, total_steps=2, warmup_steps=1, min_lr=0.0, warmup_lr=0.0)
+    assert not [r for r in caplog.records if "no effect" in r.getMessage()]
+    lrs = []
+    for step in range(2):
+        sched.step_update(step)
+        lrs.append(opt.param_groups[0]["lr"])
+    assert lrs == [0.0, 0.1]

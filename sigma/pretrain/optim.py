@@ -4,6 +4,8 @@ AdamW with betas (0.9, 0.95) and weight decay 0.05 on weight matrices (the proto
 norms, biases, position tables and mask tokens are not decayed. Peak lr = base_lr · global
 batch / 256; linear warmup then cosine decay to min_lr, updated every optimizer step.
 """
+import logging
+
 import torch
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
@@ -28,5 +30,15 @@ def build_scheduler(optimizer, total_steps, warmup_steps, min_lr, warmup_lr):
     the optimizer's lr to min_lr over the remaining steps. Call `.step_update(step)` before each
     optimizer step (step = optimizer steps already taken)."""
     warmup_steps = min(int(warmup_steps), max(int(total_steps) - 1, 0))
-    return CosineLRScheduler(optimizer, t_initial=max(int(total_steps) - warmup_steps, 1), lr_min=min_lr,
-                             warmup_t=warmup_steps, warmup_lr_init=warmup_lr, warmup_prefix=True, t_in_epochs=False)
+    t_initial = max(int(total_steps) - warmup_steps, 1)
+    # With one step after the warmup (tiny test runs) timm warns that the cosine "has no effect":
+    # true and expected there, so the warning is held back for that case only.
+    cosine_log = logging.getLogger(CosineLRScheduler.__module__)
+    level = cosine_log.level
+    if t_initial == 1:
+        cosine_log.setLevel(logging.ERROR)
+    try:
+        return CosineLRScheduler(optimizer, t_initial=t_initial, lr_min=min_lr, warmup_t=warmup_steps,
+                                 warmup_lr_init=warmup_lr, warmup_prefix=True, t_in_epochs=False)
+    finally:
+        cosine_log.setLevel(level)
