@@ -87,7 +87,7 @@ def test_finetune_runs_steps_and_resumes_exactly(synthetic, checkpoint, tmp_path
     finetune(checkpoint, synthetic["root"], tmp_path / "b", max_steps=4, resume="auto", **kw)
     a = torch.load(tmp_path / "a" / "checkpoints" / "finetune-last.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoints" / "finetune-last.pt", weights_only=True)
-    assert a["format"] == "sigma-finetune-v1" and a["step"] == b["step"] == 4
+    assert a["format"] == "sigma-finetune-v2" and a["step"] == b["step"] == 4
     for k, v in a["model"].items():
         assert torch.equal(v, b["model"][k]), k
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from sigma.pretrain.checkpoint import atomic_write
+
 
 def resolve_device(device="auto"):
     if device in (None, "auto"):
@@ -33,32 +35,17 @@ def _json_safe(obj):
 
 def write_json(path, obj):
     """Write obj as JSON atomically (temp file + os.replace); NaN/inf become null."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
+    def write(tmp):
         with open(tmp, "w", encoding="utf-8") as f:
             json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
             f.write("\n")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    atomic_write(path, write)
+    return Path(path)
 
 
 def atomic_torch_save(obj, path):
     """torch.save to a temp file, then os.replace (a crash never leaves half a checkpoint)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def provenance(**extra):

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sigma.pretrain.checkpoint import rng_state, set_rng_state
+
 from .augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
 from .common import (
     amp_dtype_for,
@@ -36,7 +38,8 @@ from .common import (
 )
 from .metrics import classification_metrics
 
-CHECKPOINT_FORMAT = "sigma-finetune-v1"
+# v2: the RNG states in sigma.pretrain.checkpoint's layout (v1 files cannot be resumed)
+CHECKPOINT_FORMAT = "sigma-finetune-v2"
 
 
 # --- distributed (minimal: process group from torchrun's environment) ------------------------------
@@ -149,30 +152,6 @@ def build_scheduler(optimizer, total_steps, warmup_steps, min_lr=1e-6):
                              warmup_t=warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
 
 
-def _rng_state():
-    """Python, NumPy (with its cached Gaussian), torch and CUDA generator states as tensors and plain
-    values, so `torch.load(weights_only=True)` reads them back."""
-    py_version, py_state, py_gauss = random.getstate()
-    np_name, np_keys, np_pos, np_has_gauss, np_gauss = np.random.get_state()
-    out = {"python": [py_version, torch.tensor(py_state, dtype=torch.int64), py_gauss],
-           "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), int(np_pos), int(np_has_gauss),
-                     float(np_gauss)],
-           "torch": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        out["cuda"] = torch.cuda.get_rng_state_all()
-    return out
-
-
-def _set_rng_state(s):
-    v, st, g = s["python"]
-    random.setstate((v, tuple(int(x) for x in st.tolist()), g))
-    name, keys, pos, has_gauss, gauss = s["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(s["torch"])
-    if "cuda" in s and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(s["cuda"])
-
-
 # --- testing ----------------------------------------------------------------------------------------
 
 @torch.no_grad()
@@ -265,14 +244,18 @@ def finetune(checkpoint, data, output_dir, *, train_list=None, val_list=None, la
             from sigma.models import safe_torch_load
             state = safe_torch_load(rpath)
             if state.get("format") != CHECKPOINT_FORMAT:
-                raise ValueError(f"resume: {rpath} is not a fine-tuning checkpoint (format {state.get('format')!r})")
+                fmt = state.get("format")
+                older = isinstance(fmt, str) and fmt.startswith("sigma-finetune-")
+                raise ValueError(f"resume: {rpath} is " + (f"a fine-tuning checkpoint of an older format ({fmt!r}, "
+                                 f"this version resumes {CHECKPOINT_FORMAT!r}); start a new run" if older else
+                                 f"not a fine-tuning checkpoint (format {fmt!r})"))
             if state["num_classes"] != num_classes:
                 raise ValueError(f"resume: {rpath} has {state['num_classes']} classes, this task {num_classes}")
             model.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             step = int(state["step"])
-            _set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
+            set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
             if rank == 0:
                 print(f"resumed from {rpath} at step {step}", flush=True)
         elif resume != "auto":
@@ -299,7 +282,7 @@ def finetune(checkpoint, data, output_dir, *, train_list=None, val_list=None, la
             writer.writerow(["step", "epoch", "loss", "lr"])
 
     def save(epoch):
-        rngs = [_rng_state()]
+        rngs = [rng_state()]
         if world > 1:
             import torch.distributed as dist
             gathered = [None] * world
