@@ -73,6 +73,15 @@ def test_finetune_runs_steps_and_writes_result_and_checkpoint(synthetic, checkpo
     assert (tmp_path / "finetune_metrics.csv").read_text().count("\n") == 3  # header + 2 steps
 
 
+def test_finetune_resume_from_an_older_format_is_a_clear_error(synthetic, checkpoint, tmp_path):
+    from sigma.evaluate import finetune
+    old = tmp_path / "old.pt"
+    torch.save({"format": "sigma-finetune-v1", "step": 2}, old)
+    with pytest.raises(ValueError, match="older format .'sigma-finetune-v1'.*start a new run"):
+        finetune(checkpoint, synthetic["root"], tmp_path / "run", max_steps=1, resume=str(old), epochs=1,
+                 batch_size=2, test_clips=1, test_crops=1, progress=False, device="cpu")
+
+
 @pytest.mark.slow
 def test_finetune_runs_steps_and_resumes_exactly(synthetic, checkpoint, tmp_path):
     """4 steps in one go == 2 steps + resume + 2 steps (mid-epoch: 3 steps per epoch), bitwise on CPU."""
