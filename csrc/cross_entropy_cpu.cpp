@@ -325,16 +325,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_p
           const float* src = ps + (r0 + i) * k;
           float sh;
           const float sum = Rows::row_exp(src, a, pv, tile + i * k, k, src + k, &sh);
-          // sum >= 1 (the max term is exp(0)) unless no logit is finite: then LSE = -inf and P is
-          // NaN, as torch.logsumexp / torch.softmax give
+          pl[r0 + i] = lse_from_shifted_sum(sh, sum);
+          // a row without a finite logit has LSE −inf and a NaN softmax, as torch.softmax gives
           const bool none_finite = sum < 1.f;
-          pl[r0 + i] = none_finite ? -std::numeric_limits<float>::infinity() : sh + std::log(sum);
           inv[i] = none_finite ? std::numeric_limits<float>::quiet_NaN() : 1.f / sum;
           if (labels) {
             float* t = tbufs.data_ptr<float>() + tid * k;
-            int64_t q = Rows::argmax(src, a, pv, t, k);  // t: the row's logits
-            const int64_t qn = first_nan(t, k);
-            lab.data_ptr<int64_t>()[r0 + i] = qn < k ? qn : q;
+            const int64_t q = Rows::argmax(src, a, pv, t, k);  // t: the row's logits
+            lab.data_ptr<int64_t>()[r0 + i] = label_nan_first(q, t, k);
             // H = log Σe − Σ e·(t − shift) / Σe (terms below the float range count as 0)
             hs += none_finite ? std::numeric_limits<double>::quiet_NaN()
                               : std::log(sum) - exp_weighted_shift_sum(tile + i * k, t, sh, k) / sum;

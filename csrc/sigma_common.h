@@ -114,6 +114,19 @@ inline int64_t first_nan(const float* t, int64_t n) {
   return n;
 }
 
+// The hard label of a row: `label` (the argmax of its logits t, which skips NaN), or its first
+// NaN if it holds one.
+inline int64_t label_nan_first(int64_t label, const float* t, int64_t n) {
+  const int64_t qn = first_nan(t, n);
+  return qn < n ? qn : label;
+}
+
+// LSE of a row from its shift (its max unless infinite) and Σ exp(t − shift): the sum is >= 1
+// (the max term is exp(0)) unless no entry is finite, and then LSE = −inf, as torch.logsumexp.
+inline float lse_from_shifted_sum(float shift, float sum) {
+  return sum < 1.f ? -std::numeric_limits<float>::infinity() : shift + std::log(sum);
+}
+
 // out_k = s_k*a + add_k (two roundings, as the reference's `S*inv_eps + v`); returns max_k out_k.
 inline float scale_add_max(const float* s, float a, const float* add, float* out, int64_t n) {
   const int64_t W = Vec::size();

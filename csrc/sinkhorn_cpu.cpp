@@ -197,9 +197,7 @@ std::tuple<at::Tensor, at::Tensor> assign_impl(const Source& src, int64_t m, int
         } else {
           o[r0 + i] = Rows::argmax(tile + i * k, ie, v, rb, k);
         }
-        // NaN ranks above every number, as torch.argmax (the max above skips it); rb holds the row
-        const int64_t qn = first_nan(rb, k);
-        if (qn < k) o[r0 + i] = qn;
+        o[r0 + i] = label_nan_first(o[r0 + i], rb, k);  // rb holds the row's logits
       }
       hsums[ch] = hs;
     }
@@ -226,8 +224,7 @@ at::Tensor row_lse_impl(const Source& src, int64_t m, int64_t k, float scale) {
       for (int64_t i = 0; i < n; ++i) {
         float sh;
         const float sum = Rows::row_exp(tile + i * k, scale, zeros.data(), rb, k, nullptr, &sh);
-        // sum < 1 only when no entry is finite (see row_step_impl): LSE = -inf, as torch.logsumexp
-        o[r0 + i] = sum < 1.f ? -std::numeric_limits<float>::infinity() : sh + std::log(sum);
+        o[r0 + i] = lse_from_shifted_sum(sh, sum);
       }
     }
   });
