@@ -196,17 +196,17 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
     lse, pc, px = products[:3]
     val.check_vector("products.lse", lse, m)
-    _check_product("products.p_c", pc, (m, d), z.device)
+    val.check_shaped("products.p_c", pc, (m, d), z.device)
     val.check_same_device(z=z, **{"products.lse": lse})
     if px is not None:
-        _check_product("products.p_x", px, (k, d), z.device)
+        val.check_shaped("products.p_x", px, (k, d), z.device)
     soft = isinstance(target, torch.Tensor) and target.is_floating_point()
     if soft:
-        _check_product("a product target", target, (m, d), z.device)
+        val.check_shaped("a product target", target, (m, d), z.device)
     else:
         val.check_target(target, m, k, z.device)
     if target_x is not None:
-        _check_product("target_x", target_x, (k, d), z.device)
+        val.check_shaped("target_x", target_x, (k, d), z.device)
     wants_dc = prototypes.requires_grad and torch.is_grad_enabled()
     if wants_dc:
         if px is None:
@@ -223,14 +223,3 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
                                            None if px is None else px.detach(),
                                            None if target_x is None else target_x.detach(), inv_tau)
     return _reduce(rows, reduction)
-
-
-def _check_product(name, t, shape, device):
-    """A floating-point (M, D) or (K, D) product on the features' device."""
-    if not isinstance(t, torch.Tensor) or t.dtype not in val.FLOAT_DTYPES:
-        raise TypeError(f"{name} must be a floating-point tensor, got "
-                        f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
-    if tuple(t.shape) != shape:
-        raise ValueError(f"{name} must have shape {shape}, got {tuple(t.shape)}")
-    if t.device != device:
-        raise ValueError(f"{name} is on {t.device} but the features are on {device}")

@@ -38,6 +38,17 @@ def check_vector(name, t, length, *, floating=True):
         raise ValueError(f"{name} must have shape ({length},), got {tuple(t.shape)}")
 
 
+def check_shaped(name, t, shape, device):
+    """A floating-point tensor of exactly `shape` on `device` (e.g. an (M, D) or (K, D) product)."""
+    if not isinstance(t, torch.Tensor) or t.dtype not in FLOAT_DTYPES:
+        raise TypeError(f"{name} must be a floating-point tensor, got "
+                        f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    if t.device != device:
+        raise ValueError(f"{name} is on {t.device} but the features are on {device}")
+
+
 def check_same_device(**tensors):
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
