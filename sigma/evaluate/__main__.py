@@ -27,6 +27,12 @@ def _labelled(p):
     p.add_argument("--no-progress", action="store_true")
 
 
+def _frozen_features(p):
+    """Options of the probes on frozen pooled features (knn, linear)."""
+    p.add_argument("--views", type=int, nargs=2, default=(1, 1), metavar=("CLIPS", "CROPS"))
+    p.add_argument("--batch-size", type=int, default=8)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m sigma.evaluate", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="task", required=True)
@@ -38,8 +44,7 @@ def build_parser():
     p.add_argument("--k", type=int, default=20)
     p.add_argument("--temperature", type=float, default=0.07)
     p.add_argument("--unweighted", action="store_true", help="plain majority vote instead of exp(sim/T) weights")
-    p.add_argument("--views", type=int, nargs=2, default=(1, 1), metavar=("CLIPS", "CROPS"))
-    p.add_argument("--batch-size", type=int, default=8)
+    _frozen_features(p)
 
     p = sub.add_parser("linear", help="linear probe on frozen pooled features")
     _common(p, lists_help)
@@ -49,8 +54,7 @@ def build_parser():
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--probe-batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--views", type=int, nargs=2, default=(1, 1), metavar=("CLIPS", "CROPS"))
-    p.add_argument("--batch-size", type=int, default=8)
+    _frozen_features(p)
 
     p = sub.add_parser("finetune", help="full fine-tuning (paper recipe) + multi-view test")
     _common(p, lists_help)
