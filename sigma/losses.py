@@ -298,20 +298,16 @@ class SinkhornSwapLoss(nn.Module):
                 # softmax products (LSE, P·C, and Pᵀ·normalize(z_p) for the prototypes' gradient),
                 # all from the scores in memory. Neither cross-entropy then touches an M×K matrix,
                 # forward or backward: 5 M×K×D products in all (docs/performance.md).
-                res_v, labels_v, stats_v, prod_v, targ_v = self._stored_branch(zv, group, m_global, want_stats,
-                                                                               own_grad=False, other=zp)
-                res_p, labels_p, stats_p, prod_p, targ_p = self._stored_branch(zp, group, m_global, want_stats,
-                                                                               own_grad=True, other=None)
-                kw = dict(reduction=reduction)
-                if self.targets == "hard":
-                    loss_v = prototype_cross_entropy_from_products(zv, c.detach(), labels_p, prod_v,
-                                                                   self.temperature, **kw)
-                    loss_p = prototype_cross_entropy_from_products(zp, c, labels_v, prod_p, self.temperature, **kw)
-                else:
-                    loss_v = prototype_cross_entropy_from_products(zv, c.detach(), targ_p.p_c, prod_v,
-                                                                   self.temperature, **kw)
-                    loss_p = prototype_cross_entropy_from_products(zp, c, targ_v.p_c, prod_p, self.temperature,
-                                                                   target_x=targ_v.p_x, **kw)
+                stats_v, prod_v, (target_v, target_x_v) = self._stored_branch(zv, group, m_global, want_stats,
+                                                                              own_grad=False, other=zp)
+                stats_p, prod_p, (target_p, _) = self._stored_branch(zp, group, m_global, want_stats,
+                                                                     own_grad=True, other=None)
+                # Video-model term: prototypes detached, targets from Q_p; projection term: live
+                # prototypes, targets from Q_v (with Q_vᵀ·normalize(z_p) for their gradient, soft targets).
+                loss_v = prototype_cross_entropy_from_products(zv, c.detach(), target_p, prod_v, self.temperature,
+                                                               reduction=reduction)
+                loss_p = prototype_cross_entropy_from_products(zp, c, target_v, prod_p, self.temperature,
+                                                               target_x=target_x_v, reduction=reduction)
             else:
                 res_v, labels_v, stats_v = self._branch(zv, group, m_global, want_stats)
                 res_p, labels_p, stats_p = self._branch(zp, group, m_global, want_stats)
@@ -372,21 +368,21 @@ class SinkhornSwapLoss(nn.Module):
     @torch.no_grad()
     def _stored_branch(self, z, group, m_global, want_stats, own_grad, other):
         """Sinkhorn of one branch on stored scores, and all that the two cross-entropies need of
-        those scores: (SinkhornResult, hard labels or None, diagnostics or None, the branch's
-        SoftmaxProducts at τ (p_x when own_grad), the soft targets' products at ε with Q (p_x over
-        `other`, the features of the term that takes them, when given) or None). The scores are
-        dropped on return."""
+        those scores: (diagnostics or None, the branch's SoftmaxProducts at τ (p_x when own_grad),
+        (the other term's target, its target_x)). The target is the hard labels, or Q·C for soft
+        targets with target_x = Qᵀ·normalize(other) (None without `other`, the features of the term
+        that takes them). The scores are dropped on return."""
         res, scores = self._solve(z, False, group, m_global)
         c = self.prototypes
-        targ = None
         if self.targets == "soft":
             # Q's products; the diagnostics' labels and entropies come from the same pass
             targ = prototype_softmax_products(scores, c, self.epsilon, v=res.v, z=other, return_labels=want_stats,
                                               backend=self.backend)
-            labels, stats = None, (self._stats(targ.labels, targ.entropy, res, group, m_global) if want_stats
-                                   else None)
+            target = (targ.p_c, targ.p_x)
+            stats = self._stats(targ.labels, targ.entropy, res, group, m_global) if want_stats else None
         else:
             labels, stats = self._labels_and_stats(z, res, scores, group, m_global, want_stats)
+            target = (labels, None)
         prod = prototype_softmax_products(scores, c, self.temperature, z=z if own_grad else None,
                                           backend=self.backend)
-        return res, labels, stats, prod, targ
+        return stats, prod, target
