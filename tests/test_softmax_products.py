@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from truth import cross_entropy, prototype_logits
 
 import sigma_kernels as sk
 from sigma_kernels import _library as lib
@@ -26,7 +27,7 @@ def features(m, k, d, seed):
 
 def products64(z, c, scale, v=None, x_for=None):
     """(LSE, P·c, Pᵀ·normalize(x_for)) in float64 for P = softmax(normalize(z)·cᵀ·scale + v)."""
-    logits = F.normalize(z.double(), dim=1) @ c.double().T * scale
+    logits = prototype_logits(z.double(), c.double(), 1.0 / scale)
     if v is not None:
         logits = logits + v.double()
     p = torch.softmax(logits, dim=1)
@@ -62,9 +63,12 @@ def test_softmax_products_match_float64(backend, m, k, d, seed, with_v):
 def plain_ce64(z, c, target, tau, weights=None):
     """Float64 autograd truth: (loss, dz, dc) of Σ_i w_i·CE_i of softmax(normalize(z)·cᵀ/τ)."""
     z64, c64 = z.detach().double().requires_grad_(), c.detach().double().requires_grad_()
-    logp = torch.log_softmax(F.normalize(z64, dim=1) @ c64.T / tau, dim=1)
-    rows = -(target.double() * logp).sum(1) if target.is_floating_point() else -logp.gather(1, target[:, None])[:, 0]
-    loss = rows.mean() if weights is None else (rows * weights.double()).sum()
+    logits = prototype_logits(z64, c64, tau)
+    if weights is None:
+        loss = cross_entropy(logits, target)
+    else:
+        rows = -torch.log_softmax(logits, dim=1).gather(1, target[:, None])[:, 0]  # label targets
+        loss = (rows * weights.double()).sum()
     return (loss, *torch.autograd.grad(loss, (z64, c64)))
 
 
