@@ -61,7 +61,8 @@ def test_softmax_products_match_float64(backend, m, k, d, seed, with_v):
 
 
 def plain_ce64(z, c, target, tau, weights=None):
-    """Float64 autograd truth: (loss, dz, dc) of Σ_i w_i·CE_i of softmax(normalize(z)·cᵀ/τ)."""
+    """Float64 autograd truth (loss, dz, dc) of the CE of softmax(normalize(z)·cᵀ/τ): its mean, or
+    Σ_i w_i·CE_i with weights (label targets)."""
     z64, c64 = z.detach().double().requires_grad_(), c.detach().double().requires_grad_()
     logits = prototype_logits(z64, c64, tau)
     if weights is None:
