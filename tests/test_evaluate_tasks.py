@@ -117,7 +117,7 @@ def test_visualize_writes_pictures_of_documented_size(synthetic, checkpoint, tmp
     from sigma.data import sample_videos
     from sigma.evaluate import visualize
     metrics = tmp_path / "metrics.csv"
-    metrics.write_text("step,loss,lr,pred_std\n1,8.0,0.1,0.5\n2,7.5,0.2,0.4\n3,7.0,0.3,\n")
+    metrics.write_text("step,loss,lr,pred_std,loss_scale\n1,8.0,0.1,0.5,\n2,7.5,0.2,0.4,\n3,7.0,0.3,,\n")
     videos = sample_videos()
     video = videos.get("bikes") or os.path.join(synthetic["root"], "videos", "clip00000.mp4")
     r = visualize(checkpoint, video, tmp_path, metrics=metrics, k=3, sampling_rate=1)

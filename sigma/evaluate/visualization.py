@@ -178,7 +178,8 @@ def read_metrics_csv(path):
 
 def plot_training_curves(metrics_csv, out_png):
     """One panel per numeric column of a pretraining metrics.csv against `step` (3 panels per row,
-    each PANEL_W × PANEL_H px); returns (path, (height, width))."""
+    each PANEL_W × PANEL_H px); columns never recorded (e.g. loss_scale without fp16) get no panel.
+    Returns (path, (height, width))."""
     import matplotlib
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
@@ -188,7 +189,7 @@ def plot_training_curves(metrics_csv, out_png):
     cols.pop("epoch", None)
     if x is None:
         x = np.arange(len(next(iter(cols.values()))))
-    names = sorted(cols, key=lambda c: (not c.startswith("loss"), c))
+    names = sorted((c for c in cols if np.isfinite(cols[c]).any()), key=lambda c: (not c.startswith("loss"), c))
     if not names:
         raise ValueError(f"metrics file {str(metrics_csv)!r} has no numeric column to plot besides step")
     ncols = 3
