@@ -358,6 +358,117 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_p
           labels ? at::full({}, (float)total, at::kFloat) : at::empty({0}, at::kFloat)};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> swapped_softmax_products(
+    const at::Tensor& scores, const at::Tensor& xb, const at::Tensor& c, const at::Tensor& va, const at::Tensor& vb,
+    double inv_eps, double scale, const c10::optional<at::Tensor>& za, const c10::optional<at::Tensor>& zb,
+    bool labels) {
+  // Two branches a, b over the same rows: scores S_a (M, K) stored, S_b = xb·cᵀ recomputed one row
+  // chunk (kGemmRowChunk × K) per thread at a time. Per branch a softmax P = softmax_k(S·scale) and
+  // a Sinkhorn assignment Q = softmax_k(S·inv_eps + v); each predicts the other's Q:
+  //   term 0: P_a against Q_b, term 1: P_b against Q_a.
+  // The difference rows D_0 = P_a − Q_b, D_1 = P_b − Q_a are formed in the chunk (from both
+  // branches' rows at once), so each gradient product is one GEMM: D·c (M, D) per term and Dᵀ·z
+  // (K, D) for a term whose z is given (per-thread fp32 partials, summed in thread order).
+  // Row values: CE_i = LSE_k(S·scale)_i − scale·Σ_k Q_ik·S_ik. With labels: the argmax and summed
+  // entropy of Q_a and Q_b (as sinkhorn_assign_entropy), from the same row sweeps.
+  check_matrix(scores, "scores");
+  check_matrix(xb, "xb");
+  check_matrix(c, "c");
+  const int64_t m = scores.size(0), k = scores.size(1), d = c.size(1);
+  TORCH_CHECK(c.size(0) == k, "c must have K=", k, " rows like scores (M, K), got ", c.sizes());
+  TORCH_CHECK(xb.size(0) == m && xb.size(1) == d, "xb must have shape (", m, ", ", d, "), got ", xb.sizes());
+  auto features = [&](const c10::optional<at::Tensor>& z, const char* name) {
+    if (!z.has_value() || !z->defined()) return at::Tensor();
+    check_matrix(*z, name);
+    TORCH_CHECK(z->size(0) == m && z->size(1) == d, name, " must have shape (", m, ", ", d, "), got ", z->sizes());
+    return z->detach().to(at::kFloat).contiguous();
+  };
+  at::Tensor zaf = features(za, "za"), zbf = features(zb, "zb");
+  at::Tensor vaf = as_float_vector(va, k, "va"), vbf = as_float_vector(vb, k, "vb");
+  at::Tensor zero_v = at::zeros({k}, at::kFloat);
+  at::Tensor s = scores.detach().to(at::kFloat).contiguous();
+  at::Tensor xbf = xb.detach().to(at::kFloat).contiguous();
+  at::Tensor cf = c.detach().to(at::kFloat).contiguous();
+  at::Tensor ct = cf.t();
+  at::Tensor ce = at::empty({2, m}, at::kFloat), g = at::empty({2, m, d}, at::kFloat);
+  const int64_t nt = at::get_num_threads(), per = kGemmRowChunk * k;
+  ThreadPartials parts_a(k, d, zaf.defined()), parts_b(k, d, zbf.defined());
+  at::Tensor tiles = at::empty({nt * 2 * per}, at::kFloat);     // D_0 and S_b → D_1 per thread
+  at::Tensor scratch = at::empty({nt * 5 * k}, at::kFloat);    // exp rows of P_a, Q_a, P_b, Q_b, logits
+  at::Tensor lab = at::empty({labels ? 2 * m : 0}, at::kLong);
+  const int64_t nch = num_chunks(m, kGemmRowChunk);
+  std::vector<double> hsums(labels ? 2 * nch : 0, 0.0);
+  const float* ps = s.data_ptr<float>();
+  const float* pva = vaf.data_ptr<float>();
+  const float* pvb = vbf.data_ptr<float>();
+  const float* p0 = zero_v.data_ptr<float>();
+  float* pce = ce.data_ptr<float>();
+  const float a = (float)scale, ie = (float)inv_eps;
+  const float nan = std::numeric_limits<float>::quiet_NaN();
+  with_rows([&](auto rows) {
+    using Rows = decltype(rows);
+    // exp row of softmax_k(src·f + add) into e: (1/Σ or NaN when no entry is finite, LSE)
+    auto softmax_row = [](const float* src, float f, const float* add, float* e, int64_t n, const float* pre,
+                          float* sh, float* sum) {
+      *sum = Rows::row_exp(src, f, add, e, n, pre, sh);
+      return *sum < 1.f ? std::numeric_limits<float>::quiet_NaN() : 1.f / *sum;
+    };
+    at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
+      const int64_t tid = at::get_thread_num();
+      float* d0 = tiles.data_ptr<float>() + tid * 2 * per;
+      float* d1 = d0 + per;
+      float* ea = scratch.data_ptr<float>() + tid * 5 * k;
+      float *qa = ea + k, *eb = qa + k, *qb = eb + k, *t = qb + k;
+      for (int64_t ch = b; ch < e; ++ch) {
+        const int64_t r0 = ch * kGemmRowChunk, n = std::min(kGemmRowChunk, m - r0);
+        at::Tensor t0 = at::from_blob(d0, {n, k}, cf.options()), t1 = at::from_blob(d1, {n, k}, cf.options());
+        at::mm_out(t1, xbf.narrow(0, r0, n), ct);  // S_b rows; each becomes D_1 once read
+        double h_a = 0.0, h_b = 0.0;
+        for (int64_t i = 0; i < n; ++i) {
+          const int64_t row = r0 + i;
+          const float* sa = ps + row * k;
+          float* sb = d1 + i * k;
+          float sh_pa, sh_qa, sh_pb, sh_qb, sum_pa, sum_qa, sum_pb, sum_qb;
+          const float ipa = softmax_row(sa, a, p0, ea, k, sa + k, &sh_pa, &sum_pa);
+          const float iqa = softmax_row(sa, ie, pva, qa, k, nullptr, &sh_qa, &sum_qa);
+          const float ipb = softmax_row(sb, a, p0, eb, k, nullptr, &sh_pb, &sum_pb);
+          const float iqb = softmax_row(sb, ie, pvb, qb, k, nullptr, &sh_qb, &sum_qb);
+          pce[row] = lse_from_shifted_sum(sh_pa, sum_pa) - a * (Rows::dot(qb, sa, k) * iqb);
+          pce[m + row] = lse_from_shifted_sum(sh_pb, sum_pb) - a * (Rows::dot(qa, sb, k) * iqa);
+          if (labels) {
+            int64_t* pl = lab.data_ptr<int64_t>();
+            pl[row] = label_nan_first(Rows::argmax(sa, ie, pva, t, k), t, k);
+            h_a += std::isnan(iqa) ? (double)nan : std::log(sum_qa) - exp_weighted_shift_sum(qa, t, sh_qa, k) / sum_qa;
+            pl[m + row] = label_nan_first(Rows::argmax(sb, ie, pvb, t, k), t, k);
+            h_b += std::isnan(iqb) ? (double)nan : std::log(sum_qb) - exp_weighted_shift_sum(qb, t, sh_qb, k) / sum_qb;
+          }
+          scaled_difference(ea, ipa, qb, iqb, d0 + i * k, k);
+          scaled_difference(eb, ipb, qa, iqa, sb, k);
+        }
+        if (labels) {
+          hsums[ch] = h_a;
+          hsums[nch + ch] = h_b;
+        }
+        at::Tensor g0 = g[0].narrow(0, r0, n), g1 = g[1].narrow(0, r0, n);
+        at::mm_out(g0, t0, cf);
+        at::mm_out(g1, t1, cf);
+        if (zaf.defined()) parts_a.add_product(tid, t0.t(), zaf.narrow(0, r0, n));
+        if (zbf.defined()) parts_b.add_product(tid, t1.t(), zbf.narrow(0, r0, n));
+      }
+    });
+  });
+  at::Tensor ent = at::empty({labels ? 2 : 0}, at::kFloat);
+  if (labels)
+    for (int64_t side = 0; side < 2; ++side) {
+      double total = 0.0;
+      for (int64_t ch = 0; ch < nch; ++ch) total += hsums[side * nch + ch];
+      ent.data_ptr<float>()[side] = (float)total;
+    }
+  auto none = [] { return at::empty({0}, at::kFloat); };  // one each: outputs must not alias
+  return {ce, g, zaf.defined() ? parts_a.sum() : none(), zbf.defined() ? parts_b.sum() : none(),
+          labels ? lab.view({2, m}) : lab, ent};
+}
+
 std::tuple<at::Tensor, at::Tensor> sinkhorn_target_cross_entropy_forward(const at::Tensor& x, const at::Tensor& c,
                                                                          const at::Tensor& y, const at::Tensor& cy,
                                                                          const at::Tensor& v, double inv_eps,

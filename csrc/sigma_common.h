@@ -204,6 +204,12 @@ inline float exp_weighted_shift_sum(const float* e, const float* t, float shift,
   return hsum(acc) + tail;
 }
 
+// out_k = e_k·a − q_k·b (out may alias e or q): the difference of two normalised softmax rows
+// kept as unnormalised exps with their 1/Σ.
+inline void scaled_difference(const float* e, float a, const float* q, float b, float* out, int64_t n) {
+  at::vec::map2([a, b](Vec x, Vec y) { return x * Vec(a) - y * Vec(b); }, out, e, q, n);
+}
+
 // The AVX2 row kernels of the Sinkhorn loops as one type; Avx512Rows (rows_avx512.h) has the
 // same interface. Algorithms are templates over `Rows` and are instantiated for both, chosen
 // once per call (`with_rows`), so each reads as one algorithm and both paths are testable

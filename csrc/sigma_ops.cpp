@@ -28,6 +28,9 @@ Pair linear_cross_entropy_backward(const Tensor& grad, const Tensor& x, const Te
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> softmax_products(const Tensor& scores, double scale,
                                                                    const c10::optional<Tensor>& v, const Tensor& c,
                                                                    const c10::optional<Tensor>& x, bool labels);
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> swapped_softmax_products(
+    const Tensor& scores, const Tensor& xb, const Tensor& c, const Tensor& va, const Tensor& vb, double inv_eps,
+    double scale, const c10::optional<Tensor>& za, const c10::optional<Tensor>& zb, bool labels);
 Pair sinkhorn_target_cross_entropy_forward(const Tensor& x, const Tensor& c, const Tensor& y, const Tensor& cy,
                                            const Tensor& v, double inv_eps, double scale, bool soft);
 Pair sinkhorn_target_cross_entropy_backward(const Tensor& grad, const Tensor& x, const Tensor& c, const Tensor& y,
@@ -54,6 +57,8 @@ TORCH_LIBRARY(sigma_kernels_ext, m) {
         " bool need_dx=True, bool need_dc=True) -> (Tensor, Tensor)");
   m.def("softmax_products(Tensor scores, float scale, Tensor? v, Tensor c, Tensor? x, bool labels=False)"
         " -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("swapped_softmax_products(Tensor scores, Tensor xb, Tensor c, Tensor va, Tensor vb, float inv_eps,"
+        " float scale, Tensor? za, Tensor? zb, bool labels=False) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("sinkhorn_target_cross_entropy_forward(Tensor x, Tensor c, Tensor y, Tensor cy, Tensor v, float inv_eps,"
         " float scale, bool soft) -> (Tensor, Tensor)");
   m.def("sinkhorn_target_cross_entropy_backward(Tensor grad, Tensor x, Tensor c, Tensor y, Tensor cy, Tensor v,"
@@ -77,6 +82,7 @@ TORCH_LIBRARY_IMPL(sigma_kernels_ext, CPU, m) {
   m.impl("linear_cross_entropy_forward", &sigma_cpu::linear_cross_entropy_forward);
   m.impl("linear_cross_entropy_backward", &sigma_cpu::linear_cross_entropy_backward);
   m.impl("softmax_products", &sigma_cpu::softmax_products);
+  m.impl("swapped_softmax_products", &sigma_cpu::swapped_softmax_products);
   m.impl("sinkhorn_target_cross_entropy_forward", &sigma_cpu::sinkhorn_target_cross_entropy_forward);
   m.impl("sinkhorn_target_cross_entropy_backward", &sigma_cpu::sinkhorn_target_cross_entropy_backward);
 }

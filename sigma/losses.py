@@ -19,6 +19,7 @@ from sigma_kernels import (
     prototype_cross_entropy_sinkhorn,
     prototype_scores,
     prototype_softmax_products,
+    prototype_swapped_products,
     sinkhorn_assign_from_potentials,
     sinkhorn_assign_from_potentials_streaming,
     sinkhorn_solve,
@@ -292,22 +293,23 @@ class SinkhornSwapLoss(nn.Module):
             # One branch at a time, so at most one stored M×K score matrix is alive.
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
-            if not streaming:
-                # Stored scores: each branch leaves only what its term and the other's need —
-                # labels, or the soft targets' products Q·C and Qᵀ·normalize(z_p) — and its own
-                # softmax products (LSE, P·C, and Pᵀ·normalize(z_p) for the prototypes' gradient),
-                # all from the scores in memory. Neither cross-entropy then touches an M×K matrix,
-                # forward or backward: 5 M×K×D products in all (docs/performance.md).
-                stats_v, prod_v, (target_v, target_x_v) = self._stored_branch(zv, group, m_global, want_stats,
-                                                                              own_grad=False, other=zp)
-                stats_p, prod_p, (target_p, _) = self._stored_branch(zp, group, m_global, want_stats,
-                                                                     own_grad=True, other=None)
+            if not streaming and self.targets == "soft":
+                loss_v, loss_p, stats_v, stats_p = self._stored_soft_terms(zv, zp, group, m_global, want_stats,
+                                                                           reduction)
+            elif not streaming:
+                # Stored scores, hard targets: each branch leaves only its labels (the other term's
+                # targets) and its own softmax products (LSE, P·C, and Pᵀ·normalize(z_p) for the
+                # prototypes' gradient), all from the scores in memory. Neither cross-entropy then
+                # touches an M×K matrix, forward or backward: 5 M×K×D products in all
+                # (docs/performance.md).
+                stats_v, prod_v, labels_v = self._stored_branch(zv, group, m_global, want_stats, own_grad=False)
+                stats_p, prod_p, labels_p = self._stored_branch(zp, group, m_global, want_stats, own_grad=True)
                 # Video-model term: prototypes detached, targets from Q_p; projection term: live
-                # prototypes, targets from Q_v (with Q_vᵀ·normalize(z_p) for their gradient, soft targets).
-                loss_v = prototype_cross_entropy_from_products(zv, c.detach(), target_p, prod_v, self.temperature,
+                # prototypes, targets from Q_v.
+                loss_v = prototype_cross_entropy_from_products(zv, c.detach(), labels_p, prod_v, self.temperature,
                                                                reduction=reduction)
-                loss_p = prototype_cross_entropy_from_products(zp, c, target_v, prod_p, self.temperature,
-                                                               target_x=target_x_v, reduction=reduction)
+                loss_p = prototype_cross_entropy_from_products(zp, c, labels_v, prod_p, self.temperature,
+                                                               reduction=reduction)
             else:
                 res_v, labels_v, stats_v = self._branch(zv, group, m_global, want_stats)
                 res_p, labels_p, stats_p = self._branch(zp, group, m_global, want_stats)
@@ -366,23 +368,38 @@ class SinkhornSwapLoss(nn.Module):
         return (res, *self._labels_and_stats(z, res, scores, group, m_global, want_stats))
 
     @torch.no_grad()
-    def _stored_branch(self, z, group, m_global, want_stats, own_grad, other):
-        """Sinkhorn of one branch on stored scores, and all that the two cross-entropies need of
-        those scores: (diagnostics or None, the branch's SoftmaxProducts at τ (p_x when own_grad),
-        (the other term's target, its target_x)). The target is the hard labels, or Q·C for soft
-        targets with target_x = Qᵀ·normalize(other) (None without `other`, the features of the term
-        that takes them). The scores are dropped on return."""
+    def _stored_branch(self, z, group, m_global, want_stats, own_grad):
+        """Sinkhorn of one branch on stored scores (hard targets), and all that the two
+        cross-entropies need of those scores: (diagnostics or None, the branch's SoftmaxProducts at
+        τ (p_x when own_grad), its hard labels). The scores are dropped on return."""
         res, scores = self._solve(z, False, group, m_global)
-        c = self.prototypes
-        if self.targets == "soft":
-            # Q's products; the diagnostics' labels and entropies come from the same pass
-            targ = prototype_softmax_products(scores, c, self.epsilon, v=res.v, z=other, return_labels=want_stats,
-                                              backend=self.backend)
-            target = (targ.p_c, targ.p_x)
-            stats = self._stats(targ.labels, targ.entropy, res, group, m_global) if want_stats else None
-        else:
-            labels, stats = self._labels_and_stats(z, res, scores, group, m_global, want_stats)
-            target = (labels, None)
-        prod = prototype_softmax_products(scores, c, self.temperature, z=z if own_grad else None,
+        labels, stats = self._labels_and_stats(z, res, scores, group, m_global, want_stats)
+        prod = prototype_softmax_products(scores, self.prototypes, self.temperature, z=z if own_grad else None,
                                           backend=self.backend)
-        return stats, prod, target
+        return stats, prod, labels
+
+    def _stored_soft_terms(self, zv, zp, group, m_global, want_stats, reduction):
+        """Both cross-entropies with soft targets on stored scores: (loss_v, loss_p, stats_v, stats_p).
+
+        Each term's gradient needs P − Q' with Q' from the other branch, so both branches' rows are
+        needed at once (prototype_swapped_products): the projection's scores stay stored after its
+        solve, the video model's are dropped after its own and recomputed in row chunks. 6 M×K×D
+        products in all (2 for the solves' scores, 1 recomputation, 3 gradient products) and at
+        most two M×K matrices alive at a time, as with hard targets (docs/performance.md)."""
+        c = self.prototypes
+        with torch.no_grad():
+            res_v = self._solve(zv, False, group, m_global)[0]  # its scores are freed here
+            res_p, scores_p = self._solve(zp, False, group, m_global)
+            prods = prototype_swapped_products(scores_p, zv, c, res_p.v, res_v.v, self.epsilon, self.temperature,
+                                               z_a=zp, return_labels=want_stats, backend=self.backend)
+            del scores_p
+        # Projection term (a): P_p against Q_v, live prototypes; video-model term (b): P_v against
+        # Q_p, prototypes detached.
+        loss_p = prototype_cross_entropy_from_products(zp, c, None, prods.a, self.temperature, reduction=reduction)
+        loss_v = prototype_cross_entropy_from_products(zv, c.detach(), None, prods.b, self.temperature,
+                                                       reduction=reduction)
+        stats_v = stats_p = None
+        if want_stats:
+            stats_p = self._stats(prods.labels[0], prods.entropy[0], res_p, group, m_global)
+            stats_v = self._stats(prods.labels[1], prods.entropy[1], res_v, group, m_global)
+        return loss_v, loss_p, stats_v, stats_p

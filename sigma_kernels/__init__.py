@@ -8,6 +8,8 @@ choose by device.
 from .backends import BackendUnavailableError, available_backends, backend_info, get_backend, resolve_backend
 from .cross_entropy import (
     SoftmaxProducts,
+    SwappedProducts,
+    TargetedProducts,
     prototype_cross_entropy,
     prototype_cross_entropy_from_products,
     prototype_cross_entropy_sinkhorn,
@@ -16,6 +18,7 @@ from .cross_entropy import (
     prototype_scores,
     prototype_softmax,
     prototype_softmax_products,
+    prototype_swapped_products,
 )
 from .sinkhorn import (
     SinkhornResult,
@@ -40,5 +43,5 @@ __all__ = [
     "sinkhorn_assign_from_potentials_streaming", "sinkhorn_assign_streaming",
     "sinkhorn_potentials", "sinkhorn_solve", "sinkhorn_streaming", "prototype_cross_entropy",
     "prototype_cross_entropy_sinkhorn", "SoftmaxProducts", "prototype_softmax_products",
-    "prototype_cross_entropy_from_products",
+    "prototype_cross_entropy_from_products", "SwappedProducts", "TargetedProducts", "prototype_swapped_products",
 ]

@@ -234,15 +234,87 @@ def _(scores, scale, v, c, x, labels, backend):
     return _vec(scores, m, dt), scores.new_empty((m, d), dtype=dt), px, lab, ent
 
 
+# Rows per chunk of the generic swapped products: about 4M scores per temporary.
+_SWAPPED_CHUNK_SCORES = 1 << 22
+
+
+@torch.library.custom_op(f"{_NS}::swapped_softmax_products", mutates_args=())
+def swapped_softmax_products(scores: Tensor, xb: Tensor, c: Tensor, va: Tensor, vb: Tensor, inv_eps: float,
+                             scale: float, xa: Optional[Tensor], grad_b: bool, labels: bool,
+                             backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Two branches over the same rows, S_a = scores stored and S_b = xb·cᵀ: for term 0 (P_a
+    against Q_b) and term 1 (P_b against Q_a), with P = softmax_k(S·scale) and Q = softmax_k(S·inv_eps
+    + v), the rows LSE_k(S·scale) − scale·Σ_k Q'·S (2, M), (P − Q')·c (2, M, D), (P_a − Q_b)ᵀ·xa
+    and (P_b − Q_a)ᵀ·xb (K, D, or empty), and Q_a's and Q_b's labels (2, M) and summed entropies
+    (2,) (or empty). One pass where the backend has it; else row chunks of plain torch."""
+    b = get_backend(backend)
+    if b.swapped_softmax_products is not None:
+        ce, g, ha, hb, lab, ent = b.swapped_softmax_products(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b,
+                                                             labels)
+    else:
+        ce, g, ha, hb, lab, ent = _swapped_products_by_chunks(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b,
+                                                              labels)
+    def given(t, dtype=g.dtype):  # distinct empty tensors: outputs must not alias
+        return t if t is not None else g.new_empty((0,), dtype=dtype)
+    return ce, g, given(ha), given(hb), given(lab, torch.int64), given(ent)
+
+
+def _swapped_products_by_chunks(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b, labels):
+    dt = compute_dtype(scores, c)
+    m, k, d = scores.shape[0], scores.shape[1], c.shape[1]
+    cd = c.to(dt)
+    ce = scores.new_empty((2, m), dtype=dt)
+    g = scores.new_empty((2, m, d), dtype=dt)
+    feats = (xa, xb if grad_b else None)
+    h = [cd.new_zeros((k, d)) if x is not None else None for x in feats]
+    lab = scores.new_empty((2, m), dtype=torch.int64) if labels else None
+    ent = [cd.new_zeros(()), cd.new_zeros(())] if labels else None
+    ref = get_backend("reference")
+    step = max(1, _SWAPPED_CHUNK_SCORES // max(k, 1))
+    for r0 in range(0, m, step):
+        rows = slice(r0, min(r0 + step, m))
+        s = (scores[rows].to(dt), xb[rows].to(dt) @ cd.T)
+        v = (va.to(dt), vb.to(dt))
+        q = [torch.softmax(s[i] * inv_eps + v[i], dim=1) for i in range(2)]
+        for side in range(2):
+            other = q[1 - side]
+            logits = s[side] * scale
+            ce[side, rows] = torch.logsumexp(logits, dim=1) - scale * (other * s[side]).sum(dim=1)
+            diff = torch.softmax(logits, dim=1) - other
+            g[side, rows] = diff @ cd
+            if h[side] is not None:
+                h[side] += diff.T @ feats[side][rows].to(dt)
+            if labels:
+                lab[side, rows], e = ref.sinkhorn_assign_entropy(s[side], v[side], inv_eps)
+                ent[side] = ent[side] + e
+    return ce, g, h[0], h[1], lab, (torch.stack(ent) if labels else None)
+
+
+@swapped_softmax_products.register_fake
+def _(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b, labels, backend):
+    dt = compute_dtype(scores, c)
+    m, k, d = scores.shape[0], scores.shape[1], c.shape[1]
+    h = scores.new_empty((k, d), dtype=dt)
+    empty = scores.new_empty((0,), dtype=dt)
+    return (scores.new_empty((2, m), dtype=dt), scores.new_empty((2, m, d), dtype=dt),
+            h if xa is not None else empty, h.clone() if grad_b else empty.clone(),
+            scores.new_empty((2, m) if labels else (0,), dtype=torch.int64),
+            scores.new_empty((2,) if labels else (0,), dtype=dt))
+
+
 @torch.library.custom_op(f"{_NS}::cross_entropy_from_products", mutates_args=())
-def cross_entropy_from_products(x: Tensor, c: Tensor, target: Tensor, lse: Tensor, pc: Tensor, px: Optional[Tensor],
-                                target_x: Optional[Tensor], scale: float) -> Tensor:
+def cross_entropy_from_products(x: Tensor, c: Tensor, target: Optional[Tensor], lse: Tensor, pc: Tensor,
+                                px: Optional[Tensor], target_x: Optional[Tensor], scale: float) -> Tensor:
     """Rows lse_i − scale·x_i·t_i of a cross-entropy whose softmax products were computed from
     stored scores (`softmax_products`): t_i = c[target_i] (int64 labels) or target_i (the target
     rows' product T·c, (M, D)). The backward needs no M×K work: dx = scale·g·(P·c − t), and
     dc = scale·(g·Pᵀ·x − Tᵀ·(g·x)) with Pᵀ·x = px (computed with unit row weights, so g must be
-    the same on every row, as for a mean or sum) and Tᵀ·x = target_x for product targets."""
+    the same on every row, as for a mean or sum) and Tᵀ·x = target_x for product targets.
+    target None: the targets are already folded in (`swapped_softmax_products`): lse holds the
+    rows, pc = (P − T)·c and px = (P − T)ᵀ·x."""
     dt = compute_dtype(x, c)
+    if target is None:
+        return lse.to(dt).clone()
     t = c.to(dt).index_select(0, target) if not target.is_floating_point() else target.to(dt)
     return lse.to(dt) - scale * (x.to(dt) * t).sum(dim=1)
 
@@ -253,21 +325,24 @@ def _(x, c, target, lse, pc, px, target_x, scale):
 
 
 @torch.library.custom_op(f"{_NS}::cross_entropy_from_products_backward", mutates_args=())
-def cross_entropy_from_products_backward(grad: Tensor, x: Tensor, c: Tensor, target: Tensor, pc: Tensor,
+def cross_entropy_from_products_backward(grad: Tensor, x: Tensor, c: Tensor, target: Optional[Tensor], pc: Tensor,
                                          px: Optional[Tensor], target_x: Optional[Tensor], scale: float,
                                          need_dx: bool, need_dc: bool) -> Tuple[Tensor, Tensor]:
     dt = compute_dtype(x, c)
     g = grad.to(dt)
-    hard = not target.is_floating_point()
+    folded = target is None  # pc, px are (P − T)·c and (P − T)ᵀ·x
+    hard = not folded and not target.is_floating_point()
     dx = dc = None
     if need_dx:
-        t = c.to(dt).index_select(0, target) if hard else target.to(dt)
-        dx = ((scale * g)[:, None] * (pc.to(dt) - t)).to(x.dtype)
+        diff = pc.to(dt)
+        if not folded:
+            diff = diff - (c.to(dt).index_select(0, target) if hard else target.to(dt))
+        dx = ((scale * g)[:, None] * diff).to(x.dtype)
     if need_dc:
         if px is None:
             raise RuntimeError("the prototypes' gradient of cross_entropy_from_products needs Pᵀ·x: compute the "
                                "softmax products with z given")
-        if not hard and target_x is None:
+        if not hard and not folded and target_x is None:
             raise RuntimeError("the prototypes' gradient of cross_entropy_from_products with product targets needs "
                                "target_x (Tᵀ·x): compute the target products with z given")
         g0 = g[0] if g.numel() else g.new_zeros(())
@@ -281,7 +356,9 @@ def cross_entropy_from_products_backward(grad: Tensor, x: Tensor, c: Tensor, tar
         else:
             torch._assert_async(uniform, msg)
         xd = x.to(dt)
-        if hard:  # Tᵀ·(g·x) with one-hot T: a scatter of the weighted rows
+        if folded:
+            tx = torch.zeros((), dtype=dt, device=g.device)
+        elif hard:  # Tᵀ·(g·x) with one-hot T: a scatter of the weighted rows
             tx = torch.zeros_like(px, dtype=dt).index_add_(0, target, g[:, None] * xd)
         else:
             tx = g0 * target_x.to(dt)

@@ -178,6 +178,71 @@ def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z
     return SoftmaxProducts(lse, pc, px if z is not None else None, labels, entropy)
 
 
+class TargetedProducts(NamedTuple):
+    """What a cross-entropy against soft targets T needs, with T folded in (no M×K tensor):
+    rows (M,) = LSE_k(scores/τ) − Σ_k T_ik·scores_ik/τ (its value per row), g_c (M, D) = (P − T)·
+    prototypes, g_x (K, D) = (P − T)ᵀ·normalize(z) or None, for P = softmax_k(scores/τ)."""
+    rows: torch.Tensor
+    g_c: torch.Tensor
+    g_x: Optional[torch.Tensor]
+
+
+class SwappedProducts(NamedTuple):
+    """The two terms of a swapped prediction between branches a and b (`prototype_swapped_products`):
+    a = P_a against Q_b, b = P_b against Q_a (each a `TargetedProducts`); with return_labels, labels
+    (2, M) int64 = argmax_k of Q_a and Q_b, entropy (2,) = Σ_i H(Q_a,i·) and Σ_i H(Q_b,i·), as
+    `sinkhorn_assign_from_potentials(..., return_entropy=True)` gives them, else None."""
+    a: TargetedProducts
+    b: TargetedProducts
+    labels: Optional[torch.Tensor] = None
+    entropy: Optional[torch.Tensor] = None
+
+
+def prototype_swapped_products(scores_a, z_b, prototypes, v_a, v_b, epsilon, temperature=0.1, *, z_a=None,
+                               grad_b=False, return_labels=False, backend="auto"):
+    """`SwappedProducts` of two branches over the same M rows (no autograd), for the swapped
+    cross-entropies CE(P_a, Q_b) + CE(P_b, Q_a) with soft targets: P = softmax_k(S/τ), Q =
+    softmax_k(S/ε + v) (the rows of a Sinkhorn assignment with prototype potentials v).
+
+    scores_a (M, K): normalize(z_a)·prototypesᵀ, stored; branch b's scores normalize(z_b)·
+    prototypesᵀ are recomputed in row chunks instead of stored. As each difference P − Q' is formed
+    from both branches' rows at once, every gradient product is one GEMM: 3 M×K×D products with one
+    prototype gradient, against 6 for the two targets and two softmaxes apart (plus one GEMM for
+    the recomputed scores). z_a (M, D): give it for term a's prototype gradient (a.g_x); grad_b:
+    term b's too (b.g_x, from z_b). return_labels: also Q_a's and Q_b's labels and entropies.
+    """
+    val.check_matrix("scores_a", scores_a)
+    val.check_matrix("prototypes", prototypes)
+    m, k = scores_a.shape
+    d = prototypes.shape[1]
+    if prototypes.shape[0] != k:
+        raise ValueError(f"prototypes must have shape (K={k}, D) like scores_a (M, K), got "
+                         f"{tuple(prototypes.shape)}")
+    inv_eps = val.check_epsilon(epsilon)
+    inv_tau = val.check_epsilon(temperature, name="temperature")
+    dt = compute_dtype(scores_a, prototypes)
+    feats = {}
+    for name, z in (("z_b", z_b), ("z_a", z_a)):
+        if z is None and name == "z_a":
+            continue
+        val.check_matrix(name, z)
+        if tuple(z.shape) != (m, d):
+            raise ValueError(f"{name} must have shape (M, D) = ({m}, {d}) like scores_a and prototypes, got "
+                             f"{tuple(z.shape)}")
+        feats[name] = normalize_rows(z.detach()).to(dt)
+    for name, v in (("v_a", v_a), ("v_b", v_b)):
+        val.check_vector(name, v, k)
+    val.check_same_device(scores_a=scores_a, prototypes=prototypes, z_b=z_b, v_a=v_a, v_b=v_b,
+                          **({"z_a": z_a} if z_a is not None else {}))
+    name = resolve_backend(backend, scores_a.device, dt)
+    ce, g, ha, hb, labels, entropy = lib.swapped_softmax_products(
+        scores_a.detach(), feats["z_b"], prototypes.detach().to(dt), v_a.detach().to(dt), v_b.detach().to(dt),
+        inv_eps, inv_tau, feats.get("z_a"), bool(grad_b), bool(return_labels), name)
+    a = TargetedProducts(ce[0], g[0], ha if z_a is not None else None)
+    b = TargetedProducts(ce[1], g[1], hb if grad_b else None)
+    return SwappedProducts(a, b, labels if return_labels else None, entropy if return_labels else None)
+
+
 def prototype_cross_entropy_from_products(z, prototypes, target, products, temperature=0.1, *, target_x=None,
                                           reduction="mean"):
     """`prototype_cross_entropy` when its softmax products are already known, e.g. from the stored
@@ -194,6 +259,8 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     inv_tau = val.check_epsilon(temperature, name="temperature")
     _check_reduction(reduction)
     m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
+    if isinstance(products, TargetedProducts):
+        return _cross_entropy_from_targeted(z, prototypes, target, products, inv_tau, target_x, reduction)
     lse, pc, px = products[:3]
     val.check_vector("products.lse", lse, m)
     val.check_shaped("products.p_c", pc, (m, d), z.device)
@@ -223,3 +290,26 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
                                            None if px is None else px.detach(),
                                            None if target_x is None else target_x.detach(), inv_tau)
     return _reduce(rows, reduction)
+
+
+def _cross_entropy_from_targeted(z, prototypes, target, products, inv_tau, target_x, reduction):
+    """prototype_cross_entropy_from_products for TargetedProducts (targets already folded in)."""
+    if target is not None or target_x is not None:
+        raise ValueError("TargetedProducts already hold their targets: pass target=None and no target_x")
+    m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
+    rows, gc, gx = products
+    val.check_vector("products.rows", rows, m)
+    val.check_shaped("products.g_c", gc, (m, d), z.device)
+    val.check_same_device(z=z, **{"products.rows": rows})
+    if gx is not None:
+        val.check_shaped("products.g_x", gx, (k, d), z.device)
+    if prototypes.requires_grad and torch.is_grad_enabled():
+        if gx is None:
+            raise ValueError("prototypes take a gradient: compute the products with this term's features (g_x)")
+        if reduction == "none":
+            raise ValueError("reduction='none' gives rows unequal weights, which the prototype gradient from "
+                             "products cannot take; use 'mean' or 'sum', or prototype_cross_entropy")
+    dt = compute_dtype(z, prototypes)
+    out = lib.cross_entropy_from_products(normalize_rows(z), prototypes.to(dt), None, rows.detach(), gc.detach(),
+                                          None if gx is None else gx.detach(), None, inv_tau)
+    return _reduce(out, reduction)

@@ -30,6 +30,12 @@ Optional fused primitives (None when a backend lacks them; callers compose the o
         Pᵀ·x (K, D) or None, labels or None, Σ_i H(P_i·) or None) for P = softmax_k(S·scale + v)
         (v (K,) and x (M, D) may be None), without storing P; labels/entropy as
         sinkhorn_assign_entropy(S, v, scale)
+    swapped_softmax_products(S_a, x_b, c, v_a, v_b, inv_eps, scale, x_a, grad_b, labels=False)
+        -> (CE rows (2, M), (P − Q')·c (2, M, D), (P_a − Q_b)ᵀ·x_a (K, D) or None,
+        (P_b − Q_a)ᵀ·x_b (K, D) or None, labels of Q_a, Q_b (2, M) or None, their Σ_i H (2,) or None)
+        for two branches over the same rows, S_a stored and S_b = x_b·cᵀ recomputed in row chunks:
+        P = softmax_k(S·scale), Q = softmax_k(S·inv_eps + v), term 0 P_a against Q_b, term 1 P_b
+        against Q_a, CE_i = LSE_k(S·scale)_i − scale·Σ_k Q'_ik·S_ik; neither S_b nor any P, Q stored
 
 A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
 that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops of
@@ -70,7 +76,7 @@ PRIMITIVES = (
     "sinkhorn_target_cross_entropy_forward",
     "sinkhorn_target_cross_entropy_backward",
 )
-OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "scores_product", "softmax_products")
+OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "scores_product", "softmax_products", "swapped_softmax_products")
 
 _MODULES = {
     "reference": "sigma_kernels.backends.reference",

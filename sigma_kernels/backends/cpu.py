@@ -19,7 +19,7 @@ SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _OPS = ("sinkhorn_col_lse", "sinkhorn_row_step", "sinkhorn_assign", "sinkhorn_plan", "sinkhorn_solve_dense",
         "sinkhorn_assign_entropy", "row_logsumexp", "streaming_col_lse", "streaming_row_step", "streaming_assign",
         "streaming_assign_entropy", "linear_cross_entropy_forward", "linear_cross_entropy_backward",
-        "scores_product", "softmax_products",
+        "scores_product", "softmax_products", "swapped_softmax_products",
         "sinkhorn_target_cross_entropy_forward", "sinkhorn_target_cross_entropy_backward")
 
 
@@ -116,6 +116,13 @@ def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=T
 def softmax_products(scores, scale, v, c, x, labels=False):
     lse, pc, px, lab, ent = _ops().softmax_products(scores, float(scale), v, c, x, bool(labels))
     return lse, pc, (px if x is not None else None), (lab if labels else None), (ent if labels else None)
+
+
+def swapped_softmax_products(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b, labels=False):
+    ce, g, ha, hb, lab, ent = _ops().swapped_softmax_products(scores, xb, c, va, vb, float(inv_eps), float(scale), xa,
+                                                              xb if grad_b else None, bool(labels))
+    return (ce, g, (ha if xa is not None else None), (hb if grad_b else None), (lab if labels else None),
+            (ent if labels else None))
 
 
 def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
