@@ -239,8 +239,9 @@ int64_t argmax_entropy(const float* s, float ie, const float* add, float* buf, i
   for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
     const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, buf + k), vs);
-    // terms below FLT_MIN count as 0 (also keeps 0·(-inf) out of the weighted sum)
-    const __mmask16 live = _mm512_mask_cmp_ps_mask(mk, x, lo, _CMP_GE_OQ);
+    // terms below FLT_MIN count as 0 (also keeps 0·(-inf) out of the weighted sum); a NaN stays
+    // in (not-less-than holds for NaN), so the row's entropy is NaN as softmax gives it
+    const __mmask16 live = _mm512_mask_cmp_ps_mask(mk, x, lo, _CMP_NLT_UQ);
     const __m512 ex = _mm512_maskz_mov_ps(live, exp16(x));
     z = _mm512_add_ps(z, ex);
     w = _mm512_add_ps(w, _mm512_maskz_mul_ps(live, ex, x));

@@ -196,6 +196,25 @@ def test_labels_rank_nan_highest_on_every_backend(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_a_nan_logit_makes_the_entropy_sum_nan_on_every_backend(backend):
+    """softmax of a row holding NaN is NaN, so is its entropy: one NaN score (finite potentials), or
+    one NaN potential, makes the summed entropy NaN, stored or streaming; finite input stays finite."""
+    s, v = _scores(), 0.1 * _features(11, 1, 5).squeeze(1)
+    ent = sk.sinkhorn_assign_from_potentials(s, v, 0.05, return_entropy=True, backend=backend)[1]
+    assert torch.isfinite(ent)
+    s[4, 9] = NAN
+    assert torch.isnan(sk.sinkhorn_assign_from_potentials(s, v, 0.05, return_entropy=True, backend=backend)[1])
+    v_nan = v.clone()
+    v_nan[3] = NAN
+    assert torch.isnan(sk.sinkhorn_assign_from_potentials(_scores(), v_nan, 0.05, return_entropy=True,
+                                                          backend=backend)[1])
+    z, c = _features(9, 8), F.normalize(_features(11, 8, 1), dim=1)
+    z[2, 0] = NAN
+    assert torch.isnan(sk.sinkhorn_assign_from_potentials_streaming(z, c, v, 0.05, return_entropy=True,
+                                                                    backend=backend)[1])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_streaming_non_finite_features_give_nan(backend):
     z, c = _features(21, 8), F.normalize(_features(6, 8, 1), dim=1)
     z[3, 1] = INF
