@@ -289,7 +289,7 @@ class SinkhornSwapLoss(nn.Module):
             m = zv.shape[0]
             m_global = global_count(m, zv.device, group) if group is not None else m
             streaming = self._use_streaming(m, zv.device)
-            want_stats = self.compute_stats or return_stats
+            want_stats = self.compute_stats or val.check_flag("return_stats", return_stats)
             # One branch at a time, so at most one stored M×K score matrix is alive.
             c = self.prototypes
             reduction = "mean" if group is None else "sum"

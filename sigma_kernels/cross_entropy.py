@@ -157,11 +157,14 @@ def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z
     if prototypes.shape[0] != k:
         raise ValueError(f"prototypes must have shape (K={k}, D) like scores (M, K), got {tuple(prototypes.shape)}")
     inv_tau = val.check_epsilon(temperature, name="temperature")
+    val.check_flag("return_labels", return_labels)
     val.check_same_device(scores=scores, prototypes=prototypes)
-    dt = compute_dtype(scores, prototypes)
     if v is not None:
         val.check_vector("v", v, k)
         val.check_same_device(scores=scores, v=v)
+    # the widest given input decides (a float64 z or v is not rounded to float32)
+    dt = compute_dtype(*(t for t in (scores, prototypes, v, z) if isinstance(t, torch.Tensor)))
+    if v is not None:
         v = v.detach().to(dt)
     x = None
     if z is not None:
@@ -172,7 +175,7 @@ def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z
         x = normalize_rows(z.detach()).to(dt)
     name = resolve_backend(backend, scores.device, dt)
     lse, pc, px, labels, entropy = lib.softmax_products(scores.detach(), inv_tau, v, prototypes.detach().to(dt), x,
-                                                        bool(return_labels), name)
+                                                        return_labels, name)
     if not return_labels:
         labels = entropy = None
     return SoftmaxProducts(lse, pc, px if z is not None else None, labels, entropy)
@@ -220,8 +223,8 @@ def prototype_swapped_products(scores_a, z_b, prototypes, v_a, v_b, epsilon, tem
                          f"{tuple(prototypes.shape)}")
     inv_eps = val.check_epsilon(epsilon)
     inv_tau = val.check_epsilon(temperature, name="temperature")
-    dt = compute_dtype(scores_a, prototypes)
-    feats = {}
+    val.check_flag("grad_b", grad_b)
+    val.check_flag("return_labels", return_labels)
     for name, z in (("z_b", z_b), ("z_a", z_a)):
         if z is None and name == "z_a":
             continue
@@ -229,15 +232,17 @@ def prototype_swapped_products(scores_a, z_b, prototypes, v_a, v_b, epsilon, tem
         if tuple(z.shape) != (m, d):
             raise ValueError(f"{name} must have shape (M, D) = ({m}, {d}) like scores_a and prototypes, got "
                              f"{tuple(z.shape)}")
-        feats[name] = normalize_rows(z.detach()).to(dt)
     for name, v in (("v_a", v_a), ("v_b", v_b)):
         val.check_vector(name, v, k)
+    # the widest given input decides (a float64 z or v is not rounded to float32)
+    dt = compute_dtype(*(t for t in (scores_a, prototypes, z_b, z_a, v_a, v_b) if t is not None))
+    feats = {name: normalize_rows(z.detach()).to(dt) for name, z in (("z_b", z_b), ("z_a", z_a)) if z is not None}
     val.check_same_device(scores_a=scores_a, prototypes=prototypes, z_b=z_b, v_a=v_a, v_b=v_b,
                           **({"z_a": z_a} if z_a is not None else {}))
     name = resolve_backend(backend, scores_a.device, dt)
     ce, g, ha, hb, labels, entropy = lib.swapped_softmax_products(
         scores_a.detach(), feats["z_b"], prototypes.detach().to(dt), v_a.detach().to(dt), v_b.detach().to(dt),
-        inv_eps, inv_tau, feats.get("z_a"), bool(grad_b), bool(return_labels), name)
+        inv_eps, inv_tau, feats.get("z_a"), grad_b, return_labels, name)
     a = TargetedProducts(ce[0], g[0], ha if z_a is not None else None)
     b = TargetedProducts(ce[1], g[1], hb if grad_b else None)
     return SwappedProducts(a, b, labels if return_labels else None, entropy if return_labels else None)
@@ -261,6 +266,12 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
     if isinstance(products, TargetedProducts):
         return _cross_entropy_from_targeted(z, prototypes, target, products, inv_tau, target_x, reduction)
+    if isinstance(products, SwappedProducts):
+        raise TypeError("products must be one term's products: pass products.a or products.b of the "
+                        "SwappedProducts (with target=None)")
+    if target is None:
+        raise TypeError("target=None needs TargetedProducts (targets folded in, e.g. a term of "
+                        f"prototype_swapped_products); with {type(products).__name__} give the target")
     lse, pc, px = products[:3]
     val.check_vector("products.lse", lse, m)
     val.check_shaped("products.p_c", pc, (m, d), z.device)

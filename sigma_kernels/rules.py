@@ -66,6 +66,13 @@ def check_features(z_name, z, c_name, c):
     check_same_device(**{z_name: z, c_name: c})
 
 
+def check_flag(name, value):
+    """A yes/no option: a Python bool (a string such as "no" would read as True)."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+    return value
+
+
 def check_positive(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive real number, got {type(value).__name__}")

@@ -71,6 +71,7 @@ def sinkhorn_assign_from_potentials(scores, v, epsilon, *, return_entropy=False,
     val.check_vector("v", v, scores.shape[1])
     val.check_same_device(scores=scores, v=v)
     inv_eps = val.check_epsilon(epsilon)
+    val.check_flag("return_entropy", return_entropy)
     name = resolve_backend(backend, scores.device, scores.dtype)
     v = v.detach().to(compute_dtype(scores))
     if return_entropy:
@@ -152,7 +153,7 @@ def sinkhorn_assign_from_potentials_streaming(z, prototypes, v, epsilon, *, norm
     val.check_vector("v", v, c.shape[0])
     val.check_same_device(z=z, v=v)
     inv_eps = val.check_epsilon(epsilon)
-    if return_entropy:
+    if val.check_flag("return_entropy", return_entropy):
         return lib.sinkhorn_assign_entropy_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
     return lib.sinkhorn_assign_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
 

@@ -43,6 +43,8 @@ CASES = [
          batch=(3, 2)),
     dict(name="float32-soft-streaming", loss=dict(targets="soft", streaming=True, epsilon=0.03),
          dtype=torch.float32, batch=(2, 3)),
+    dict(name="float32-soft-stored", loss=dict(targets="soft", streaming=False), dtype=torch.float32,
+         batch=(3, 1)),
     dict(name="float32-hard-tol", loss=dict(targets="hard", sinkhorn_iterations=40, tol=1e-4, check_every=3),
          dtype=torch.float32, batch=(2, 2)),
     dict(name="float32-hard-explicit-group", loss=dict(targets="hard"), dtype=torch.float32, batch=(1, 3),

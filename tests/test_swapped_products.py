@@ -150,9 +150,26 @@ def test_arguments_are_checked():
         cefp(za, live, None, prods.a, TAU)  # no z_a given: no prototype gradient possible
     with pytest.raises(ValueError, match=r"products.g_c must have shape \(6, 4\)"):
         cefp(za, c, None, prods.a._replace(g_c=prods.a.g_c[:2]), TAU)
+    with pytest.raises(TypeError, match="pass products.a or products.b"):
+        cefp(za, c, None, prods, TAU)
+    with pytest.raises(TypeError, match="target=None needs TargetedProducts"):
+        cefp(za, c, None, sk.prototype_softmax_products(s, c, TAU, z=za), TAU)
     with_x = swap(s, zb, c, va, vb, EPS, TAU, z_a=za)
     with pytest.raises(ValueError, match="reduction='none'"):
         cefp(za, live, None, with_x.a, TAU, reduction="none")
+
+
+def test_a_float64_input_is_not_rounded_to_float32():
+    """The widest input decides the compute dtype: float64 features or potentials with float32
+    scores and prototypes give float64 products (on the generic path), equal to float64 ones."""
+    za, zb, c, va, vb = branches(40, 7, 5, seed=6)
+    s = sk.prototype_scores(za.double(), c.double()).float()
+    got = sk.prototype_swapped_products(s, zb.double(), c, va, vb, EPS, TAU, backend="auto")
+    want = sk.prototype_swapped_products(s.double(), zb.double(), c.double(), va.double(), vb.double(), EPS, TAU,
+                                         backend="reference")
+    assert got.a.g_c.dtype == torch.float64
+    torch.testing.assert_close(got.b.g_c, want.b.g_c, rtol=0, atol=0)
+    assert sk.prototype_softmax_products(s, c, TAU, v=va.double(), backend="auto").p_c.dtype == torch.float64
 
 
 def test_generic_path_covers_several_row_chunks(monkeypatch):

@@ -55,6 +55,17 @@ IDX = torch.tensor([0, 1, 2, 3, 0, 1])
     (lambda: sk.prototype_cross_entropy_sinkhorn(Z, C, Z, C, torch.zeros(4), 0.05, targets="argmax"),
      ValueError, "targets must be"),
     (lambda: sk.prototype_scores(Z, C, temperature=0.0), ValueError, "temperature"),
+    (lambda: sk.sinkhorn_assign_from_potentials(S, torch.zeros(4), 0.05, return_entropy="no"),
+     TypeError, "return_entropy must be True or False, got str 'no'"),
+    (lambda: sk.sinkhorn_assign_from_potentials_streaming(Z, C, torch.zeros(4), 0.05, return_entropy=1),
+     TypeError, "return_entropy must be True or False"),
+    (lambda: sk.prototype_softmax_products(S, C, 0.1, return_labels="no"), TypeError, "return_labels must be"),
+    (lambda: sk.prototype_swapped_products(S, Z, C, torch.zeros(4), torch.zeros(4), 0.05, grad_b="no"),
+     TypeError, "grad_b must be True or False"),
+    (lambda: sk.prototype_swapped_products(S, Z, C, torch.zeros(4), torch.zeros(4), 0.05, return_labels=None),
+     TypeError, "return_labels must be True or False"),
+    (lambda: sk.prototype_swapped_products(S, None, C, torch.zeros(4), torch.zeros(4), 0.05),
+     TypeError, "z_b must be a torch.Tensor"),
 ])
 def test_bad_input_is_named(call, exc, match):
     with pytest.raises(exc, match=match):
