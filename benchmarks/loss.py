@@ -211,15 +211,17 @@ def run_size(log, device, repeats, providers, rates, label, m, k, d, eps, iters,
             text = f"|dL| {err:.1e}  max|dgrad| {grad_err:.1e}"
             return {"max_err": err, "grad_err": grad_err, "err_what": what}, text
 
+        width = max(len(n) for n in providers)
         for i, name in enumerate(providers, 1):
+            prefix = f"[{i}/{len(providers)}] {name:<{width}} {targets:<4}"
             if name.endswith("-assign") and targets != "hard":
-                continue  # index targets are hard by nature
+                print(f"{prefix} not run: the -assign providers take hard (index) targets only", flush=True)
+                continue
 
             def setup(name=name, targets=targets):
                 loss_fn, inputs, output = make_provider(name, z_v, z_p, c, eps, iters, tau, targets)
                 return step_fn(loss_fn, inputs), {"fields": {"output": output}}
-            run_provider(log, device, repeats, f"[{i}/{len(providers)}] {name:<18} {targets:<4}", name, base,
-                         ("size", "targets"), setup, check_out)
+            run_provider(log, device, repeats, prefix, name, base, ("size", "targets"), setup, check_out)
 
 
 def main(argv=None):

@@ -208,12 +208,14 @@ def run_size(log, device, repeats, providers, rates, label, m, k, d, eps, iters,
         err = q_error(info["finish"](out), row_scores, m, u64, v64, eps)
         return {"max_err": err}, f"max err {err:.2e}"
 
+    width = max(len(n) for n in providers)
     for i, name in enumerate(providers, 1):
         def setup(name=name):
             fn, finish, output, in_dtype = make_provider(name, z, c, scores, eps, iters)
             what = "max |Q - Q_float64|" + (" (Q from potentials)" if output == "potentials" else "")
             return fn, {"finish": finish, "fields": dict(dtype=cli.dtype_name(in_dtype), output=output, err_what=what)}
-        run_provider(log, device, repeats, f"[{i}/{len(providers)}] {name:<20}", name, base, ("size",), setup, check)
+        run_provider(log, device, repeats, f"[{i}/{len(providers)}] {name:<{width}}", name, base, ("size",), setup,
+                     check)
 
 
 def main(argv=None):

@@ -184,10 +184,12 @@ def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z
 class TargetedProducts(NamedTuple):
     """What a cross-entropy against soft targets T needs, with T folded in (no M×K tensor):
     rows (M,) = LSE_k(scores/τ) − Σ_k T_ik·scores_ik/τ (its value per row), g_c (M, D) = (P − T)·
-    prototypes, g_x (K, D) = (P − T)ᵀ·normalize(z) or None, for P = softmax_k(scores/τ)."""
+    prototypes, g_x (K, D) = (P − T)ᵀ·normalize(z) or None, for P = softmax_k(scores/τ);
+    temperature: the τ they were made at (checked by `prototype_cross_entropy_from_products`)."""
     rows: torch.Tensor
     g_c: torch.Tensor
     g_x: Optional[torch.Tensor]
+    temperature: Optional[float] = None
 
 
 class SwappedProducts(NamedTuple):
@@ -243,8 +245,9 @@ def prototype_swapped_products(scores_a, z_b, prototypes, v_a, v_b, epsilon, tem
     ce, g, ha, hb, labels, entropy = lib.swapped_softmax_products(
         scores_a.detach(), feats["z_b"], prototypes.detach().to(dt), v_a.detach().to(dt), v_b.detach().to(dt),
         inv_eps, inv_tau, feats.get("z_a"), grad_b, return_labels, name)
-    a = TargetedProducts(ce[0], g[0], ha if z_a is not None else None)
-    b = TargetedProducts(ce[1], g[1], hb if grad_b else None)
+    tau = float(temperature)
+    a = TargetedProducts(ce[0], g[0], ha if z_a is not None else None, tau)
+    b = TargetedProducts(ce[1], g[1], hb if grad_b else None, tau)
     return SwappedProducts(a, b, labels if return_labels else None, entropy if return_labels else None)
 
 
@@ -254,17 +257,23 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     scores of a Sinkhorn solve (`prototype_softmax_products`): no M×K work forward or backward.
 
     target: int64 labels (M,), or the product T·prototypes (M, D) of soft targets T (the p_c of
-    `prototype_softmax_products` with the target's v and ε). products: this CE's SoftmaxProducts at
-    `temperature` (p_x needed when prototypes take a gradient). target_x: Tᵀ·normalize(z) (K, D)
-    for product targets when prototypes take a gradient (the p_x of the targets' products with this
-    z). reduction: "mean" or "sum" ("none" is possible without a prototype gradient), as the
-    prototype gradient uses products computed with equal row weights.
+    `prototype_softmax_products` with the target's v and ε), or None when `products` already hold
+    their targets (a `TargetedProducts`, e.g. `prototype_swapped_products(...).a` or `.b`).
+    products: this CE's SoftmaxProducts at `temperature` (p_x needed when prototypes take a
+    gradient), or a TargetedProducts made at `temperature` (g_x needed when prototypes take a
+    gradient). target_x: Tᵀ·normalize(z) (K, D) for product targets when prototypes take a gradient
+    (the p_x of the targets' products with this z). reduction: "mean" or "sum" ("none" is possible
+    without a prototype gradient), as the prototype gradient uses products computed with equal row
+    weights.
     """
     val.check_features("z", z, "prototypes", prototypes)
     inv_tau = val.check_epsilon(temperature, name="temperature")
     _check_reduction(reduction)
     m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
     if isinstance(products, TargetedProducts):
+        if products.temperature is not None and float(products.temperature) != float(temperature):
+            raise ValueError(f"products were made at temperature={products.temperature}, but temperature="
+                             f"{temperature} was given: the row values and gradients hold 1/τ")
         return _cross_entropy_from_targeted(z, prototypes, target, products, inv_tau, target_x, reduction)
     if isinstance(products, SwappedProducts):
         raise TypeError("products must be one term's products: pass products.a or products.b of the "
@@ -308,7 +317,7 @@ def _cross_entropy_from_targeted(z, prototypes, target, products, inv_tau, targe
     if target is not None or target_x is not None:
         raise ValueError("TargetedProducts already hold their targets: pass target=None and no target_x")
     m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
-    rows, gc, gx = products
+    rows, gc, gx = products[:3]
     val.check_vector("products.rows", rows, m)
     val.check_shaped("products.g_c", gc, (m, d), z.device)
     val.check_same_device(z=z, **{"products.rows": rows})
@@ -316,7 +325,9 @@ def _cross_entropy_from_targeted(z, prototypes, target, products, inv_tau, targe
         val.check_shaped("products.g_x", gx, (k, d), z.device)
     if prototypes.requires_grad and torch.is_grad_enabled():
         if gx is None:
-            raise ValueError("prototypes take a gradient: compute the products with this term's features (g_x)")
+            raise ValueError("prototypes take a gradient but products.g_x is None: make the products with this "
+                             "term's features, z_a= for term a or grad_b=True for term b of "
+                             "prototype_swapped_products")
         if reduction == "none":
             raise ValueError("reduction='none' gives rows unequal weights, which the prototype gradient from "
                              "products cannot take; use 'mean' or 'sum', or prototype_cross_entropy")

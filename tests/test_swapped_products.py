@@ -149,8 +149,10 @@ def test_arguments_are_checked():
     live = c.clone().requires_grad_()
     with pytest.raises(ValueError, match="already hold their targets"):
         cefp(za, c, torch.zeros(6, dtype=torch.long), prods.a, TAU)
-    with pytest.raises(ValueError, match="g_x"):
+    with pytest.raises(ValueError, match="g_x is None: make the products .* z_a= for term a or grad_b=True"):
         cefp(za, live, None, prods.a, TAU)  # no z_a given: no prototype gradient possible
+    with pytest.raises(ValueError, match="made at temperature=0.1, but temperature=0.2"):
+        cefp(za, c, None, prods.a, 0.2)
     with pytest.raises(ValueError, match=r"products.g_c must have shape \(6, 4\)"):
         cefp(za, c, None, prods.a._replace(g_c=prods.a.g_c[:2]), TAU)
     with pytest.raises(TypeError, match="pass products.a or products.b"):
