@@ -241,3 +241,31 @@ def test_scheduler_of_a_tiny_run_does_not_warn(caplog):
         sched.step_update(step)
         lrs.append(opt.param_groups[0]["lr"])
     assert lrs == [0.0, 0.1]
+
+
+def test_a_restarted_torchelastic_attempt_keeps_its_keys_apart(monkeypatch):
+    """After an elastic restart the process group joins through keys prefixed with the restart
+    count, so the failed attempt's keys left in the agent's store are never read."""
+    import datetime
+
+    import torch.distributed as dist
+
+    from sigma.pretrain.distributed import join_process_group
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    server = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=datetime.timedelta(seconds=30))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
+    monkeypatch.setenv("MASTER_PORT", str(server.port))
+    monkeypatch.setenv("TORCHELASTIC_USE_AGENT_STORE", "True")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", "2")
+    join_process_group("gloo", 0, 1, datetime.timedelta(seconds=30))
+    try:
+        t = torch.ones(3)
+        dist.all_reduce(t)
+        assert torch.equal(t, torch.ones(3))
+    finally:
+        dist.destroy_process_group()
+    if not hasattr(server, "list_keys"):
+        pytest.skip("this torch's TCPStore cannot list its keys")
+    keys = server.list_keys()
+    assert keys and all(k.startswith("sigma/attempt_2/") for k in keys), keys

@@ -16,6 +16,7 @@ and RNG states; `resume="auto"` continues from it, mid-epoch included: the sampl
 sample's augmentation (seeded from (seed, epoch, index)) and the mixup draws are replayed.
 """
 import csv
+import datetime
 import math
 import os
 import random
@@ -26,6 +27,7 @@ import numpy as np
 import torch
 
 from sigma.pretrain.checkpoint import rng_state, set_rng_state
+from sigma.pretrain.distributed import join_process_group
 
 from .augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
 from .common import (
@@ -60,7 +62,8 @@ def _init_distributed(device):
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = int(os.environ.get("RANK", "0"))
+    join_process_group("nccl" if device.type == "cuda" else "gloo", rank, world, datetime.timedelta(seconds=1800))
     return device
 
 

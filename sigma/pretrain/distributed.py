@@ -41,9 +41,25 @@ def init_distributed(device="auto", timeout_s=1800):
         dev = torch.device("cpu")
     owns = False
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", timeout=datetime.timedelta(seconds=timeout_s))
+        join_process_group("nccl" if use_cuda else "gloo", rank, world, datetime.timedelta(seconds=timeout_s))
         owns = True
     return DistInfo(rank, local, world, dev, owns)
+
+
+def join_process_group(backend, rank, world_size, timeout):
+    """init_process_group from torchrun's environment. After an elastic restart (--max-restarts),
+    the workers share the agent's store with the failed attempt, whose gloo keys are still in it:
+    the new ranks then read the dead ranks' addresses and fail with "connection refused" or hang
+    (torch 2.14 here, 0 of 4 restarts succeeded). Keys under a prefix of the restart count keep
+    each attempt to itself; without torchelastic this is the plain env:// initialisation."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT")
+    if restart is None or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        dist.init_process_group(backend, timeout=timeout)
+        return
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), world_size, is_master=False,
+                          timeout=timeout)
+    dist.init_process_group(backend, store=dist.PrefixStore(f"sigma/attempt_{restart}", store), rank=rank,
+                            world_size=world_size, timeout=timeout)
 
 
 def shutdown(info):
