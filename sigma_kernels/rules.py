@@ -73,10 +73,16 @@ def check_flag(name, value):
     return value
 
 
+def _finite(value):
+    """math.isfinite for a real number, written with comparisons so that torch.compile can trace
+    it when the number is symbolic (dynamic=True makes Python floats SymFloats); NaN gives False."""
+    return abs(value) < math.inf
+
+
 def check_positive(name, value):
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive real number, got {type(value).__name__}")
-    if not (math.isfinite(value) and value > 0):
+    if not (_finite(value) and value > 0):
         raise ValueError(f"{name} must be finite and > 0, got {value}")
     return float(value)
 
@@ -105,7 +111,7 @@ def check_tolerance(tol, check_every):
     """tol None/0 disables early stopping; otherwise a positive float checked every few iterations."""
     if tol is None:
         tol = 0.0
-    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not math.isfinite(tol) or tol < 0:
+    elif isinstance(tol, bool) or not isinstance(tol, numbers.Real) or not _finite(tol) or tol < 0:
         raise ValueError(f"tol must be None or a finite number >= 0, got {tol!r}")
     return float(tol), check_positive_int("check_every", check_every)
 

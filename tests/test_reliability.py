@@ -357,3 +357,14 @@ def test_compile_fullgraph_masked_layout_inductor():
     mask, layouts = _layouts()
     crit = SinkhornSwapLoss(6, 8, sinkhorn_iterations=3, backend="reference")
     _compiled_matches_eager(crit, torch.compile(crit, fullgraph=True), *layouts["(B, N, D)+mask"])
+
+
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+def test_compile_dynamic_shapes_aot_eager(targets):
+    """torch.compile(dynamic=True) makes Python floats symbolic: the argument checks (ε, τ, tol)
+    must trace, and one graph serves two token counts with the eager values."""
+    torch._dynamo.reset()
+    crit = SinkhornSwapLoss(6, 8, sinkhorn_iterations=3, targets=targets)
+    compiled = torch.compile(crit, fullgraph=True, dynamic=True, backend="aot_eager")
+    for m in (12, 19):
+        _compiled_matches_eager(crit, compiled, _features(m, 8, 1), _features(m, 8, 2), None)
