@@ -126,6 +126,22 @@ Targets sinkhorn_targets(const at::Tensor& y, const at::Tensor& cy, const at::Te
 }
 
 // logits tile of rows [r0, r0+n): scale·(x·cᵀ), product rounded first as in the reference.
+// 1/Σ of a softmax row kept as shifted exps (Rows::row_exp's sum, which is >= 1 unless no logit is
+// finite): NaN for such a row, whose softmax torch gives as NaN.
+inline float inverse_row_sum(float sum) { return sum < 1.f ? std::numeric_limits<float>::quiet_NaN() : 1.f / sum; }
+
+// The hard label (as sinkhorn_assign: NaN first) and the entropy of softmax_k(src·f + add), given
+// the row's shifted exps e, their sum and shift: H = log Σe − Σ e·(t − shift) / Σe, terms below
+// the float range counting as 0; NaN for a row without a finite logit. t receives the logits.
+template <class Rows>
+int64_t label_and_entropy(const float* src, float f, const float* add, const float* e, float sum, float shift,
+                          float* t, int64_t k, double* h) {
+  const int64_t label = label_nan_first(Rows::argmax(src, f, add, t, k), t, k);
+  *h = sum < 1.f ? std::numeric_limits<double>::quiet_NaN()
+                 : std::log(sum) - exp_weighted_shift_sum(e, t, shift, k) / sum;
+  return label;
+}
+
 inline float* logits_chunk(const Operands& op, int64_t r0, int64_t n, float scale, float* tile) {
   at::Tensor out = at::from_blob(tile, {n, op.k}, op.x.options());
   at::mm_out(out, op.x.narrow(0, r0, n), op.c.t());
@@ -325,17 +341,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_p
           const float* src = ps + (r0 + i) * k;
           float sh;
           const float sum = Rows::row_exp(src, a, pv, tile + i * k, k, src + k, &sh);
-          pl[r0 + i] = lse_from_shifted_sum(sh, sum);
-          // a row without a finite logit has LSE −inf and a NaN softmax, as torch.softmax gives
-          const bool none_finite = sum < 1.f;
-          inv[i] = none_finite ? std::numeric_limits<float>::quiet_NaN() : 1.f / sum;
+          pl[r0 + i] = lse_from_shifted_sum(sh, sum);  // −inf for a row without a finite logit
+          inv[i] = inverse_row_sum(sum);
           if (labels) {
-            float* t = tbufs.data_ptr<float>() + tid * k;
-            const int64_t q = Rows::argmax(src, a, pv, t, k);  // t: the row's logits
-            lab.data_ptr<int64_t>()[r0 + i] = label_nan_first(q, t, k);
-            // H = log Σe − Σ e·(t − shift) / Σe (terms below the float range count as 0)
-            hs += none_finite ? std::numeric_limits<double>::quiet_NaN()
-                              : std::log(sum) - exp_weighted_shift_sum(tile + i * k, t, sh, k) / sum;
+            double h;
+            lab.data_ptr<int64_t>()[r0 + i] = label_and_entropy<Rows>(src, a, pv, tile + i * k, sum, sh,
+                                                                      tbufs.data_ptr<float>() + tid * k, k, &h);
+            hs += h;
           }
         }
         if (labels) hsums[ch] = hs;
@@ -404,15 +416,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const float* p0 = zero_v.data_ptr<float>();
   float* pce = ce.data_ptr<float>();
   const float a = (float)scale, ie = (float)inv_eps;
-  const float nan = std::numeric_limits<float>::quiet_NaN();
   with_rows([&](auto rows) {
     using Rows = decltype(rows);
-    // exp row of softmax_k(src·f + add) into e: (1/Σ or NaN when no entry is finite, LSE)
-    auto softmax_row = [](const float* src, float f, const float* add, float* e, int64_t n, const float* pre,
-                          float* sh, float* sum) {
-      *sum = Rows::row_exp(src, f, add, e, n, pre, sh);
-      return *sum < 1.f ? std::numeric_limits<float>::quiet_NaN() : 1.f / *sum;
-    };
     at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
       const int64_t tid = at::get_thread_num();
       float* d0 = tiles.data_ptr<float>() + tid * 2 * per;
@@ -428,19 +433,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           const int64_t row = r0 + i;
           const float* sa = ps + row * k;
           float* sb = d1 + i * k;
-          float sh_pa, sh_qa, sh_pb, sh_qb, sum_pa, sum_qa, sum_pb, sum_qb;
-          const float ipa = softmax_row(sa, a, p0, ea, k, sa + k, &sh_pa, &sum_pa);
-          const float iqa = softmax_row(sa, ie, pva, qa, k, nullptr, &sh_qa, &sum_qa);
-          const float ipb = softmax_row(sb, a, p0, eb, k, nullptr, &sh_pb, &sum_pb);
-          const float iqb = softmax_row(sb, ie, pvb, qb, k, nullptr, &sh_qb, &sum_qb);
+          // the rows of P_a, Q_a, P_b, Q_b as shifted exps, with their shifts and sums
+          float sh_pa, sh_qa, sh_pb, sh_qb;
+          const float sum_pa = Rows::row_exp(sa, a, p0, ea, k, sa + k, &sh_pa);
+          const float sum_qa = Rows::row_exp(sa, ie, pva, qa, k, nullptr, &sh_qa);
+          const float sum_pb = Rows::row_exp(sb, a, p0, eb, k, nullptr, &sh_pb);
+          const float sum_qb = Rows::row_exp(sb, ie, pvb, qb, k, nullptr, &sh_qb);
+          const float ipa = inverse_row_sum(sum_pa), iqa = inverse_row_sum(sum_qa);
+          const float ipb = inverse_row_sum(sum_pb), iqb = inverse_row_sum(sum_qb);
           pce[row] = lse_from_shifted_sum(sh_pa, sum_pa) - a * (Rows::dot(qb, sa, k) * iqb);
           pce[m + row] = lse_from_shifted_sum(sh_pb, sum_pb) - a * (Rows::dot(qa, sb, k) * iqa);
           if (labels) {
             int64_t* pl = lab.data_ptr<int64_t>();
-            pl[row] = label_nan_first(Rows::argmax(sa, ie, pva, t, k), t, k);
-            h_a += std::isnan(iqa) ? (double)nan : std::log(sum_qa) - exp_weighted_shift_sum(qa, t, sh_qa, k) / sum_qa;
-            pl[m + row] = label_nan_first(Rows::argmax(sb, ie, pvb, t, k), t, k);
-            h_b += std::isnan(iqb) ? (double)nan : std::log(sum_qb) - exp_weighted_shift_sum(qb, t, sh_qb, k) / sum_qb;
+            double h;
+            pl[row] = label_and_entropy<Rows>(sa, ie, pva, qa, sum_qa, sh_qa, t, k, &h);
+            h_a += h;
+            pl[m + row] = label_and_entropy<Rows>(sb, ie, pvb, qb, sum_qb, sh_qb, t, k, &h);
+            h_b += h;
           }
           scaled_difference(ea, ipa, qb, iqb, d0 + i * k, k);
           scaled_difference(eb, ipb, qa, iqa, sb, k);
