@@ -282,11 +282,7 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
         raise TypeError("target=None needs TargetedProducts (targets folded in, e.g. a term of "
                         f"prototype_swapped_products); with {type(products).__name__} give the target")
     lse, pc, px = products[:3]
-    val.check_vector("products.lse", lse, m)
-    val.check_shaped("products.p_c", pc, (m, d), z.device)
-    val.check_same_device(z=z, **{"products.lse": lse})
-    if px is not None:
-        val.check_shaped("products.p_x", px, (k, d), z.device)
+    _check_products(z, k, d, ("lse", lse), ("p_c", pc), ("p_x", px))
     soft = isinstance(target, torch.Tensor) and target.is_floating_point()
     if soft:
         val.check_shaped("a product target", target, (m, d), z.device)
@@ -294,15 +290,10 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
         val.check_target(target, m, k, z.device)
     if target_x is not None:
         val.check_shaped("target_x", target_x, (k, d), z.device)
-    wants_dc = prototypes.requires_grad and torch.is_grad_enabled()
-    if wants_dc:
-        if px is None:
-            raise ValueError("prototypes take a gradient: compute the products with z= (their p_x)")
-        if soft and target_x is None:
-            raise ValueError("prototypes take a gradient: product targets need target_x= (Tᵀ·normalize(z))")
-        if reduction == "none":
-            raise ValueError("reduction='none' gives rows unequal weights, which the prototype gradient from "
-                             "products cannot take; use 'mean' or 'sum', or prototype_cross_entropy")
+    _check_prototype_gradient(prototypes, reduction,
+                              (px is None, "prototypes take a gradient: compute the products with z= (their p_x)"),
+                              (soft and target_x is None,
+                               "prototypes take a gradient: product targets need target_x= (Tᵀ·normalize(z))"))
     dt = compute_dtype(z, prototypes)
     x = normalize_rows(z)
     t = target.detach() if soft else target.detach().to(torch.int64)
@@ -316,22 +307,39 @@ def _cross_entropy_from_targeted(z, prototypes, target, products, inv_tau, targe
     """prototype_cross_entropy_from_products for TargetedProducts (targets already folded in)."""
     if target is not None or target_x is not None:
         raise ValueError("TargetedProducts already hold their targets: pass target=None and no target_x")
-    m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
+    k, d = prototypes.shape
     rows, gc, gx = products[:3]
-    val.check_vector("products.rows", rows, m)
-    val.check_shaped("products.g_c", gc, (m, d), z.device)
-    val.check_same_device(z=z, **{"products.rows": rows})
-    if gx is not None:
-        val.check_shaped("products.g_x", gx, (k, d), z.device)
-    if prototypes.requires_grad and torch.is_grad_enabled():
-        if gx is None:
-            raise ValueError("prototypes take a gradient but products.g_x is None: make the products with this "
-                             "term's features, z_a= for term a or grad_b=True for term b of "
-                             "prototype_swapped_products")
-        if reduction == "none":
-            raise ValueError("reduction='none' gives rows unequal weights, which the prototype gradient from "
-                             "products cannot take; use 'mean' or 'sum', or prototype_cross_entropy")
+    _check_products(z, k, d, ("rows", rows), ("g_c", gc), ("g_x", gx))
+    _check_prototype_gradient(prototypes, reduction,
+                              (gx is None, "prototypes take a gradient but products.g_x is None: make the products "
+                                           "with this term's features, z_a= for term a or grad_b=True for term b "
+                                           "of prototype_swapped_products"))
     dt = compute_dtype(z, prototypes)
     out = lib.cross_entropy_from_products(normalize_rows(z), prototypes.to(dt), None, rows.detach(), gc.detach(),
                                           None if gx is None else gx.detach(), None, inv_tau)
     return _reduce(out, reduction)
+
+
+def _check_products(z, k, d, per_row, per_row_d, per_prototype):
+    """The products of a cross-entropy over z's M rows, each a (name, tensor) pair: a vector (M,),
+    an (M, D) matrix and an optional (K, D) one, on z's device."""
+    m = z.shape[0]
+    (vec_name, vec), (md_name, md), (kd_name, kd) = per_row, per_row_d, per_prototype
+    val.check_vector(f"products.{vec_name}", vec, m)
+    val.check_shaped(f"products.{md_name}", md, (m, d), z.device)
+    val.check_same_device(z=z, **{f"products.{vec_name}": vec})
+    if kd is not None:
+        val.check_shaped(f"products.{kd_name}", kd, (k, d), z.device)
+
+
+def _check_prototype_gradient(prototypes, reduction, *missing):
+    """When the prototypes take a gradient: each (is_missing, message) in order, then equal row
+    weights (the products' prototype gradient assumes them)."""
+    if not (prototypes.requires_grad and torch.is_grad_enabled()):
+        return
+    for is_missing, message in missing:
+        if is_missing:
+            raise ValueError(message)
+    if reduction == "none":
+        raise ValueError("reduction='none' gives rows unequal weights, which the prototype gradient from "
+                         "products cannot take; use 'mean' or 'sum', or prototype_cross_entropy")
