@@ -2,6 +2,7 @@
 CPU tensors; TRITON_INTERPRET must be set before triton decorates any kernel."""
 import os
 
+import pytest
 import torch
 
 if not torch.cuda.is_available():
@@ -13,3 +14,11 @@ from hypothesis import settings  # noqa: E402
 settings.register_profile("default", deadline=None, max_examples=25, print_blob=True)
 settings.register_profile("thorough", deadline=None, max_examples=300, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+@pytest.fixture
+def threads():
+    """Restores the thread count a test changes (torch.set_num_threads is process-wide)."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)

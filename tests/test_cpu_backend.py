@@ -48,14 +48,6 @@ def close(a, b, rtol=2e-6, atol=2e-6):
     torch.testing.assert_close(a.float(), b.float(), rtol=rtol, atol=atol)
 
 
-@pytest.fixture
-def threads():
-    """Restores the thread count a test changes."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
-
-
 def test_extension_registers_every_primitive():
     from sigma_kernels import _C  # noqa: F401
     assert cpu().fallbacks == ()

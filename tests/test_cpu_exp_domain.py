@@ -137,18 +137,14 @@ def test_assign_entropy_against_float64(m, k):
     torch.testing.assert_close(h_s, h_r.float(), rtol=1e-5, atol=1e-5)
 
 
-def test_two_threads_equal_one_thread():
-    n = torch.get_num_threads()
+def test_two_threads_equal_one_thread(threads):
     s = scores(1000, 301, seed=2)
     v = torch.randn(301)
-    try:
-        out = []
-        for t in (1, 2):
-            torch.set_num_threads(t)
-            out.append(get_backend("cpu").sinkhorn_solve_dense(s, 20.0, 7, 0.0, 5, True)
-                       + get_backend("cpu").sinkhorn_assign_entropy(s, v, 20.0))
-    finally:
-        torch.set_num_threads(n)
+    out = []
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        out.append(get_backend("cpu").sinkhorn_solve_dense(s, 20.0, 7, 0.0, 5, True)
+                   + get_backend("cpu").sinkhorn_assign_entropy(s, v, 20.0))
     for a, b in zip(*out):
         assert torch.equal(a, b)
 

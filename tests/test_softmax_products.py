@@ -155,19 +155,15 @@ def test_labels_of_a_row_holding_nan_follow_torch_argmax(backend):
 
 
 @pytest.mark.skipif(not is_available("cpu"), reason="needs the cpu backend")
-def test_cpu_products_do_not_depend_on_the_thread_count():
+def test_cpu_products_do_not_depend_on_the_thread_count(threads):
     """Row results (LSE, P·C, labels, the entropy sum) are bitwise the same for 1 and 2 threads;
     Pᵀ·x is summed over per-thread partials, so only its last bits may move."""
     z, c, v = features(1000, 301, 12, seed=5)
     s = sk.prototype_scores(z, c)
-    n = torch.get_num_threads()
     out = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            out.append(sk.prototype_softmax_products(s, c, 0.05, v=v, z=z, return_labels=True, backend="cpu"))
-    finally:
-        torch.set_num_threads(n)
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        out.append(sk.prototype_softmax_products(s, c, 0.05, v=v, z=z, return_labels=True, backend="cpu"))
     one, two = out
     for name in ("lse", "p_c", "labels", "entropy"):
         assert torch.equal(getattr(one, name), getattr(two, name)), name

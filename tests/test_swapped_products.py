@@ -92,21 +92,17 @@ def test_swapped_cross_entropies_values_and_gradients(backend, m, k, d, eps):
 
 
 @pytest.mark.skipif(not is_available("cpu"), reason="needs the cpu backend")
-def test_cpu_swapped_products_do_not_depend_on_the_thread_count():
+def test_cpu_swapped_products_do_not_depend_on_the_thread_count(threads):
     """Row results (the rows, (P − Q')·c, labels, entropy sums) are bitwise the same for 1 and 2
     threads; the (K, D) products are summed over per-thread partials, so only their last bits may
     move."""
     za, zb, c, va, vb = branches(1000, 301, 12, seed=5)
     s = sk.prototype_scores(za, c)
-    n = torch.get_num_threads()
     out = []
-    try:
-        for threads in (1, 2):
-            torch.set_num_threads(threads)
-            out.append(sk.prototype_swapped_products(s, zb, c, va, vb, EPS, TAU, z_a=za, grad_b=True,
-                                                     return_labels=True, backend="cpu"))
-    finally:
-        torch.set_num_threads(n)
+    for count in (1, 2):
+        torch.set_num_threads(count)
+        out.append(sk.prototype_swapped_products(s, zb, c, va, vb, EPS, TAU, z_a=za, grad_b=True,
+                                                 return_labels=True, backend="cpu"))
     one, two = out
     for side in ("a", "b"):
         t1, t2 = getattr(one, side), getattr(two, side)
