@@ -147,6 +147,12 @@ def _(x, c, target, scale, backend):
     return _vec(x, x.shape[0], dt), _vec(x, x.shape[0], dt)
 
 
+def _or_empty(t, like, dtype=None):
+    """Custom ops cannot return None: an output not asked for travels as an empty (0,) tensor, a new
+    one each time (outputs must not alias)."""
+    return t if t is not None else like.new_empty((0,), dtype=dtype)
+
+
 def _grads_or_empty(dx, dc, x, c):
     """Custom ops cannot return None: a gradient not asked for travels as an empty (0,) tensor."""
     return (x.new_empty((0,)) if dx is None else dx), (c.new_empty((0,)) if dc is None else dc)
@@ -219,9 +225,7 @@ def softmax_products(scores: Tensor, scale: float, v: Optional[Tensor], c: Tenso
         if labels:
             vv = v if v is not None else scores.new_zeros(scores.shape[1], dtype=dt)
             lab, ent = get_backend("reference").sinkhorn_assign_entropy(scores, vv.to(dt), scale)
-    return (lse, pc, px if px is not None else pc.new_empty((0,)),
-            lab if lab is not None else pc.new_empty((0,), dtype=torch.int64),
-            ent if ent is not None else pc.new_empty((0,)))
+    return lse, pc, _or_empty(px, pc), _or_empty(lab, pc, torch.int64), _or_empty(ent, pc)
 
 
 @softmax_products.register_fake
@@ -254,9 +258,7 @@ def swapped_softmax_products(scores: Tensor, xb: Tensor, c: Tensor, va: Tensor, 
     else:
         ce, g, ha, hb, lab, ent = _swapped_products_by_chunks(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b,
                                                               labels)
-    def given(t, dtype=g.dtype):  # distinct empty tensors: outputs must not alias
-        return t if t is not None else g.new_empty((0,), dtype=dtype)
-    return ce, g, given(ha), given(hb), given(lab, torch.int64), given(ent)
+    return ce, g, _or_empty(ha, g), _or_empty(hb, g), _or_empty(lab, g, torch.int64), _or_empty(ent, g)
 
 
 def _swapped_products_by_chunks(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b, labels):
