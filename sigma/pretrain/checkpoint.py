@@ -21,35 +21,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-FORMAT = "sigma-pretrain-v1"
+from sigma.engine.files import PRETRAIN_FORMAT as FORMAT
+from sigma.engine.files import atomic_write, atomic_write_text  # noqa: F401 - re-exported
+
 _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
 def checkpoint_dir(output_dir):
     return Path(output_dir) / "checkpoints"
-
-
-def atomic_write(path, write):
-    """Call write(tmp_path) on a temporary file next to `path`, then rename it over `path`, so
-    readers see either the old file or the complete new one (never a partial write)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    def write(tmp):
-        with open(tmp, "w") as f:
-            f.write(text)
-    atomic_write(path, write)
 
 
 def save_checkpoint(state, output_dir, keep=None):
