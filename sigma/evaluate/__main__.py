@@ -1,142 +1,116 @@
 """python -m sigma.evaluate {knn,linear,finetune,segment,visualize} --checkpoint CKPT --data PATH --output-dir DIR
 
-Each task writes DIR/<task>.json (atomically) and prints its headline numbers. See docs/evaluation.md.
+Each task writes DIR/<task>.json (atomically) and prints its headline numbers. A task's settings are
+the keys of its dataclass in `sigma.evaluate.config` (the Python function takes its defaults from the
+same class): set one with its flag (`--batch-size 4`) or as `batch_size=4` anywhere on the line.
+`--config FILE` reads a YAML file of keys first, flags come next, `key=value` overrides last;
+`--print-config` prints the resolved settings. See docs/evaluation.md.
 """
 import argparse
+import dataclasses
 import json
 import sys
 
+from sigma.engine.config import (
+    REQUIRED,
+    ConfigError,
+    compose,
+    default_of,
+    dump_config,
+    expected,
+    inherit_chain,
+    override_layer,
+    parse_override,
+    schema_fields,
+    unwrap_optional,
+)
 
-def _common(p, data_help):
-    p.add_argument("--checkpoint", required=True,
-                   help="encoder weights: a sigma.pretrain checkpoint (.pt), an exported .safetensors, or a "
-                        "VideoMAE .pth")
-    p.add_argument("--data", required=True, help=data_help)
-    p.add_argument("--output-dir", required=True, help="folder for the result JSON (and pictures/checkpoints)")
-    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+from .config import TASKS
+
+PROG = "python -m sigma.evaluate"
+HELP = {"knn": "k-NN classification on frozen pooled features",
+        "linear": "linear probe on frozen pooled features",
+        "finetune": "full fine-tuning (paper recipe) + multi-view test",
+        "segment": "unsupervised video object segmentation (clustering / overclustering mIoU)",
+        "visualize": "cluster maps, prototype assignments and training curves"}
+# Flags that are not plain `--<key>`: views as one pair, and the README's --unweighted.
+PAIRS = {"--views": ("num_clips", "num_crops"), "--test-views": ("test_clips", "test_crops")}
+SWITCHES = {"--unweighted": ("weighted", False)}
+# Each task must be given these (as flags or key=value) unless it only prints its config.
+REQUIRED_KEYS = ("checkpoint", "data", "output_dir")
 
 
-def _labelled(p):
-    p.add_argument("--train-list", default=None, help="train list (default DATA/train.txt)")
-    p.add_argument("--val-list", default=None, help="val list (default DATA/val.txt)")
-    p.add_argument("--label-column", type=int, default=0, help="which label of `path label [label ...]` (default 0)")
-    p.add_argument("--classes", default=None, help="classes.json (default: next to the train list, if any)")
-    p.add_argument("--sampling-rate", type=int, default=4, help="frame stride of a clip (4 Kinetics, 2 SSv2)")
-    p.add_argument("--num-workers", type=int, default=0)
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"], help="autocast on CUDA")
-    p.add_argument("--no-progress", action="store_true")
+class _Set(argparse.Action):
+    """Appends (option, key, value) to `args.settings`, in command-line order."""
+
+    def __init__(self, option_strings, dest, keys=(), fixed=None, raw=(), **kw):
+        super().__init__(option_strings, dest, **kw)
+        self.keys, self.fixed, self.raw = keys, fixed, raw
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        items = list(getattr(namespace, self.dest) or [])
+        if self.fixed is not None:
+            items.append((option_string, self.keys[0], self.fixed))
+        else:
+            values = values if isinstance(values, list) else [values]
+            for key, text in zip(self.keys, values):
+                # a path or name stays the text typed; numbers, bools and lists are read as YAML
+                items.append((option_string, key, text if key in self.raw else parse_override(f"{key}={text}")[1]))
+        setattr(namespace, self.dest, items)
 
 
-def _frozen_features(p):
-    """Options of the probes on frozen pooled features (knn, linear)."""
-    p.add_argument("--views", type=int, nargs=2, default=(1, 1), metavar=("CLIPS", "CROPS"))
-    p.add_argument("--batch-size", type=int, default=8)
+def task_parser(task):
+    """The parser of one task: a flag per key of its dataclass, the aliases, key=value overrides."""
+    schema = TASKS[task]
+    p = argparse.ArgumentParser(
+        prog=f"{PROG} {task}", description=HELP[task],
+        epilog=f"Every flag is also a dotted override, e.g. batch_size=4 (see --print-config). Schema: "
+               f"sigma.evaluate.config.{schema.__name__}.")
+    p.add_argument("--config", default=None, help="a YAML file of this task's keys (e.g. written by --print-config), "
+                                                  "read before the flags and overrides")
+    p.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
+    fields = {f.name: f for f in dataclasses.fields(schema)}
+    raw = tuple(n for n, (tp, _) in schema_fields(schema).items() if unwrap_optional(tp)[0] is str)
+    for name, (tp, meta) in schema_fields(schema).items():
+        default, flag = default_of(fields[name]), "--" + name.replace("_", "-")
+        shown = "required" if default == REQUIRED else f"default {default}"
+        text = f"{meta.get('help') or name} ({expected(tp, meta)}; {shown})"
+        if tp is bool:
+            p.add_argument(f"--no-{flag[2:]}" if default else flag, action=_Set, dest="settings", nargs=0,
+                           keys=(name,), fixed=not default, help=text)
+        else:
+            p.add_argument(flag, action=_Set, dest="settings", keys=(name,), raw=raw, metavar=name.upper(), help=text)
+    for flag, keys in PAIRS.items():
+        if keys[0] in fields:
+            p.add_argument(flag, action=_Set, dest="settings", nargs=2, keys=keys, metavar=("CLIPS", "CROPS"),
+                           help=f"{keys[0]} and {keys[1]}")
+    for flag, (key, value) in SWITCHES.items():
+        if key in fields:
+            p.add_argument(flag, action=_Set, dest="settings", nargs=0, keys=(key,), fixed=value,
+                           help=f"{key}={str(value).lower()}")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="settings as dotted keys, anywhere on the line")
+    return p
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="python -m sigma.evaluate", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="task", required=True)
-    lists_help = "folder holding train.txt and val.txt (`path label [label ...]` per line), e.g. the synthetic set"
-
-    p = sub.add_parser("knn", help="k-NN classification on frozen pooled features")
-    _common(p, lists_help)
-    _labelled(p)
-    p.add_argument("--k", type=int, default=20)
-    p.add_argument("--temperature", type=float, default=0.07)
-    p.add_argument("--unweighted", action="store_true", help="plain majority vote instead of exp(sim/T) weights")
-    _frozen_features(p)
-
-    p = sub.add_parser("linear", help="linear probe on frozen pooled features")
-    _common(p, lists_help)
-    _labelled(p)
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--probe-batch-size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    _frozen_features(p)
-
-    p = sub.add_parser("finetune", help="full fine-tuning (paper recipe) + multi-view test")
-    _common(p, lists_help)
-    _labelled(p)
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=8, help="per process (even with mixup/cutmix)")
-    p.add_argument("--base-lr", type=float, default=1e-3, help="lr = base_lr · global batch / 256")
-    p.add_argument("--min-lr", type=float, default=1e-6)
-    p.add_argument("--warmup-epochs", type=float, default=5)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--layer-decay", type=float, default=0.75)
-    p.add_argument("--drop-path", type=float, default=0.1)
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--mixup", type=float, default=0.8)
-    p.add_argument("--cutmix", type=float, default=1.0)
-    p.add_argument("--randaug", default="rand-m9-n2-mstd0.5-inc1", help="timm RandAugment string; 'none' disables")
-    p.add_argument("--no-flip", action="store_true", help="no horizontal flip (SSv2)")
-    p.add_argument("--test-views", type=int, nargs=2, default=(5, 3), metavar=("CLIPS", "CROPS"))
-    p.add_argument("--clip-grad", type=float, default=None)
-    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (smoke tests)")
-    p.add_argument("--save-every", type=int, default=None, help="also checkpoint every N steps")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", default=None, help="'auto' (DIR/checkpoints/finetune-last.pt if present) or a path")
-
-    p = sub.add_parser("segment", help="unsupervised video object segmentation (clustering / overclustering mIoU)")
-    _common(p, "DAVIS-layout folder: JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png")
-    p.add_argument("--split", default=None, help="use ImageSets/2017/<split>.txt (default: every sequence)")
-    p.add_argument("--frame-stride", type=int, default=1)
-    p.add_argument("--max-clips", type=int, default=None, help="clips per sequence (default: all)")
-    p.add_argument("--frame-mode", default="resize", choices=["resize", "center_crop"])
-    p.add_argument("--size", type=int, default=28, help="side of the maps that are scored (paper: 28)")
-    p.add_argument("--overclustering-k", type=int, default=6)
-    p.add_argument("--background", default="class", choices=["class", "ignore"])
-    p.add_argument("--reduction", default="sequence", choices=["sequence", "clip", "pooled"])
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--n-init", type=int, default=10, help="k-means restarts")
-    p.add_argument("--l2-normalize", action="store_true", help="unit-normalise the features before k-means")
-    p.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "none"])
-    p.add_argument("--no-progress", action="store_true")
-
-    p = sub.add_parser("visualize", help="cluster maps, prototype assignments and training curves")
-    _common(p, "a video file (or a list/folder: its first --max-videos videos)")
-    p.add_argument("--metrics", default=None, help="pretraining metrics.csv (default: the checkpoint run's)")
-    p.add_argument("--k", type=int, default=6)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--alpha", type=float, default=0.5)
-    p.add_argument("--sampling-rate", type=int, default=4)
-    p.add_argument("--max-videos", type=int, default=4)
-    return parser
+    """The top-level parser (task names and help); each task parses its own options (`task_parser`)."""
+    p = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0],
+                                epilog="tasks: " + "; ".join(f"{t}: {h}" for t, h in HELP.items())
+                                       + f". `{PROG} TASK --help` lists a task's options.")
+    p.add_argument("task", choices=list(TASKS))
+    return p
 
 
-def run(args):
-    from sigma import evaluate as ev
-
-    common = dict(checkpoint=args.checkpoint, data=args.data, output_dir=args.output_dir, device=args.device)
-    if args.task in ("knn", "linear", "finetune"):
-        common.update(train_list=args.train_list, val_list=args.val_list, label_column=args.label_column,
-                      classes=args.classes, sampling_rate=args.sampling_rate, num_workers=args.num_workers,
-                      amp=args.amp, progress=not args.no_progress)
-    if args.task == "knn":
-        return ev.knn(**common, k=args.k, temperature=args.temperature, weighted=not args.unweighted,
-                      num_clips=args.views[0], num_crops=args.views[1], batch_size=args.batch_size)
-    if args.task == "linear":
-        return ev.linear(**common, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                         probe_batch_size=args.probe_batch_size, seed=args.seed, num_clips=args.views[0],
-                         num_crops=args.views[1], batch_size=args.batch_size)
-    if args.task == "finetune":
-        return ev.finetune(**common, epochs=args.epochs, batch_size=args.batch_size, base_lr=args.base_lr,
-                           min_lr=args.min_lr, warmup_epochs=args.warmup_epochs, weight_decay=args.weight_decay,
-                           layer_decay=args.layer_decay, drop_path=args.drop_path,
-                           label_smoothing=args.label_smoothing, mixup=args.mixup, cutmix=args.cutmix,
-                           randaug=None if args.randaug.lower() == "none" else args.randaug, flip=not args.no_flip,
-                           test_clips=args.test_views[0], test_crops=args.test_views[1], clip_grad=args.clip_grad,
-                           max_steps=args.max_steps, save_every=args.save_every, seed=args.seed, resume=args.resume)
-    if args.task == "segment":
-        return ev.segment(**common, split=args.split, frame_stride=args.frame_stride, max_clips=args.max_clips,
-                          frame_mode=args.frame_mode, size=args.size, overclustering_k=args.overclustering_k,
-                          background=args.background, reduction=args.reduction, seed=args.seed,
-                          n_init=args.n_init, l2_normalize=args.l2_normalize, amp=args.amp,
-                          progress=not args.no_progress)
-    return ev.visualize(**common, metrics=args.metrics, k=args.k, seed=args.seed, alpha=args.alpha,
-                        sampling_rate=args.sampling_rate, max_videos=args.max_videos)
+def resolve(task, args):
+    """The task's settings as a plain dict: dataclass defaults <- --config <- flags <- overrides."""
+    layers = inherit_chain(args.config) if args.config else []
+    layers += [(option, override_layer(key, value)) for option, key, value in args.settings or []]
+    for item in args.overrides:
+        layers.append(("override", override_layer(*parse_override(item))))
+    settings = compose(TASKS[task], layers)
+    if isinstance(settings.get("randaug"), str) and settings["randaug"].lower() == "none":
+        settings["randaug"] = None  # the CLI's spelling of "no RandAugment"
+    return settings
 
 
 HEADLINE = {"knn": ("top1", "top5", "mean_class_accuracy"), "linear": ("top1", "top5", "mean_class_accuracy"),
@@ -144,14 +118,30 @@ HEADLINE = {"knn": ("top1", "top5", "mean_class_accuracy"), "linear": ("top1", "
 
 
 def main(argv=None):
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    try:
-        result = run(args)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"python -m sigma.evaluate {args.task}: error: {exc}", file=sys.stderr)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in TASKS:
+        build_parser().parse_args(argv[:1])  # help, or the error naming the tasks
         return 2
-    keys = HEADLINE.get(args.task)
+    task, parser = argv[0], task_parser(argv[0])
+    args = parser.parse_intermixed_args(argv[1:])
+    try:
+        settings = resolve(task, args)
+    except ConfigError as exc:
+        print(f"{PROG} {task}: error: {exc}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(dump_config(settings), end="")
+        return 0
+    for key in REQUIRED_KEYS:
+        if settings[key] in (None, REQUIRED):
+            parser.error(f"--{key.replace('_', '-')} is required (or {key}=...)")
+    from sigma import evaluate as ev
+    try:
+        result = getattr(ev, task)(**settings)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"{PROG} {task}: error: {exc}", file=sys.stderr)
+        return 2
+    keys = HEADLINE.get(task)
     if keys:
         summary = {k: result.get(k) for k in keys}
     else:  # visualize: every file it wrote (per clip a PNG and a GIF; the training curves if any)
@@ -159,7 +149,7 @@ def main(argv=None):
         if result.get("training_curves"):
             files.append(result["training_curves"]["png"])
         summary = {"files": files}
-    print(json.dumps({"task": args.task, **summary, "output": f"{args.output_dir}/{args.task}.json"}))
+    print(json.dumps({"task": task, **summary, "output": f"{settings['output_dir']}/{task}.json"}))
     return 0
 
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from sigma.engine.config import defaults_from
 from sigma.pretrain.checkpoint import rng_state, set_rng_state
 from sigma.pretrain.distributed import join_process_group
 
@@ -38,6 +39,7 @@ from .common import (
     resolve_device,
     write_json,
 )
+from .config import FinetuneConfig
 from .metrics import classification_metrics
 
 # v2: the RNG states in sigma.pretrain.checkpoint's layout (v1 files cannot be resumed)
@@ -185,13 +187,12 @@ def multiview_scores(model, dataset, *, batch_size=4, num_workers=0, device="cpu
 
 # --- the task --------------------------------------------------------------------------------------
 
-def finetune(checkpoint, data, output_dir, *, train_list=None, val_list=None, label_column=0, classes=None,
-             epochs=50, batch_size=8, base_lr=1e-3, min_lr=1e-6, warmup_epochs=5, weight_decay=0.05,
-             layer_decay=0.75, betas=(0.9, 0.999), drop_path=0.1, label_smoothing=0.1, mixup=0.8, cutmix=1.0,
-             mixup_prob=1.0, mixup_switch_prob=0.5, randaug="rand-m9-n2-mstd0.5-inc1", flip=True,
-             sampling_rate=4, test_clips=5, test_crops=3, test_batch_size=None, clip_grad=None, max_steps=None,
-             save_every=None, log_every=10, seed=0, num_workers=0, device="auto", amp="auto", resume=None,
-             progress=True):
+@defaults_from(FinetuneConfig)
+def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, epochs, batch_size,
+             base_lr, min_lr, warmup_epochs, weight_decay, layer_decay, betas, drop_path, label_smoothing, mixup,
+             cutmix, mixup_prob, mixup_switch_prob, randaug, flip, sampling_rate, test_clips, test_crops,
+             test_batch_size, clip_grad, max_steps, save_every, log_every, seed, num_workers, device, amp, resume,
+             progress):
     """Fine-tune the encoder of `checkpoint` on DATA/train.txt and test on DATA/val.txt (multi-view).
 
     Returns (and writes to OUTPUT_DIR/finetune.json) top1, top5, mean_class_accuracy (%) of the

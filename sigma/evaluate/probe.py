@@ -7,6 +7,8 @@ clip(s), centred crop(s), no augmentation), then score the val list.
 import time
 from pathlib import Path
 
+from sigma.engine.config import defaults_from
+
 from .common import (
     amp_dtype_for,
     atomic_torch_save,
@@ -18,6 +20,7 @@ from .common import (
     resolve_device,
     write_json,
 )
+from .config import KnnConfig, LinearConfig
 from .metrics import classification_metrics, knn_evaluate, linear_probe_scores, train_linear_probe
 
 
@@ -48,9 +51,9 @@ def _features(checkpoint, data, train_list, val_list, label_column, classes, sam
     return out["train"], out["val"], num_classes, device, info
 
 
-def knn(checkpoint, data, output_dir=None, *, train_list=None, val_list=None, label_column=0, classes=None, k=20,
-        temperature=0.07, weighted=True, sampling_rate=4, num_clips=1, num_crops=1, batch_size=8, num_workers=0,
-        device="auto", amp="auto", progress=True):
+@defaults_from(KnnConfig)
+def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, k, temperature, weighted,
+        sampling_rate, num_clips, num_crops, batch_size, num_workers, device, amp, progress):
     """k-NN classification of the val list by the train list's pooled features (cosine, k neighbours,
     votes weighted by exp(sim / temperature) unless weighted=False). Returns (and writes to
     OUTPUT_DIR/knn.json) top1, top5, mean_class_accuracy in %, with the settings used."""
@@ -66,9 +69,10 @@ def knn(checkpoint, data, output_dir=None, *, train_list=None, val_list=None, la
     return result
 
 
-def linear(checkpoint, data, output_dir=None, *, train_list=None, val_list=None, label_column=0, classes=None,
-           epochs=100, lr=1e-3, weight_decay=1e-4, probe_batch_size=256, seed=0, sampling_rate=4, num_clips=1,
-           num_crops=1, batch_size=8, num_workers=0, device="auto", amp="auto", progress=True):
+@defaults_from(LinearConfig)
+def linear(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, epochs, lr, weight_decay,
+           probe_batch_size, seed, sampling_rate, num_clips, num_crops, batch_size, num_workers, device, amp,
+           progress):
     """Linear probe on frozen pooled features: standardise with the train features' statistics, fit a
     linear layer with AdamW + cosine decay (`train_linear_probe`), score the val list. Returns (and
     writes to OUTPUT_DIR/linear.json) top1, top5, mean_class_accuracy in %; the probe goes to

@@ -33,6 +33,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sigma.engine.config import defaults_from
+
+from .config import SegmentConfig
+
 BACKGROUND_MODES = ("class", "ignore")
 REDUCTIONS = ("sequence", "clip", "pooled")
 
@@ -317,9 +321,9 @@ def prepare_clip(frames, masks, img_size, frame_mode, mean, std):
 
 
 @torch.no_grad()
-def segment(checkpoint, data, output_dir=None, *, split=None, sequences=None, frame_stride=1, max_clips=None,
-            frame_mode="resize", size=28, overclustering_k=6, background="class", reduction="sequence",
-            ignore_index=255, seed=0, n_init=10, l2_normalize=False, device="auto", amp="auto", progress=True):
+@defaults_from(SegmentConfig)
+def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max_clips, frame_mode, size,
+            overclustering_k, background, reduction, ignore_index, seed, n_init, l2_normalize, device, amp, progress):
     """Unsupervised video object segmentation (appendix C) of a DAVIS-layout folder `data`.
 
     Every sequence is cut into consecutive non-overlapping clips of the encoder's frame count

@@ -17,7 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sigma.engine.config import defaults_from
+
 from .common import encoder_input_size, load_encoder, provenance, resolve_device, write_json
+from .config import VisualizeConfig
 from .segmentation import kmeans_labels
 
 PANEL_W, PANEL_H = 400, 300  # training-curve panel size in pixels (dpi 100)
@@ -222,8 +225,8 @@ def _videos_of(data, max_videos):
     return [Path(r.path) for r in read_video_list(p)[:max_videos]]
 
 
-def visualize(checkpoint, data, output_dir, *, metrics=None, k=6, seed=0, alpha=0.5, sampling_rate=4,
-              max_videos=4, device="auto"):
+@defaults_from(VisualizeConfig)
+def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling_rate, max_videos, device):
     """Cluster maps (and prototype assignments) of the video file `data` (or the first `max_videos`
     of a list/folder), plus training curves of `metrics` (default: metrics.csv of the pretraining run
     the checkpoint belongs to, when there is one). Writes OUTPUT_DIR/visualize/* and

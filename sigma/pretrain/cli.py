@@ -3,7 +3,7 @@
 import argparse
 import sys
 
-from .config import ConfigError, available_configs, load_config
+from .config import ConfigError, available_configs, dump_config, load_config
 
 
 def build_parser():
@@ -14,15 +14,17 @@ def build_parser():
         epilog="Overrides are dotted config keys, e.g. optim.batch_size=8 objective.epsilon=0.03 "
                "projection.kwargs.weights=/path/dino.pth. Shipped configs: tiny (default), "
                + ", ".join(c for c in available_configs() if c != "tiny") + ".")
-    p.add_argument("--config", default="tiny", help="a shipped config name or a YAML file (default: tiny)")
+    p.add_argument("--config", default="tiny",
+                   help="a shipped config name, 'default' (every key at its default) or a YAML file (default: tiny)")
     p.add_argument("--data",
                    help="a video list (`path label ...` per line, relative to its folder or data.root) or a folder "
                         "of videos")
     p.add_argument("--output-dir", help="where metrics.csv, config.yaml and checkpoints/ go")
     p.add_argument("--resume", default=None,
                    help="'auto' continues from the newest checkpoint in --output-dir (if any); or a checkpoint path")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved config (every key; loadable with --config) and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, anywhere on the line")
     return p
 
 
@@ -38,7 +40,6 @@ def main(argv=None):
         print(f"sigma-pretrain: error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
-        from .config import dump_config
         print(dump_config(cfg), end="")
         return 0
     from ..data import NoReadableVideoError

@@ -1,0 +1,122 @@
+"""The settings of each evaluation task: one dataclass per task, the one source of its keys, types
+and defaults for the Python function (`sigma.engine.config.defaults_from`) and for
+`python -m sigma.evaluate TASK` (flags and dotted `key=value` overrides)."""
+from dataclasses import dataclass
+from typing import List, Optional
+
+from sigma.engine.config import REQUIRED, setting
+
+AMP = ("auto", "bf16", "fp16", "none")
+
+
+@dataclass
+class RunConfig:
+    checkpoint: str = setting(REQUIRED, help="encoder weights: a sigma.pretrain checkpoint (.pt), an exported "
+                                             ".safetensors (or its folder), or a VideoMAE .pth")
+    data: str = setting(REQUIRED, help="what to evaluate on (see the task)")
+    output_dir: Optional[str] = setting(None, help="folder for the result JSON (and pictures/checkpoints)")
+    device: str = setting("auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+
+
+@dataclass
+class LabelledConfig(RunConfig):
+    data: str = setting(REQUIRED, help="folder holding train.txt and val.txt (`path label [label ...]` per line), "
+                                       "e.g. the synthetic set")
+    train_list: Optional[str] = setting(None, help="train list (default DATA/train.txt)")
+    val_list: Optional[str] = setting(None, help="val list (default DATA/val.txt)")
+    label_column: int = setting(0, minimum=0, help="which label of `path label [label ...]`")
+    classes: Optional[str] = setting(None, help="classes.json (default: next to the train list, if any)")
+    sampling_rate: int = setting(4, minimum=1, help="frame stride of a clip (4 Kinetics, 2 SSv2)")
+    num_workers: int = setting(0, minimum=0)
+    amp: str = setting("auto", choices=AMP, help="autocast on CUDA")
+    progress: bool = setting(True, help="progress bars")
+
+
+@dataclass
+class FrozenFeaturesConfig(LabelledConfig):
+    """Probes on frozen pooled features (knn, linear)."""
+    num_clips: int = setting(1, minimum=1, help="clips per video whose features are averaged")
+    num_crops: int = setting(1, minimum=1, help="crops per clip whose features are averaged")
+    batch_size: int = setting(8, minimum=1, help="clips per forward pass of the encoder")
+
+
+@dataclass
+class KnnConfig(FrozenFeaturesConfig):
+    k: int = setting(20, minimum=1, help="neighbours")
+    temperature: float = setting(0.07, help="votes weighted by exp(sim / temperature)")
+    weighted: bool = setting(True, help="false: plain majority vote")
+
+
+@dataclass
+class LinearConfig(FrozenFeaturesConfig):
+    epochs: int = setting(100, minimum=0)
+    lr: float = setting(1e-3, minimum=0.0)
+    weight_decay: float = setting(1e-4, minimum=0.0)
+    probe_batch_size: int = setting(256, minimum=1)
+    seed: int = setting(0)
+
+
+@dataclass
+class FinetuneConfig(LabelledConfig):
+    output_dir: str = setting(REQUIRED, help="folder for finetune.json, finetune_metrics.csv and checkpoints/")
+    epochs: int = setting(50, minimum=0, help="50 (SSv2) / 75 (K400) / 100 (SEVERE); 0 only tests")
+    batch_size: int = setting(8, minimum=1, help="per process (even with mixup/cutmix)")
+    base_lr: float = setting(1e-3, minimum=0.0, help="lr = base_lr * global batch / 256")
+    min_lr: float = setting(1e-6, minimum=0.0)
+    warmup_epochs: float = setting(5.0, minimum=0.0)
+    weight_decay: float = setting(0.05, minimum=0.0)
+    layer_decay: float = setting(0.75, minimum=0.0)
+    betas: List[float] = setting([0.9, 0.999], length=2)
+    drop_path: float = setting(0.1, minimum=0.0)
+    label_smoothing: float = setting(0.1, minimum=0.0)
+    mixup: float = setting(0.8, minimum=0.0, help="mixup alpha (0 with cutmix 0: no mixing)")
+    cutmix: float = setting(1.0, minimum=0.0, help="cutmix alpha")
+    mixup_prob: float = setting(1.0, minimum=0.0)
+    mixup_switch_prob: float = setting(0.5, minimum=0.0)
+    randaug: Optional[str] = setting("rand-m9-n2-mstd0.5-inc1", help="timm RandAugment string; 'none' disables")
+    flip: bool = setting(True, help="horizontal flip (false for SSv2)")
+    test_clips: int = setting(5, minimum=1)
+    test_crops: int = setting(3, minimum=1)
+    test_batch_size: Optional[int] = setting(None, minimum=1, help="default: batch_size")
+    clip_grad: Optional[float] = setting(None, minimum=0.0)
+    max_steps: Optional[int] = setting(None, minimum=1, help="stop after this many steps (smoke tests)")
+    save_every: Optional[int] = setting(None, minimum=1, help="also checkpoint every N steps")
+    log_every: int = setting(10, minimum=1)
+    seed: int = setting(0)
+    resume: Optional[str] = setting(None, help="'auto' (DIR/checkpoints/finetune-last.pt if present) or a path")
+
+
+@dataclass
+class SegmentConfig(RunConfig):
+    data: str = setting(REQUIRED, help="DAVIS-layout folder: JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png")
+    split: Optional[str] = setting(None, help="use ImageSets/2017/<split>.txt (default: every sequence)")
+    sequences: Optional[List[str]] = setting(None, help="only these sequences")
+    frame_stride: int = setting(1, minimum=1)
+    max_clips: Optional[int] = setting(None, minimum=1, help="clips per sequence (default: all)")
+    frame_mode: str = setting("resize", choices=("resize", "center_crop"))
+    size: int = setting(28, minimum=1, help="side of the maps that are scored (paper: 28)")
+    overclustering_k: int = setting(6, minimum=1)
+    background: str = setting("class", choices=("class", "ignore"))
+    reduction: str = setting("sequence", choices=("sequence", "clip", "pooled"))
+    ignore_index: int = setting(255)
+    seed: int = setting(0)
+    n_init: int = setting(10, minimum=1, help="k-means restarts")
+    l2_normalize: bool = setting(False, help="unit-normalise the features before k-means")
+    amp: str = setting("auto", choices=AMP)
+    progress: bool = setting(True, help="progress bars")
+
+
+@dataclass
+class VisualizeConfig(RunConfig):
+    data: str = setting(REQUIRED, help="a video file (or a list/folder: its first max_videos videos)")
+    output_dir: str = setting(REQUIRED, help="folder for visualize/ and visualize.json")
+    metrics: Optional[str] = setting(None, help="pretraining metrics.csv (default: the checkpoint run's)")
+    k: int = setting(6, minimum=1, help="k-means clusters of the cluster maps")
+    seed: int = setting(0)
+    alpha: float = setting(0.5, help="overlay opacity")
+    sampling_rate: int = setting(4, minimum=1)
+    max_videos: int = setting(4, minimum=1)
+
+
+TASKS = {"knn": KnnConfig, "linear": LinearConfig, "finetune": FinetuneConfig, "segment": SegmentConfig,
+         "visualize": VisualizeConfig}
