@@ -53,8 +53,8 @@ def default_of(f):
     return REQUIRED if f.default is dataclasses.MISSING else f.default
 
 
-def _unwrap(tp):
-    """(inner type, optional) of Optional[inner]."""
+def unwrap_optional(tp):
+    """(inner type, optional) of Optional[inner]; (tp, False) for any other type."""
     args = typing.get_args(tp)
     if typing.get_origin(tp) is typing.Union and type(None) in args:
         rest = [a for a in args if a is not type(None)]
@@ -105,7 +105,7 @@ def _field_at(schema, key):
 
 def expected(tp, meta):
     """What a value of this field must be, in words (for error messages and help)."""
-    inner, optional = _unwrap(tp)
+    inner, optional = unwrap_optional(tp)
     low, below, choices = meta.get("minimum"), meta.get("below"), meta.get("choices")
     origin = typing.get_origin(inner)
     if choices:
@@ -179,19 +179,32 @@ def compose(schema, layers):
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    cfg = OmegaConf.structured(schema)
     for where, update in layers:
         check_keys(schema, update, where)
-        try:
-            cfg = OmegaConf.merge(cfg, update)
-        except OmegaConfBaseException as e:
-            raise _named(e, schema, where) from None
+    try:  # one merge of every layer: OmegaConf copies the whole tree at each merge
+        cfg = OmegaConf.merge(_structured(schema), *(update for _, update in layers))
+    except OmegaConfBaseException:
+        cfg = _structured(schema)
+        for where, update in layers:  # again one layer at a time, to name the one at fault
+            try:
+                cfg = OmegaConf.merge(cfg, update)
+            except OmegaConfBaseException as e:
+                raise _named(e, schema, where) from None
+        raise
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as e:
         raise ConfigError(f"config key {e.full_key!r}: {str(e).splitlines()[0]}") from None
     check_values(schema, plain)
     return plain
+
+
+@functools.lru_cache(maxsize=None)
+def _structured(schema):
+    """The schema's defaults as a typed DictConfig (merge copies it, so one per schema serves every call)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.structured(schema)
 
 
 def _named(error, schema, where):
@@ -280,9 +293,9 @@ def inherit_chain(name_or_path, package=None, base="default", seen=()):
 
 def dump_config(cfg):
     """The config as YAML text (what `compose` reads back to the same dict)."""
-    from omegaconf import OmegaConf
+    import yaml
 
-    return OmegaConf.to_yaml(cfg)
+    return yaml.safe_dump(cfg, sort_keys=False)
 
 
 # --- functions that take their defaults from a schema ------------------------------------------------
@@ -314,4 +327,4 @@ def defaults_from(schema):
 
 __all__ = ["REQUIRED", "ConfigError", "compose", "default_of", "defaults_from", "dump_config", "expected",
            "inherit_chain", "override_layer", "parse_override", "read_yaml", "schema_fields", "schema_keys",
-           "schema_leaves", "section", "setting", "shipped_configs"]
+           "schema_leaves", "section", "setting", "shipped_configs", "unwrap_optional"]
