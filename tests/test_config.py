@@ -262,8 +262,22 @@ def test_files_inherit_interpolate_and_name_their_mistakes(tmp_path):
     user.write_text(f"inherit: {user}\n")
     with pytest.raises(ConfigError, match="inheritance loops"):
         load_config(str(user))
-    with pytest.raises(ConfigError, match="Interpolation key 'nope'"):
-        load_config("tiny", ["optim.epochs=${nope}"])
+
+
+@pytest.mark.parametrize("override,match", [
+    ("optim.batch_size", "must look like key=value"),
+    ("=3", "empty key"),
+    ("optim..epochs=3", "empty key"),
+    ("optim.betas[0]=0.8", "a list is set whole"),
+    ("model.name=${oops", r"'model\.name' is not a valid \$\{\.\.\.\} interpolation"),
+    ("optim.epochs=${nope}", "'optim.epochs': Interpolation key 'nope' not found"),
+    ("optim=8", "'optim' is a section"),
+])
+def test_bad_override_syntax_is_one_named_line(override, match, capsys):
+    with pytest.raises(ConfigError, match=match):
+        load_config("tiny", [override])
+    assert pretrain_main(["--print-config", override]) == 2
+    _one_named_line(capsys, "sigma-pretrain: error: ")
 
 
 def test_config_is_plain_and_weights_only_loadable(tmp_path):

@@ -209,7 +209,12 @@ def _structured(schema):
 
 def _named(error, schema, where):
     """An OmegaConf merge error as one line naming the key and what it must be."""
+    from omegaconf.errors import GrammarParseError
+
     key = str(error.full_key or "")
+    if isinstance(error, GrammarParseError):  # a '${' that opens no valid interpolation
+        return ConfigError(f"{where}: config key {key!r} is not a valid ${{...}} interpolation: "
+                           f"{str(error).splitlines()[0]}")
     tp, meta = _field_at(schema, key.split("[")[0]) if key else (typing.Any, {})
     value = getattr(error, "value", None)
     if key.endswith("]"):  # a list item: name the list and the item
@@ -222,7 +227,9 @@ def _named(error, schema, where):
 def parse_override(text):
     """'a.b=value' -> ('a.b', value); the value is read as YAML (numbers incl. `1e-4`, bools, null,
     lists, mappings) as OmegaConf's dotlist does, and kept as a string when it is not valid YAML."""
+    import yaml
     from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
 
     if not isinstance(text, str) or "=" not in text:
         raise ConfigError(f"override {text!r} must look like key=value (e.g. optim.batch_size=8)")
@@ -230,9 +237,11 @@ def parse_override(text):
     key = key.strip()
     if not key or any(not part for part in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key")
+    if "[" in key or "]" in key:
+        raise ConfigError(f"override {text!r}: a list is set whole, e.g. optim.betas=[0.9,0.99]")
     try:
         nested = OmegaConf.to_container(OmegaConf.from_dotlist([f"{key}={raw}"]), resolve=False)
-    except Exception:  # noqa: BLE001 - PyYAML's errors: not YAML, so the text itself
+    except (yaml.YAMLError, OmegaConfBaseException):  # not YAML: the text itself, as typed
         return key, raw
     for part in key.split("."):
         nested = nested[part]
