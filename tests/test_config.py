@@ -136,8 +136,19 @@ def test_evaluate_misspelt_key_is_named_with_a_hint(task, key, capsys):
 @pytest.mark.parametrize("task,key,tp,meta", [(t, *leaf) for t, s in TASKS.items() for leaf in schema_leaves(s)])
 def test_evaluate_wrong_type_is_named(task, key, tp, meta, capsys):
     value, words = _wrong_value(tp, meta)
+    prefix = f"python -m sigma.evaluate {task}: error: "
     assert evaluate_main([task, "--print-config", f"{key}={value}"]) == 2
-    _one_named_line(capsys, f"python -m sigma.evaluate {task}: error: ", f"config key {key!r}", "must be", words)
+    _one_named_line(capsys, prefix, f"config key {key!r}", "must be", words)
+    inner, _ = unwrap_optional(tp)
+    if inner is bool or (inner is str and not meta.get("choices")):
+        return  # a switch takes no value; a path or name flag keeps its text as typed
+    flag = "--" + key.replace("_", "-")
+    if meta.get("choices"):  # checked on the merged settings, after every layer
+        assert evaluate_main([task, flag, "nonsense", "--print-config"]) == 2
+        _one_named_line(capsys, prefix, f"config key {key!r}", "must be", words, "'nonsense'")
+    else:  # a type error names the flag it came from
+        assert evaluate_main([task, flag, value, "--print-config"]) == 2
+        _one_named_line(capsys, prefix + f"{flag}: ", f"config key {key!r}", "must be", words)
 
 
 @pytest.mark.parametrize("argv,words", [
