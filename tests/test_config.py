@@ -21,7 +21,8 @@ from sigma.pretrain.config import ConfigError, PretrainConfig, available_configs
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# The keys and defaults of configs/default.yaml before the schema replaced it: none may be lost.
+# Every pretraining key and its default, as users' configs and checkpoints rely on them: none may be lost or
+# change silently.
 PRETRAIN_DEFAULTS = {
     "seed": 0, "device": "auto", "amp": "auto", "model.name": "sigma_vit_base_patch16", "model.kwargs": {},
     "data.root": None, "data.num_frames": 16, "data.sampling_rate": 4, "data.img_size": 224, "data.patch_size": 16,
@@ -237,6 +238,24 @@ def test_evaluate_aliases_set_their_keys(capsys):
                           "--epochs", "3", "--print-config"]) == 0
     got = yaml.safe_load(capsys.readouterr().out)
     assert (got["epochs"], got["test_clips"], got["test_crops"], got["flip"], got["randaug"]) == (7, 2, 1, False, None)
+
+
+def test_a_function_cannot_keep_defaults_of_its_own():
+    from sigma.engine.config import defaults_from
+    from sigma.evaluate.config import VisualizeConfig
+
+    def visualize(checkpoint, data, output_dir, *, metrics, k=7, seed, alpha, sampling_rate, max_videos, device):
+        return k
+
+    with pytest.raises(TypeError, match=r"remove those of \['k'\]"):
+        defaults_from(VisualizeConfig)(visualize)
+
+    def no_default(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling_rate, max_videos, device):
+        return k, seed, alpha, output_dir
+
+    assert defaults_from(VisualizeConfig)(no_default)("c", "d", "o", k=2) == (2, 0, 0.5, "o")
+    with pytest.raises(TypeError, match="differ in"):
+        defaults_from(VisualizeConfig)(lambda checkpoint, data, output_dir: None)
 
 
 def test_python_api_rejects_unknown_settings():

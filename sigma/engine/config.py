@@ -318,6 +318,9 @@ def defaults_from(schema):
         if set(sig.parameters) != set(fields):
             raise TypeError(f"{fn.__qualname__} and {schema.__name__} must name the same settings; differ in "
                             f"{sorted(set(sig.parameters) ^ set(fields))}")
+        own = [p.name for p in sig.parameters.values() if p.default is not inspect.Parameter.empty]
+        if own:  # a second default would be silently ignored: keep one place
+            raise TypeError(f"{fn.__qualname__} takes its defaults from {schema.__name__}; remove those of {own}")
         defaults = {n: f for n, f in fields.items() if default_of(f) != REQUIRED}
 
         @functools.wraps(fn)
