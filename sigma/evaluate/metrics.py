@@ -121,7 +121,7 @@ def knn_scores(train_feats, train_labels, test_feats, num_classes, k=20, tempera
 def capped_k(k, num_train):
     """min(k, num_train), warning when k is capped (a vote over every training clip is no k-NN)."""
     if k > num_train:
-        warnings.warn(f"k={k} exceeds the {num_train} training clips; using k={num_train}", stacklevel=3)
+        warnings.warn(f"k={k} exceeds the {num_train} training clips; using k={num_train}", stacklevel=2)
         return num_train
     return k
 
