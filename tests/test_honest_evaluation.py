@@ -182,3 +182,17 @@ def test_no_readable_video_error_from_a_worker_keeps_one_line():
         wrapped.reraise()
     assert str(info.value) == "no readable video in 'x.txt': 1 of 1 file(s) could not be read"
     assert isinstance(info.value, ValueError) and isinstance(info.value, RuntimeError)
+
+
+def test_finetune_test_skips_unreadable_clips(synthetic, checkpoint, tmp_path):
+    """The fine-tuning task's multi-view test scores the clips it read, each once (`--epochs 0`: test only)."""
+    garbage = os.path.join(synthetic["root"], "videos", "garbage_b.mp4")
+    clean = _lists(tmp_path / "clean", synthetic)
+    dirty = _lists(tmp_path / "dirty", synthetic, val_extra=[f"{garbage} 1 1"])
+    for lists, out in ((clean, "e1"), (dirty, "e2")):
+        assert evaluate_main(["finetune", "--checkpoint", checkpoint, "--data", str(lists), "--output-dir",
+                              str(tmp_path / out), "--epochs", "0", "--test-views", "1", "1", "--device", "cpu",
+                              "--no-progress"]) == 0
+    want, got = _read(tmp_path / "e1" / "finetune.json"), _read(tmp_path / "e2" / "finetune.json")
+    assert want["num_samples"] == got["num_samples"] == 2 and got["test_skipped_files"] == [garbage]
+    assert got["top1"] == want["top1"] and got["top5"] == want["top5"]
