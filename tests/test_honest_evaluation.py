@@ -196,3 +196,14 @@ def test_finetune_test_skips_unreadable_clips(synthetic, checkpoint, tmp_path):
     want, got = _read(tmp_path / "e1" / "finetune.json"), _read(tmp_path / "e2" / "finetune.json")
     assert want["num_samples"] == got["num_samples"] == 2 and got["test_skipped_files"] == [garbage]
     assert got["top1"] == want["top1"] and got["top5"] == want["top5"]
+
+
+def test_pretraining_list_too_short_counts_the_readable_videos(synthetic, tmp_path, capsys):
+    garbage = os.path.join(synthetic["root"], "videos", "garbage_b.mp4")
+    good = read_video_list(synthetic["train"])[0].path
+    lst = tmp_path / "short.txt"
+    lst.write_text(f"{garbage} 0 0\n{good} 0 0\n")
+    rc = pretrain_main(["--data", str(lst), "--output-dir", str(tmp_path / "run"), *FAST, "optim.batch_size=4"])
+    assert rc == 2
+    line = _one_line_error(capsys.readouterr().err, "sigma-pretrain: error:")
+    assert "has 2 videos (1 readable), fewer than one optimizer step needs" in line and "= 4)" in line
