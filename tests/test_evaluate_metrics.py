@@ -40,20 +40,51 @@ def test_unknown_labels_are_a_clear_error():
         classification_metrics(torch.randn(2, 3), torch.tensor([0, -1]))
 
 
-@pytest.mark.parametrize("weighted", [True, False])
-def test_knn_scores_match_float64_bruteforce(weighted):
+@pytest.mark.parametrize("weighted,temperature", [(True, 0.1), (False, 0.1), (True, 0.005)])
+def test_knn_scores_match_float64_bruteforce(weighted, temperature):
+    """Votes exp(sim / T), normalised over each clip's k neighbours; T = 0.005 puts exp(sim / T) past
+    float32's range (e^200), which float64 still holds."""
     g = torch.Generator().manual_seed(2)
     tr, te = torch.randn(50, 8, generator=g), torch.randn(13, 8, generator=g)
     ytr = torch.randint(0, 4, (50,), generator=g)
-    got = knn_scores(tr, ytr, te, 4, k=5, temperature=0.1, weighted=weighted, chunk_size=4)
+    got = knn_scores(tr, ytr, te, 4, k=5, temperature=temperature, weighted=weighted, chunk_size=4)
     a = tr.double().numpy() / np.linalg.norm(tr.double().numpy(), axis=1, keepdims=True)
     b = te.double().numpy() / np.linalg.norm(te.double().numpy(), axis=1, keepdims=True)
     want = np.zeros((13, 4))
     for i in range(13):
         sim = a @ b[i]
-        for j in np.argsort(-sim)[:5]:
-            want[i, ytr[j]] += np.exp(sim[j] / 0.1) if weighted else 1.0
-    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-4)
+        near = np.argsort(-sim)[:5]
+        w = np.exp(sim[near] / temperature) if weighted else np.ones(5)
+        for j, wj in zip(near, w / w.sum() if weighted else w):
+            want[i, ytr[j]] += wj
+    assert np.isfinite(want).all() and (weighted or want.sum(1).tolist() == [5.0] * 13)
+    np.testing.assert_allclose(got.double().numpy(), want, rtol=1e-4, atol=1e-6)
+
+
+def test_knn_settings_are_checked_and_k_capped_with_a_warning():
+    g = torch.Generator().manual_seed(3)
+    tr, te, ytr = torch.randn(6, 8, generator=g), torch.randn(4, 8, generator=g), torch.arange(6) % 3
+    for t in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            knn_scores(tr, ytr, te, 3, temperature=t)
+    knn_scores(tr, ytr, te, 3, k=3, temperature=0.0, weighted=False)  # no weights: T is not used
+    with pytest.warns(UserWarning, match="k=20 exceeds the 6 training clips; using k=6"):
+        capped = knn_scores(tr, ytr, te, 3, k=20)
+    torch.testing.assert_close(capped, knn_scores(tr, ytr, te, 3, k=6), rtol=0, atol=0)
+    with pytest.warns(UserWarning):
+        assert knn_evaluate(tr, ytr, te, ytr[:4], 3, k=20)["k"] == 6
+
+
+def test_non_finite_features_are_a_clear_error():
+    tr, ytr = torch.randn(6, 8), torch.arange(6) % 3
+    bad = tr.clone()
+    bad[4, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"train_feats: 1 of 6 rows are not finite \(NaN or inf; first: row 4\)"):
+        knn_scores(bad, ytr, tr, 3)
+    with pytest.raises(ValueError, match="test_feats: 6 of 6 rows are not finite"):
+        knn_evaluate(tr, ytr, torch.full((6, 8), float("inf")), ytr, 3)
+    with pytest.raises(ValueError, match="train_feats: 1 of 6 rows are not finite"):
+        train_linear_probe(bad, ytr, 3, epochs=1)
 
 
 def test_knn_label_features_perfect_and_shuffled_chance():

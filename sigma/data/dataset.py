@@ -5,16 +5,39 @@ import random
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, get_worker_info
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
 from ..masking import tube_mask
 from . import transforms as T
 from .lists import VideoRecord, read_video_list
 from .readers import open_video, resolve_reader
 
+UNREADABLE = ("next", "skip")
 
-class NoReadableVideoError(RuntimeError):
-    """Every video of a dataset failed to decode (each was skipped with a warning naming it)."""
+
+class NoReadableVideoError(ValueError, RuntimeError):
+    """Every video of a dataset failed to decode (each was skipped with a warning naming it).
+
+    A ValueError (bad input, what the command lines report as one line) and a RuntimeError.
+    """
+
+    def __init__(self, message):
+        # A DataLoader worker's exception reaches the main process as ExceptionWrapper.reraise
+        # builds it: this class called with "Caught ... in DataLoader worker ...\nOriginal Traceback
+        # ...", whose last line is "<module>.NoReadableVideoError: <message>". Keep the message only,
+        # so the command lines print one line, not the worker's traceback.
+        if message.startswith("Caught NoReadableVideoError"):
+            last = message.rstrip().splitlines()[-1]
+            message = last.partition(f"{type(self).__name__}: ")[2] or last
+        super().__init__(message)
+
+
+def collate_readable(batch):
+    """DataLoader `collate_fn` for `VideoDataset(unreadable="skip")`: drops the None samples of
+    unreadable files and collates the rest (`default_collate`); None when none is left."""
+    batch = [s for s in batch if s is not None]
+    return default_collate(batch) if batch else None
+
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +78,13 @@ class VideoDataset(Dataset):
     gets the same clips and masks. With `persistent_workers=True` the workers keep the epoch
     they were started with: pass `(index, epoch)` keys from the sampler instead of `set_epoch`.
 
-    Unreadable files: the first failure logs one warning naming the file, marks it bad in a
-    shared table (workers see each other's marks, so no file is retried or re-reported) and
-    the next record is used instead; after every record has failed, RuntimeError. `num_skipped`
-    counts the files marked bad so far, across workers.
+    Unreadable files: the first failure logs one warning naming the file and marks it bad in a
+    shared table (workers see each other's marks, so no file is retried or re-reported). Then,
+    with `unreadable="next"` (training: every batch stays full), the next readable record is
+    used instead, and after every record has failed, `NoReadableVideoError`; with
+    `unreadable="skip"` (evaluation: no clip is scored twice), `dataset[i]` is None, which
+    `collate_readable` drops from the batch. `num_skipped` counts the files marked bad so far,
+    across workers, `skipped_files` names them; `check_readable()` opens every file up front.
 
     Crashes inside the decoder: a log record "reading <path>" at DEBUG level precedes every
     decode, and when `breadcrumb_dir` (or the environment variable SIGMA_DATA_BREADCRUMBS) is
@@ -70,7 +96,7 @@ class VideoDataset(Dataset):
     def __init__(self, source, *, root=None, num_frames=16, sampling_rate=4, size=224,
                  scales=(1, .875, .75, .66), flip=True, train=True, mask_ratio=0.9,
                  tube_size=(2, 16, 16), num_clips=1, num_crops=1, reader="auto", seed=0,
-                 breadcrumb_dir=None):
+                 breadcrumb_dir=None, unreadable="next"):
         if isinstance(source, (str, os.PathLike)):
             self.source = os.fspath(source)
             records = read_video_list(source, root=root)
@@ -106,6 +132,9 @@ class VideoDataset(Dataset):
         else:
             self.grid = None
         self.reader = resolve_reader(reader)
+        if unreadable not in UNREADABLE:
+            raise ValueError(f"unreadable must be one of {UNREADABLE}, got {unreadable!r}")
+        self.unreadable = unreadable
         self.seed = int(seed)
         self.epoch = 0
         self.breadcrumb_dir = breadcrumb_dir if breadcrumb_dir is not None else os.environ.get(BREADCRUMB_ENV)
@@ -141,7 +170,7 @@ class VideoDataset(Dataset):
         if not -n <= index < n:
             raise IndexError(f"index {index} out of range for {n} videos")
         index %= n
-        for attempt in range(n):
+        for attempt in range(n if self.unreadable == "next" else 1):
             i = (index + attempt) % n
             if self._bad[i]:
                 continue
@@ -151,14 +180,44 @@ class VideoDataset(Dataset):
             except (KeyboardInterrupt, MemoryError):
                 raise
             except Exception as exc:  # noqa: BLE001 - decoders raise many types (DECORDError, av.error.*, OSError)
-                if not self._bad[i]:
-                    self._bad[i] = True
-                    logger.warning("skipping unreadable video %s (%s: %s); %d skipped so far",
-                                   self.records[i].path, type(exc).__name__, exc, self.num_skipped)
+                self._mark_bad(i, exc)
                 continue
             return self._make_sample(frames, i, g)
-        raise NoReadableVideoError(f"no readable video in {self.source!r}: all {n} files failed to decode "
-                           f"(first: {self.records[0].path!r}); see the warnings above")
+        if self.unreadable == "skip":
+            return None
+        raise self.no_readable_error()
+
+    def _mark_bad(self, i, exc):
+        if not self._bad[i]:
+            self._bad[i] = True
+            logger.warning("skipping unreadable video %s (%s: %s); %d skipped so far",
+                           self.records[i].path, type(exc).__name__, exc, self.num_skipped)
+
+    def no_readable_error(self):
+        """The NoReadableVideoError of this dataset: how many files failed, with which reader."""
+        n, bad = len(self.records), self.skipped_files
+        first = bad[0] if bad else self.records[0].path
+        return NoReadableVideoError(
+            f"no readable video in {self.source!r}: {len(bad)} of {n} file(s) could not be read with reader "
+            f"{self.reader!r} (first: {first!r}); see the warnings above")
+
+    def check_readable(self):
+        """Open every not-yet-bad file (container and frame count, no frames decoded), marking and
+        reporting the unreadable ones as `dataset[i]` would. Returns the number of readable files;
+        NoReadableVideoError when there is none. Costs one open per file: for short lists."""
+        for i, record in enumerate(self.records):
+            if self._bad[i]:
+                continue
+            try:
+                open_video(record.path, self.reader).close()
+            except (KeyboardInterrupt, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - decoders raise many types
+                self._mark_bad(i, exc)
+        readable = len(self.records) - self.num_skipped
+        if readable == 0:
+            raise self.no_readable_error()
+        return readable
 
     def _decode(self, path, g):
         """uint8 (num_clips, T, C, H, W) frames of the sampled clip(s)."""

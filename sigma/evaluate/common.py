@@ -164,13 +164,17 @@ def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, de
                             label_column=0, progress=True):
     """Pooled clip features of every sample of `dataset` (a `sigma.data.VideoDataset` in eval mode):
     (features (N, C) float32, labels (N,) int64); multi-view samples average their views' features.
+    With `unreadable="skip"` the unreadable clips are left out (N counts the clips read); none
+    read is `NoReadableVideoError`.
 
     The feature is `encoder.forward_pooled`: the mean of all tokens after the encoder's final norm.
     """
     from torch.utils.data import DataLoader
 
+    from sigma.data import collate_readable
+
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers,
-                        pin_memory=device.type == "cuda")
+                        pin_memory=device.type == "cuda", collate_fn=collate_readable)
     feats, labels = [], []
     it = loader
     if progress:
@@ -178,6 +182,8 @@ def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, de
         it = tqdm(loader, desc="features", leave=False, dynamic_ncols=True)
     encoder = encoder.to(device).eval()
     for batch in it:
+        if batch is None:  # every clip of the batch was unreadable
+            continue
         video = batch["video"].to(device, non_blocking=True)
         views = 1
         if video.dim() == 6:  # (B, V, C, T, H, W)
@@ -187,6 +193,8 @@ def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, de
             f = encoder.forward_pooled(video).float()
         feats.append(f.view(-1, views, f.shape[-1]).mean(1).cpu())
         labels.append(batch["label"][:, label_column])
+    if not feats:
+        raise dataset.no_readable_error()
     return torch.cat(feats), torch.cat(labels)
 
 

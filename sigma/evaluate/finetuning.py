@@ -163,17 +163,23 @@ def build_scheduler(optimizer, total_steps, warmup_steps, min_lr=1e-6):
 def multiview_scores(model, dataset, *, batch_size=4, num_workers=0, device="cpu", amp_dtype=None,
                      label_column=0, indices=None, progress=False):
     """Softmax scores averaged over each sample's views (V = clips × crops): (scores (n, K), labels (n,),
-    indices (n,)) for `indices` (default: all) of an eval-mode VideoDataset."""
+    indices (n,)) for `indices` (default: all) of an eval-mode VideoDataset; with `unreadable="skip"`
+    the unreadable clips are left out (n counts the clips scored; none: three empty tensors)."""
     from torch.utils.data import DataLoader, Subset
 
+    from sigma.data import collate_readable
+
     idx = list(range(len(dataset))) if indices is None else list(indices)
-    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False, num_workers=num_workers)
+    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False, num_workers=num_workers,
+                        collate_fn=collate_readable)
     if progress:
         from tqdm import tqdm
         loader = tqdm(loader, desc="test", leave=False, dynamic_ncols=True)
     model.eval()
-    scores, labels = [], []
+    scores, labels, scored = [], [], []
     for batch in loader:
+        if batch is None:  # every clip of the batch was unreadable
+            continue
         video = batch["video"].to(device, non_blocking=True)
         if video.dim() == 5:
             video = video[:, None]
@@ -182,7 +188,10 @@ def multiview_scores(model, dataset, *, batch_size=4, num_workers=0, device="cpu
             logits = model(video.flatten(0, 1))
         scores.append(logits.float().softmax(-1).view(b, v, -1).mean(1).cpu())
         labels.append(batch["label"][:, label_column])
-    return torch.cat(scores), torch.cat(labels), torch.tensor(idx)
+        scored.append(batch["index"])
+    if not scores:
+        return torch.zeros(0), torch.zeros(0, dtype=torch.int64), torch.zeros(0, dtype=torch.int64)
+    return torch.cat(scores), torch.cat(labels), torch.cat(scored)
 
 
 # --- the task --------------------------------------------------------------------------------------
@@ -364,8 +373,9 @@ def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column
 
     # multi-view test, sharded over ranks
     test_ds = VideoDataset(val_records, num_frames=num_frames, sampling_rate=sampling_rate, size=size, train=False,
-                           mask_ratio=None, tube_size=tube, num_clips=test_clips, num_crops=test_crops)
-    scores, labels, idx = multiview_scores(model, test_ds, batch_size=test_batch_size or batch_size,
+                           mask_ratio=None, tube_size=tube, num_clips=test_clips, num_crops=test_crops,
+                           unreadable="skip")
+    scores, labels, _ = multiview_scores(model, test_ds, batch_size=test_batch_size or batch_size,
                                            num_workers=num_workers, device=device, amp_dtype=amp_dtype,
                                            label_column=label_column,
                                            indices=range(rank, len(val_records), world),
@@ -373,12 +383,18 @@ def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column
     if world > 1:
         import torch.distributed as dist
         parts = [None] * world
-        dist.all_gather_object(parts, (scores, labels, idx))
+        dist.all_gather_object(parts, (scores, labels, test_ds.skipped_files))
+        test_skipped = sorted(f for p in parts for f in p[2])
+        parts = [p for p in parts if len(p[1])] or parts[:1]  # a rank may have read none of its clips
         scores = torch.cat([p[0] for p in parts])
         labels = torch.cat([p[1] for p in parts])
+    else:
+        test_skipped = test_ds.skipped_files
+    if not len(labels):
+        raise test_ds.no_readable_error()
     result = {"task": "finetune", **classification_metrics(scores, labels, num_classes), **settings,
               "steps": step, "final_train_loss": history[-1] if history else None,
-              "test_skipped_files": test_ds.skipped_files, "train_skipped_files": _skipped(train_ds),
+              "test_skipped_files": test_skipped, "train_skipped_files": _skipped(train_ds),
               "checkpoint_out": str(ckpt_path), "seconds": time.time() - t0, "provenance": provenance()}
     if rank == 0:
         write_json(out / "finetune.json", result)

@@ -4,6 +4,7 @@ Everything here works on tensors already in memory: features (N, C) float, label
 [0, num_classes). Accuracies are reported in percent. Nothing here knows about videos or models.
 """
 import math
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +30,27 @@ def _check_features(name, feats, labels=None):
                          f"{getattr(feats, 'dtype', type(feats))} {tuple(getattr(feats, 'shape', ()))}")
     if labels is not None and labels.shape[0] != feats.shape[0]:
         raise ValueError(f"{name}: {feats.shape[0]} feature rows but {labels.shape[0]} labels")
+    bad = non_finite_rows(feats)
+    if len(bad):
+        raise ValueError(f"{name}: {len(bad)} of {feats.shape[0]} rows are not finite (NaN or inf; first: row "
+                         f"{int(bad[0])}); a score of such features would be meaningless")
     return feats
+
+
+def non_finite_rows(feats):
+    """Indices (int64 (n,)) of the rows of feats (N, C) holding a NaN or an infinity."""
+    return (~torch.isfinite(feats).all(dim=1)).nonzero().flatten()
+
+
+def check_knn_settings(k, temperature, weighted=True):
+    """Clear errors for a k that is not a positive int or, when weighted, a temperature that is
+    not a finite number > 0 (exp(sim / T) has no meaning for T <= 0)."""
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be a positive int, got {k!r}")
+    if weighted and (isinstance(temperature, bool) or not isinstance(temperature, (int, float))
+                     or not math.isfinite(temperature) or temperature <= 0):
+        raise ValueError(f"temperature must be a finite number > 0 (the votes weigh exp(similarity / temperature)), "
+                         f"got {temperature!r}")
 
 
 def topk_accuracy(scores, labels, ks=(1, 5)):
@@ -73,26 +94,36 @@ def knn_scores(train_feats, train_labels, test_feats, num_classes, k=20, tempera
 
     Each test clip takes its k most cosine-similar training clips; each neighbour votes for its
     label with weight exp(sim / temperature) when `weighted` (the DINO / InstDisc convention), else 1.
-    Test rows are processed `chunk_size` at a time so the similarity matrix never exceeds
-    chunk_size × N_train.
+    The weights are normalised to sum to 1 over each clip's k neighbours (a softmax of sim / T):
+    the same ranking of classes, and no overflow however small T is (exp(1 / 0.01) is past
+    float32's range). temperature must be > 0. A k above the N_train training clips is capped at
+    N_train with a warning. Test rows are processed `chunk_size` at a time so the similarity
+    matrix never exceeds chunk_size × N_train.
     """
+    check_knn_settings(k, temperature, weighted)
     _check_features("train_feats", train_feats, train_labels)
     _check_features("test_feats", test_feats)
     check_labels("train_labels", train_labels, num_classes)
     if train_feats.shape[1] != test_feats.shape[1]:
         raise ValueError(f"train_feats has {train_feats.shape[1]} channels, test_feats {test_feats.shape[1]}")
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
-    k = min(k, train_feats.shape[0])
+    k = capped_k(k, train_feats.shape[0])
     train = F.normalize(train_feats.float(), dim=1)
     test = F.normalize(test_feats.float().to(train.device), dim=1)
     labels = train_labels.to(train.device)
     out = torch.zeros(test.shape[0], num_classes, device=train.device)
     for s in range(0, test.shape[0], chunk_size):
         sim, idx = (test[s:s + chunk_size] @ train.T).topk(k, dim=1)
-        w = (sim / temperature).exp() if weighted else torch.ones_like(sim)
+        w = (sim / temperature).softmax(dim=1) if weighted else torch.ones_like(sim)
         out[s:s + chunk_size].scatter_add_(1, labels[idx], w)
     return out
+
+
+def capped_k(k, num_train):
+    """min(k, num_train), warning when k is capped (a vote over every training clip is no k-NN)."""
+    if k > num_train:
+        warnings.warn(f"k={k} exceeds the {num_train} training clips; using k={num_train}", stacklevel=2)
+        return num_train
+    return k
 
 
 def knn_evaluate(train_feats, train_labels, test_feats, test_labels, num_classes, k=20, temperature=0.07,
@@ -102,7 +133,7 @@ def knn_evaluate(train_feats, train_labels, test_feats, test_labels, num_classes
     _check_features("test_feats", test_feats, test_labels)
     scores = knn_scores(train_feats, train_labels, test_feats, num_classes, k, temperature, weighted)
     out = classification_metrics(scores, test_labels, num_classes)
-    out.update(k=k, temperature=temperature, weighted=weighted)
+    out.update(k=min(k, train_feats.shape[0]), k_requested=k, temperature=temperature, weighted=weighted)
     return out
 
 

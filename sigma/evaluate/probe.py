@@ -7,6 +7,8 @@ clip(s), centred crop(s), no augmentation), then score the val list.
 import time
 from pathlib import Path
 
+import torch
+
 from sigma.engine.config import defaults_from
 
 from .common import (
@@ -21,34 +23,56 @@ from .common import (
     write_json,
 )
 from .config import KnnConfig, LinearConfig
-from .metrics import classification_metrics, knn_evaluate, linear_probe_scores, train_linear_probe
+from .metrics import (
+    check_knn_settings,
+    classification_metrics,
+    knn_evaluate,
+    linear_probe_scores,
+    non_finite_rows,
+    train_linear_probe,
+)
 
 
 def _features(checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
               batch_size, num_workers, device, amp, progress):
     from sigma.data import VideoDataset
 
-    train_path, val_path, train_records, val_records, num_classes = labelled_splits(
+    train_path, val_path, _, _, num_classes = labelled_splits(
         data, train_list, val_list, label_column, classes)
     device = resolve_device(device)
     encoder = load_encoder(checkpoint)
     num_frames, size, tube = encoder_input_size(encoder)
-    out = {}
-    for split, records in (("train", train_records), ("val", val_records)):
-        ds = VideoDataset(records, num_frames=num_frames, sampling_rate=sampling_rate, size=size, train=False,
-                          mask_ratio=None, tube_size=tube, num_clips=num_clips, num_crops=num_crops)
+    out, skipped = {}, []
+    for split, path in (("train", train_path), ("val", val_path)):
+        # unreadable="skip": an unreadable clip is left out and counted, never replaced by another
+        # clip (which would score that one twice)
+        ds = VideoDataset(path, num_frames=num_frames, sampling_rate=sampling_rate, size=size, train=False,
+                          mask_ratio=None, tube_size=tube, num_clips=num_clips, num_crops=num_crops,
+                          unreadable="skip")
         out[split] = extract_pooled_features(encoder, ds, batch_size=batch_size, num_workers=num_workers,
                                              device=device, amp_dtype=amp_dtype_for(device, amp),
                                              label_column=label_column, progress=progress)
-        if ds.num_skipped:
-            out[f"{split}_skipped"] = ds.skipped_files
+        _check_finite_features(out[split][0], split, checkpoint, encoder)
+        skipped += ds.skipped_files
     info = {"checkpoint": str(checkpoint), "train_list": str(train_path), "val_list": str(val_path),
-            "label_column": label_column, "num_classes": num_classes, "num_train": len(train_records),
-            "num_val": len(val_records), "num_frames": num_frames, "img_size": list(size),
+            "label_column": label_column, "num_classes": num_classes, "num_train": len(out["train"][1]),
+            "num_val": len(out["val"][1]), "num_frames": num_frames, "img_size": list(size),
             "sampling_rate": sampling_rate, "views": [num_clips, num_crops],
             "feature": "mean of all tokens after the encoder's final norm (forward_pooled)",
-            "skipped_files": out.get("train_skipped", []) + out.get("val_skipped", [])}
+            "num_skipped": len(skipped), "skipped_files": skipped}
     return out["train"], out["val"], num_classes, device, info
+
+
+def _check_finite_features(feats, split, checkpoint, encoder):
+    """A clear error when features (N, C) hold NaN or inf, saying whether the weights are the cause."""
+    bad = non_finite_rows(feats)
+    if not len(bad):
+        return
+    weights = [name for name, p in encoder.named_parameters() if not bool(torch.isfinite(p).all())]
+    cause = (f"{len(weights)} of its parameter tensors are not finite (first: {weights[0]})" if weights
+             else "its weights are finite: check the input clips")
+    raise ValueError(f"--checkpoint {str(checkpoint)!r}: the encoder gives non-finite features (NaN or inf) for "
+                     f"{len(bad)} of {len(feats)} {split} clips; {cause}")
 
 
 @defaults_from(KnnConfig)
@@ -58,6 +82,7 @@ def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, cla
     votes weighted by exp(sim / temperature) unless weighted=False). Returns (and writes to
     OUTPUT_DIR/knn.json) top1, top5, mean_class_accuracy in %, with the settings used."""
     t0 = time.time()
+    check_knn_settings(k, temperature, weighted)  # before the minutes of feature extraction
     (xtr, ytr), (xva, yva), num_classes, _, info = _features(
         checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
         batch_size, num_workers, device, amp, progress)

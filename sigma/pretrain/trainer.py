@@ -163,8 +163,9 @@ def train(cfg, data, output_dir, resume=None, argv=None):
     clips_per_step = o["batch_size"] * o["accum_steps"] * info.world_size
     steps_per_epoch = len(dataset) // info.world_size // (o["batch_size"] * o["accum_steps"])
     if steps_per_epoch == 0:
-        raise ConfigError(f"{data} has {len(dataset)} usable videos, fewer than one optimizer step needs "
-                          f"(batch_size {o['batch_size']} x accum_steps {o['accum_steps']} x {info.world_size} "
+        readable = dataset.check_readable()  # a list this short: nothing readable is the error to report, if so
+        raise ConfigError(f"{data} has {len(dataset)} videos ({readable} readable), fewer than one optimizer step "
+                          f"needs (batch_size {o['batch_size']} x accum_steps {o['accum_steps']} x {info.world_size} "
                           f"processes = {clips_per_step}); lower optim.batch_size")
     total_steps = o["epochs"] * steps_per_epoch
     stop = min(total_steps, o["max_steps"]) if o["max_steps"] else total_steps
