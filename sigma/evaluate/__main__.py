@@ -9,7 +9,7 @@ import sys
 
 def _common(p, data_help):
     p.add_argument("--checkpoint", required=True,
-                   help="encoder weights: a sigma.pretrain checkpoint (.pt), an exported .safetensors, or a "
+                   help="encoder weights: a pretraining checkpoint (.pt), an exported .safetensors, or a "
                         "VideoMAE .pth")
     p.add_argument("--data", required=True, help=data_help)
     p.add_argument("--output-dir", required=True, help="folder for the result JSON (and pictures/checkpoints)")

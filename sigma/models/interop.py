@@ -12,11 +12,12 @@ from pathlib import Path
 
 import torch
 
+from sigma.engine.files import MODELS_FORMAT as FORMAT
+from sigma.engine.files import PRETRAIN_FORMAT
+
 from .checkpoints import atomic_save, safe_torch_load
 from .vit import VideoClassifier, VideoMAEPretrainModel, VideoViTConfig, VideoViTEncoder, sincos_position_table
 
-FORMAT = "sigma-models-v1"
-PRETRAIN_FORMAT = "sigma-pretrain-v1"
 KINDS = {"pretrain": VideoMAEPretrainModel, "encoder": VideoViTEncoder, "classifier": VideoClassifier}
 
 
