@@ -20,7 +20,8 @@ def function_lengths(root=SIGMA):
 
 
 def test_scan_measures_a_known_function(tmp_path):
-    (tmp_path / "m.py").write_text("def f():\n    x = 1\n\n    return x\n\n\nclass C:\n    def g(self):\n        pass\n")
+    source = "def f():\n    x = 1\n\n    return x\n\n\nclass C:\n    def g(self):\n        pass\n"
+    (tmp_path / "m.py").write_text(source)
     assert function_lengths(tmp_path) == [(4, f"{tmp_path.name}/m.py:1 f"), (2, f"{tmp_path.name}/m.py:8 g")]
 
 

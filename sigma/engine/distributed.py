@@ -48,6 +48,8 @@ def init_distributed(device="auto", timeout_s=1800):
     rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     dev = pick_device(device, local)
+    if world > 1 and dev.type == "cuda":  # one device per process, whatever index was asked for
+        dev = torch.device("cuda", local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     owns = False
