@@ -1,10 +1,11 @@
 """The one seeding policy of the training loops.
 
 - Global: `seed_everything(seed)` seeds torch, Python and NumPy with the run's seed on EVERY rank
-  before the networks are built, so every rank builds the same initial weights and draws the same
-  main-process random numbers (mixup's λ and box, drop path), step by step. One rank's RNG state
-  (`checkpoints.rng_state`) therefore resumes any rank, and a batch split over ranks is drawn
-  with the same numbers as each rank's share.
+  before the networks are built, so every rank builds the same initial weights and then draws the
+  same main-process random numbers step by step. One rank's RNG state (`checkpoints.rng_state`)
+  therefore resumes any rank, and mixup draws one λ and box per step for the whole global batch,
+  as one process would. The price: per-sample draws of the main process (drop path) repeat at
+  the same batch position on every rank.
 - Per rank: the only thing that differs between ranks is their share of the sample order
   (`distributed.ResumableDistributedSampler`, one permutation per epoch from seed + epoch).
 - Per worker: `seed_worker` (DataLoader `worker_init_fn`) seeds Python's and NumPy's global
