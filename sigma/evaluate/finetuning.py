@@ -21,7 +21,7 @@ import argparse
 import csv
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -122,7 +122,6 @@ def multiview_scores(model, dataset, *, batch_size=4, num_workers=0, device="cpu
     return torch.cat(scores), torch.cat(labels), torch.tensor(idx)
 
 
-
 # --- the task --------------------------------------------------------------------------------------
 
 @dataclass
@@ -146,7 +145,7 @@ class FinetuneRun:
     last_step: int
     ckpt_path: Path
     step: int = 0
-    history: list = None
+    history: list = field(default_factory=list)  # the logged losses
     log_file: object = None
     pbar: object = None
 
@@ -225,7 +224,7 @@ def setup(args):
     return FinetuneRun(args, settings, info, model, wrap_ddp(model, info), optimizer, scheduler, scaler, autocast,
                        mixer, _criterion(use_mix, args.label_smoothing), _train_set(args, model, train_records),
                        val_records, spe, total_steps, last_step,
-                       Path(args.output_dir) / "checkpoints" / "finetune-last.pt", history=[])
+                       Path(args.output_dir) / "checkpoints" / "finetune-last.pt")
 
 
 def _settings(args, model, train_path, val_path, num_classes, world, lr, amp):
