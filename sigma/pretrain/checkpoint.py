@@ -1,9 +1,9 @@
 """Pretraining checkpoint files: where they go, which to keep, which one `--resume auto` picks.
 
 Layout: `DIR/checkpoints/checkpoint-<step>.pt` and `DIR/checkpoints/last.pt` (same content). A
-checkpoint is a plain dict of tensors, dicts, lists and scalars (format "sigma-pretrain-v1",
-documented in docs/pretraining.md), written atomically by `sigma.engine.files` and read by
-`sigma.engine.checkpoints.load_checkpoint`.
+checkpoint is a plain dict of tensors, dicts, lists and scalars (format
+`sigma.engine.files.PRETRAIN_FORMAT`, documented in docs/pretraining.md), written atomically by
+`sigma.engine.files` and read by `sigma.engine.checkpoints.load_checkpoint`.
 """
 import os
 import re
