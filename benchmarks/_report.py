@@ -5,9 +5,10 @@ import math
 import os
 import platform
 import socket
-import subprocess
 
 import torch
+
+from sigma.engine.provenance import git_commit
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS_DIR = os.path.join(REPO_ROOT, "benchmarks", "results")
@@ -43,24 +44,6 @@ def _version(module):
         return ""
 
 
-def _git_commit():
-    """Short commit of the repo (+dirty), or $SIGMA_BENCH_COMMIT when set (for copies of the tree
-    without .git, e.g. on a lent GPU machine)."""
-    if os.environ.get("SIGMA_BENCH_COMMIT"):
-        return os.environ["SIGMA_BENCH_COMMIT"]
-    try:
-        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", "sigma_kernels", "csrc", "sigma",
-                                "benchmarks/sinkhorn.py", "benchmarks/loss.py", "benchmarks/research_style.py",
-                                "benchmarks/_cli.py", "benchmarks/_measure.py", "benchmarks/_truth.py",
-                                "benchmarks/_report.py", "benchmarks/_driver.py", "benchmarks/roofline.py"],
-                               cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        return (rev + ("+dirty" if dirty else "")) if rev else "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
 def _cpu_name():
     try:
         with open("/proc/cpuinfo") as f:
@@ -83,7 +66,7 @@ def run_metadata(benchmark, device):
     now = _dt.datetime.now(_dt.timezone.utc)
     return dict(benchmark=benchmark, machine=socket.gethostname(), device=device_name(device),
                 device_type=torch.device(device).type, torch=torch.__version__, triton=_version("triton"),
-                pot=_version("ot"), python=platform.python_version(), commit=_git_commit(),
+                pot=_version("ot"), python=platform.python_version(), commit=git_commit(short=True) or "unknown",
                 date=now.strftime("%Y-%m-%dT%H:%M:%SZ"), _stamp=now.strftime("%Y%m%d-%H%M"))
 
 

@@ -24,6 +24,7 @@ if __package__ in (None, ""):
 
 from benchmarks import _report as report  # noqa: E402
 from sigma.data import VideoDataset, sample_videos, seed_worker  # noqa: E402
+from sigma.engine.files import atomic_write  # noqa: E402
 
 COLUMNS = ("benchmark", "machine", "device", "torch", "python", "commit", "date", "source", "reader",
            "frames", "size", "sampling_rate", "mask_ratio", "workers", "batch_size", "clips", "first_batch_s",
@@ -41,6 +42,13 @@ def parse_sizes(text):
     if not out:
         raise SystemExit("--sizes is empty")
     return out
+
+
+def _write_rows(path, rows):
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def run_one(source, frames, size, rate, workers, args):
@@ -109,12 +117,7 @@ def main(argv=None):
                     row["status"] = f"failed: {type(exc).__name__}: {exc}"[:300]
                     print(f"{frames}x{size}² workers={w}: {row['status']}", flush=True)
                 rows.append({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in row.items()})
-                tmp_path = path + ".tmp"
-                with open(tmp_path, "w", newline="") as f:
-                    writer = csv.DictWriter(f, COLUMNS)
-                    writer.writeheader()
-                    writer.writerows(rows)
-                os.replace(tmp_path, path)
+                atomic_write(path, lambda tmp: _write_rows(tmp, rows))
     print(f"wrote {path}")
 
 

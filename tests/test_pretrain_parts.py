@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from sigma.diagnostics import feature_collapse_stats
+from sigma.engine import checkpoints as eck
+from sigma.engine.distributed import ResumableDistributedSampler
+from sigma.engine.files import PRETRAIN_FORMAT
 from sigma.pretrain import checkpoint as ck
 from sigma.pretrain.config import ConfigError, available_configs, load_config
-from sigma.pretrain.distributed import ResumableDistributedSampler
 
 # --- configs ------------------------------------------------------------------------------------
 
@@ -127,8 +129,8 @@ class _Toy(torch.nn.Module):
 
 def test_optimizer_groups_and_schedule():
     pytest.importorskip("timm")
+    from sigma.engine.optim import build_optimizer, build_scheduler, scaled_lr
     from sigma.pretrain.objectives import PretrainModule
-    from sigma.pretrain.optim import build_optimizer, build_scheduler, peak_lr
 
     class Proj(torch.nn.Module):
         def __init__(self):
@@ -143,7 +145,7 @@ def test_optimizer_groups_and_schedule():
     assert by_wd[0.0] == ["model.lin.bias", "model.norm.bias", "model.norm.weight", "model.pos_embed",
                           "projection.fc.bias"]
     assert opt.param_groups[0]["betas"] == (0.9, 0.95)
-    assert peak_lr(1.5e-4, 2048) == pytest.approx(1.2e-3)
+    assert scaled_lr(1.5e-4, 2048) == pytest.approx(1.2e-3)
 
     total, warm, lr_min, lr0 = 50, 10, 1e-5, 1e-6
     sched = build_scheduler(opt, total, warm, lr_min, lr0)
@@ -183,10 +185,10 @@ def test_checkpoint_files_resume_discovery_and_rng(tmp_path):
     torch.manual_seed(1)
     random.seed(2)
     np.random.seed(3)
-    rng = ck.rng_state()
+    rng = eck.rng_state()
     want = (torch.rand(2), random.random(), np.random.rand())
     for step in (2, 4, 6):
-        ck.save_checkpoint({"format": ck.FORMAT, "step": step, "rng": rng, "w": torch.full((3,), step)},
+        ck.save_checkpoint({"format": PRETRAIN_FORMAT, "step": step, "rng": rng, "w": torch.full((3,), step)},
                            tmp_path, keep=2)
     names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
     assert names == ["checkpoint-4.pt", "checkpoint-6.pt", "last.pt"]  # no temp files left, oldest pruned
@@ -194,7 +196,7 @@ def test_checkpoint_files_resume_discovery_and_rng(tmp_path):
     with pytest.warns(UserWarning, match="checkpoint-6.pt"):
         path, state = ck.find_resume_checkpoint(tmp_path)
     assert path.name == "checkpoint-4.pt" and state["step"] == 4
-    ck.set_rng_state(state["rng"])
+    eck.set_rng_state(state["rng"])
     got = (torch.rand(2), random.random(), np.random.rand())
     assert torch.equal(got[0], want[0]) and got[1:] == want[1:]
     assert ck.find_resume_checkpoint(tmp_path / "elsewhere") == (None, None)
@@ -203,10 +205,10 @@ def test_checkpoint_files_resume_discovery_and_rng(tmp_path):
 def test_parameter_fingerprint():
     a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
     b.load_state_dict(a.state_dict())
-    assert ck.parameter_fingerprint(a) == ck.parameter_fingerprint(b)
+    assert eck.parameter_fingerprint(a) == eck.parameter_fingerprint(b)
     with torch.no_grad():
         b.bias[0] = torch.nextafter(b.bias[0], torch.tensor(1.0))
-    assert ck.parameter_fingerprint(a) != ck.parameter_fingerprint(b)
+    assert eck.parameter_fingerprint(a) != eck.parameter_fingerprint(b)
 
 
 # --- collapse measures ---------------------------------------------------------------------------
@@ -231,7 +233,7 @@ def test_scheduler_of_a_tiny_run_does_not_warn(caplog):
     effect (true, and expected at that size); the lr still follows warmup then the peak."""
     import logging
 
-    from sigma.pretrain.optim import build_scheduler
+    from sigma.engine.optim import build_scheduler
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
     with caplog.at_level(logging.WARNING):
         sched = build_scheduler(opt, total_steps=2, warmup_steps=1, min_lr=0.0, warmup_lr=0.0)
@@ -250,7 +252,7 @@ def test_a_restarted_torchelastic_attempt_keeps_its_keys_apart(monkeypatch):
 
     import torch.distributed as dist
 
-    from sigma.pretrain.distributed import join_process_group
+    from sigma.engine.distributed import join_process_group
     if not dist.is_available():
         pytest.skip("torch.distributed is not available")
     server = dist.TCPStore("127.0.0.1", 0, 1, is_master=True, timeout=datetime.timedelta(seconds=30))

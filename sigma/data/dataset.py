@@ -1,12 +1,15 @@
 """VideoDataset: decoded, augmented, normalised clips with their tube masks and labels."""
 import logging
 import os
-import random
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, default_collate, get_worker_info
+from torch.utils.data import Dataset, default_collate
 
+from ..engine.seeding import (
+    sample_generator,
+    seed_worker,  # noqa: F401 - the DataLoader worker_init_fn, re-exported
+)
 from ..masking import tube_mask
 from . import transforms as T
 from .lists import VideoRecord, read_video_list
@@ -160,9 +163,8 @@ class VideoDataset(Dataset):
         return [self.records[i].path for i in self._bad.nonzero().flatten().tolist()]
 
     def generator(self, index, draw):
-        """The torch.Generator of sample `index` at draw `draw`."""
-        state = np.random.SeedSequence([self.seed, int(draw), int(index)]).generate_state(2, np.uint32)
-        return torch.Generator().manual_seed(int(state[0]) << 31 ^ int(state[1]))
+        """The torch.Generator of sample `index` at draw `draw` (`sigma.engine.seeding`)."""
+        return sample_generator(self.seed, draw, index)
 
     def __getitem__(self, key):
         index, draw = key if isinstance(key, tuple) else (key, self.epoch)
@@ -272,15 +274,3 @@ def read_breadcrumbs(directory):
             with open(os.path.join(directory, name), encoding="utf-8") as f:
                 out[int(name[len("reading-"):-4])] = f.read().strip()
     return out
-
-
-def seed_worker(worker_id):
-    """DataLoader `worker_init_fn`: seeds Python's and NumPy's global generators from the worker's
-    torch seed (which DataLoader derives from its own generator), for user code that draws from
-    them. VideoDataset itself does not use global generators (see its docstring)."""
-    seed = torch.initial_seed() % 2**32
-    random.seed(seed)
-    np.random.seed(seed)
-    info = get_worker_info()
-    if info is not None and hasattr(info.dataset, "records"):
-        logger.debug("data worker %d of %d seeded with %d", worker_id, info.num_workers, seed)

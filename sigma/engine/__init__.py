@@ -1,5 +1,14 @@
 """What every training loop needs, shared by `sigma.pretrain` and `sigma.evaluate`.
 
-Submodules import only torch (and numpy) at module level, so `sigma.engine.files` can read and
-write checkpoints in an environment without timm or the video stack.
+- `files`: the one atomic writer, the one safe `torch.load`, the checkpoint format strings;
+- `checkpoints`: the one checkpoint loader (format check on top of `files.safe_torch_load`),
+  RNG states as plain tensors, parameter fingerprints;
+- `provenance`: the one record of how a result was made (commit, versions, host, command);
+- `distributed`: joining torchrun's process group, rank helpers, the resumable sampler;
+- `seeding`: the one seeding policy (global, per rank, per worker, per sample);
+- `amp`: the one mixed-precision policy (autocast + GradScaler);
+- `optim`: AdamW over timm's parameter groups, timm's cosine schedule, the lr scaling rule.
+
+Submodules import only torch (and numpy) at module level (`optim` imports timm when called), so
+checkpoints can be read and written in an environment without timm or the video stack.
 """

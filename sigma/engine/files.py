@@ -14,6 +14,7 @@ import torch
 PRETRAIN_FORMAT = "sigma-pretrain-v1"
 FINETUNE_FORMAT = "sigma-finetune-v2"
 MODELS_FORMAT = "sigma-models-v1"
+LINEAR_PROBE_FORMAT = "sigma-linear-probe-v1"
 
 # Harmless non-tensor types found in checkpoints we are asked to read: VideoMAE/SIGMA store their
 # command-line arguments as an argparse.Namespace.

@@ -1,20 +1,11 @@
 """Shared plumbing of the evaluation tasks: checkpoints, devices, labelled lists, features, results."""
 import json
 import math
-import os
-import platform
-import time
 from pathlib import Path
 
 import torch
 
-from sigma.pretrain.checkpoint import atomic_write
-
-
-def resolve_device(device="auto"):
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+from sigma.engine.files import atomic_write_text
 
 
 def _json_safe(obj):
@@ -34,40 +25,14 @@ def _json_safe(obj):
 
 
 def write_json(path, obj):
-    """Write obj as JSON atomically (temp file + os.replace); NaN/inf become null."""
-    def write(tmp):
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(_json_safe(obj), f, indent=1, allow_nan=False)
-            f.write("\n")
-    atomic_write(path, write)
+    """Write obj as JSON atomically (`sigma.engine.files`); NaN/inf become null."""
+    atomic_write_text(path, json.dumps(_json_safe(obj), indent=1, allow_nan=False) + "\n")
     return Path(path)
-
-
-def atomic_torch_save(obj, path):
-    """torch.save to a temp file, then os.replace (a crash never leaves half a checkpoint)."""
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
-
-
-def provenance(**extra):
-    """Where a result came from: versions, host, time (and what the caller adds)."""
-    import sigma_kernels
-
-    out = {"torch": str(torch.__version__), "sigma_kernels": sigma_kernels.__version__,
-           "python": platform.python_version(), "host": platform.node(),
-           "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    try:
-        import subprocess
-        out["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                       cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() or None
-    except Exception:  # noqa: BLE001 - no git, not a checkout: provenance without a commit
-        out["commit"] = None
-    out.update(extra)
-    return out
 
 
 def load_encoder(checkpoint, **overrides):
     """The video encoder stored in `checkpoint` (any format `sigma.models.load_encoder` reads: our
-    safetensors export, a `sigma.pretrain` checkpoint, an original VideoMAE .pth), as a
+    safetensors export, a pretraining checkpoint, an original VideoMAE .pth), as a
     VideoViTEncoder in eval mode. A file that holds no such encoder is a ValueError naming it."""
     from sigma.models import load_encoder as _load
 
@@ -196,10 +161,3 @@ def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, de
     if not feats:
         raise dataset.no_readable_error()
     return torch.cat(feats), torch.cat(labels)
-
-
-def amp_dtype_for(device, amp):
-    """None (fp32) on CPU or with amp='none'; bf16 or fp16 on CUDA."""
-    if device.type != "cuda" or amp in (None, "none", False):
-        return None
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "auto": torch.bfloat16}[amp]

@@ -11,7 +11,7 @@ AMP = ("auto", "bf16", "fp16", "none")
 
 @dataclass
 class RunConfig:
-    checkpoint: str = setting(REQUIRED, help="encoder weights: a sigma.pretrain checkpoint (.pt), an exported "
+    checkpoint: str = setting(REQUIRED, help="encoder weights: a pretraining checkpoint (.pt), an exported "
                                              ".safetensors (or its folder), or a VideoMAE .pth")
     data: str = setting(REQUIRED, help="what to evaluate on (see the task)")
     output_dir: Optional[str] = setting(None, help="folder for the result JSON (and pictures/checkpoints)")

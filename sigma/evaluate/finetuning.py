@@ -10,71 +10,53 @@ every frame (`VideoRandAugment`), drop path 0.1, flip (off for SSv2: `flip=False
 `test_clips` × `test_crops` views (VideoMAE: 2×3 on SSv2, 5×3 on K400).
 
 Runs on CPU, one GPU or `torchrun --nproc_per_node N` (DDP; NCCL on GPU, gloo on CPU; every rank
-draws its share of one seeded permutation per epoch; only rank 0 writes). Checkpoints
+draws its share of one seeded permutation per epoch; only rank 0 writes), on `sigma.engine` like
+pretraining: `finetune()` sets up (`setup`), `train_one_epoch` runs the steps. Checkpoints
 (`OUTPUT_DIR/checkpoints/finetune-last.pt`, atomically) hold model, optimizer, scaler, step, epoch
 and RNG states; `resume="auto"` continues from it, mid-epoch included: the sample order, every
-sample's augmentation (seeded from (seed, epoch, index)) and the mixup draws are replayed.
+sample's augmentation (seeded from (seed, epoch, index)) and the mixup draws are replayed
+(`sigma.engine.seeding`).
 """
+import argparse
 import csv
-import datetime
 import math
-import os
-import random
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from sigma.engine import amp as amp_policy
+from sigma.engine.checkpoints import load_checkpoint, rng_state, set_rng_state
 from sigma.engine.config import defaults_from
-from sigma.pretrain.checkpoint import rng_state, set_rng_state
-from sigma.pretrain.distributed import join_process_group
+from sigma.engine.distributed import (
+    DistInfo,
+    ResumableDistributedSampler,
+    all_gather_object,
+    init_distributed,
+    shutdown,
+    wrap_ddp,
+)
+from sigma.engine.files import FINETUNE_FORMAT, atomic_torch_save
+from sigma.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from sigma.engine.provenance import provenance
+from sigma.engine.seeding import sample_global_streams, seed_everything, seed_worker
 
 from .augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
-from .common import (
-    amp_dtype_for,
-    atomic_torch_save,
-    labelled_splits,
-    provenance,
-    resolve_device,
-    write_json,
-)
+from .common import labelled_splits, write_json
 from .config import FinetuneConfig
 from .metrics import classification_metrics
 
-# v2: the RNG states in sigma.pretrain.checkpoint's layout (v1 files cannot be resumed)
-CHECKPOINT_FORMAT = "sigma-finetune-v2"
-
-
-# --- distributed (minimal: process group from torchrun's environment) ------------------------------
-
-def _dist_info():
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _init_distributed(device):
-    """Initialise the default process group when launched by torchrun (WORLD_SIZE > 1)."""
-    import torch.distributed as dist
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or (dist.is_available() and dist.is_initialized()):
-        return device
-    if device.type == "cuda":
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    rank = int(os.environ.get("RANK", "0"))
-    join_process_group("nccl" if device.type == "cuda" else "gloo", rank, world, datetime.timedelta(seconds=1800))
-    return device
+# Told apart from the per-sample streams of the video decoding and cropping (VideoDataset).
+_RANDAUG_STREAM = 7
 
 
 # --- data ------------------------------------------------------------------------------------------
 
 class _RandAugmented(torch.utils.data.Dataset):
-    """A train VideoDataset whose clips get `VideoRandAugment`, seeded from (seed, draw, index) so a
-    sample's augmentation does not depend on the worker or on what was drawn before (exact resume).
-    The global Python/NumPy generators timm uses are restored afterwards."""
+    """A train VideoDataset whose clips get `VideoRandAugment`, drawn from Python/NumPy streams seeded
+    from (seed, epoch, index) (`sigma.engine.seeding.sample_global_streams`), so a sample's
+    augmentation does not depend on the worker or on what was drawn before (exact resume)."""
 
     def __init__(self, base, randaug, seed):
         from sigma.data import IMAGENET_MEAN, IMAGENET_STD
@@ -86,42 +68,17 @@ class _RandAugmented(torch.utils.data.Dataset):
 
     def __getitem__(self, key):
         sample = self.base[key]
-        index, draw = key
-        state = random.getstate(), np.random.get_state()
-        s = np.random.SeedSequence([self.seed, 7, int(draw), int(index)]).generate_state(1)[0]
-        random.seed(int(s))
-        np.random.seed(int(s))
-        try:
+        index, epoch = key
+        with sample_global_streams(self.seed, epoch, index, _RANDAUG_STREAM):
             sample["video"] = randaugment_normalized_clip(sample["video"], self.randaug, self.mean, self.std)
-        finally:
-            random.setstate(state[0])
-            np.random.set_state(state[1])
         return sample
-
-
-class _EpochBatches(torch.utils.data.Sampler):
-    """This rank's batches of (index, epoch) keys of one seeded permutation, from batch `start` on."""
-
-    def __init__(self, n, batch_size, epoch, seed, rank, world, start=0):
-        g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-        perm = torch.randperm(n, generator=g).tolist()
-        per_rank = n // world  # drop the tail so every rank runs the same number of steps
-        mine = perm[rank * per_rank:(rank + 1) * per_rank]
-        nb = len(mine) // batch_size  # drop_last: mixup needs full even batches
-        self.batches = [[(i, epoch) for i in mine[b * batch_size:(b + 1) * batch_size]] for b in range(start, nb)]
-
-    def __iter__(self):
-        return iter(self.batches)
-
-    def __len__(self):
-        return len(self.batches)
 
 
 def steps_per_epoch(n, batch_size, world):
     return (n // world) // batch_size
 
 
-# --- model and optimisation ---------------------------------------------------------------------------
+# --- model -------------------------------------------------------------------------------------------
 
 def build_classifier(checkpoint, num_classes, drop_path_rate=0.1, **overrides):
     """`sigma.models.load_classifier`: a VideoClassifier of the checkpoint's architecture with its
@@ -137,24 +94,6 @@ def build_classifier(checkpoint, num_classes, drop_path_rate=0.1, **overrides):
         raise ValueError(f"--checkpoint {str(checkpoint)!r}: no video classifier could be built from it "
                          f"({type(exc).__name__}: {exc})") from exc
 
-
-def build_optimizer(model, lr, weight_decay=0.05, layer_decay=0.75, betas=(0.9, 0.999)):
-    """AdamW over timm's layer-decay parameter groups (each group's lr_scale = layer_decay^(depth - layer))."""
-    from timm.optim import param_groups_layer_decay
-
-    groups = param_groups_layer_decay(model, weight_decay=weight_decay,
-                                      no_weight_decay_list=list(model.no_weight_decay()), layer_decay=layer_decay)
-    for g in groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
-    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
-
-
-def build_scheduler(optimizer, total_steps, warmup_steps, min_lr=1e-6):
-    """Per-step linear warmup from 0, then cosine decay to min_lr (timm; applies each group's lr_scale)."""
-    from timm.scheduler import CosineLRScheduler
-
-    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=min_lr,
-                             warmup_t=warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
 
 
 # --- testing ----------------------------------------------------------------------------------------
@@ -196,6 +135,32 @@ def multiview_scores(model, dataset, *, batch_size=4, num_workers=0, device="cpu
 
 # --- the task --------------------------------------------------------------------------------------
 
+@dataclass
+class FinetuneRun:
+    """One fine-tuning run as the step loop sees it (built by `setup`)."""
+    args: argparse.Namespace  # finetune()'s arguments
+    settings: dict  # the recipe as run: written into checkpoints and finetune.json
+    info: DistInfo
+    model: torch.nn.Module
+    net: torch.nn.Module  # `model`, or DDP over it
+    optimizer: torch.optim.Optimizer
+    scheduler: object  # None when nothing is trained (epochs=0)
+    scaler: torch.amp.GradScaler
+    autocast: object  # () -> a fresh autocast context
+    mixer: object
+    criterion: torch.nn.Module
+    train_ds: torch.utils.data.Dataset
+    val_records: list
+    spe: int  # optimizer steps per epoch
+    total_steps: int
+    last_step: int
+    ckpt_path: Path
+    step: int = 0
+    history: list = field(default_factory=list)  # the logged losses
+    log_file: object = None
+    pbar: object = None
+
+
 @defaults_from(FinetuneConfig)
 def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, epochs, batch_size,
              base_lr, min_lr, warmup_epochs, weight_decay, layer_decay, betas, drop_path, label_smoothing, mixup,
@@ -210,195 +175,231 @@ def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column
     `max_steps` stops early (the schedule still spans `epochs`); `epochs=0` only tests.
     `resume`: None, "auto" (OUTPUT_DIR/checkpoints/finetune-last.pt if present) or a path.
     """
-    from timm.loss import SoftTargetCrossEntropy
+    args = argparse.Namespace(**locals())
+    t0 = time.time()
+    run = setup(args)
+    if resume:
+        resume_run(run, resume)
+    open_log(run)
+    try:
+        while run.step < run.last_step:
+            train_one_epoch(run)
+    finally:
+        for done in (run.pbar, run.log_file):
+            if done is not None:
+                done.close()
+    if run.total_steps == 0 or run.step == 0:
+        save(run)
+    scores, labels, test_skipped = test(run)
+    result = {"task": "finetune", **classification_metrics(scores, labels, run.settings["num_classes"]),
+              **run.settings, "steps": run.step, "final_train_loss": run.history[-1] if run.history else None,
+              "test_skipped_files": test_skipped,
+              "train_skipped_files": _skipped(run.train_ds), "checkpoint_out": str(run.ckpt_path),
+              "seconds": time.time() - t0, "provenance": provenance()}
+    if run.info.is_main:
+        write_json(Path(output_dir) / "finetune.json", result)
+    shutdown(run.info)
+    return result
 
+
+def setup(args):
+    """Join the process group, seed, read the lists, build the classifier, optimizer, schedule,
+    AMP, mixup and the training set: a FinetuneRun at step 0."""
+    info = init_distributed(args.device)
+    amp, autocast, scaler = amp_policy.build_amp(args.amp, info.device)
+    train_path, val_path, train_records, val_records, num_classes = labelled_splits(
+        args.data, args.train_list, args.val_list, args.label_column, args.classes)
+    use_mix = args.mixup > 0 or args.cutmix > 0
+    if use_mix and args.batch_size % 2:
+        raise ValueError(f"batch_size must be even with mixup/cutmix (timm mixes a batch with its flip), "
+                         f"got {args.batch_size}")
+    spe = steps_per_epoch(len(train_records), args.batch_size, info.world_size)
+    if args.epochs > 0 and spe == 0:
+        raise ValueError(f"{len(train_records)} training clips over {info.world_size} rank(s) do not fill one batch "
+                         f"of {args.batch_size}")
+    seed_everything(args.seed)
+    if not Path(args.checkpoint).exists():
+        raise FileNotFoundError(f"--checkpoint {str(args.checkpoint)!r} does not exist")
+    model = build_classifier(args.checkpoint, num_classes, drop_path_rate=args.drop_path).to(info.device)
+    lr = scaled_lr(args.base_lr, args.batch_size * info.world_size)
+    total_steps = args.epochs * spe
+    optimizer = build_optimizer(model, lr, args.weight_decay, args.betas, layer_decay=args.layer_decay)
+    scheduler = (build_scheduler(optimizer, total_steps, round(args.warmup_epochs * spe), args.min_lr)
+                 if total_steps else None)
+    mixer = VideoMixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, prob=args.mixup_prob,
+                       switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=args.label_smoothing,
+                       num_classes=num_classes) if use_mix else None
+    settings = _settings(args, model, train_path, val_path, num_classes, info.world_size, lr, amp)
+    last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
+    return FinetuneRun(args, settings, info, model, wrap_ddp(model, info), optimizer, scheduler, scaler, autocast,
+                       mixer, _criterion(use_mix, args.label_smoothing), _train_set(args, model, train_records),
+                       val_records, spe, total_steps, last_step,
+                       Path(args.output_dir) / "checkpoints" / "finetune-last.pt")
+
+
+def _settings(args, model, train_path, val_path, num_classes, world, lr, amp):
+    a, cfg = args, model.config
+    return {"checkpoint": str(a.checkpoint), "train_list": str(train_path), "val_list": str(val_path),
+            "label_column": a.label_column, "num_classes": num_classes, "epochs": a.epochs,
+            "batch_size_per_rank": a.batch_size, "world_size": world, "lr": lr, "base_lr": a.base_lr,
+            "min_lr": a.min_lr, "warmup_epochs": a.warmup_epochs, "weight_decay": a.weight_decay,
+            "layer_decay": a.layer_decay, "betas": list(a.betas), "drop_path": a.drop_path,
+            "label_smoothing": a.label_smoothing, "mixup": a.mixup, "cutmix": a.cutmix, "mixup_prob": a.mixup_prob,
+            "mixup_switch_prob": a.mixup_switch_prob, "randaug": a.randaug, "flip": a.flip,
+            "sampling_rate": a.sampling_rate, "num_frames": cfg.num_frames, "img_size": list(cfg.img_size),
+            "test_views": [a.test_clips, a.test_crops], "clip_grad": a.clip_grad, "max_steps": a.max_steps,
+            "seed": a.seed, "amp": amp}
+
+
+def _criterion(use_mix, label_smoothing):
+    if use_mix:  # mixup gives soft targets, label smoothing included
+        from timm.loss import SoftTargetCrossEntropy
+        return SoftTargetCrossEntropy()
+    return torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+
+
+def _train_set(args, model, train_records):
     from sigma.data import VideoDataset
 
-    t0 = time.time()
-    out = Path(output_dir)
-    device = _init_distributed(resolve_device(device))
-    rank, world = _dist_info()
-    amp_dtype = amp_dtype_for(device, amp)
-    train_path, val_path, train_records, val_records, num_classes = labelled_splits(
-        data, train_list, val_list, label_column, classes)
-    use_mix = mixup > 0 or cutmix > 0
-    if use_mix and batch_size % 2:
-        raise ValueError(f"batch_size must be even with mixup/cutmix (timm mixes a batch with its flip), "
-                         f"got {batch_size}")
-    spe = steps_per_epoch(len(train_records), batch_size, world)
-    if epochs > 0 and spe == 0:
-        raise ValueError(f"{len(train_records)} training clips over {world} rank(s) do not fill one batch of "
-                         f"{batch_size}")
-
-    torch.manual_seed(seed + rank)
-    random.seed(seed + rank)
-    np.random.seed(seed + rank)
-    if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"--checkpoint {str(checkpoint)!r} does not exist")
-    model = build_classifier(checkpoint, num_classes, drop_path_rate=drop_path).to(device)
     cfg = model.config
-    num_frames, size, tube = cfg.num_frames, tuple(cfg.img_size), cfg.tube_size
-    global_batch = batch_size * world
-    lr = base_lr * global_batch / 256
-    total_steps = epochs * spe
-    warmup_steps = min(int(round(warmup_epochs * spe)), total_steps)
-    optimizer = build_optimizer(model, lr, weight_decay, layer_decay, betas)
-    scheduler = build_scheduler(optimizer, total_steps, warmup_steps, min_lr) if total_steps else None
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-    mixer = VideoMixup(mixup_alpha=mixup, cutmix_alpha=cutmix, prob=mixup_prob, switch_prob=mixup_switch_prob,
-                       mode="batch", label_smoothing=label_smoothing, num_classes=num_classes) if use_mix else None
-    criterion = SoftTargetCrossEntropy() if use_mix else torch.nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    ds = VideoDataset(train_records, num_frames=cfg.num_frames, sampling_rate=args.sampling_rate,
+                      size=tuple(cfg.img_size), flip=args.flip, train=True, mask_ratio=None, tube_size=cfg.tube_size,
+                      seed=args.seed)
+    return _RandAugmented(ds, VideoRandAugment(args.randaug), args.seed) if args.randaug else ds
 
-    step, history = 0, []
-    ckpt_path = out / "checkpoints" / "finetune-last.pt"
-    if resume:
-        rpath = ckpt_path if resume == "auto" else Path(resume)
-        if rpath.exists():
-            from sigma.models import safe_torch_load
-            state = safe_torch_load(rpath)
-            if state.get("format") != CHECKPOINT_FORMAT:
-                fmt = state.get("format")
-                older = isinstance(fmt, str) and fmt.startswith("sigma-finetune-")
-                raise ValueError(f"resume: {rpath} is " + (f"a fine-tuning checkpoint of an older format ({fmt!r}, "
-                                 f"this version resumes {CHECKPOINT_FORMAT!r}); start a new run" if older else
-                                 f"not a fine-tuning checkpoint (format {fmt!r})"))
-            if state["num_classes"] != num_classes:
-                raise ValueError(f"resume: {rpath} has {state['num_classes']} classes, this task {num_classes}")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            step = int(state["step"])
-            set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
-            if rank == 0:
-                print(f"resumed from {rpath} at step {step}", flush=True)
-        elif resume != "auto":
-            raise FileNotFoundError(f"resume: {rpath} does not exist")
 
-    ddp_model = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-        ddp_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+def resume_run(run, resume):
+    """Load `resume` ("auto": OUTPUT_DIR/checkpoints/finetune-last.pt when present) into `run`."""
+    path = run.ckpt_path if resume == "auto" else Path(resume)
+    if not path.exists():
+        if resume == "auto":
+            return
+        raise FileNotFoundError(f"resume: {path} does not exist")
+    try:
+        state = load_checkpoint(path, FINETUNE_FORMAT)
+    except ValueError as e:
+        raise ValueError(f"resume: {e}") from e
+    num_classes = run.settings["num_classes"]
+    if state["num_classes"] != num_classes:
+        raise ValueError(f"resume: {path} has {state['num_classes']} classes, this task {num_classes}")
+    run.model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.step = int(state["step"])
+    rank = run.info.rank
+    set_rng_state(state["rng"][min(rank, len(state["rng"]) - 1)])
+    if run.info.is_main:
+        print(f"resumed from {path} at step {run.step}", flush=True)
 
-    train_ds = VideoDataset(train_records, num_frames=num_frames, sampling_rate=sampling_rate, size=size,
-                            flip=flip, train=True, mask_ratio=None, tube_size=tube, seed=seed)
-    if randaug:
-        train_ds = _RandAugmented(train_ds, VideoRandAugment(randaug), seed)
-    last_step = total_steps if max_steps is None else min(total_steps, max_steps)
-    writer = None
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        log_path = out / "finetune_metrics.csv"
-        new = not log_path.exists() or step == 0
-        log_file = open(log_path, "w" if new else "a", newline="")
-        writer = csv.writer(log_file)
-        if new:
-            writer.writerow(["step", "epoch", "loss", "lr"])
 
-    def save(epoch):
-        rngs = [rng_state()]
-        if world > 1:
-            import torch.distributed as dist
-            gathered = [None] * world
-            dist.all_gather_object(gathered, rngs[0])
-            rngs = gathered
-        if rank == 0:
-            atomic_torch_save({"format": CHECKPOINT_FORMAT, "step": step, "epoch": epoch, "num_classes": num_classes,
-                               "model_config": cfg.to_dict(), "model": model.state_dict(),
-                               "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(), "rng": rngs,
-                               "config": settings, "provenance": provenance(seed=seed)}, ckpt_path)
-
-    settings = {"checkpoint": str(checkpoint), "train_list": str(train_path), "val_list": str(val_path),
-                "label_column": label_column, "num_classes": num_classes, "epochs": epochs,
-                "batch_size_per_rank": batch_size, "world_size": world, "lr": lr, "base_lr": base_lr,
-                "min_lr": min_lr, "warmup_epochs": warmup_epochs, "weight_decay": weight_decay,
-                "layer_decay": layer_decay, "betas": list(betas), "drop_path": drop_path,
-                "label_smoothing": label_smoothing, "mixup": mixup, "cutmix": cutmix, "mixup_prob": mixup_prob,
-                "mixup_switch_prob": mixup_switch_prob, "randaug": randaug, "flip": flip,
-                "sampling_rate": sampling_rate, "num_frames": num_frames, "img_size": list(size),
-                "test_views": [test_clips, test_crops], "clip_grad": clip_grad, "max_steps": max_steps,
-                "seed": seed, "amp": str(amp_dtype) if amp_dtype else "fp32"}
-
-    pbar = None
-    if progress and rank == 0 and last_step > step:
+def open_log(run):
+    """OUTPUT_DIR/finetune_metrics.csv (rank 0; appended to on resume) and the progress bar."""
+    if not run.info.is_main:
+        return
+    out = Path(run.args.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    log_path = out / "finetune_metrics.csv"
+    new = not log_path.exists() or run.step == 0
+    run.log_file = open(log_path, "w" if new else "a", newline="")
+    if new:
+        csv.writer(run.log_file).writerow(["step", "epoch", "loss", "lr"])
+    if run.args.progress and run.last_step > run.step:
         from tqdm import tqdm
-        pbar = tqdm(total=last_step, initial=step, desc="finetune", dynamic_ncols=True)
-    while step < last_step:
-        epoch, start = divmod(step, spe)
-        sampler = _EpochBatches(len(train_records), batch_size, epoch, seed, rank, world, start)
-        # own generator: creating the iterator must not draw from the global RNG (exact resume)
-        loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler, num_workers=num_workers,
-                                             pin_memory=device.type == "cuda", generator=torch.Generator(),
-                                             worker_init_fn=_worker_init if num_workers else None)
-        ddp_model.train()
-        for batch in loader:
-            video = batch["video"].to(device, non_blocking=True)
-            target = batch["label"][:, label_column].to(device, non_blocking=True)
-            if mixer is not None:
-                video, target = mixer(video, target)
-            scheduler.step_update(step)
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = ddp_model(video)
-            loss = criterion(logits.float(), target)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if clip_grad:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
-            step += 1
-            if step % log_every == 0 or step == last_step:
-                value = loss.item()  # one host sync every log_every steps
-                if not math.isfinite(value):
-                    raise FloatingPointError(f"fine-tuning loss is {value} at step {step}")
-                lr_now = max(g["lr"] for g in optimizer.param_groups)
-                history.append(value)
-                if writer is not None:
-                    writer.writerow([step, epoch, f"{value:.6f}", f"{lr_now:.6g}"])
-                    log_file.flush()
-                if pbar is not None:
-                    pbar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_now:.2e}")
-            if pbar is not None:
-                pbar.update(1)
-            if (save_every and step % save_every == 0) or step == last_step or step % spe == 0:
-                save(step // spe)
-            if step >= last_step:
-                break
-    if pbar is not None:
-        pbar.close()
-    if writer is not None:
-        log_file.close()
-    if total_steps == 0 or step == 0:
-        save(0)
+        run.pbar = tqdm(total=run.last_step, initial=run.step, desc="finetune", dynamic_ncols=True)
 
-    # multi-view test, sharded over ranks
-    test_ds = VideoDataset(val_records, num_frames=num_frames, sampling_rate=sampling_rate, size=size, train=False,
-                           mask_ratio=None, tube_size=tube, num_clips=test_clips, num_crops=test_crops,
-                           unreadable="skip")
-    scores, labels, _ = multiview_scores(model, test_ds, batch_size=test_batch_size or batch_size,
-                                           num_workers=num_workers, device=device, amp_dtype=amp_dtype,
-                                           label_column=label_column,
-                                           indices=range(rank, len(val_records), world),
-                                           progress=progress and rank == 0)
-    if world > 1:
-        import torch.distributed as dist
-        parts = [None] * world
-        dist.all_gather_object(parts, (scores, labels, test_ds.skipped_files))
-        test_skipped = sorted(f for p in parts for f in p[2])
-        parts = [p for p in parts if len(p[1])] or parts[:1]  # a rank may have read none of its clips
-        scores = torch.cat([p[0] for p in parts])
-        labels = torch.cat([p[1] for p in parts])
-    else:
-        test_skipped = test_ds.skipped_files
+
+def train_one_epoch(run):
+    """Optimizer steps from `run.step` to the end of its epoch (or `last_step`): log and checkpoint."""
+    a, info = run.args, run.info
+    epoch, start = divmod(run.step, run.spe)
+    sampler = ResumableDistributedSampler(run.train_ds, info.world_size, info.rank, seed=a.seed)
+    sampler.set_epoch(epoch)
+    sampler.set_start(start * a.batch_size)
+    loader = torch.utils.data.DataLoader(run.train_ds, batch_size=a.batch_size, sampler=sampler, drop_last=True,
+                                         num_workers=a.num_workers, pin_memory=info.device.type == "cuda",
+                                         worker_init_fn=seed_worker,
+                                         generator=torch.Generator().manual_seed(a.seed + epoch))
+    run.net.train()
+    for batch in loader:
+        loss = train_step(run, batch)
+        run.step += 1
+        if run.step % a.log_every == 0 or run.step == run.last_step:
+            log_step(run, epoch, loss)
+        if run.pbar is not None:
+            run.pbar.update(1)
+        if (a.save_every and run.step % a.save_every == 0) or run.step == run.last_step or run.step % run.spe == 0:
+            save(run)
+        if run.step >= run.last_step:
+            break
+
+
+def train_step(run, batch):
+    """One optimizer step on `batch`; the loss (a device tensor: no host sync here)."""
+    device = run.info.device
+    video = batch["video"].to(device, non_blocking=True)
+    target = batch["label"][:, run.args.label_column].to(device, non_blocking=True)
+    if run.mixer is not None:
+        video, target = run.mixer(video, target)
+    run.scheduler.step_update(run.step)
+    with run.autocast():
+        logits = run.net(video)
+    loss = run.criterion(logits.float(), target)
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    if run.args.clip_grad:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.args.clip_grad)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return loss.detach()
+
+
+def log_step(run, epoch, loss):
+    value = loss.item()  # one host sync every log_every steps
+    if not math.isfinite(value):
+        raise FloatingPointError(f"fine-tuning loss is {value} at step {run.step}")
+    lr_now = max(g["lr"] for g in run.optimizer.param_groups)
+    run.history.append(value)
+    if run.log_file is not None:
+        csv.writer(run.log_file).writerow([run.step, epoch, f"{value:.6f}", f"{lr_now:.6g}"])
+        run.log_file.flush()
+    if run.pbar is not None:
+        run.pbar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_now:.2e}")
+
+
+def save(run):
+    """OUTPUT_DIR/checkpoints/finetune-last.pt (rank 0 writes; every rank's RNG state is kept)."""
+    rngs = all_gather_object(rng_state(), run.info)
+    if run.info.is_main:
+        atomic_torch_save({"format": FINETUNE_FORMAT, "step": run.step, "epoch": run.step // max(run.spe, 1),
+                           "num_classes": run.settings["num_classes"], "model_config": run.model.config.to_dict(),
+                           "model": run.model.state_dict(), "optimizer": run.optimizer.state_dict(),
+                           "scaler": run.scaler.state_dict(), "rng": rngs, "config": run.settings,
+                           "provenance": provenance(seed=run.args.seed)}, run.ckpt_path)
+
+
+def test(run):
+    """Multi-view test of the val list, sharded over ranks: (scores (n, K), labels (n,)) of all ranks,
+    and the val files skipped on any rank (never replaced by other clips)."""
+    from sigma.data import VideoDataset
+
+    a, info, cfg = run.args, run.info, run.model.config
+    test_ds = VideoDataset(run.val_records, num_frames=cfg.num_frames, sampling_rate=a.sampling_rate,
+                           size=tuple(cfg.img_size), train=False, mask_ratio=None, tube_size=cfg.tube_size,
+                           num_clips=a.test_clips, num_crops=a.test_crops, unreadable="skip")
+    scores, labels, _ = multiview_scores(run.model, test_ds, batch_size=a.test_batch_size or a.batch_size,
+                                         num_workers=a.num_workers, device=info.device,
+                                         amp_dtype=amp_policy.amp_dtype(run.settings["amp"], info.device),
+                                         label_column=a.label_column,
+                                         indices=range(info.rank, len(run.val_records), info.world_size),
+                                         progress=a.progress and info.is_main)
+    parts = all_gather_object((scores, labels, test_ds.skipped_files), info)
+    skipped = sorted(f for p in parts for f in p[2])
+    parts = [p for p in parts if len(p[1])] or parts[:1]  # a rank may have read none of its clips
+    scores, labels = torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
     if not len(labels):
         raise test_ds.no_readable_error()
-    result = {"task": "finetune", **classification_metrics(scores, labels, num_classes), **settings,
-              "steps": step, "final_train_loss": history[-1] if history else None,
-              "test_skipped_files": test_skipped, "train_skipped_files": _skipped(train_ds),
-              "checkpoint_out": str(ckpt_path), "seconds": time.time() - t0, "provenance": provenance()}
-    if rank == 0:
-        write_json(out / "finetune.json", result)
-    return result
+    return scores, labels, skipped
 
 
 def _skipped(ds):
@@ -406,11 +407,4 @@ def _skipped(ds):
     return base.skipped_files
 
 
-def _worker_init(worker_id):
-    # distinct global streams per worker; every sample reseeds what it uses (_RandAugmented)
-    s = torch.initial_seed() % 2**32
-    random.seed(s)
-    np.random.seed(s)
-
-
-__all__ = ["build_classifier", "build_optimizer", "build_scheduler", "finetune", "multiview_scores"]
+__all__ = ["build_classifier", "finetune", "multiview_scores"]

@@ -9,19 +9,13 @@ from pathlib import Path
 
 import torch
 
+from sigma.engine.amp import amp_dtype
 from sigma.engine.config import defaults_from
+from sigma.engine.distributed import pick_device
+from sigma.engine.files import LINEAR_PROBE_FORMAT, atomic_torch_save
+from sigma.engine.provenance import provenance
 
-from .common import (
-    amp_dtype_for,
-    atomic_torch_save,
-    encoder_input_size,
-    extract_pooled_features,
-    labelled_splits,
-    load_encoder,
-    provenance,
-    resolve_device,
-    write_json,
-)
+from .common import encoder_input_size, extract_pooled_features, labelled_splits, load_encoder, write_json
 from .config import KnnConfig, LinearConfig
 from .metrics import (
     check_knn_settings,
@@ -39,7 +33,7 @@ def _features(checkpoint, data, train_list, val_list, label_column, classes, sam
 
     train_path, val_path, _, _, num_classes = labelled_splits(
         data, train_list, val_list, label_column, classes)
-    device = resolve_device(device)
+    device = pick_device(device)
     encoder = load_encoder(checkpoint)
     num_frames, size, tube = encoder_input_size(encoder)
     out, skipped = {}, []
@@ -50,7 +44,7 @@ def _features(checkpoint, data, train_list, val_list, label_column, classes, sam
                           mask_ratio=None, tube_size=tube, num_clips=num_clips, num_crops=num_crops,
                           unreadable="skip")
         out[split] = extract_pooled_features(encoder, ds, batch_size=batch_size, num_workers=num_workers,
-                                             device=device, amp_dtype=amp_dtype_for(device, amp),
+                                             device=device, amp_dtype=amp_dtype(amp, device),
                                              label_column=label_column, progress=progress)
         _check_finite_features(out[split][0], split, checkpoint, encoder)
         skipped += ds.skipped_files
@@ -116,7 +110,7 @@ def linear(checkpoint, data, output_dir, *, train_list, val_list, label_column, 
     if output_dir is not None:
         out = Path(output_dir)
         state = {k: v.cpu() for k, v in probe.state_dict().items()}
-        atomic_torch_save({"format": "sigma-linear-probe-v1", "state_dict": state, "num_classes": num_classes,
+        atomic_torch_save({"format": LINEAR_PROBE_FORMAT, "state_dict": state, "num_classes": num_classes,
                            "dim": int(xtr.shape[1]), "checkpoint": str(checkpoint)}, out / "linear_probe.pt")
         result["probe_checkpoint"] = str(out / "linear_probe.pt")
         write_json(out / "linear.json", result)

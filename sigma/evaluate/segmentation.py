@@ -338,8 +338,11 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
     from pathlib import Path
 
     from sigma.data import IMAGENET_MEAN, IMAGENET_STD
+    from sigma.engine import amp as amp_policy
+    from sigma.engine.distributed import pick_device
+    from sigma.engine.provenance import provenance
 
-    from .common import amp_dtype_for, encoder_input_size, load_encoder, provenance, resolve_device, write_json
+    from .common import encoder_input_size, load_encoder, write_json
 
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -348,10 +351,10 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
     crop_box(2, 2, frame_mode)  # validates frame_mode before any work
     t0 = time.time()
     frames_dir, masks_dir, names = davis_sequences(data, split, sequences)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     encoder = load_encoder(checkpoint).to(dev)
     num_frames, img_size, _ = encoder_input_size(encoder)
-    amp_dtype = amp_dtype_for(dev, amp)
+    amp_dtype = amp_policy.amp_dtype(amp, dev)
     clips, skipped = [], []
     it = names
     if progress:

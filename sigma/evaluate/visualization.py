@@ -18,8 +18,11 @@ import torch
 import torch.nn.functional as F
 
 from sigma.engine.config import defaults_from
+from sigma.engine.distributed import pick_device
+from sigma.engine.files import PRETRAIN_FORMAT
+from sigma.engine.provenance import provenance
 
-from .common import encoder_input_size, load_encoder, provenance, resolve_device, write_json
+from .common import encoder_input_size, load_encoder, write_json
 from .config import VisualizeConfig
 from .segmentation import kmeans_labels
 
@@ -80,7 +83,7 @@ def prototype_assignments(video, projection, prototypes, grid, epsilon=0.05, n_i
 
 
 def _load_prototype_parts(checkpoint, device):
-    """(projection, prototypes (K, D), epsilon, n_iters) from a `sigma.pretrain` checkpoint, or
+    """(projection, prototypes (K, D), epsilon, n_iters) from a pretraining checkpoint, or
     (None, reason) when the file holds no projection/prototypes (e.g. an exported encoder)."""
     from sigma.models import create_projection, safe_torch_load
 
@@ -90,8 +93,8 @@ def _load_prototype_parts(checkpoint, device):
     if path.is_dir() or path.suffix == ".safetensors":
         return None, "an exported model (safetensors) holds no projection network or prototypes"
     state = safe_torch_load(path)
-    if not isinstance(state, dict) or state.get("format") != "sigma-pretrain-v1":
-        return None, "not a sigma.pretrain checkpoint: no projection network or prototypes"
+    if not isinstance(state, dict) or state.get("format") != PRETRAIN_FORMAT:
+        return None, "not a pretraining checkpoint: no projection network or prototypes"
     loss = state.get("loss") or {}
     protos = [v for v in loss.values() if torch.is_tensor(v) and v.dim() == 2]
     if not protos:
@@ -233,7 +236,7 @@ def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling
     OUTPUT_DIR/visualize.json; returns the same dict."""
     t0 = time.time()
     out = Path(output_dir)
-    dev = resolve_device(device)
+    dev = pick_device(device)
     encoder = load_encoder(checkpoint).to(dev)
     parts, reason = _load_prototype_parts(checkpoint, dev)
     clips = [visualize_clip(encoder, v, out / "visualize", k=k, seed=seed, alpha=alpha, sampling_rate=sampling_rate,

@@ -1,7 +1,7 @@
-"""Reading and writing weights safely (no pickle code execution)."""
+"""Reading weights files safely (no pickle code execution): safetensors, or `torch.load(weights_only=True)`."""
 from pathlib import Path
 
-from sigma.engine.files import SAFE_GLOBALS, atomic_write, safe_torch_load  # noqa: F401 - re-exported
+from sigma.engine.files import safe_torch_load
 
 
 def load_state_file(path):
@@ -13,8 +13,3 @@ def load_state_file(path):
         from safetensors.torch import load_file
         return load_file(str(path))
     return safe_torch_load(path)
-
-
-def atomic_save(obj_writer, path):
-    """Write a file via `obj_writer(tmp_path)` atomically (`sigma.engine.files.atomic_write`)."""
-    return atomic_write(path, obj_writer)

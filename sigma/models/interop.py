@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import atomic_save, safe_torch_load
+from sigma.engine.files import MODELS_FORMAT as FORMAT
+from sigma.engine.files import PRETRAIN_FORMAT, atomic_write, atomic_write_text, safe_torch_load
+
 from .vit import VideoClassifier, VideoMAEPretrainModel, VideoViTConfig, VideoViTEncoder, sincos_position_table
 
-FORMAT = "sigma-models-v1"
-PRETRAIN_FORMAT = "sigma-pretrain-v1"
 KINDS = {"pretrain": VideoMAEPretrainModel, "encoder": VideoViTEncoder, "classifier": VideoClassifier}
 
 
@@ -53,8 +53,8 @@ def save_pretrained(model, path):
     path = Path(path)
     meta = {"format": FORMAT, "kind": _kind(model), "config": model.config.to_dict()}
     tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
-    atomic_save(lambda tmp: save_file(tensors, tmp, metadata={"sigma": json.dumps(meta)}), path / "model.safetensors")
-    atomic_save(lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"), path / "config.json")
+    atomic_write(path / "model.safetensors", lambda tmp: save_file(tensors, tmp, metadata={"sigma": json.dumps(meta)}))
+    atomic_write_text(path / "config.json", json.dumps(meta, indent=2) + "\n")
     return path
 
 

@@ -10,38 +10,42 @@ import contextlib
 import csv
 import json
 import math
-import os
-import random
 import sys
 import time
-import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
 from sigma.diagnostics import feature_collapse_stats
-
-from . import checkpoint as ck
-from .config import ConfigError, dump_config
-from .distributed import (
+from sigma.engine import amp as amp_policy
+from sigma.engine.checkpoints import parameter_fingerprint, rng_state, set_rng_state
+from sigma.engine.distributed import (
+    DistInfo,
     ResumableDistributedSampler,
     all_gather_object,
     all_reduce_mean,
     barrier,
     init_distributed,
     shutdown,
+    wrap_ddp,
 )
+from sigma.engine.files import PRETRAIN_FORMAT, atomic_write_text
+from sigma.engine.optim import build_optimizer, build_scheduler, scaled_lr
+from sigma.engine.provenance import provenance
+from sigma.engine.seeding import seed_everything, seed_worker
+
+from . import checkpoint as ck
+from .config import ConfigError, dump_config
 from .objectives import PretrainModule, build_criterion
-from .optim import build_optimizer, build_scheduler, peak_lr
 
 SIGMA_STATS = ("loss_v", "loss_p", "entropy_v", "entropy_p", "usage_perplexity_v", "usage_perplexity_p",
                "unused_prototypes_v", "unused_prototypes_p", "marginal_error_v", "marginal_error_p")
 COLLAPSE = ("pred_std", "pred_erank", "target_std", "target_erank")
-# Testing hook: "STEP" or "STEP:RANK" makes that rank exit abruptly right after optimizer step STEP,
-# on the first attempt of a torchrun job only (TORCHELASTIC_RESTART_COUNT 0 or unset).
-CRASH_ENV = "SIGMA_PRETRAIN_CRASH_AT_STEP"
+# Functions called as fn(step, info) after every optimizer step, on every rank: a place to watch
+# a run from outside the loop (tests/pretrain_launcher.py injects faults through it).
+STEP_CALLBACKS = []
 
 
 class DataError(ValueError):
@@ -85,15 +89,6 @@ def build_module(cfg, create_model, create_projection):
     return PretrainModule(objective, model, projection, criterion), model_config, projection_config, loss_config
 
 
-def _amp(cfg, device):
-    amp = cfg["amp"]
-    if amp == "auto":
-        amp = "fp16" if device.type == "cuda" else "none"
-    if amp == "fp16" and device.type != "cuda":
-        raise ConfigError("amp=fp16 needs a CUDA device; use amp=bf16 or amp=none on the CPU")
-    return amp
-
-
 class MetricsLog:
     """metrics.csv (fixed columns; rows after `resume_step` from an interrupted run are dropped on
     resume) and TensorBoard scalars when tensorboard is installed and enabled."""
@@ -130,36 +125,75 @@ class MetricsLog:
             self.tb.close()
 
 
-def _seed_everything(seed):
-    torch.manual_seed(seed)
-    random.seed(seed)
-    np.random.seed(seed)
+@dataclass
+class Run:
+    """One pretraining run as the step loop sees it (built by `setup`)."""
+    cfg: dict
+    info: DistInfo
+    out: Path
+    dataset: object
+    module: PretrainModule
+    net: torch.nn.Module  # `module`, or DDP over it
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    autocast: object  # () -> a fresh autocast context
+    amp: str
+    steps_per_epoch: int
+    total_steps: int
+    stop: int
+    clips_per_step: int
+    lr: float
+    record: dict  # model/projection/loss configs, as written into checkpoints
+    step: int = 0
+    resumed_from: Path = None
+    log: MetricsLog = None
+    bar: object = None
+    pending: dict = field(default_factory=dict)  # loss sum and timing since the last metrics row
+
+    def say(self, msg):
+        if self.info.is_main:
+            from tqdm.auto import tqdm
+            tqdm.write(f"[sigma.pretrain] {msg}", file=sys.stderr)
 
 
 def train(cfg, data, output_dir, resume=None, argv=None):
     """Pretrain with the resolved config `cfg` on the video list or folder `data`, writing into
     `output_dir`. resume: None, "auto" (newest checkpoint in output_dir if any) or a checkpoint
     path. Returns the final step. Under torchrun each process calls this."""
-    create_model, create_projection, VideoDataset = _factories()
     info = init_distributed(cfg["device"])
-    device, is_main = info.device, info.is_main
-    out = Path(output_dir)
-    o, lg = cfg["optim"], cfg["log"]
-    amp = _amp(cfg, device)
+    run = setup(cfg, data, output_dir, info)
+    if resume is not None:
+        resume_run(run, resume)
+    start_outputs(run, data, argv)
+    from tqdm.auto import tqdm
+    run.bar = tqdm(total=run.stop, initial=run.step, disable=not info.is_main, dynamic_ncols=True,
+                   desc="pretrain", file=sys.stderr)
+    try:
+        while run.step < run.stop:
+            train_one_epoch(run)
+    finally:
+        run.bar.close()
+        if run.log is not None:
+            run.log.close()
+    run.say(f"done: {run.step} steps; checkpoints in {ck.checkpoint_dir(run.out)}")
+    shutdown(info)
+    return run.step
 
-    def say(msg):
-        if is_main:
-            from tqdm.auto import tqdm
-            tqdm.write(f"[sigma.pretrain] {msg}", file=sys.stderr)
 
-    _seed_everything(cfg["seed"])
+def setup(cfg, data, output_dir, info):
+    """Seed, index the data, build the networks, optimizer, schedule and AMP: a Run at step 0."""
+    create_model, create_projection, VideoDataset = _factories()
+    o = cfg["optim"]
+    try:
+        amp, autocast, scaler = amp_policy.build_amp(cfg["amp"], info.device)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+    seed_everything(cfg["seed"])
     try:
         dataset = build_dataset(cfg, data, VideoDataset)
     except (OSError, ValueError, RuntimeError) as e:
         raise DataError(f"--data {data}: {e}") from e
-    n_skipped = int(getattr(dataset, "num_skipped", 0) or 0)
-    if n_skipped:
-        say(f"{n_skipped} unreadable video(s) skipped while indexing {data}")
     clips_per_step = o["batch_size"] * o["accum_steps"] * info.world_size
     steps_per_epoch = len(dataset) // info.world_size // (o["batch_size"] * o["accum_steps"])
     if steps_per_epoch == 0:
@@ -168,178 +202,190 @@ def train(cfg, data, output_dir, resume=None, argv=None):
                           f"needs (batch_size {o['batch_size']} x accum_steps {o['accum_steps']} x {info.world_size} "
                           f"processes = {clips_per_step}); lower optim.batch_size")
     total_steps = o["epochs"] * steps_per_epoch
-    stop = min(total_steps, o["max_steps"]) if o["max_steps"] else total_steps
-    warmup_steps = round(o["warmup_epochs"] * steps_per_epoch)
-
     try:
         module, model_config, projection_config, loss_config = build_module(cfg, create_model, create_projection)
     except (TypeError, ValueError) as e:  # e.g. an unknown model.kwargs key, DINO without weights
         raise ConfigError(f"cannot build the networks from the config: {e}") from e
-    module.to(device)
-    lr = peak_lr(o["base_lr"], clips_per_step)
+    module.to(info.device)
+    lr = scaled_lr(o["base_lr"], clips_per_step)
     optimizer = build_optimizer(module, lr, o["weight_decay"], o["betas"])
-    scheduler = build_scheduler(optimizer, total_steps, warmup_steps, o["min_lr"], o["warmup_lr"])
-    scaler = torch.amp.GradScaler(device.type, enabled=amp == "fp16")
+    scheduler = build_scheduler(optimizer, total_steps, round(o["warmup_epochs"] * steps_per_epoch), o["min_lr"],
+                                o["warmup_lr"])
+    record = {"model_config": model_config, "projection_config": projection_config, "loss_config": loss_config}
+    return Run(cfg, info, Path(output_dir), dataset, module, wrap_ddp(module, info), optimizer, scheduler, scaler,
+               autocast, amp, steps_per_epoch, total_steps, min(total_steps, o["max_steps"] or total_steps),
+               clips_per_step, lr, record)
 
-    start_step, resumed_from = 0, None
-    if resume is not None:
-        if resume == "auto":
-            path, state = ck.find_resume_checkpoint(out)
-        else:
-            path = Path(resume)
-            if not path.is_file():
-                raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
-            try:
-                state = ck.load_checkpoint(path)
-            except ValueError as e:
-                raise DataError(f"--resume {resume}: {e}") from e
-        if state is not None:
-            try:
-                module.model.load_state_dict(state["model"])
-                module.projection.load_state_dict(state["projection"])
-                if module.objective == "sigma":
-                    module.criterion.load_state_dict(state["loss"])
-            except (KeyError, RuntimeError) as e:
-                # a checkpoint of another config (model size, projection, K): one line, not pages of keys
-                first = str(e).strip().splitlines()[0]
-                raise DataError(f"--resume {path}: the checkpoint does not fit this config ({first}); "
-                                "resume with the config it was written with") from e
-            optimizer.load_state_dict(state["optimizer"])
-            scaler.load_state_dict(state["scaler"])
-            scheduler.load_state_dict(state["scheduler"])
-            ck.set_rng_state(state["rng"])
-            start_step, resumed_from = int(state["step"]), path
-            changed = _config_changes(state.get("config", {}), cfg)
-            if changed:
-                say(f"resuming with a config that differs from the checkpoint's in: {', '.join(changed)}")
-            say(f"resuming from {path} at step {start_step}")
-        else:
-            say(f"--resume {resume}: no checkpoint in {out / 'checkpoints'} yet, starting from scratch")
 
-    net = module
-    if info.world_size > 1:
-        net = torch.nn.parallel.DistributedDataParallel(
-            module, device_ids=[device.index] if device.type == "cuda" else None)
-
-    prov = ck.provenance(cfg, info.world_size, argv)
-    prov.update(data=str(data), resumed_from=str(resumed_from) if resumed_from else None,
-                steps_per_epoch=steps_per_epoch, total_steps=total_steps, peak_lr=lr, amp=amp,
-                device=str(device), dataset_size=len(dataset), dataset_skipped=n_skipped)
-    columns = ["step", "epoch", "loss", "lr", "clips_per_s", "grad_norm", "loss_scale", "videos_skipped"]
-    if module.objective == "sigma":
-        columns += list(SIGMA_STATS)
-    columns += list(COLLAPSE)
-    log = None
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        ck.atomic_write_text(out / "config.yaml", dump_config(cfg))
-        ck.atomic_write_text(out / "provenance.json", json.dumps(prov, indent=2) + "\n")
-        log = MetricsLog(out, columns, resume_step=start_step if resumed_from else None,
-                         tensorboard=lg["tensorboard"])
-        say(f"{len(dataset)} videos, {steps_per_epoch} steps/epoch, {stop} steps "
-            f"(schedule {total_steps}), global batch {clips_per_step}, peak lr {lr:.3g}, amp {amp}, "
-            f"{info.world_size} process(es) on {device.type}")
-
-    sampler = ResumableDistributedSampler(dataset, info.world_size, info.rank, seed=cfg["seed"])
-    autocast = (torch.autocast(device.type, dtype=torch.float16 if amp == "fp16" else torch.bfloat16)
-                if amp != "none" else contextlib.nullcontext())
-    params = [p for p in module.parameters() if p.requires_grad]
-    crash_step, crash_rank = _crash_hook()
-
-    def save(step):
-        fingerprints = all_gather_object(ck.parameter_fingerprint(module), info)
-        if is_main:
-            state = {
-                "format": ck.FORMAT, "step": step, "epoch": step // steps_per_epoch,
-                "step_in_epoch": step % steps_per_epoch, "steps_per_epoch": steps_per_epoch,
-                "model_config": model_config, "projection_config": projection_config,
-                "model": module.model.state_dict(), "projection": module.projection.state_dict(),
-                "loss": module.criterion.state_dict() if module.objective == "sigma" else {},
-                "loss_config": loss_config, "objective": module.objective,
-                "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict(),
-                "scheduler": scheduler.state_dict(), "rng": ck.rng_state(), "config": cfg,
-                "provenance": prov, "rank_fingerprints": fingerprints,
-            }
-            ck.save_checkpoint(state, out, keep=cfg["checkpoint"]["keep"])
-        barrier(info)
-
-    from tqdm.auto import tqdm
-    bar = tqdm(total=stop, initial=start_step, disable=not is_main, dynamic_ncols=True, desc="pretrain",
-               file=sys.stderr)
-    step = start_step
-    loss_sum = torch.zeros((), device=device)
-    steps_since, t_last = 0, time.perf_counter()
+def resume_run(run, resume):
+    """Load the checkpoint `resume` ("auto": the newest in the output folder, if any) into `run`."""
+    if resume == "auto":
+        path, state = ck.find_resume_checkpoint(run.out)
+        if state is None:
+            run.say(f"--resume auto: no checkpoint in {ck.checkpoint_dir(run.out)} yet, starting from scratch")
+            return
+    else:
+        path = Path(resume)
+        if not path.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
+        try:
+            state = ck.load_checkpoint(path)
+        except ValueError as e:
+            raise DataError(f"--resume {resume}: {e}") from e
+    module = run.module
     try:
-        while step < stop:
-            epoch, in_epoch = divmod(step, steps_per_epoch)
-            sampler.set_epoch(epoch)
-            sampler.set_start(in_epoch * o["batch_size"] * o["accum_steps"])
-            # Every clip's randomness (segment, crop, flip, mask) is seeded from (seed, epoch, index)
-            # by the dataset, whichever worker draws it: what makes a mid-epoch resume exact.
-            dataset.set_epoch(epoch)
-            loader = DataLoader(dataset, batch_size=o["batch_size"], sampler=sampler,
-                                num_workers=cfg["data"]["num_workers"], drop_last=True,
-                                pin_memory=cfg["data"]["pin_memory"] and device.type == "cuda",
-                                generator=torch.Generator().manual_seed(cfg["seed"] + epoch))
-            batches = iter(loader)
-            while in_epoch < steps_per_epoch and step < stop:
-                log_now = (step + 1) % lg["every"] == 0 or step + 1 == stop
-                stats_now = (step + 1) % lg["stats_every"] == 0 or step + 1 == stop
-                scheduler.step_update(step)
-                for micro in range(o["accum_steps"]):
-                    last = micro == o["accum_steps"] - 1
-                    batch = next(batches)
-                    video = batch["video"].to(device, non_blocking=True)
-                    mask = batch["mask"].to(device, non_blocking=True)
-                    if module.objective == "sigma":
-                        module.criterion.compute_stats = log_now and last
-                    sync = contextlib.nullcontext() if (last or info.world_size == 1) else net.no_sync()
-                    with sync:
-                        with autocast:
-                            loss, pred, target = net(video, mask)
-                        scaler.scale(loss / o["accum_steps"]).backward()
-                    loss_sum += loss.detach() / o["accum_steps"]
-                grad_norm = None
-                if o["clip_grad"] is not None or log_now:
-                    scaler.unscale_(optimizer)
-                    max_norm = o["clip_grad"] if o["clip_grad"] is not None else float("inf")
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                step += 1
-                in_epoch += 1
-                steps_since += 1
-                if step == crash_step and info.rank == crash_rank:
-                    os._exit(17)
+        module.model.load_state_dict(state["model"])
+        module.projection.load_state_dict(state["projection"])
+        if module.objective == "sigma":
+            module.criterion.load_state_dict(state["loss"])
+    except (KeyError, RuntimeError) as e:
+        # a checkpoint of another config (model size, projection, K): one line, not pages of keys
+        first = str(e).strip().splitlines()[0]
+        raise DataError(f"--resume {path}: the checkpoint does not fit this config ({first}); "
+                        "resume with the config it was written with") from e
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    set_rng_state(state["rng"])  # every rank's generators are the same (sigma.engine.seeding)
+    run.step, run.resumed_from = int(state["step"]), path
+    changed = _config_changes(state.get("config", {}), run.cfg)
+    if changed:
+        run.say(f"resuming with a config that differs from the checkpoint's in: {', '.join(changed)}")
+    run.say(f"resuming from {path} at step {run.step}")
 
-                if log_now:
-                    row = _log_row(module, info, step, epoch, loss_sum / steps_since, optimizer, grad_norm, scaler,
-                                   pred if stats_now else None, target if stats_now else None)
-                    dt = time.perf_counter() - t_last
-                    row["clips_per_s"] = steps_since * clips_per_step / dt
-                    row["videos_skipped"] = int(getattr(dataset, "num_skipped", 0) or 0)
-                    if not math.isfinite(row["loss"]):
-                        raise FloatingPointError(f"the loss is {row['loss']} at step {step}; stopping (lower the "
-                                                 f"learning rate, enable optim.clip_grad, or check the data)")
-                    if is_main:
-                        log.write(row)
-                        bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}",
-                                        clips_s=f"{row['clips_per_s']:.1f}", refresh=False)
-                    loss_sum.zero_()
-                    steps_since, t_last = 0, time.perf_counter()
-                del pred, target, loss
-                if step % cfg["checkpoint"]["every"] == 0 or step == stop:
-                    save(step)
-                bar.update(1)
-    finally:
-        bar.close()
-        if log is not None:
-            log.close()
-    if is_main:
-        say(f"done: {step} steps; checkpoints in {ck.checkpoint_dir(out)}")
-    shutdown(info)
-    return step
+
+def start_outputs(run, data, argv):
+    """Provenance (kept in every checkpoint), and on rank 0 config.yaml, provenance.json and the
+    metrics log."""
+    info, ds = run.info, run.dataset
+    n_skipped = int(getattr(ds, "num_skipped", 0) or 0)
+    if n_skipped:
+        run.say(f"{n_skipped} unreadable video(s) skipped while indexing {data}")
+    run.record["provenance"] = provenance(
+        argv, seed=run.cfg["seed"], world_size=info.world_size, data=str(data),
+        resumed_from=str(run.resumed_from) if run.resumed_from else None, steps_per_epoch=run.steps_per_epoch,
+        total_steps=run.total_steps, peak_lr=run.lr, amp=run.amp, device=str(info.device), dataset_size=len(ds),
+        dataset_skipped=n_skipped)
+    columns = ["step", "epoch", "loss", "lr", "clips_per_s", "grad_norm", "loss_scale", "videos_skipped"]
+    columns += (list(SIGMA_STATS) if run.module.objective == "sigma" else []) + list(COLLAPSE)
+    run.pending = {"loss_sum": torch.zeros((), device=info.device), "steps": 0, "t": time.perf_counter()}
+    if not info.is_main:
+        return
+    run.out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(run.out / "config.yaml", dump_config(run.cfg))
+    atomic_write_text(run.out / "provenance.json", json.dumps(run.record["provenance"], indent=2) + "\n")
+    run.log = MetricsLog(run.out, columns, resume_step=run.step if run.resumed_from else None,
+                         tensorboard=run.cfg["log"]["tensorboard"])
+    run.say(f"{len(ds)} videos, {run.steps_per_epoch} steps/epoch, {run.stop} steps (schedule {run.total_steps}), "
+            f"global batch {run.clips_per_step}, peak lr {run.lr:.3g}, amp {run.amp}, "
+            f"{info.world_size} process(es) on {info.device.type}")
+
+
+def epoch_loader(run, epoch, start):
+    """This rank's batches of epoch `epoch` from its `start`-th clip on: the sampler's order and
+    every clip's randomness (seeded from (seed, epoch, index), whichever worker draws it) are what
+    make a mid-epoch resume exact."""
+    cfg = run.cfg
+    sampler = ResumableDistributedSampler(run.dataset, run.info.world_size, run.info.rank, seed=cfg["seed"])
+    sampler.set_epoch(epoch)
+    sampler.set_start(start)
+    d = cfg["data"]
+    return DataLoader(run.dataset, batch_size=cfg["optim"]["batch_size"], sampler=sampler,
+                      num_workers=d["num_workers"], drop_last=True, worker_init_fn=seed_worker,
+                      pin_memory=d["pin_memory"] and run.info.device.type == "cuda",
+                      generator=torch.Generator().manual_seed(cfg["seed"] + epoch))
+
+
+def train_one_epoch(run):
+    """Optimizer steps from `run.step` to the end of its epoch (or `run.stop`): log, checkpoint,
+    call STEP_CALLBACKS."""
+    o, lg = run.cfg["optim"], run.cfg["log"]
+    epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
+    batches = iter(epoch_loader(run, epoch, in_epoch * o["batch_size"] * o["accum_steps"]))
+    while in_epoch < run.steps_per_epoch and run.step < run.stop:
+        log_now = (run.step + 1) % lg["every"] == 0 or run.step + 1 == run.stop
+        stats_now = (run.step + 1) % lg["stats_every"] == 0 or run.step + 1 == run.stop
+        run.scheduler.step_update(run.step)
+        pred, target, grad_norm = train_step(run, batches, log_now)
+        run.step += 1
+        in_epoch += 1
+        run.pending["steps"] += 1
+        for callback in STEP_CALLBACKS:
+            callback(run.step, run.info)
+        if log_now:
+            write_metrics(run, epoch, grad_norm, pred if stats_now else None, target if stats_now else None)
+        del pred, target
+        if run.step % run.cfg["checkpoint"]["every"] == 0 or run.step == run.stop:
+            save(run)
+        run.bar.update(1)
+
+
+def train_step(run, batches, log_now):
+    """One optimizer step over `accum_steps` micro-batches; (pred, target) of the last one and the
+    gradient norm (None unless clipping or logging)."""
+    o, net, module = run.cfg["optim"], run.net, run.module
+    accum = o["accum_steps"]
+    for micro in range(accum):
+        last = micro == accum - 1
+        batch = next(batches)
+        video = batch["video"].to(run.info.device, non_blocking=True)
+        mask = batch["mask"].to(run.info.device, non_blocking=True)
+        if module.objective == "sigma":
+            module.criterion.compute_stats = log_now and last
+        # gradients are averaged over ranks once per optimizer step, on its last micro-batch
+        sync = contextlib.nullcontext() if (last or run.info.world_size == 1) else net.no_sync()
+        with sync:
+            with run.autocast():
+                loss, pred, target = net(video, mask)
+            run.scaler.scale(loss / accum).backward()
+        run.pending["loss_sum"] += loss.detach() / accum
+    grad_norm = None
+    if o["clip_grad"] is not None or log_now:
+        run.scaler.unscale_(run.optimizer)
+        max_norm = o["clip_grad"] if o["clip_grad"] is not None else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    return pred, target, grad_norm
+
+
+def write_metrics(run, epoch, grad_norm, pred, target):
+    """One metrics row (mean loss since the last one, speed, stats); stop on a non-finite loss."""
+    p = run.pending
+    row = _log_row(run.module, run.info, run.step, epoch, p["loss_sum"] / p["steps"], run.optimizer, grad_norm,
+                   run.scaler, pred, target)
+    row["clips_per_s"] = p["steps"] * run.clips_per_step / (time.perf_counter() - p["t"])
+    row["videos_skipped"] = int(getattr(run.dataset, "num_skipped", 0) or 0)
+    if not math.isfinite(row["loss"]):
+        raise FloatingPointError(f"the loss is {row['loss']} at step {run.step}; stopping (lower the "
+                                 f"learning rate, enable optim.clip_grad, or check the data)")
+    if run.log is not None:
+        run.log.write(row)
+        run.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", clips_s=f"{row['clips_per_s']:.1f}",
+                            refresh=False)
+    p["loss_sum"].zero_()
+    p["steps"], p["t"] = 0, time.perf_counter()
+
+
+def save(run):
+    """Checkpoint `run` at its step (rank 0 writes; every rank contributes its fingerprint)."""
+    module, spe, step = run.module, run.steps_per_epoch, run.step
+    fingerprints = all_gather_object(parameter_fingerprint(module), run.info)
+    if run.info.is_main:
+        state = {
+            "format": PRETRAIN_FORMAT, "step": step, "epoch": step // spe, "step_in_epoch": step % spe,
+            "steps_per_epoch": spe, "model_config": run.record["model_config"],
+            "projection_config": run.record["projection_config"],
+            "model": module.model.state_dict(), "projection": module.projection.state_dict(),
+            "loss": module.criterion.state_dict() if module.objective == "sigma" else {},
+            "loss_config": run.record["loss_config"], "objective": module.objective,
+            "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
+            "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "config": run.cfg,
+            "provenance": run.record["provenance"], "rank_fingerprints": fingerprints,
+        }
+        ck.save_checkpoint(state, run.out, keep=run.cfg["checkpoint"]["keep"])
+    barrier(run.info)
 
 
 def _log_row(module, info, step, epoch, mean_loss, optimizer, grad_norm, scaler, pred, target):
@@ -376,15 +422,3 @@ def _config_changes(old, new, prefix=""):
         elif a != b:
             changed.append(f"{prefix}{k}")
     return changed
-
-
-def _crash_hook():
-    spec = os.environ.get(CRASH_ENV)
-    if not spec or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return None, None
-    step, _, rank = spec.partition(":")
-    try:
-        return int(step), int(rank or 0)
-    except ValueError:
-        warnings.warn(f"ignoring {CRASH_ENV}={spec!r}: expected STEP or STEP:RANK", stacklevel=2)
-        return None, None
