@@ -20,15 +20,13 @@ from sigma_kernels import (
     prototype_scores,
     prototype_softmax_products,
     prototype_swapped_products,
+    rules,
     sinkhorn_assign_from_potentials,
     sinkhorn_assign_from_potentials_streaming,
     sinkhorn_solve,
     sinkhorn_streaming,
 )
-from sigma_kernels import rules as val
-from sigma_kernels._sinkhorn_loop import POTENTIAL_LIMIT
 from sigma_kernels.backends import BACKENDS
-from sigma_kernels.backends.reference import compute_dtype
 from sigma_kernels.distributed import (
     global_count,
     sinkhorn_solve_distributed,
@@ -105,23 +103,23 @@ class SinkhornSwapLoss(nn.Module):
                  targets="hard", backend="auto", tol=None, streaming="auto", process_group=None, *,
                  check_every=5, compute_stats=True, score_memory_budget=None):
         super().__init__()
-        self.num_prototypes = val.check_positive_int("num_prototypes", num_prototypes)
-        self.dim = val.check_positive_int("dim", dim)
-        self.epsilon = val.check_positive("epsilon", epsilon)
+        self.num_prototypes = rules.check_positive_int("num_prototypes", num_prototypes)
+        self.dim = rules.check_positive_int("dim", dim)
+        self.epsilon = rules.check_positive("epsilon", epsilon)
         # Unit features and prototypes bound the scores by 1, so ε alone decides whether float32
         # resolves the Sinkhorn logits; the potentials then stay within ~3/ε (docs/numerics.md).
-        if 1.0 / self.epsilon > POTENTIAL_LIMIT[torch.float32] / 4:
+        if 1.0 / self.epsilon > rules.POTENTIAL_LIMIT[torch.float32] / 4:
             raise ValueError(f"epsilon={epsilon!r} is too small for float32 Sinkhorn on cosine scores: it must be "
-                             f">= {4 / POTENTIAL_LIMIT[torch.float32]:.3g} (released configs use 0.05 and 0.03)")
-        self.sinkhorn_iterations = val.check_positive_int("sinkhorn_iterations", sinkhorn_iterations)
-        self.temperature = val.check_positive("temperature", temperature)
+                             f">= {4 / rules.POTENTIAL_LIMIT[torch.float32]:.3g} (released configs use 0.05 and 0.03)")
+        self.sinkhorn_iterations = rules.check_positive_int("sinkhorn_iterations", sinkhorn_iterations)
+        self.temperature = rules.check_positive("temperature", temperature)
         if targets not in _TARGETS:
             raise ValueError(f"targets must be one of {_TARGETS}, got {targets!r}")
         self.targets = targets
         if not isinstance(backend, str) or backend not in ("auto",) + BACKENDS:
             raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
         self.backend = backend
-        tol, check_every = val.check_tolerance(tol, check_every)
+        tol, check_every = rules.check_tolerance(tol, check_every)
         self.tol = tol if tol > 0 else None
         self.check_every = check_every
         if not (streaming is True or streaming is False or (isinstance(streaming, str) and streaming == "auto")):
@@ -130,7 +128,7 @@ class SinkhornSwapLoss(nn.Module):
         self.process_group = process_group
         self.compute_stats = bool(compute_stats)
         if score_memory_budget is not None:
-            score_memory_budget = val.check_positive_int("score_memory_budget", score_memory_budget)
+            score_memory_budget = rules.check_positive_int("score_memory_budget", score_memory_budget)
         self.score_memory_budget = score_memory_budget
         self.prototypes = nn.Parameter(torch.empty(self.num_prototypes, self.dim))
         self.reset_parameters()
@@ -152,7 +150,7 @@ class SinkhornSwapLoss(nn.Module):
         No host sync: the choice is made per row by torch.where.
         """
         c = self.prototypes
-        w = c.to(compute_dtype(c))
+        w = c.to(rules.compute_dtype(c))
         sq = (w * w).sum(dim=1, keepdim=True)
         # rounding of a normalised row's squared norm stays below ~(D + 4) ulp
         tol = (c.shape[1] + 8) * torch.finfo(c.dtype).eps
@@ -170,7 +168,7 @@ class SinkhornSwapLoss(nn.Module):
     def _check_features(self, name, t):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in val.FLOAT_DTYPES:
+        if t.dtype not in rules.FLOAT_DTYPES:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
         if t.dim() not in (2, 3):
             raise ValueError(f"{name} must be (B, N, D) or flattened (M, D), got shape {tuple(t.shape)}")
@@ -289,7 +287,7 @@ class SinkhornSwapLoss(nn.Module):
             m = zv.shape[0]
             m_global = global_count(m, zv.device, group) if group is not None else m
             streaming = self._use_streaming(m, zv.device)
-            want_stats = self.compute_stats or val.check_flag("return_stats", return_stats)
+            want_stats = self.compute_stats or rules.check_flag("return_stats", return_stats)
             # One branch at a time, so at most one stored M×K score matrix is alive.
             c = self.prototypes
             reduction = "mean" if group is None else "sum"

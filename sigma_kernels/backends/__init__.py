@@ -21,7 +21,9 @@ equations). Every backend must agree with `reference` to floating-point toleranc
                                            need_dx=True, need_dc=True)
         (the backwards return None for a gradient not asked for, and skip computing it)
 
-Optional fused primitives (None when a backend lacks them; callers compose the ones above instead):
+Optional fused primitives (None when a backend lacks them; the custom ops then run the plain-torch
+composition of the same name in `composed.py`, or for sinkhorn_solve_dense the loop of
+`_sinkhorn_loop.py` over the primitives above):
     sinkhorn_solve_dense(S, inv_eps, n_iters, tol, check_every, want_plan)
         -> (u, v, marginal_error, plan or None): the whole solve in one call
     scores_product(x, c) -> x·cᵀ (M, K) (x, c of one float dtype), equal to torch.mm, in memory
@@ -38,9 +40,9 @@ Optional fused primitives (None when a backend lacks them; callers compose the o
         against Q_a, CE_i = LSE_k(S·scale)_i − scale·Σ_k Q'_ik·S_ik; neither S_b nor any P, Q stored
 
 A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
-that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops of
-`_library.py`, carry it as an empty (0,) tensor; the layer above turns it back into None from the
-need_dx / need_dc flags (never from the tensor's size).
+that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops
+(`_sinkhorn_ops.py`, `_cross_entropy_ops.py`), carry it as an empty (0,) tensor; the layer above
+turns it back into None from the need_dx / need_dc flags (never from the tensor's size).
 
 A backend may leave a primitive out; the reference one is then used for it, and
 `backend_info()` lists it under "fallbacks" so the gap is visible.

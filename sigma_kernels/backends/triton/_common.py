@@ -19,8 +19,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # "tf32x3" runs on tensor cores with close to fp32 accuracy, at three MMAs per tile; plain "tf32"
 # (one MMA) rounds every operand to 10 mantissa bits, an error that 1/ε = 20-33 then multiplies
 # in the logits (docs/sinkhorn.md); "ieee" is exact fp32 without tensor cores. fp16/bf16 operands are
-# multiplied exactly with fp32 accumulation whatever this says. Untimed: which one pays off on
-# an H100 is for the GPU benchmarks to say.
+# multiplied exactly with fp32 accumulation whatever this says. tf32x3 is the default because it
+# keeps the fp32 accuracy the tests demand; whether "ieee" or "tf32" is worth its trade on a given
+# GPU is for benchmarks/gpu_check.sh to measure, hence the environment variable.
 DOT_PRECISION = os.environ.get("SIGMA_TRITON_DOT_PRECISION", "tf32x3")
 
 
@@ -45,8 +46,8 @@ class BlockConfig:
             self.max_programs = 4
             self.fit_blocks = True         # shrink blocks to small problems: less Python work
         else:
-            # Untuned H100 defaults (no GPU was available to time them), chosen so that every
-            # kernel compiles for sm_90 without register spills (see tools/triton_compile_check.py):
+            # H100 defaults chosen by compilation alone, so that every kernel compiles for sm_90
+            # without register spills (tools/triton_compile_check.py); timings may refine them:
             # 64x64 score tiles with 32-wide feature steps; ~16 fp32 values per thread in
             # the kernels that stream S.
             # The backward recomputes each logit tile once per block_d_out feature chunk of its
