@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 from sigma_kernels import (
+    has_fused_swapped_products,
     normalize_rows,
     prototype_cross_entropy,
     prototype_cross_entropy_from_products,
@@ -67,8 +68,9 @@ class SinkhornSwapLoss(nn.Module):
             scores (fused backends); False materialises the scores of one branch at a time; "auto"
             streams when the stored path's working set would exceed `score_memory_budget`. Hard
             targets are labelled once per branch and fed to a plain fused CE; soft targets are
-            recomputed tile by tile from the other branch's potentials. The cross-entropies never
-            store M×K in the fused backends either way.
+            recomputed tile by tile from the other branch's potentials: in one swapped pass for
+            both terms where the backend fuses it (`has_fused_swapped_products`), else per
+            term. The cross-entropies never store M×K in the fused backends either way.
         score_memory_budget: bytes the stored-score path may hold for one branch under
             streaming="auto" (None: `SCORE_MEMORY_BUDGET[device type]`). The working set is
             M·K·`STORED_BYTES_PER_SCORE[device type]` bytes: on the CPU the scores and their
@@ -291,9 +293,10 @@ class SinkhornSwapLoss(nn.Module):
             # One branch at a time, so at most one stored M×K score matrix is alive.
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
-            if not streaming and self.targets == "soft":
-                loss_v, loss_p, stats_v, stats_p = self._stored_soft_terms(zv, zp, group, m_global, want_stats,
-                                                                           reduction)
+            if self.targets == "soft" and (not streaming or has_fused_swapped_products(
+                    zv.device, rules.compute_dtype(zv, zp), backend=self.backend)):
+                loss_v, loss_p, stats_v, stats_p = self._swapped_soft_terms(zv, zp, streaming, group, m_global,
+                                                                            want_stats, reduction)
             elif not streaming:
                 # Stored scores, hard targets: each branch leaves only its labels (the other term's
                 # targets) and its own softmax products (LSE, P·C, and Pᵀ·normalize(z_p) for the
@@ -319,7 +322,7 @@ class SinkhornSwapLoss(nn.Module):
                     loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
                     # Projection term: live prototypes, targets from Q_v.
                     loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, **kw)
-                else:  # soft targets, computed tile by tile from the other branch's potentials
+                else:  # soft targets, recomputed tile by tile from the other branch's potentials, per term
                     kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
                     loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon,
                                                               self.temperature, **kw)
@@ -376,18 +379,20 @@ class SinkhornSwapLoss(nn.Module):
                                           backend=self.backend)
         return stats, prod, labels
 
-    def _stored_soft_terms(self, zv, zp, group, m_global, want_stats, reduction):
-        """Both cross-entropies with soft targets on stored scores: (loss_v, loss_p, stats_v, stats_p).
+    def _swapped_soft_terms(self, zv, zp, streaming, group, m_global, want_stats, reduction):
+        """Both cross-entropies with soft targets from one swapped pass: (loss_v, loss_p, stats_v, stats_p).
 
         Each term's gradient needs P − Q' with Q' from the other branch, so both branches' rows are
-        needed at once (prototype_swapped_products): the projection's scores stay stored after its
-        solve, the video model's are dropped after its own and recomputed in row chunks. 6 M×K×D
-        products in all (2 for the solves' scores, 1 recomputation, 3 gradient products) and at
-        most two M×K matrices alive at a time, as with hard targets (docs/performance.md)."""
+        needed at once (prototype_swapped_products). Stored: the projection's scores stay stored
+        after its solve, the video model's are dropped after its own and recomputed in row chunks;
+        6 M×K×D products in all (2 for the solves' scores, 1 recomputation, 3 gradient products)
+        and at most two M×K matrices alive at a time, as with hard targets (docs/performance.md).
+        Streaming: both branches' scores are recomputed tile by tile, nothing M×K is stored
+        (docs/streaming.md)."""
         c = self.prototypes
         with torch.no_grad():
-            res_v = self._solve(zv, False, group, m_global)[0]  # its scores are freed here
-            res_p, scores_p = self._solve(zp, False, group, m_global)
+            res_v = self._solve(zv, streaming, group, m_global)[0]  # stored: its scores are freed here
+            res_p, scores_p = self._solve(zp, streaming, group, m_global)  # scores_p None when streaming
             prods = prototype_swapped_products(scores_p, zv, c, res_p.v, res_v.v, self.epsilon, self.temperature,
                                                z_a=zp, return_labels=want_stats, backend=self.backend)
             del scores_p

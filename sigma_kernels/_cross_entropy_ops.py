@@ -185,6 +185,27 @@ def _(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b, labels, backend):
             scores.new_empty((2,) if labels else (0,), dtype=dt))
 
 
+@custom_op("streaming_swapped_softmax_products")
+def streaming_swapped_softmax_products(xa: Tensor, xb: Tensor, c: Tensor, va: Tensor, vb: Tensor, inv_eps: float,
+                                       scale: float, grad_b: bool, labels: bool,
+                                       backend: str) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """`swapped_softmax_products` with S_a = xa·cᵀ recomputed too, so no M×K array is stored in the
+    fused backends; (P_a − Q_b)ᵀ·xa is always computed."""
+    fn = _fused_or_composed(backend, "streaming_swapped_softmax_products")
+    ce, g, ha, hb, lab, ent = fn(xa, xb, c, va, vb, inv_eps, scale, grad_b, labels)
+    return ce, g, ha, or_empty(hb, g), or_empty(lab, g, torch.int64), or_empty(ent, g)
+
+
+@streaming_swapped_softmax_products.register_fake
+def _(xa, xb, c, va, vb, inv_eps, scale, grad_b, labels, backend):
+    dt = compute_dtype(xa, c)
+    m, k, d = xa.shape[0], c.shape[0], c.shape[1]
+    return (xa.new_empty((2, m), dtype=dt), xa.new_empty((2, m, d), dtype=dt), xa.new_empty((k, d), dtype=dt),
+            xa.new_empty((k, d) if grad_b else (0,), dtype=dt),
+            xa.new_empty((2, m) if labels else (0,), dtype=torch.int64),
+            xa.new_empty((2,) if labels else (0,), dtype=dt))
+
+
 @custom_op("cross_entropy_from_products")
 def cross_entropy_from_products(x: Tensor, c: Tensor, target: Optional[Tensor], lse: Tensor, pc: Tensor,
                                 px: Optional[Tensor], target_x: Optional[Tensor], scale: float) -> Tensor:

@@ -10,11 +10,12 @@ import torch
 
 from . import _cross_entropy_ops as ops
 from . import rules
-from .backends import resolve_backend
+from .backends import provides, resolve_backend
 from .rules import compute_dtype
 from .sinkhorn import _normalize_rows_flagged, normalize_rows
 
-__all__ = ["SoftmaxProducts", "SwappedProducts", "TargetedProducts", "prototype_cross_entropy",
+__all__ = ["SoftmaxProducts", "SwappedProducts", "TargetedProducts", "has_fused_swapped_products",
+           "prototype_cross_entropy",
            "prototype_cross_entropy_from_products", "prototype_cross_entropy_sinkhorn", "prototype_log_softmax",
            "prototype_logsumexp", "prototype_scores", "prototype_softmax", "prototype_softmax_products",
            "prototype_swapped_products"]
@@ -220,14 +221,23 @@ def prototype_swapped_products(scores_a, z_b, prototypes, v_a, v_b, epsilon, tem
     prototype gradient, against 6 for the two targets and two softmaxes apart (plus one GEMM for
     the recomputed scores). z_a (M, D): give it for term a's prototype gradient (a.g_x); grad_b:
     term b's too (b.g_x, from z_b). return_labels: also Q_a's and Q_b's labels and entropies.
+    scores_a None: branch a's scores are recomputed from z_a as well (which is then required, and
+    a.g_x always computed), so nothing M×K is stored where the backend fuses this
+    (`has_fused_swapped_products`; elsewhere row chunks of plain torch).
     """
-    rules.check_matrix("scores_a", scores_a)
     rules.check_matrix("prototypes", prototypes)
-    m, k = scores_a.shape
-    d = prototypes.shape[1]
-    if prototypes.shape[0] != k:
-        raise ValueError(f"prototypes must have shape (K={k}, D) like scores_a (M, K), got "
-                         f"{tuple(prototypes.shape)}")
+    k, d = prototypes.shape
+    if scores_a is None:
+        if z_a is None:
+            raise ValueError("scores_a=None recomputes branch a's scores from z_a: give z_a (M, D)")
+        rules.check_matrix("z_a", z_a)
+        m = z_a.shape[0]
+    else:
+        rules.check_matrix("scores_a", scores_a)
+        m = scores_a.shape[0]
+        if scores_a.shape[1] != k:
+            raise ValueError(f"prototypes must have shape (K={scores_a.shape[1]}, D) like scores_a (M, K), got "
+                             f"{tuple(prototypes.shape)}")
     inv_eps = rules.check_epsilon(epsilon)
     inv_tau = rules.check_epsilon(temperature, name="temperature")
     rules.check_flag("grad_b", grad_b)
@@ -241,19 +251,32 @@ def prototype_swapped_products(scores_a, z_b, prototypes, v_a, v_b, epsilon, tem
                              f"{tuple(z.shape)}")
     for name, v in (("v_a", v_a), ("v_b", v_b)):
         rules.check_vector(name, v, k)
+    given = {name: t for name, t in (("scores_a", scores_a), ("z_a", z_a)) if t is not None}
     # the widest given input decides (a float64 z or v is not rounded to float32)
-    dt = compute_dtype(*(t for t in (scores_a, prototypes, z_b, z_a, v_a, v_b) if t is not None))
+    dt = compute_dtype(prototypes, z_b, v_a, v_b, *given.values())
     feats = {name: normalize_rows(z.detach()).to(dt) for name, z in (("z_b", z_b), ("z_a", z_a)) if z is not None}
-    rules.check_same_device(scores_a=scores_a, prototypes=prototypes, z_b=z_b, v_a=v_a, v_b=v_b,
-                          **({"z_a": z_a} if z_a is not None else {}))
-    name = resolve_backend(backend, scores_a.device, dt)
-    ce, g, ha, hb, labels, entropy = ops.swapped_softmax_products(
-        scores_a.detach(), feats["z_b"], prototypes.detach().to(dt), v_a.detach().to(dt), v_b.detach().to(dt),
-        inv_eps, inv_tau, feats.get("z_a"), grad_b, return_labels, name)
+    rules.check_same_device(prototypes=prototypes, z_b=z_b, v_a=v_a, v_b=v_b, **given)
+    name = resolve_backend(backend, prototypes.device, dt)
+    c, va, vb = prototypes.detach().to(dt), v_a.detach().to(dt), v_b.detach().to(dt)
+    if scores_a is None:
+        ce, g, ha, hb, labels, entropy = ops.streaming_swapped_softmax_products(
+            feats["z_a"], feats["z_b"], c, va, vb, inv_eps, inv_tau, grad_b, return_labels, name)
+    else:
+        ce, g, ha, hb, labels, entropy = ops.swapped_softmax_products(
+            scores_a.detach(), feats["z_b"], c, va, vb, inv_eps, inv_tau, feats.get("z_a"), grad_b, return_labels,
+            name)
     tau = float(temperature)
     a = TargetedProducts(ce[0], g[0], ha if z_a is not None else None, tau)
     b = TargetedProducts(ce[1], g[1], hb if grad_b else None, tau)
     return SwappedProducts(a, b, labels if return_labels else None, entropy if return_labels else None)
+
+
+def has_fused_swapped_products(device, dtype=torch.float32, *, streaming=True, backend="auto"):
+    """Whether `prototype_swapped_products` runs as one fused pass for tensors of `device` and
+    `dtype` on `backend` (streaming=True: with scores_a=None; False: with stored scores_a). Where it
+    does not, it composes row chunks of plain torch, which hold chunk×K temporaries."""
+    name = resolve_backend(backend, device, dtype)
+    return provides(name, "streaming_swapped_softmax_products" if streaming else "swapped_softmax_products")
 
 
 def prototype_cross_entropy_from_products(z, prototypes, target, products, temperature=0.1, *, target_x=None,

@@ -38,6 +38,8 @@ composition of the same name in `composed.py`, or for sinkhorn_solve_dense the l
         for two branches over the same rows, S_a stored and S_b = x_b·cᵀ recomputed in row chunks:
         P = softmax_k(S·scale), Q = softmax_k(S·inv_eps + v), term 0 P_a against Q_b, term 1 P_b
         against Q_a, CE_i = LSE_k(S·scale)_i − scale·Σ_k Q'_ik·S_ik; neither S_b nor any P, Q stored
+    streaming_swapped_softmax_products(x_a, x_b, c, v_a, v_b, inv_eps, scale, grad_b, labels=False)
+        -> the same with S_a = x_a·cᵀ recomputed too (no M×K array at all), (P_a − Q_b)ᵀ·x_a always
 
 A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
 that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops
@@ -78,7 +80,8 @@ PRIMITIVES = (
     "sinkhorn_target_cross_entropy_forward",
     "sinkhorn_target_cross_entropy_backward",
 )
-OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "scores_product", "softmax_products", "swapped_softmax_products")
+OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "scores_product", "softmax_products", "swapped_softmax_products",
+                       "streaming_swapped_softmax_products")
 
 _MODULES = {
     "reference": "sigma_kernels.backends.reference",
@@ -131,6 +134,15 @@ def get_backend(name):
     if ns is None:
         raise BackendUnavailableError(f"backend {name!r} is not available: {reason}")
     return ns
+
+
+@torch.compiler.assume_constant_result
+def provides(name, primitive):
+    """Whether backend `name` has its own implementation of the optional primitive `primitive`
+    (rather than the plain-torch composition of `composed.py`)."""
+    if primitive not in OPTIONAL_PRIMITIVES:
+        raise ValueError(f"primitive must be one of {OPTIONAL_PRIMITIVES}, got {primitive!r}")
+    return getattr(get_backend(name), primitive) is not None
 
 
 def is_available(name):

@@ -1,8 +1,7 @@
 """Plain-torch compositions that stand in for the optional fused primitives of
-`backends/__init__.py` (`scores_product`, `softmax_products`, `swapped_softmax_products`) when a
-backend lacks one. Same contracts as the primitives; they trade the fused single pass for
-materialised temporaries (P whole for softmax_products, row chunks of about
-_SWAPPED_CHUNK_SCORES scores for the swapped products).
+`backends/__init__.py` (all but `sinkhorn_solve_dense`) when a backend lacks one. Same contracts as
+the primitives; they trade the fused single pass for materialised temporaries (P whole for
+softmax_products, row chunks of about _SWAPPED_CHUNK_SCORES scores for the swapped products).
 """
 import torch
 
@@ -36,6 +35,13 @@ def softmax_products(scores, scale, v, c, x, labels=False):
 def swapped_softmax_products(scores, xb, c, va, vb, inv_eps, scale, xa, grad_b, labels=False):
     dt = compute_dtype(scores, c)
     return _swapped_by_chunks(lambda rows: scores[rows].to(dt), scores.shape[0], xb, c, va, vb, inv_eps, scale,
+                              xa, grad_b, labels, dt)
+
+
+def streaming_swapped_softmax_products(xa, xb, c, va, vb, inv_eps, scale, grad_b, labels=False):
+    dt = compute_dtype(xa, c)
+    cd = c.to(dt)
+    return _swapped_by_chunks(lambda rows: xa[rows].to(dt) @ cd.T, xa.shape[0], xb, c, va, vb, inv_eps, scale,
                               xa, grad_b, labels, dt)
 
 

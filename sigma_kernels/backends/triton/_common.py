@@ -41,6 +41,7 @@ class BlockConfig:
         if interpret:  # few, large program instances: each one is slow Python
             self.block_m, self.block_k, self.block_d, self.block_d_out = 64, 64, 64, 64
             self.block_d_backward = 64
+            self.block_m_swapped, self.block_k_swapped = 64, 64
             self.block_m_scores, self.block_k_scores = 64, 64
             self.max_single_k, self.single_tile_elems = 4096, 64 * 4096
             self.max_programs = 4
@@ -55,6 +56,9 @@ class BlockConfig:
             # while the fp32 accumulators still fit in registers with 16-wide feature steps.
             self.block_m, self.block_k, self.block_d, self.block_d_out = 64, 64, 32, 128
             self.block_d_backward = 16
+            # The swapped products (swapped.py) hold two score tiles and two accumulators at once:
+            # 32x32 score tiles keep them in registers.
+            self.block_m_swapped, self.block_k_swapped = 32, 32
             self.block_m_scores, self.block_k_scores = 16, 256
             self.max_single_k, self.single_tile_elems = 4096, 8192
             self.max_programs = None
