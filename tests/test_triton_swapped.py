@@ -175,3 +175,20 @@ def test_torch_compile_fullgraph_through_the_streaming_soft_loss():
     got = _loss_and_grads(compiled, zv, zp)
     for a, b in zip(got, want):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_streaming_swapped_op_passes_opcheck(backend):
+    """Schema, fake kernel and dispatch of the new custom op (the interpreted triton run skips the
+    AOT-dispatch replay, as in test_dispatch.py: it traces the same fake kernel as the reference)."""
+    from torch.library import opcheck
+    za, zb, c, va, vb = branches(7, 5, 3, seed=9)
+    xa, xb = F.normalize(za, dim=1), F.normalize(zb, dim=1)
+    utils = ("test_schema", "test_autograd_registration", "test_faketensor")
+    kw = {"test_utils": utils} if backend == "triton" and DEV == "cpu" else {}
+    # each (grad_b, labels) pair is a different output layout; the reference's full opcheck is slow
+    for grad_b, labels in ((False, True), (True, False)) if backend == "triton" else ((True, True),):
+        opcheck(torch.ops.sigma_kernels.streaming_swapped_softmax_products,
+                (xa, xb, c, va, vb, 20.0, 10.0, grad_b, labels, backend), **kw)
+        opcheck(torch.ops.sigma_kernels.swapped_softmax_products,
+                (xa @ c.T, xb, c, va, vb, 20.0, 10.0, xa if labels else None, grad_b, labels, backend), **kw)
