@@ -105,6 +105,16 @@ def test_matches_the_reference_composition_and_returns_what_was_asked(streaming)
         assert sk.prototype_swapped_products(s, zb, c, va, vb, EPS, TAU, backend="triton").a.g_x is None
 
 
+@pytest.mark.parametrize("m,k,d", [(1, 1, 4), (300, 131, 8)])
+def test_plain_torch_composition_without_stored_scores_matches_float64(m, k, d, monkeypatch):
+    """The stand-in that backends without the fused pass run (scores_a=None on the reference),
+    over several row chunks."""
+    monkeypatch.setattr(composed, "_SWAPPED_CHUNK_SCORES", 7 * k)  # 7 rows per chunk
+    za, zb, c, va, vb = branches(m, k, d, seed=m + k)
+    got = products(True, za, zb, c, va, vb, backend="reference", grad_b=True, return_labels=True)
+    check_against_float64(got, za, zb, c, va, vb)
+
+
 def test_low_precision_factors_match_the_reference_on_the_same_rounded_inputs():
     za, zb, c, va, vb = branches(37, 29, 19, seed=6)
     tri = get_backend("triton")
