@@ -294,7 +294,7 @@ class SinkhornSwapLoss(nn.Module):
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
             if self.targets == "soft" and (not streaming or has_fused_swapped_products(
-                    zv.device, rules.compute_dtype(zv, zp), backend=self.backend)):
+                    zv.device, rules.compute_dtype(zv, zp, c), backend=self.backend)):
                 loss_v, loss_p, stats_v, stats_p = self._swapped_soft_terms(zv, zp, streaming, group, m_global,
                                                                             want_stats, reduction)
             elif not streaming:
