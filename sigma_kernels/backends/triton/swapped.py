@@ -13,9 +13,9 @@ P_b against Q_a. Three deterministic kernels (no atomics), nothing M×K stored:
     cols   grid (K tiles, D chunks, M splits): the same differences transposed times x_a (and x_b
            with grad_b) -> fp32 partials (splits, K, D) of (P − Q')ᵀ·x, summed afterwards
 
-M×K×D products, with one D chunk (D <= block_d_out) and S_a recomputed: 2 (stats) + 2 + 2 (rows)
-+ 2 + 1 (cols) = 9, one more with grad_b; each further D chunk recomputes both tiles again in rows
-and cols (+4). A stored S_a saves one product in each of the three sweeps.
+M×K×D products with n = ⌈D / block_d_out⌉ feature chunks and S_a recomputed: 2 (stats) + 2n + 2
+(rows) + 2n + 1 (cols) = 5 + 4n (9 at D <= 128), one more with grad_b. A stored S_a is read
+instead: 2n + 1 fewer. docs/streaming.md compares this with the per-term cross-entropies.
 """
 import torch
 import triton
