@@ -13,6 +13,7 @@ import torch.nn as nn
 from torch.fx.experimental.symbolic_shapes import guard_or_true
 
 from sigma_kernels import (
+    has_fused_swapped_products,
     normalize_rows,
     prototype_cross_entropy,
     prototype_cross_entropy_from_products,
@@ -20,15 +21,13 @@ from sigma_kernels import (
     prototype_scores,
     prototype_softmax_products,
     prototype_swapped_products,
+    rules,
     sinkhorn_assign_from_potentials,
     sinkhorn_assign_from_potentials_streaming,
     sinkhorn_solve,
     sinkhorn_streaming,
 )
-from sigma_kernels import rules as val
-from sigma_kernels._sinkhorn_loop import POTENTIAL_LIMIT
 from sigma_kernels.backends import BACKENDS
-from sigma_kernels.backends.reference import compute_dtype
 from sigma_kernels.distributed import (
     global_count,
     sinkhorn_solve_distributed,
@@ -69,8 +68,9 @@ class SinkhornSwapLoss(nn.Module):
             scores (fused backends); False materialises the scores of one branch at a time; "auto"
             streams when the stored path's working set would exceed `score_memory_budget`. Hard
             targets are labelled once per branch and fed to a plain fused CE; soft targets are
-            recomputed tile by tile from the other branch's potentials. The cross-entropies never
-            store M×K in the fused backends either way.
+            recomputed tile by tile from the other branch's potentials: in one swapped pass for
+            both terms where the backend fuses it (`has_fused_swapped_products`), else per
+            term. The cross-entropies never store M×K in the fused backends either way.
         score_memory_budget: bytes the stored-score path may hold for one branch under
             streaming="auto" (None: `SCORE_MEMORY_BUDGET[device type]`). The working set is
             M·K·`STORED_BYTES_PER_SCORE[device type]` bytes: on the CPU the scores and their
@@ -105,23 +105,23 @@ class SinkhornSwapLoss(nn.Module):
                  targets="hard", backend="auto", tol=None, streaming="auto", process_group=None, *,
                  check_every=5, compute_stats=True, score_memory_budget=None):
         super().__init__()
-        self.num_prototypes = val.check_positive_int("num_prototypes", num_prototypes)
-        self.dim = val.check_positive_int("dim", dim)
-        self.epsilon = val.check_positive("epsilon", epsilon)
+        self.num_prototypes = rules.check_positive_int("num_prototypes", num_prototypes)
+        self.dim = rules.check_positive_int("dim", dim)
+        self.epsilon = rules.check_positive("epsilon", epsilon)
         # Unit features and prototypes bound the scores by 1, so ε alone decides whether float32
         # resolves the Sinkhorn logits; the potentials then stay within ~3/ε (docs/numerics.md).
-        if 1.0 / self.epsilon > POTENTIAL_LIMIT[torch.float32] / 4:
+        if 1.0 / self.epsilon > rules.POTENTIAL_LIMIT[torch.float32] / 4:
             raise ValueError(f"epsilon={epsilon!r} is too small for float32 Sinkhorn on cosine scores: it must be "
-                             f">= {4 / POTENTIAL_LIMIT[torch.float32]:.3g} (released configs use 0.05 and 0.03)")
-        self.sinkhorn_iterations = val.check_positive_int("sinkhorn_iterations", sinkhorn_iterations)
-        self.temperature = val.check_positive("temperature", temperature)
+                             f">= {4 / rules.POTENTIAL_LIMIT[torch.float32]:.3g} (released configs use 0.05 and 0.03)")
+        self.sinkhorn_iterations = rules.check_positive_int("sinkhorn_iterations", sinkhorn_iterations)
+        self.temperature = rules.check_positive("temperature", temperature)
         if targets not in _TARGETS:
             raise ValueError(f"targets must be one of {_TARGETS}, got {targets!r}")
         self.targets = targets
         if not isinstance(backend, str) or backend not in ("auto",) + BACKENDS:
             raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {backend!r}")
         self.backend = backend
-        tol, check_every = val.check_tolerance(tol, check_every)
+        tol, check_every = rules.check_tolerance(tol, check_every)
         self.tol = tol if tol > 0 else None
         self.check_every = check_every
         if not (streaming is True or streaming is False or (isinstance(streaming, str) and streaming == "auto")):
@@ -130,7 +130,7 @@ class SinkhornSwapLoss(nn.Module):
         self.process_group = process_group
         self.compute_stats = bool(compute_stats)
         if score_memory_budget is not None:
-            score_memory_budget = val.check_positive_int("score_memory_budget", score_memory_budget)
+            score_memory_budget = rules.check_positive_int("score_memory_budget", score_memory_budget)
         self.score_memory_budget = score_memory_budget
         self.prototypes = nn.Parameter(torch.empty(self.num_prototypes, self.dim))
         self.reset_parameters()
@@ -152,7 +152,7 @@ class SinkhornSwapLoss(nn.Module):
         No host sync: the choice is made per row by torch.where.
         """
         c = self.prototypes
-        w = c.to(compute_dtype(c))
+        w = c.to(rules.compute_dtype(c))
         sq = (w * w).sum(dim=1, keepdim=True)
         # rounding of a normalised row's squared norm stays below ~(D + 4) ulp
         tol = (c.shape[1] + 8) * torch.finfo(c.dtype).eps
@@ -170,7 +170,7 @@ class SinkhornSwapLoss(nn.Module):
     def _check_features(self, name, t):
         if not isinstance(t, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-        if t.dtype not in val.FLOAT_DTYPES:
+        if t.dtype not in rules.FLOAT_DTYPES:
             raise TypeError(f"{name} must be float16, bfloat16, float32 or float64, got {t.dtype}")
         if t.dim() not in (2, 3):
             raise ValueError(f"{name} must be (B, N, D) or flattened (M, D), got shape {tuple(t.shape)}")
@@ -289,13 +289,14 @@ class SinkhornSwapLoss(nn.Module):
             m = zv.shape[0]
             m_global = global_count(m, zv.device, group) if group is not None else m
             streaming = self._use_streaming(m, zv.device)
-            want_stats = self.compute_stats or val.check_flag("return_stats", return_stats)
+            want_stats = self.compute_stats or rules.check_flag("return_stats", return_stats)
             # One branch at a time, so at most one stored M×K score matrix is alive.
             c = self.prototypes
             reduction = "mean" if group is None else "sum"
-            if not streaming and self.targets == "soft":
-                loss_v, loss_p, stats_v, stats_p = self._stored_soft_terms(zv, zp, group, m_global, want_stats,
-                                                                           reduction)
+            if self.targets == "soft" and (not streaming or has_fused_swapped_products(
+                    zv.device, rules.compute_dtype(zv, zp, c), backend=self.backend)):
+                loss_v, loss_p, stats_v, stats_p = self._swapped_soft_terms(zv, zp, streaming, group, m_global,
+                                                                            want_stats, reduction)
             elif not streaming:
                 # Stored scores, hard targets: each branch leaves only its labels (the other term's
                 # targets) and its own softmax products (LSE, P·C, and Pᵀ·normalize(z_p) for the
@@ -321,7 +322,7 @@ class SinkhornSwapLoss(nn.Module):
                     loss_v = prototype_cross_entropy(zv, c.detach(), labels_p, self.temperature, **kw)
                     # Projection term: live prototypes, targets from Q_v.
                     loss_p = prototype_cross_entropy(zp, c, labels_v, self.temperature, **kw)
-                else:  # soft targets, computed tile by tile from the other branch's potentials
+                else:  # soft targets, recomputed tile by tile from the other branch's potentials, per term
                     kw = dict(targets=self.targets, reduction=reduction, backend=self.backend)
                     loss_v = prototype_cross_entropy_sinkhorn(zv, c.detach(), zp, c, res_p.v, self.epsilon,
                                                               self.temperature, **kw)
@@ -378,18 +379,20 @@ class SinkhornSwapLoss(nn.Module):
                                           backend=self.backend)
         return stats, prod, labels
 
-    def _stored_soft_terms(self, zv, zp, group, m_global, want_stats, reduction):
-        """Both cross-entropies with soft targets on stored scores: (loss_v, loss_p, stats_v, stats_p).
+    def _swapped_soft_terms(self, zv, zp, streaming, group, m_global, want_stats, reduction):
+        """Both cross-entropies with soft targets from one swapped pass: (loss_v, loss_p, stats_v, stats_p).
 
         Each term's gradient needs P − Q' with Q' from the other branch, so both branches' rows are
-        needed at once (prototype_swapped_products): the projection's scores stay stored after its
-        solve, the video model's are dropped after its own and recomputed in row chunks. 6 M×K×D
-        products in all (2 for the solves' scores, 1 recomputation, 3 gradient products) and at
-        most two M×K matrices alive at a time, as with hard targets (docs/performance.md)."""
+        needed at once (prototype_swapped_products). Stored: the projection's scores stay stored
+        after its solve, the video model's are dropped after its own and recomputed in row chunks;
+        6 M×K×D products in all (2 for the solves' scores, 1 recomputation, 3 gradient products)
+        and at most two M×K matrices alive at a time, as with hard targets (docs/performance.md).
+        Streaming: both branches' scores are recomputed tile by tile, nothing M×K is stored
+        (docs/streaming.md)."""
         c = self.prototypes
         with torch.no_grad():
-            res_v = self._solve(zv, False, group, m_global)[0]  # its scores are freed here
-            res_p, scores_p = self._solve(zp, False, group, m_global)
+            res_v = self._solve(zv, streaming, group, m_global)[0]  # stored: its scores are freed here
+            res_p, scores_p = self._solve(zp, streaming, group, m_global)  # scores_p None when streaming
             prods = prototype_swapped_products(scores_p, zv, c, res_p.v, res_v.v, self.epsilon, self.temperature,
                                                z_a=zp, return_labels=want_stats, backend=self.backend)
             del scores_p

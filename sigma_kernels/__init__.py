@@ -5,43 +5,16 @@ Backends: "reference" (pure PyTorch, always there), "cpu" (compiled extension fr
 only). Pick with `backend=`, with the environment variable SIGMA_KERNELS_BACKEND, or let "auto"
 choose by device.
 """
+from . import cross_entropy as _cross_entropy
+from . import rules
+from . import sinkhorn as _sinkhorn
 from .backends import BackendUnavailableError, available_backends, backend_info, get_backend, resolve_backend
-from .cross_entropy import (
-    SoftmaxProducts,
-    SwappedProducts,
-    TargetedProducts,
-    prototype_cross_entropy,
-    prototype_cross_entropy_from_products,
-    prototype_cross_entropy_sinkhorn,
-    prototype_log_softmax,
-    prototype_logsumexp,
-    prototype_scores,
-    prototype_softmax,
-    prototype_softmax_products,
-    prototype_swapped_products,
-)
-from .sinkhorn import (
-    SinkhornResult,
-    normalize_rows,
-    sinkhorn,
-    sinkhorn_assign,
-    sinkhorn_assign_from_potentials,
-    sinkhorn_assign_from_potentials_streaming,
-    sinkhorn_assign_streaming,
-    sinkhorn_potentials,
-    sinkhorn_solve,
-    sinkhorn_streaming,
-)
+
+# The public functions are listed once, in each module's __all__.
+from .cross_entropy import *  # noqa: E402,F403
+from .sinkhorn import *  # noqa: E402,F403
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "BackendUnavailableError", "SinkhornResult", "available_backends", "backend_info",
-    "get_backend", "normalize_rows", "prototype_log_softmax", "prototype_logsumexp", "prototype_scores",
-    "prototype_softmax",
-    "resolve_backend", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials",
-    "sinkhorn_assign_from_potentials_streaming", "sinkhorn_assign_streaming",
-    "sinkhorn_potentials", "sinkhorn_solve", "sinkhorn_streaming", "prototype_cross_entropy",
-    "prototype_cross_entropy_sinkhorn", "SoftmaxProducts", "prototype_softmax_products",
-    "prototype_cross_entropy_from_products", "SwappedProducts", "TargetedProducts", "prototype_swapped_products",
-]
+__all__ = ["BackendUnavailableError", "available_backends", "backend_info", "get_backend", "resolve_backend",
+           "rules", *_sinkhorn.__all__, *_cross_entropy.__all__]

@@ -10,6 +10,8 @@ import math
 
 import torch
 
+from .rules import POTENTIAL_LIMIT
+
 
 def column_marginal_error(v, col, log_k):
     """Σ_k |Σ_i P_ik - 1/K| for the transport plan P = Q/M (0 when balanced, at most 2).
@@ -44,11 +46,6 @@ def run_sinkhorn(col_lse, row_step, operands, m, k, inv_eps, n_iters, *, tol=0.0
             if column_marginal_error(v, col, log_k).item() <= tol:
                 break
     return finish_potentials(u, v, column_marginal_error(v, col, log_k), inv_eps)
-
-
-# Largest max|u| + max|v| accepted: the logits S/ε + u + v are then resolved to about 2^-10 per
-# rounding (2^14 · 2^-24 in float32). Beyond it the plan's rows no longer sum to 1.
-POTENTIAL_LIMIT = {torch.float32: 2.0 ** 14, torch.float64: 2.0 ** 43}
 
 
 def finish_potentials(u, v, err, inv_eps):

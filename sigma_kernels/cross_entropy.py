@@ -8,11 +8,17 @@ from typing import NamedTuple, Optional
 
 import torch
 
-from . import _library as lib
-from . import rules as val
-from .backends import resolve_backend
+from . import _cross_entropy_ops as ops
+from . import rules
+from .backends import provides, resolve_backend
 from .rules import compute_dtype
 from .sinkhorn import _normalize_rows_flagged, normalize_rows
+
+__all__ = ["SoftmaxProducts", "SwappedProducts", "TargetedProducts", "has_fused_swapped_products",
+           "prototype_cross_entropy",
+           "prototype_cross_entropy_from_products", "prototype_cross_entropy_sinkhorn", "prototype_log_softmax",
+           "prototype_logsumexp", "prototype_scores", "prototype_softmax", "prototype_softmax_products",
+           "prototype_swapped_products"]
 
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -22,14 +28,14 @@ def prototype_scores(z, prototypes, temperature=1.0):
 
     A plain matmul: it materialises M×K, so use it for inspection, not in the fused loss.
     """
-    val.check_features("z", z, "prototypes", prototypes)
-    tau = val.check_positive("temperature", temperature)
+    rules.check_features("z", z, "prototypes", prototypes)
+    tau = rules.check_positive("temperature", temperature)
     dt = compute_dtype(z, prototypes)
     x, c = normalize_rows(z).to(dt), prototypes.to(dt)
     if torch.is_grad_enabled() and (x.requires_grad or c.requires_grad):
         scores = x @ c.T
     else:  # no autograd (e.g. the Sinkhorn scores of the loss): the backend's product, if it has one
-        scores = lib.scores_product(x, c, resolve_backend("auto", x.device, x.dtype))
+        scores = ops.scores_product(x, c, resolve_backend("auto", x.device, x.dtype))
     # τ = 1 (the Sinkhorn scores) skips a division that would allocate a second M×K matrix
     return scores if tau == 1.0 else scores / tau
 
@@ -60,10 +66,10 @@ def _check_reduction(reduction):
 def prototype_logsumexp(scores, temperature=0.1, *, backend="auto"):
     """LSE_k(scores_ik/τ) (M,) float32 of stored scores normalize(z)·prototypesᵀ (no autograd):
     the `lse=` of `prototype_cross_entropy`, one pass over scores already in memory."""
-    val.check_matrix("scores", scores)
-    tau = val.check_positive("temperature", temperature)
+    rules.check_matrix("scores", scores)
+    tau = rules.check_positive("temperature", temperature)
     name = resolve_backend(backend, scores.device, scores.dtype)
-    return lib.row_logsumexp(scores.detach(), 1.0 / tau, name)
+    return ops.row_logsumexp(scores.detach(), 1.0 / tau, name)
 
 
 def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction="mean", lse=None,
@@ -76,11 +82,11 @@ def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction
     lse: optional (M,) row LSE of the logits when already known (`prototype_logsumexp` of
     stored scores; index targets only): the forward then needs no pass over the logits.
     """
-    val.check_features("z", z, "prototypes", prototypes)
-    tau = val.check_positive("temperature", temperature)
+    rules.check_features("z", z, "prototypes", prototypes)
+    tau = rules.check_positive("temperature", temperature)
     _check_reduction(reduction)
     m, k = z.shape[0], prototypes.shape[0]
-    kind = val.check_target(target, m, k, z.device)
+    kind = rules.check_target(target, m, k, z.device)
     dt = compute_dtype(z, prototypes)
     name = resolve_backend(backend, z.device, dt)
     x = normalize_rows(z)
@@ -89,10 +95,10 @@ def prototype_cross_entropy(z, prototypes, target, temperature=0.1, *, reduction
     if lse is not None:
         if kind != "hard":
             raise ValueError("lse= needs index (hard) targets")
-        val.check_vector("lse", lse, m)
-        rows = lib.linear_cross_entropy_given_lse(x, c, t, lse.detach().to(dt), 1.0 / tau, name)
+        rules.check_vector("lse", lse, m)
+        rows = ops.linear_cross_entropy_given_lse(x, c, t, lse.detach().to(dt), 1.0 / tau, name)
         return _reduce(rows, reduction)
-    rows, _ = lib.linear_cross_entropy(x, c, t, 1.0 / tau, name)
+    rows, _ = ops.linear_cross_entropy(x, c, t, 1.0 / tau, name)
     return _reduce(rows, reduction)
 
 
@@ -105,16 +111,16 @@ def prototype_cross_entropy_sinkhorn(z, prototypes, z_target, prototypes_target,
     potentials (see `sinkhorn_streaming`). No M×K array is stored by the fused backends.
     Gradients flow to z and prototypes only.
     """
-    val.check_features("z", z, "prototypes", prototypes)
-    val.check_features("z_target", z_target, "prototypes_target", prototypes_target)
+    rules.check_features("z", z, "prototypes", prototypes)
+    rules.check_features("z_target", z_target, "prototypes_target", prototypes_target)
     m, k = z.shape[0], prototypes.shape[0]
     if tuple(z_target.shape[:1]) != (m,) or prototypes_target.shape[0] != k:
         raise ValueError(f"z_target must have M={m} rows and prototypes_target K={k} rows, got "
                          f"{tuple(z_target.shape)} and {tuple(prototypes_target.shape)}")
-    val.check_vector("v_target", v_target, k)
-    val.check_same_device(z=z, z_target=z_target, v_target=v_target)
-    tau = val.check_positive("temperature", temperature)
-    inv_eps = val.check_epsilon(epsilon)
+    rules.check_vector("v_target", v_target, k)
+    rules.check_same_device(z=z, z_target=z_target, v_target=v_target)
+    tau = rules.check_positive("temperature", temperature)
+    inv_eps = rules.check_epsilon(epsilon)
     if targets not in ("hard", "soft"):
         raise ValueError(f"targets must be 'hard' or 'soft', got {targets!r}")
     _check_reduction(reduction)
@@ -123,7 +129,7 @@ def prototype_cross_entropy_sinkhorn(z, prototypes, z_target, prototypes_target,
     x, c = normalize_rows(z), prototypes.to(dt)
     (y, y_finite), cy = _normalize_rows_flagged(z_target.detach()), prototypes_target.detach().to(dt)
     v = v_target.detach().to(dt)
-    rows, _ = lib.sinkhorn_target_cross_entropy(x, c, y, cy, v, inv_eps, 1.0 / tau, targets == "soft", name)
+    rows, _ = ops.sinkhorn_target_cross_entropy(x, c, y, cy, v, inv_eps, 1.0 / tau, targets == "soft", name)
     # Non-finite target side -> NaN rows (docs/numerics.md): a hard label taken from NaN logits would
     # otherwise give a finite, wrong loss. O(M + K·D) checks, no M×K pass, no host sync.
     target_ok = y_finite & torch.isfinite(v).all() & torch.isfinite(cy).all()
@@ -151,30 +157,30 @@ def prototype_softmax_products(scores, prototypes, temperature=0.1, *, v=None, z
     potentials, P is that Sinkhorn's assignment Q); z (M, D) optional, for p_x = Pᵀ·normalize(z);
     return_labels: also P's hard labels and summed row entropy, from the same pass.
     """
-    val.check_matrix("scores", scores)
-    val.check_matrix("prototypes", prototypes)
+    rules.check_matrix("scores", scores)
+    rules.check_matrix("prototypes", prototypes)
     m, k = scores.shape
     if prototypes.shape[0] != k:
         raise ValueError(f"prototypes must have shape (K={k}, D) like scores (M, K), got {tuple(prototypes.shape)}")
-    inv_tau = val.check_epsilon(temperature, name="temperature")
-    val.check_flag("return_labels", return_labels)
-    val.check_same_device(scores=scores, prototypes=prototypes)
+    inv_tau = rules.check_epsilon(temperature, name="temperature")
+    rules.check_flag("return_labels", return_labels)
+    rules.check_same_device(scores=scores, prototypes=prototypes)
     if v is not None:
-        val.check_vector("v", v, k)
-        val.check_same_device(scores=scores, v=v)
+        rules.check_vector("v", v, k)
+        rules.check_same_device(scores=scores, v=v)
     # the widest given input decides (a float64 z or v is not rounded to float32)
     dt = compute_dtype(*(t for t in (scores, prototypes, v, z) if isinstance(t, torch.Tensor)))
     if v is not None:
         v = v.detach().to(dt)
     x = None
     if z is not None:
-        val.check_matrix("z", z)
+        rules.check_matrix("z", z)
         if tuple(z.shape) != (m, prototypes.shape[1]):
             raise ValueError(f"z must have shape (M, D) = ({m}, {prototypes.shape[1]}), got {tuple(z.shape)}")
-        val.check_same_device(scores=scores, z=z)
+        rules.check_same_device(scores=scores, z=z)
         x = normalize_rows(z.detach()).to(dt)
     name = resolve_backend(backend, scores.device, dt)
-    lse, pc, px, labels, entropy = lib.softmax_products(scores.detach(), inv_tau, v, prototypes.detach().to(dt), x,
+    lse, pc, px, labels, entropy = ops.softmax_products(scores.detach(), inv_tau, v, prototypes.detach().to(dt), x,
                                                         return_labels, name)
     if not return_labels:
         labels = entropy = None
@@ -215,40 +221,62 @@ def prototype_swapped_products(scores_a, z_b, prototypes, v_a, v_b, epsilon, tem
     prototype gradient, against 6 for the two targets and two softmaxes apart (plus one GEMM for
     the recomputed scores). z_a (M, D): give it for term a's prototype gradient (a.g_x); grad_b:
     term b's too (b.g_x, from z_b). return_labels: also Q_a's and Q_b's labels and entropies.
+    scores_a None: branch a's scores are recomputed from z_a as well (which is then required, and
+    a.g_x always computed), so nothing M×K is stored where the backend fuses this
+    (`has_fused_swapped_products`; elsewhere row chunks of plain torch).
     """
-    val.check_matrix("scores_a", scores_a)
-    val.check_matrix("prototypes", prototypes)
-    m, k = scores_a.shape
-    d = prototypes.shape[1]
-    if prototypes.shape[0] != k:
-        raise ValueError(f"prototypes must have shape (K={k}, D) like scores_a (M, K), got "
-                         f"{tuple(prototypes.shape)}")
-    inv_eps = val.check_epsilon(epsilon)
-    inv_tau = val.check_epsilon(temperature, name="temperature")
-    val.check_flag("grad_b", grad_b)
-    val.check_flag("return_labels", return_labels)
+    rules.check_matrix("prototypes", prototypes)
+    k, d = prototypes.shape
+    if scores_a is None:
+        if z_a is None:
+            raise ValueError("scores_a=None recomputes branch a's scores from z_a: give z_a (M, D)")
+        rules.check_matrix("z_a", z_a)
+        m = z_a.shape[0]
+    else:
+        rules.check_matrix("scores_a", scores_a)
+        m = scores_a.shape[0]
+        if scores_a.shape[1] != k:
+            raise ValueError(f"prototypes must have shape (K={scores_a.shape[1]}, D) like scores_a (M, K), got "
+                             f"{tuple(prototypes.shape)}")
+    inv_eps = rules.check_epsilon(epsilon)
+    inv_tau = rules.check_epsilon(temperature, name="temperature")
+    rules.check_flag("grad_b", grad_b)
+    rules.check_flag("return_labels", return_labels)
     for name, z in (("z_b", z_b), ("z_a", z_a)):
         if z is None and name == "z_a":
             continue
-        val.check_matrix(name, z)
+        rules.check_matrix(name, z)
         if tuple(z.shape) != (m, d):
             raise ValueError(f"{name} must have shape (M, D) = ({m}, {d}) like scores_a and prototypes, got "
                              f"{tuple(z.shape)}")
     for name, v in (("v_a", v_a), ("v_b", v_b)):
-        val.check_vector(name, v, k)
+        rules.check_vector(name, v, k)
+    given = {name: t for name, t in (("scores_a", scores_a), ("z_a", z_a)) if t is not None}
     # the widest given input decides (a float64 z or v is not rounded to float32)
-    dt = compute_dtype(*(t for t in (scores_a, prototypes, z_b, z_a, v_a, v_b) if t is not None))
+    dt = compute_dtype(prototypes, z_b, v_a, v_b, *given.values())
     feats = {name: normalize_rows(z.detach()).to(dt) for name, z in (("z_b", z_b), ("z_a", z_a)) if z is not None}
-    val.check_same_device(scores_a=scores_a, prototypes=prototypes, z_b=z_b, v_a=v_a, v_b=v_b,
-                          **({"z_a": z_a} if z_a is not None else {}))
-    name = resolve_backend(backend, scores_a.device, dt)
-    ce, g, ha, hb, labels, entropy = lib.swapped_softmax_products(
-        scores_a.detach(), feats["z_b"], prototypes.detach().to(dt), v_a.detach().to(dt), v_b.detach().to(dt),
-        inv_eps, inv_tau, feats.get("z_a"), grad_b, return_labels, name)
+    rules.check_same_device(prototypes=prototypes, z_b=z_b, v_a=v_a, v_b=v_b, **given)
+    name = resolve_backend(backend, prototypes.device, dt)
+    c, va, vb = prototypes.detach().to(dt), v_a.detach().to(dt), v_b.detach().to(dt)
+    if scores_a is None:
+        ce, g, ha, hb, labels, entropy = ops.streaming_swapped_softmax_products(
+            feats["z_a"], feats["z_b"], c, va, vb, inv_eps, inv_tau, grad_b, return_labels, name)
+    else:
+        ce, g, ha, hb, labels, entropy = ops.swapped_softmax_products(
+            scores_a.detach(), feats["z_b"], c, va, vb, inv_eps, inv_tau, feats.get("z_a"), grad_b, return_labels,
+            name)
     tau = float(temperature)
     a = TargetedProducts(ce[0], g[0], ha if z_a is not None else None, tau)
     b = TargetedProducts(ce[1], g[1], hb if grad_b else None, tau)
     return SwappedProducts(a, b, labels if return_labels else None, entropy if return_labels else None)
+
+
+def has_fused_swapped_products(device, dtype=torch.float32, *, streaming=True, backend="auto"):
+    """Whether `prototype_swapped_products` runs as one fused pass for tensors of `device` and
+    `dtype` on `backend` (streaming=True: with scores_a=None; False: with stored scores_a). Where it
+    does not, it composes row chunks of plain torch, which hold chunk×K temporaries."""
+    name = resolve_backend(backend, device, dtype)
+    return provides(name, "streaming_swapped_softmax_products" if streaming else "swapped_softmax_products")
 
 
 def prototype_cross_entropy_from_products(z, prototypes, target, products, temperature=0.1, *, target_x=None,
@@ -266,8 +294,8 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     without a prototype gradient), as the prototype gradient uses products computed with equal row
     weights.
     """
-    val.check_features("z", z, "prototypes", prototypes)
-    inv_tau = val.check_epsilon(temperature, name="temperature")
+    rules.check_features("z", z, "prototypes", prototypes)
+    inv_tau = rules.check_epsilon(temperature, name="temperature")
     _check_reduction(reduction)
     m, k, d = z.shape[0], prototypes.shape[0], prototypes.shape[1]
     if isinstance(products, TargetedProducts):
@@ -285,11 +313,11 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     _check_products(z, k, d, ("lse", lse), ("p_c", pc), ("p_x", px))
     soft = isinstance(target, torch.Tensor) and target.is_floating_point()
     if soft:
-        val.check_shaped("a product target", target, (m, d), z.device)
+        rules.check_shaped("a product target", target, (m, d), z.device)
     else:
-        val.check_target(target, m, k, z.device)
+        rules.check_target(target, m, k, z.device)
     if target_x is not None:
-        val.check_shaped("target_x", target_x, (k, d), z.device)
+        rules.check_shaped("target_x", target_x, (k, d), z.device)
     _check_prototype_gradient(prototypes, reduction,
                               (px is None, "prototypes take a gradient: compute the products with z= (their p_x)"),
                               (soft and target_x is None,
@@ -297,7 +325,7 @@ def prototype_cross_entropy_from_products(z, prototypes, target, products, tempe
     dt = compute_dtype(z, prototypes)
     x = normalize_rows(z)
     t = target.detach() if soft else target.detach().to(torch.int64)
-    rows = lib.cross_entropy_from_products(x, prototypes.to(dt), t, lse.detach(), pc.detach(),
+    rows = ops.cross_entropy_from_products(x, prototypes.to(dt), t, lse.detach(), pc.detach(),
                                            None if px is None else px.detach(),
                                            None if target_x is None else target_x.detach(), inv_tau)
     return _reduce(rows, reduction)
@@ -315,7 +343,7 @@ def _cross_entropy_from_targeted(z, prototypes, target, products, inv_tau, targe
                                            "with this term's features, z_a= for term a or grad_b=True for term b "
                                            "of prototype_swapped_products"))
     dt = compute_dtype(z, prototypes)
-    out = lib.cross_entropy_from_products(normalize_rows(z), prototypes.to(dt), None, rows.detach(), gc.detach(),
+    out = ops.cross_entropy_from_products(normalize_rows(z), prototypes.to(dt), None, rows.detach(), gc.detach(),
                                           None if gx is None else gx.detach(), None, inv_tau)
     return _reduce(out, reduction)
 
@@ -325,11 +353,11 @@ def _check_products(z, k, d, per_row, per_row_d, per_prototype):
     an (M, D) matrix and an optional (K, D) one, on z's device."""
     m = z.shape[0]
     (vec_name, vec), (md_name, md), (kd_name, kd) = per_row, per_row_d, per_prototype
-    val.check_vector(f"products.{vec_name}", vec, m)
-    val.check_shaped(f"products.{md_name}", md, (m, d), z.device)
-    val.check_same_device(z=z, **{f"products.{vec_name}": vec})
+    rules.check_vector(f"products.{vec_name}", vec, m)
+    rules.check_shaped(f"products.{md_name}", md, (m, d), z.device)
+    rules.check_same_device(z=z, **{f"products.{vec_name}": vec})
     if kd is not None:
-        val.check_shaped(f"products.{kd_name}", kd, (k, d), z.device)
+        rules.check_shaped(f"products.{kd_name}", kd, (k, d), z.device)
 
 
 def _check_prototype_gradient(prototypes, reduction, *missing):

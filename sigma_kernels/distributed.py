@@ -12,7 +12,7 @@ Without a process group of size > 1 these functions are the single-device public
 """
 import torch
 
-from . import rules as val
+from . import rules
 from ._sinkhorn_loop import run_sinkhorn
 from .backends import get_backend, resolve_backend
 from .rules import compute_dtype
@@ -84,8 +84,8 @@ def sinkhorn_solve_distributed(scores, epsilon=0.05, n_iters=3, *, tol=None, che
     """
     if not is_distributed(process_group):
         return sinkhorn_solve(scores, epsilon, n_iters, tol=tol, check_every=check_every, backend=backend)
-    val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
+    rules.check_matrix("scores", scores)
+    inv_eps, n_iters, tol, check_every = rules.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     name = resolve_backend(backend, scores.device, scores.dtype)
     b = get_backend(name)
     s = scores.detach()
@@ -105,8 +105,8 @@ def sinkhorn_streaming_distributed(z, prototypes, epsilon=0.05, n_iters=3, *, no
     if not is_distributed(process_group):
         return sinkhorn_streaming(z, prototypes, epsilon, n_iters, normalize=normalize, tol=tol,
                                   check_every=check_every, backend=backend)
-    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
-    val.check_features("z", z, "prototypes", prototypes)
+    inv_eps, n_iters, tol, check_every = rules.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
+    rules.check_features("z", z, "prototypes", prototypes)
     dt = compute_dtype(z, prototypes)
     x = normalize_rows(z.detach()) if normalize else z.detach().to(dt)
     c = prototypes.detach().to(dt)

@@ -1,5 +1,6 @@
 """The input rules every sigma_kernels op applies, in one place: accepted dtypes, the dtype the
-arithmetic runs in, and the argument checks (errors name the argument and what was expected).
+arithmetic runs in, the range of Sinkhorn potentials each dtype resolves, and the argument checks
+(errors name the argument and what was expected).
 
 Public so that callers (e.g. `sigma.losses`) check their own arguments the same way; backends
 use `compute_dtype` too. Shape/dtype/device checks only: no host syncs, except the index-range
@@ -10,6 +11,12 @@ import numbers
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+# Largest max|u| + max|v| a Sinkhorn solve accepts, per compute dtype: the logits S/ε + u + v are
+# then resolved to about 2^-10 per rounding (2^14 · 2^-24 in float32). Beyond it the plan's rows no
+# longer sum to 1. Public so that a caller can check its ε up front: with scores bounded by 1 the
+# potentials stay within about 3/ε (docs/numerics.md).
+POTENTIAL_LIMIT = {torch.float32: 2.0 ** 14, torch.float64: 2.0 ** 43}
 
 
 def compute_dtype(*tensors):

@@ -9,10 +9,14 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import _library as lib
-from . import rules as val
+from . import _sinkhorn_ops as ops
+from . import rules
 from .backends import resolve_backend
 from .rules import compute_dtype
+
+__all__ = ["SinkhornResult", "normalize_rows", "sinkhorn", "sinkhorn_assign", "sinkhorn_assign_from_potentials",
+           "sinkhorn_assign_from_potentials_streaming", "sinkhorn_assign_streaming", "sinkhorn_potentials",
+           "sinkhorn_solve", "sinkhorn_streaming"]
 
 
 class SinkhornResult(NamedTuple):
@@ -24,11 +28,11 @@ class SinkhornResult(NamedTuple):
 
 def _solve_scores(scores, epsilon, n_iters, tol, check_every, backend):
     """Validate, pick the backend and solve: (detached scores, inv_eps, backend name, (u, v, error))."""
-    val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
+    rules.check_matrix("scores", scores)
+    inv_eps, n_iters, tol, check_every = rules.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     name = resolve_backend(backend, scores.device, scores.dtype)
     s = scores.detach()
-    return s, inv_eps, name, lib.sinkhorn_solve(s, inv_eps, n_iters, tol, check_every, name)
+    return s, inv_eps, name, ops.sinkhorn_solve(s, inv_eps, n_iters, tol, check_every, name)
 
 
 def sinkhorn_solve(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
@@ -50,16 +54,16 @@ def sinkhorn_potentials(scores, epsilon=0.05, n_iters=3, *, tol=None, check_ever
 
 def sinkhorn(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
     """Balanced assignment Q (M, K): rows sum to 1, columns to M/K (at convergence)."""
-    val.check_matrix("scores", scores)
-    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
+    rules.check_matrix("scores", scores)
+    inv_eps, n_iters, tol, check_every = rules.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     name = resolve_backend(backend, scores.device, scores.dtype)
-    return lib.sinkhorn_transport(scores.detach(), inv_eps, n_iters, tol, check_every, name)
+    return ops.sinkhorn_transport(scores.detach(), inv_eps, n_iters, tol, check_every, name)
 
 
 def sinkhorn_assign(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
     """Hard assignment argmax_k Q_ik (int64 (M,), ties to the lowest index) without building Q."""
     s, inv_eps, name, (_, v, _) = _solve_scores(scores, epsilon, n_iters, tol, check_every, backend)
-    return lib.sinkhorn_assign(s, v, inv_eps, name)
+    return ops.sinkhorn_assign(s, v, inv_eps, name)
 
 
 def sinkhorn_assign_from_potentials(scores, v, epsilon, *, return_entropy=False, backend="auto"):
@@ -67,16 +71,16 @@ def sinkhorn_assign_from_potentials(scores, v, epsilon, *, return_entropy=False,
     prototype potentials v (K,) (e.g. `sinkhorn_solve(...).v`); Q's rows are softmax_k(S_i/ε + v),
     so v alone fixes them. return_entropy=True returns (labels, Σ_i H(Q_i·)) with the rows'
     entropies (nats) summed into a 0-d float tensor, computed in the same pass over the scores."""
-    val.check_matrix("scores", scores)
-    val.check_vector("v", v, scores.shape[1])
-    val.check_same_device(scores=scores, v=v)
-    inv_eps = val.check_epsilon(epsilon)
-    val.check_flag("return_entropy", return_entropy)
+    rules.check_matrix("scores", scores)
+    rules.check_vector("v", v, scores.shape[1])
+    rules.check_same_device(scores=scores, v=v)
+    inv_eps = rules.check_epsilon(epsilon)
+    rules.check_flag("return_entropy", return_entropy)
     name = resolve_backend(backend, scores.device, scores.dtype)
     v = v.detach().to(compute_dtype(scores))
     if return_entropy:
-        return lib.sinkhorn_assign_entropy(scores.detach(), v, inv_eps, name)
-    return lib.sinkhorn_assign(scores.detach(), v, inv_eps, name)
+        return ops.sinkhorn_assign_entropy(scores.detach(), v, inv_eps, name)
+    return ops.sinkhorn_assign(scores.detach(), v, inv_eps, name)
 
 
 _NORM_EPS = 1e-12
@@ -124,7 +128,7 @@ def normalize_rows(z):
 
 
 def _streaming_operands(z, prototypes, normalize, backend):
-    val.check_features("z", z, "prototypes", prototypes)
+    rules.check_features("z", z, "prototypes", prototypes)
     dt = compute_dtype(z, prototypes)
     x = normalize_rows(z.detach()) if normalize else z.detach().to(dt)
     c = prototypes.detach().to(dt)
@@ -139,9 +143,9 @@ def sinkhorn_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True
     z: (M, D), prototypes: (K, D), used as given (normalise them yourself if needed).
     normalize=False uses z as given. Returns a SinkhornResult.
     """
-    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
+    inv_eps, n_iters, tol, check_every = rules.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     x, c, name = _streaming_operands(z, prototypes, normalize, backend)
-    return SinkhornResult(*lib.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name))
+    return SinkhornResult(*ops.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name))
 
 
 def sinkhorn_assign_from_potentials_streaming(z, prototypes, v, epsilon, *, normalize=True, return_entropy=False,
@@ -150,18 +154,18 @@ def sinkhorn_assign_from_potentials_streaming(z, prototypes, v, epsilon, *, norm
     (fused backends): int64 (M,) labels argmax_k (S_ik/ε + v_k) (and the entropy sum with
     return_entropy=True)."""
     x, c, name = _streaming_operands(z, prototypes, normalize, backend)
-    val.check_vector("v", v, c.shape[0])
-    val.check_same_device(z=z, v=v)
-    inv_eps = val.check_epsilon(epsilon)
-    if val.check_flag("return_entropy", return_entropy):
-        return lib.sinkhorn_assign_entropy_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
-    return lib.sinkhorn_assign_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
+    rules.check_vector("v", v, c.shape[0])
+    rules.check_same_device(z=z, v=v)
+    inv_eps = rules.check_epsilon(epsilon)
+    if rules.check_flag("return_entropy", return_entropy):
+        return ops.sinkhorn_assign_entropy_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
+    return ops.sinkhorn_assign_streaming(x, c, v.detach().to(x.dtype), inv_eps, name)
 
 
 def sinkhorn_assign_streaming(z, prototypes, epsilon=0.05, n_iters=3, *, normalize=True, tol=None,
                               check_every=5, backend="auto"):
     """Hard Sinkhorn assignment (int64 (M,)) of normalize(z)·prototypesᵀ, never storing S."""
-    inv_eps, n_iters, tol, check_every = val.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
+    inv_eps, n_iters, tol, check_every = rules.check_sinkhorn_args(epsilon, n_iters, tol, check_every)
     x, c, name = _streaming_operands(z, prototypes, normalize, backend)
-    _, v, _ = lib.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name)
-    return lib.sinkhorn_assign_streaming(x, c, v, inv_eps, name)
+    _, v, _ = ops.sinkhorn_solve_streaming(x, c, inv_eps, n_iters, tol, check_every, name)
+    return ops.sinkhorn_assign_streaming(x, c, v, inv_eps, name)

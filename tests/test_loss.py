@@ -151,10 +151,11 @@ def test_backend_auto_runs_the_compiled_kernels_and_matches_float64(streaming, m
     """"auto" on float32 CPU tensors runs the compiled CPU kernels when they are built (the
     reference otherwise), on a size with several row chunks, with inputs that require grad as in
     training; checked against the float64 truth, not against another backend of ours."""
-    import sigma_kernels._library as library
+    from sigma_kernels import _cross_entropy_ops, _sinkhorn_ops
     ran = []
-    get_backend = library.get_backend
-    monkeypatch.setattr(library, "get_backend", lambda name: ran.append(name) or get_backend(name))
+    get_backend = _sinkhorn_ops.get_backend
+    for ops in (_sinkhorn_ops, _cross_entropy_ops):
+        monkeypatch.setattr(ops, "get_backend", lambda name: ran.append(name) or get_backend(name))
     monkeypatch.delenv("SIGMA_KERNELS_BACKEND", raising=False)
     zv, zp, c = make_inputs(613, 67, 33, dtype=torch.float32, seed=7)
     got = module_loss_and_grads(make_loss(c, dtype=torch.float32, backend="auto", streaming=streaming), zv, zp)

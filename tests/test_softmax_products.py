@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from truth import cross_entropy, prototype_logits
 
 import sigma_kernels as sk
-from sigma_kernels import _library as lib
+from sigma_kernels import _cross_entropy_ops as ops
 from sigma_kernels.backends import is_available
 
 BACKENDS = ["reference"] + (["cpu"] if is_available("cpu") else [])
@@ -119,7 +119,7 @@ def test_uneven_row_weights_reach_z_exactly_and_are_refused_for_prototypes(backe
         sk.prototype_cross_entropy_from_products(z, c, t, prods, 0.1, reduction="none")
     # below the public checks: the backward itself refuses uneven weights
     x = sk.normalize_rows(z)
-    rows = lib.cross_entropy_from_products(x, c, t, prods.lse, prods.p_c, prods.p_x, None, 10.0)
+    rows = ops.cross_entropy_from_products(x, c, t, prods.lse, prods.p_c, prods.p_x, None, 10.0)
     with pytest.raises(RuntimeError, match="same upstream gradient on every row"):
         torch.autograd.grad((rows * w).sum(), (c,))
 

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from truth import cross_entropy, prototype_logits
 
 import sigma_kernels as sk
-from sigma_kernels import _library as lib
-from sigma_kernels.backends import is_available
+from sigma_kernels.backends import composed, is_available
 
 BACKENDS = ["reference"] + (["cpu"] if is_available("cpu") else [])
 EPS, TAU = 0.05, 0.1
@@ -179,7 +178,7 @@ def test_generic_path_covers_several_row_chunks(monkeypatch):
     s = sk.prototype_scores(za, c)
     whole = sk.prototype_swapped_products(s, zb, c, va, vb, EPS, TAU, z_a=za, return_labels=True,
                                           backend="reference")
-    monkeypatch.setattr(lib, "_SWAPPED_CHUNK_SCORES", 9 * 7)  # 7 rows per chunk
+    monkeypatch.setattr(composed, "_SWAPPED_CHUNK_SCORES", 9 * 7)  # 7 rows per chunk
     chunked = sk.prototype_swapped_products(s, zb, c, va, vb, EPS, TAU, z_a=za, return_labels=True,
                                             backend="reference")
     for side in ("a", "b"):

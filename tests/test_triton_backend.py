@@ -21,7 +21,7 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 from truth import assert_no_worse_than_plain, cross_entropy, prototype_logits, sinkhorn_log  # noqa: E402
 
 import sigma_kernels as sk  # noqa: E402
-from sigma_kernels import _library  # noqa: E402
+from sigma_kernels._registration import OPS  # noqa: E402
 from sigma_kernels.backends import PRIMITIVES, backend_info, get_backend  # noqa: E402
 from sigma_kernels.backends import reference as ref  # noqa: E402
 from sigma_kernels.backends.triton._common import BlockConfig, override_blocks  # noqa: E402
@@ -484,7 +484,7 @@ class _AllocationRecorder(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if func.namespace == "sigma_kernels":
-            impl = getattr(_library, func._schema.name.split("::")[1])._init_fn
+            impl = OPS[func._schema.name.split("::")[1]]._init_fn
             with self:  # re-enter so the ops inside the implementation are recorded too
                 out = impl(*args, **kwargs)
         else:

@@ -38,6 +38,7 @@ def _record(cases, out_path):
     from sigma_kernels.backends.triton import cross_entropy as ce
     from sigma_kernels.backends.triton import sinkhorn as skh
     from sigma_kernels.backends.triton import streaming as st
+    from sigma_kernels.backends.triton import swapped as sw
 
     gpu = _common.BlockConfig(interpret=False)
     for name, value in vars(gpu).items():
@@ -84,6 +85,11 @@ def _record(cases, out_path):
             for is_soft in (False, True):
                 ce.sinkhorn_target_cross_entropy_forward(x, c, x, c, v, 20.0, 10.0, is_soft)
                 ce.sinkhorn_target_cross_entropy_backward(g, x, c, x, c, v, u, 20.0, 10.0, is_soft)
+            # every (stored / streaming S_a, labels, which prototype gradients) the launcher can pick
+            sw.swapped_softmax_products(s, x, c, v, v, 20.0, 10.0, x, False, True)
+            sw.swapped_softmax_products(s, x, c, v, v, 20.0, 10.0, None, True, False)
+            sw.streaming_swapped_softmax_products(x, x, c, v, v, 20.0, 10.0, False, True)
+            sw.streaming_swapped_softmax_products(x, x, c, v, v, 20.0, 10.0, True, False)
     with open(out_path, "w") as f:
         json.dump(list(seen.values()), f)
 

@@ -21,7 +21,9 @@ equations). Every backend must agree with `reference` to floating-point toleranc
                                            need_dx=True, need_dc=True)
         (the backwards return None for a gradient not asked for, and skip computing it)
 
-Optional fused primitives (None when a backend lacks them; callers compose the ones above instead):
+Optional fused primitives (None when a backend lacks them; the custom ops then run the plain-torch
+composition of the same name in `composed.py`, or for sinkhorn_solve_dense the loop of
+`_sinkhorn_loop.py` over the primitives above):
     sinkhorn_solve_dense(S, inv_eps, n_iters, tol, check_every, want_plan)
         -> (u, v, marginal_error, plan or None): the whole solve in one call
     scores_product(x, c) -> x·cᵀ (M, K) (x, c of one float dtype), equal to torch.mm, in memory
@@ -36,11 +38,13 @@ Optional fused primitives (None when a backend lacks them; callers compose the o
         for two branches over the same rows, S_a stored and S_b = x_b·cᵀ recomputed in row chunks:
         P = softmax_k(S·scale), Q = softmax_k(S·inv_eps + v), term 0 P_a against Q_b, term 1 P_b
         against Q_a, CE_i = LSE_k(S·scale)_i − scale·Σ_k Q'_ik·S_ik; neither S_b nor any P, Q stored
+    streaming_swapped_softmax_products(x_a, x_b, c, v_a, v_b, inv_eps, scale, grad_b, labels=False)
+        -> the same with S_a = x_a·cᵀ recomputed too (no M×K array at all), (P_a − Q_b)ᵀ·x_a always
 
 A skipped gradient is None in every Python layer (primitives, autograd). Only the two op schemas
-that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops of
-`_library.py`, carry it as an empty (0,) tensor; the layer above turns it back into None from the
-need_dx / need_dc flags (never from the tensor's size).
+that cannot return None, the compiled `sigma_kernels_ext` ops and the `torch.library` ops
+(`_sinkhorn_ops.py`, `_cross_entropy_ops.py`), carry it as an empty (0,) tensor; the layer above
+turns it back into None from the need_dx / need_dc flags (never from the tensor's size).
 
 A backend may leave a primitive out; the reference one is then used for it, and
 `backend_info()` lists it under "fallbacks" so the gap is visible.
@@ -76,7 +80,8 @@ PRIMITIVES = (
     "sinkhorn_target_cross_entropy_forward",
     "sinkhorn_target_cross_entropy_backward",
 )
-OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "scores_product", "softmax_products", "swapped_softmax_products")
+OPTIONAL_PRIMITIVES = ("sinkhorn_solve_dense", "scores_product", "softmax_products", "swapped_softmax_products",
+                       "streaming_swapped_softmax_products")
 
 _MODULES = {
     "reference": "sigma_kernels.backends.reference",
@@ -129,6 +134,15 @@ def get_backend(name):
     if ns is None:
         raise BackendUnavailableError(f"backend {name!r} is not available: {reason}")
     return ns
+
+
+@torch.compiler.assume_constant_result
+def provides(name, primitive):
+    """Whether backend `name` has its own implementation of the optional primitive `primitive`
+    (rather than the plain-torch composition of `composed.py`)."""
+    if primitive not in OPTIONAL_PRIMITIVES:
+        raise ValueError(f"primitive must be one of {OPTIONAL_PRIMITIVES}, got {primitive!r}")
+    return getattr(get_backend(name), primitive) is not None
 
 
 def is_available(name):

@@ -5,6 +5,8 @@
     streaming.py      the same with S = x·cᵀ recomputed tile by tile by tl.dot (O(M + K) memory)
     cross_entropy.py  fused linear + cross-entropy, hard / soft / on-the-fly Sinkhorn targets,
                       deterministic recomputing backward
+    swapped.py        the swapped soft-target products of two branches (stored or recomputed S_a,
+                      recomputed S_b): both P − Q' from the same tiles, times c and transposed times x
     _common.py        block sizes, the score-tile loader, argument checks
 
 tools/triton_compile_check.py (repository root) compiles every launch configuration for a GPU
@@ -41,3 +43,4 @@ if unavailable_reason() is None:
     from .derived import row_logsumexp, sinkhorn_assign_entropy, streaming_assign_entropy  # noqa: E402,F401
     from .sinkhorn import sinkhorn_assign, sinkhorn_col_lse, sinkhorn_plan, sinkhorn_row_step  # noqa: E402,F401
     from .streaming import streaming_assign, streaming_col_lse, streaming_row_step  # noqa: E402,F401
+    from .swapped import streaming_swapped_softmax_products, swapped_softmax_products  # noqa: E402,F401

@@ -19,8 +19,9 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 # "tf32x3" runs on tensor cores with close to fp32 accuracy, at three MMAs per tile; plain "tf32"
 # (one MMA) rounds every operand to 10 mantissa bits, an error that 1/ε = 20-33 then multiplies
 # in the logits (docs/sinkhorn.md); "ieee" is exact fp32 without tensor cores. fp16/bf16 operands are
-# multiplied exactly with fp32 accumulation whatever this says. Untimed: which one pays off on
-# an H100 is for the GPU benchmarks to say.
+# multiplied exactly with fp32 accumulation whatever this says. tf32x3 is the default because it
+# keeps the fp32 accuracy the tests demand; whether "ieee" or "tf32" is worth its trade on a given
+# GPU is for benchmarks/gpu_check.sh to measure, hence the environment variable.
 DOT_PRECISION = os.environ.get("SIGMA_TRITON_DOT_PRECISION", "tf32x3")
 
 
@@ -40,13 +41,14 @@ class BlockConfig:
         if interpret:  # few, large program instances: each one is slow Python
             self.block_m, self.block_k, self.block_d, self.block_d_out = 64, 64, 64, 64
             self.block_d_backward = 64
+            self.block_m_swapped, self.block_k_swapped = 64, 64
             self.block_m_scores, self.block_k_scores = 64, 64
             self.max_single_k, self.single_tile_elems = 4096, 64 * 4096
             self.max_programs = 4
             self.fit_blocks = True         # shrink blocks to small problems: less Python work
         else:
-            # Untuned H100 defaults (no GPU was available to time them), chosen so that every
-            # kernel compiles for sm_90 without register spills (see tools/triton_compile_check.py):
+            # H100 defaults chosen by compilation alone, so that every kernel compiles for sm_90
+            # without register spills (tools/triton_compile_check.py); timings may refine them:
             # 64x64 score tiles with 32-wide feature steps; ~16 fp32 values per thread in
             # the kernels that stream S.
             # The backward recomputes each logit tile once per block_d_out feature chunk of its
@@ -54,6 +56,9 @@ class BlockConfig:
             # while the fp32 accumulators still fit in registers with 16-wide feature steps.
             self.block_m, self.block_k, self.block_d, self.block_d_out = 64, 64, 32, 128
             self.block_d_backward = 16
+            # The swapped products (swapped.py) hold two score tiles and two accumulators at once:
+            # 32x32 score tiles keep them in registers.
+            self.block_m_swapped, self.block_k_swapped = 32, 32
             self.block_m_scores, self.block_k_scores = 16, 256
             self.max_single_k, self.single_tile_elems = 4096, 8192
             self.max_programs = None
