@@ -23,6 +23,8 @@ Clip i of a split depends only on (seed, split, i) and the settings, not on the 
 import functools
 import json
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -34,8 +36,10 @@ DIGITS = tuple(str(d) for d in range(10))
 SPLITS = ("train", "val")
 _UNIT = {"right": (0.0, 1.0), "left": (0.0, -1.0), "down": (1.0, 0.0), "up": (-1.0, 0.0)}  # (dy, dx)
 # Defaults: 64² frames so the tiny config runs at data.img_size=64 without resizing; ≥ 667 val
-# clips so one clip moves a val accuracy by at most 0.15 points (the val pool holds 898 images).
-DEFAULTS = dict(train=1800, val=800, frames=16, size=64, digit_size=(24, 32), second_size=(14, 20))
+# clips so one clip moves a val accuracy by at most 0.15 points (the val pool holds 896 images);
+# DAVIS folders for the first 200 val clips, enough for a segmentation mean, and each clip's 32
+# small files cost more to write than its video.
+DEFAULTS = dict(train=1800, val=800, frames=16, size=64, digit_size=(24, 32), second_size=(14, 20), davis_clips=200)
 
 
 @functools.lru_cache(maxsize=1)
@@ -117,21 +121,26 @@ def _panning_background(rng, frames, size, zoom=(0.8, 1.6), pan_speed=(0.25, 0.7
     ys = (y0 + shift_y)[:, None] + grid  # (F, S) photo rows of every frame row
     xs = (x0 + shift_x)[:, None] + grid
     iy, ix = np.clip(np.floor(ys).astype(np.int64), 0, h - 2), np.clip(np.floor(xs).astype(np.int64), 0, w - 2)
-    fy, fx = (ys - iy)[:, :, None, None], (xs - ix)[:, None, :, None]
-    r0, r1, c0, c1 = iy[:, :, None], iy[:, :, None] + 1, ix[:, None, :], ix[:, None, :] + 1
-    img = ((photo[r0, c0] * (1 - fx) + photo[r0, c1] * fx) * (1 - fy)
-           + (photo[r1, c0] * (1 - fx) + photo[r1, c1] * fx) * fy)
+    fy, fx = (ys - iy).astype(np.float32), (xs - ix).astype(np.float32)
+    # Bilinear sampling is separable (rows depend on (frame, y), columns on (frame, x)): blend the
+    # two photo rows of every output row, then the two columns, on the columns the clip visits only.
+    lo, hi = ix.min(), ix.max() + 2
+    band = photo[:, lo:hi]
+    rows = band[iy] * (1 - fy)[..., None, None] + band[iy + 1] * fy[..., None, None]  # (F, S, hi - lo, 3)
+    c0 = (ix - lo)[:, None, :, None]
+    img = (np.take_along_axis(rows, c0, axis=2) * (1 - fx)[:, None, :, None]
+           + np.take_along_axis(rows, c0 + 1, axis=2) * fx[:, None, :, None])
     gain = rng.uniform(0.25, 0.45) * rng.uniform(0.85, 1.15, size=3)
-    img = img * gain + rng.uniform(5, 30)
+    img = img * gain.astype(np.float32) + np.float32(rng.uniform(5, 30))
     # Parts of the photos are flat (sky, the flower's blurred backdrop); two faint drifting gratings
     # (wavelength 6-16 px, 3-6 grey levels) keep every tube textured without adding noise.
-    yy, xx = np.mgrid[:size, :size]
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
     for _ in range(2):
         theta, wavelength = rng.uniform(0, np.pi), rng.uniform(6, 16)
-        phase = 2 * np.pi * ((xx * np.cos(theta) + yy * np.sin(theta)) / wavelength)
-        drift = rng.uniform(0.1, 0.4) * rng.choice((-1, 1)) * t[:, None, None] + rng.uniform(0, 2 * np.pi)
-        img += rng.uniform(3, 6) * np.sin(phase + drift)[..., None]
-    return img.astype(np.float32)
+        phase = np.float32(2 * np.pi / wavelength) * (xx * np.float32(np.cos(theta)) + yy * np.float32(np.sin(theta)))
+        drift = (rng.uniform(0.1, 0.4) * rng.choice((-1, 1)) * t + rng.uniform(0, 2 * np.pi)).astype(np.float32)
+        img += np.float32(rng.uniform(3, 6)) * np.sin(phase + drift[:, None, None])[..., None]
+    return img
 
 
 def _paint(video, masks, alpha, colour, corners, obj_id):
@@ -182,13 +191,27 @@ def _save_image(image, path, **kwargs):
     atomic_write(path, lambda tmp: image.save(tmp, **kwargs))
 
 
+def _write_clip(out, name, clip, masks, fps, palette):
+    """The clip's mp4 and, when `masks` is given, its DAVIS frames and palette masks."""
+    from PIL import Image
+    write_mp4(os.path.join(out, "videos", f"{name}.mp4"), clip, fps=fps)
+    if masks is None:
+        return
+    for f in range(len(clip)):
+        _save_image(Image.fromarray(clip[f]), os.path.join(out, "davis", "JPEGImages", name, f"{f:05d}.jpg"),
+                    format="JPEG", quality=95, subsampling=0)  # 4:4:4: no colour bleed at the digits' edges
+        png = Image.frombytes("P", masks.shape[:0:-1], masks[f].tobytes())
+        png.putpalette(palette)
+        _save_image(png, os.path.join(out, "davis", "Annotations", name, f"{f:05d}.png"), format="PNG")
+
+
 def make_digits_dataset(out, train=DEFAULTS["train"], val=DEFAULTS["val"], seed=0, *, frames=DEFAULTS["frames"],
                         size=DEFAULTS["size"], digit_size=DEFAULTS["digit_size"], second_size=DEFAULTS["second_size"],
-                        davis_clips=None, fps=25):
+                        davis_clips=DEFAULTS["davis_clips"], fps=25):
     """Write Moving Digits (layout in this module's docstring) and return its paths:
     {"root", "train", "val", "classes", "davis"}. `davis_clips`: how many val clips (the first ones)
-    also get DAVIS-layout frames and masks (default all; 0 writes no davis folder)."""
-    for name, v, low in (("train", train, 1), ("val", val, 1), ("frames", frames, 2)):
+    also get DAVIS-layout frames and masks (at most `val`; 0 writes no davis folder)."""
+    for name, v, low in (("train", train, 1), ("val", val, 1), ("frames", frames, 2), ("davis_clips", davis_clips, 0)):
         if not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"{name} must be an int of at least {low}, got {v!r}")
     for name, pair in (("digit_size", digit_size), ("second_size", second_size)):
@@ -197,31 +220,28 @@ def make_digits_dataset(out, train=DEFAULTS["train"], val=DEFAULTS["val"], seed=
     if size % 2 or max(digit_size[1], second_size[1]) >= size:
         raise ValueError(f"size must be even and larger than the digits ({max(digit_size[1], second_size[1])} px), "
                          f"got {size}")
-    davis_clips = val if davis_clips is None else davis_clips
-    if not 0 <= davis_clips <= val:
-        raise ValueError(f"davis_clips must be between 0 and val={val}, got {davis_clips}")
-    from PIL import Image
+    davis_clips = min(davis_clips, val)
     out = os.fspath(out)
     os.makedirs(os.path.join(out, "videos"), exist_ok=True)
     palette = davis_palette().flatten().tolist()
-    lines = {}
-    for split, count in (("train", train), ("val", val)):
-        rows = []
-        for i in range(count):
-            name = f"{split}{i:05d}"
-            clip, masks, (digit, motion) = render_digit_clip(seed, split, i, frames=frames, size=size,
-                                                             digit_size=digit_size, second_size=second_size)
-            write_mp4(os.path.join(out, "videos", f"{name}.mp4"), clip, fps=fps)
-            rows.append(f"videos/{name}.mp4 {digit} {motion}\n")
-            if split == "val" and i < davis_clips:
-                for f in range(frames):
-                    _save_image(Image.fromarray(clip[f]), os.path.join(out, "davis", "JPEGImages", name,
-                                                                       f"{f:05d}.jpg"),
-                                format="JPEG", quality=95, subsampling=0)  # 4:4:4: no colour bleed at edges
-                    png = Image.frombytes("P", (size, size), masks[f].tobytes())
-                    png.putpalette(palette)
-                    _save_image(png, os.path.join(out, "davis", "Annotations", name, f"{f:05d}.png"), format="PNG")
-        lines[split] = rows
+    lines = {"train": [], "val": []}
+    # Writing is mostly waiting for fsync (every file is written atomically): a few threads overlap
+    # those waits with the rendering. Each file's bytes depend only on its clip, not on the order.
+    with ThreadPoolExecutor(max_workers=4) as writers:
+        pending = deque()
+        for split, count in (("train", train), ("val", val)):
+            for i in range(count):
+                name = f"{split}{i:05d}"
+                clip, masks, (digit, motion) = render_digit_clip(seed, split, i, frames=frames, size=size,
+                                                                 digit_size=digit_size, second_size=second_size)
+                davis = split == "val" and i < davis_clips
+                pending.append(writers.submit(_write_clip, out, name, clip, masks if davis else None, fps, palette))
+                lines[split].append(f"videos/{name}.mp4 {digit} {motion}\n")
+                while len(pending) > 16:  # bounded memory; also surfaces a failed write early
+                    pending.popleft().result()
+        for job in pending:
+            job.result()
+    for split, rows in lines.items():
         atomic_write_text(os.path.join(out, f"{split}.txt"), "".join(rows))
     if davis_clips:
         atomic_write_text(os.path.join(out, "davis", "ImageSets", "2017", "val.txt"),
