@@ -28,9 +28,9 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-from sigma.engine.files import atomic_write, atomic_write_text
+from sigma.engine.files import atomic_write_text
 
-from .synthetic import DIRECTIONS, davis_palette, write_mp4
+from .synthetic import DIRECTIONS, _save_image, davis_palette, write_mp4
 
 DIGITS = tuple(str(d) for d in range(10))
 SPLITS = ("train", "val")
@@ -185,10 +185,6 @@ def render_digit_clip(seed, split, index, *, frames=16, size=64, digit_size=(24,
     for obj_id in order:
         _paint(video, masks, *painted[obj_id - 1], obj_id)
     return np.rint(np.clip(video, 0, 255)).astype(np.uint8), masks, (digit, motion)
-
-
-def _save_image(image, path, **kwargs):
-    atomic_write(path, lambda tmp: image.save(tmp, **kwargs))
 
 
 def _write_clip(out, name, clip, masks, fps, palette):

@@ -25,6 +25,8 @@ import time
 
 import numpy as np
 
+from sigma.engine.files import atomic_write, atomic_write_text
+
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 DIRECTIONS = ("right", "left", "down", "up")
 _STEP = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
@@ -131,37 +133,27 @@ def render_clip(seed, index, *, frames=40, size=128, object_size=(32, 48), max_o
     return video.round().astype(np.uint8), masks, (shape_id, motion_id)
 
 
-def _tmp(path):
-    return f"{path}.tmp{os.getpid()}"
-
-
 def write_mp4(path, frames, fps=25):
-    """uint8 (F, H, W, 3) RGB frames → H.264 mp4 (yuv420p, one encoder thread so the bytes are
-    reproducible), written atomically."""
+    """uint8 (F, H, W, 3) RGB frames → H.264 mp4 (yuv420p), written atomically. Reproducible bytes:
+    one encoder thread, and x264's C code paths (`no-asm`): its assembly gave different bytes for the
+    same frames on some 64² Moving Digits clips (PyAV 18.1), at about twice the encoding time."""
     import av
-    tmp = _tmp(path)
-    with av.open(tmp, "w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.codec_context.thread_count = 1
-        for frame in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode(None))
-    os.replace(tmp, path)
 
-
-def _write_text(path, text):
-    tmp = _tmp(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+    def write(tmp):
+        with av.open(tmp, "w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast",
+                                                                        "x264-params": "no-asm=1"})
+            stream.width, stream.height = frames.shape[2], frames.shape[1]
+            stream.pix_fmt = "yuv420p"
+            stream.codec_context.thread_count = 1
+            for frame in frames:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            container.mux(stream.encode(None))
+    atomic_write(path, write)
 
 
 def _save_image(image, path, **kwargs):
-    tmp = _tmp(path)
-    image.save(tmp, format=kwargs.pop("format"), **kwargs)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: image.save(tmp, **kwargs))
 
 
 def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object_size=(32, 48),
@@ -202,16 +194,16 @@ def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object
                 png.putpalette(palette)
                 _save_image(png, os.path.join(png_dir, f"{f:05d}.png"), format="PNG")
     for split, rows in splits.items():
-        _write_text(os.path.join(out, f"{split}.txt"), "".join(line for _, line in rows))
+        atomic_write_text(os.path.join(out, f"{split}.txt"), "".join(line for _, line in rows))
         if davis:
             sets = os.path.join(out, "davis", "ImageSets", "2017")
             os.makedirs(sets, exist_ok=True)
-            _write_text(os.path.join(sets, f"{split}.txt"), "".join(f"{name}\n" for name, _ in rows))
-    _write_text(os.path.join(out, "classes.json"),
+            atomic_write_text(os.path.join(sets, f"{split}.txt"), "".join(f"{name}\n" for name, _ in rows))
+    atomic_write_text(os.path.join(out, "classes.json"),
                 json.dumps({"object": list(SHAPES), "motion": list(DIRECTIONS)}, indent=1) + "\n")
     info = {"generator": "sigma.data.synthetic", "videos": videos, "seed": seed, "frames": frames, "size": size,
             "object_size": list(object_size), "max_objects": max_objects, "val_every": val_every, "fps": fps}
-    _write_text(os.path.join(out, "info.json"), json.dumps(info, indent=1) + "\n")
+    atomic_write_text(os.path.join(out, "info.json"), json.dumps(info, indent=1) + "\n")
     return {"root": out, "train": os.path.join(out, "train.txt"), "val": os.path.join(out, "val.txt"),
             "classes": os.path.join(out, "classes.json"), "davis": os.path.join(out, "davis") if davis else None}
 
