@@ -144,3 +144,55 @@ def test_cli_digits(tmp_path, capsys):
         assert match in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([str(tmp_path / "e"), "--train", "3"])  # shapes takes --videos
+
+
+# --- the pixel objective's clip-blind baselines ------------------------------------------------------
+
+BASELINE_CFG = ["data.img_size=64", "data.patch_size=8", "data.num_frames=8", "data.sampling_rate=1",
+                "data.scales=[1.0]", "data.flip=false", "data.reader=pyav"]
+
+
+@pytest.fixture(scope="module")
+def half_flat(tmp_path_factory):
+    """A lossless 8-frame 64² clip: 4 black frames, then 4 frames of one random 8×8 tile repeated,
+    so with 2×8×8 tubes half of every clip's masked tubes are flat and the others all alike."""
+    import av
+    root = tmp_path_factory.mktemp("half_flat")
+    tile = np.random.default_rng(0).integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    frames = np.zeros((8, 64, 64, 3), dtype=np.uint8)
+    frames[4:] = np.tile(tile, (8, 8, 1))
+    with av.open(str(root / "clip.mp4"), "w", format="mp4") as container:
+        stream = container.add_stream("libx264rgb", rate=25, options={"crf": "0", "preset": "veryfast"})
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "rgb24"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode(None))
+    (root / "train.txt").write_text("clip.mp4 0\nclip.mp4 0\n")
+    return root, tile
+
+
+def test_pixel_baselines_against_float64(half_flat):
+    from sigma.pretrain import load_config
+    from sigma.pretrain.baseline import pixel_baselines
+    root, tile = half_flat
+    r = pixel_baselines(load_config("tiny", BASELINE_CFG), root / "train.txt")
+    # The textured tube's target in float64: each channel over its 2·8·8 voxels, unbiased std.
+    x = np.concatenate([tile, tile]).reshape(-1, 3) / 255.0
+    u = (x - x.mean(0)) / (x.std(0, ddof=1) + 1e-6)
+    q = float((u * u).mean())  # (P - 1)/P up to eps
+    assert q == pytest.approx(127 / 128, rel=1e-4)
+    assert r["clips"] == 2 and r["masked_tubes"] == 2 * 4 * 48 and r["target_dim"] == 384
+    assert r["flat_tube_share"] == 0.5
+    assert r["zeros"] == pytest.approx(q / 2, rel=1e-5)
+    assert r["best_constant"] == pytest.approx(q / 4, rel=1e-5)
+
+
+def test_pixel_baselines_cli(half_flat, tmp_path, capsys):
+    from sigma.pretrain.baseline import main as baseline_main
+    root, _ = half_flat
+    out = tmp_path / "b.json"
+    assert baseline_main(["--data", str(root / "train.txt"), "--clips", "1", "--output", str(out), *BASELINE_CFG]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed == json.loads(out.read_text()) and printed["clips"] == 1
+    assert baseline_main(["--data", str(root / "train.txt"), "--clips", "0", *BASELINE_CFG]) == 2
+    assert "clips must be a positive int" in capsys.readouterr().err
