@@ -86,6 +86,16 @@ def test_dataset_is_byte_identical_per_seed_and_has_the_layout(tmp_path):
     assert np.abs(jpg - frames[3]).mean() < 2 and png.mode == "P" and np.array_equal(np.asarray(png), masks[3])
 
 
+@pytest.mark.parametrize("kwargs, match", [({"split": "test"}, "split must be one of"),
+                                           ({"frames": 1}, "frames must be an int of at least 2"),
+                                           ({"size": 32}, "size must be an even int larger than the digits"),
+                                           ({"digit_size": (30, 20)}, "digit_size must be")])
+def test_render_rejects_bad_settings(kwargs, match):
+    kw = {"split": "val", **kwargs}
+    with pytest.raises(ValueError, match=match):
+        render_digit_clip(0, kw.pop("split"), 0, **kw)
+
+
 def test_clip_depends_only_on_seed_split_and_index():
     a = render_digit_clip(0, "val", 7, frames=FRAMES, size=SIZE)
     b = render_digit_clip(0, "val", 7, frames=FRAMES, size=SIZE)
@@ -138,7 +148,7 @@ def test_cli_digits(tmp_path, capsys):
     assert "wrote 4 clips" in printed and "clips/s" in printed
     assert len(_lines(tmp_path / "d" / "val.txt")) == 2 and not (tmp_path / "d" / "davis").exists()
     for argv, match in ((["--videos", "3"], "--videos does not apply"), (["--train", "0"], "train must be"),
-                        (["--size", "30"], "size must be even and larger")):
+                        (["--size", "30"], "size must be an even int larger")):
         with pytest.raises(SystemExit):
             main([str(tmp_path / "e"), "--kind", "digits", *argv])
         assert match in capsys.readouterr().err

@@ -155,12 +155,24 @@ def _paint(video, masks, alpha, colour, corners, obj_id):
     masks[f, r, c] = np.where(alpha >= 0.5, np.uint8(obj_id), masks[f, r, c])
 
 
+def _check_clip_settings(frames, size, digit_size, second_size):
+    if not isinstance(frames, (int, np.integer)) or frames < 2:
+        raise ValueError(f"frames must be an int of at least 2, got {frames!r}")
+    for name, pair in (("digit_size", digit_size), ("second_size", second_size)):
+        if len(pair) != 2 or not 8 <= pair[0] <= pair[1]:
+            raise ValueError(f"{name} must be (min, max) pixels with 8 <= min <= max, got {pair!r}")
+    if not isinstance(size, (int, np.integer)) or size % 2 or max(digit_size[1], second_size[1]) >= size:
+        raise ValueError(f"size must be an even int larger than the digits ({max(digit_size[1], second_size[1])} px), "
+                         f"got {size!r}")
+
+
 def render_digit_clip(seed, split, index, *, frames=16, size=64, digit_size=(24, 32), second_size=(14, 20),
                       speed=(1.0, 2.0), second_prob=0.5, occlude_prob=0.5):
     """Frames uint8 (F, size, size, 3), masks uint8 (F, size, size) (1 the labelled digit, 2 the
     second) and labels (digit, motion) of clip `index` of `split` ("train" or "val")."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    _check_clip_settings(frames, size, digit_size, second_size)
     s = SPLITS.index(split)
     images, labels = _digits()
     pool = image_pools(seed)[s]
@@ -207,15 +219,10 @@ def make_digits_dataset(out, train=DEFAULTS["train"], val=DEFAULTS["val"], seed=
     """Write Moving Digits (layout in this module's docstring) and return its paths:
     {"root", "train", "val", "classes", "davis"}. `davis_clips`: how many val clips (the first ones)
     also get DAVIS-layout frames and masks (at most `val`; 0 writes no davis folder)."""
-    for name, v, low in (("train", train, 1), ("val", val, 1), ("frames", frames, 2), ("davis_clips", davis_clips, 0)):
+    for name, v, low in (("train", train, 1), ("val", val, 1), ("davis_clips", davis_clips, 0)):
         if not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"{name} must be an int of at least {low}, got {v!r}")
-    for name, pair in (("digit_size", digit_size), ("second_size", second_size)):
-        if len(pair) != 2 or not 8 <= pair[0] <= pair[1]:
-            raise ValueError(f"{name} must be (min, max) pixels with 8 <= min <= max, got {pair!r}")
-    if size % 2 or max(digit_size[1], second_size[1]) >= size:
-        raise ValueError(f"size must be even and larger than the digits ({max(digit_size[1], second_size[1])} px), "
-                         f"got {size}")
+    _check_clip_settings(frames, size, digit_size, second_size)
     davis_clips = min(davis_clips, val)
     out = os.fspath(out)
     os.makedirs(os.path.join(out, "videos"), exist_ok=True)
