@@ -1,6 +1,7 @@
 """A synthetic video set a test or a new user can make in seconds.
 
     python -m sigma.data.synthetic OUT --videos N --seed S
+    python -m sigma.data.synthetic OUT --kind digits [--train N --val N]   (Moving Digits: sigma.data.digits)
 
 Each clip shows one labelled object (a drawn shape: the object class) moving in a straight line
 (one of four directions: the motion class) over a static textured background, sometimes with a
@@ -20,10 +21,11 @@ after the tiny config's resize to 112² they cover several 16-px tokens in each 
 import argparse
 import json
 import os
+import time
 
 import numpy as np
 
-from ..engine.files import atomic_write, atomic_write_text
+from sigma.engine.files import atomic_write, atomic_write_text
 
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 DIRECTIONS = ("right", "left", "down", "up")
@@ -132,13 +134,15 @@ def render_clip(seed, index, *, frames=40, size=128, object_size=(32, 48), max_o
 
 
 def write_mp4(path, frames, fps=25):
-    """uint8 (F, H, W, 3) RGB frames → H.264 mp4 (yuv420p, one encoder thread so the bytes are
-    reproducible), written atomically."""
+    """uint8 (F, H, W, 3) RGB frames → H.264 mp4 (yuv420p), written atomically. Reproducible bytes:
+    one encoder thread, and x264's C code paths (`no-asm`): its assembly gave different bytes for the
+    same frames on some 64² Moving Digits clips (PyAV 18.1), at about twice the encoding time."""
     import av
 
     def write(tmp):
         with av.open(tmp, "w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast"})
+            stream = container.add_stream("libx264", rate=fps, options={"crf": "18", "preset": "veryfast",
+                                                                        "x264-params": "no-asm=1"})
             stream.width, stream.height = frames.shape[2], frames.shape[1]
             stream.pix_fmt = "yuv420p"
             stream.codec_context.thread_count = 1
@@ -149,8 +153,7 @@ def write_mp4(path, frames, fps=25):
 
 
 def _save_image(image, path, **kwargs):
-    fmt = kwargs.pop("format")
-    atomic_write(path, lambda tmp: image.save(tmp, format=fmt, **kwargs))
+    atomic_write(path, lambda tmp: image.save(tmp, **kwargs))
 
 
 def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object_size=(32, 48),
@@ -206,20 +209,43 @@ def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(prog="python -m sigma.data.synthetic", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m sigma.data.synthetic", description=__doc__.split("\n\n")[0],
+                                epilog="--kind digits: Moving Digits (sigma.data.digits, docs/data.md)")
     p.add_argument("out", help="output folder (created; files of the same names are replaced)")
-    p.add_argument("--videos", type=int, default=8, help="number of clips (default 8)")
+    p.add_argument("--kind", choices=("shapes", "digits"), default="shapes",
+                   help="shapes (default): drawn shapes over static textures; digits: Moving Digits")
+    p.add_argument("--videos", type=int, default=None, help="shapes: number of clips (default 8)")
+    p.add_argument("--train", type=int, default=None, help="digits: train clips (default 1800)")
+    p.add_argument("--val", type=int, default=None, help="digits: val clips (default 800)")
+    p.add_argument("--davis-clips", type=int, default=None,
+                   help="digits: the first N val clips also get DAVIS frames and masks (default 200)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--frames", type=int, default=40, help="frames per clip (default 40)")
-    p.add_argument("--size", type=int, default=128, help="frame side in pixels (default 128)")
+    p.add_argument("--frames", type=int, default=None, help="frames per clip (default 40 shapes, 16 digits)")
+    p.add_argument("--size", type=int, default=None, help="frame side in pixels (default 128 shapes, 64 digits)")
     p.add_argument("--no-davis", action="store_true", help="skip the DAVIS-layout JPEG/PNG folders")
     args = p.parse_args(argv)
+    given = {k for k in ("videos", "train", "val", "davis_clips") if getattr(args, k) is not None}
+    wrong = given - ({"videos"} if args.kind == "shapes" else {"train", "val", "davis_clips"})
+    if wrong:
+        p.error(f"--{sorted(wrong)[0].replace('_', '-')} does not apply to --kind {args.kind}")
+    start = time.perf_counter()
     try:
-        paths = make_synthetic_dataset(args.out, videos=args.videos, seed=args.seed, frames=args.frames,
-                                       size=args.size, davis=not args.no_davis)
+        if args.kind == "shapes":
+            count = 8 if args.videos is None else args.videos
+            paths = make_synthetic_dataset(args.out, videos=count, seed=args.seed, frames=args.frames or 40,
+                                           size=args.size or 128, davis=not args.no_davis)
+        else:
+            from .digits import DEFAULTS, make_digits_dataset
+            kw = {k: v for k, v in (("train", args.train), ("val", args.val), ("frames", args.frames),
+                                    ("size", args.size), ("davis_clips", 0 if args.no_davis else args.davis_clips))
+                  if v is not None}
+            paths = make_digits_dataset(args.out, seed=args.seed, **kw)
+            count = kw.get("train", DEFAULTS["train"]) + kw.get("val", DEFAULTS["val"])
     except ValueError as exc:
         p.error(str(exc))
-    print(f"wrote {args.videos} clips to {paths['root']} (train: {paths['train']}, val: {paths['val']})")
+    seconds = time.perf_counter() - start
+    print(f"wrote {count} clips to {paths['root']} in {seconds:.1f} s ({count / seconds:.1f} clips/s; "
+          f"train: {paths['train']}, val: {paths['val']})")
 
 
 if __name__ == "__main__":
