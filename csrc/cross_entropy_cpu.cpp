@@ -3,7 +3,7 @@
 // row LSE; the backward recomputes the chunk, turns it into dlogits in place and feeds two GEMMs:
 // dx rows directly, dc into a per-thread fp32 accumulator summed at the end.
 // Targets: int64 indices (M,), probabilities (M, K) (need not sum to 1), or computed on the fly
-// from another factored score matrix as softmax_k(y·cyᵀ·inv_eps + v) (soft) or its argmax (hard).
+// from another factored score matrix as softmax_k(y·cyᵀ·inv_eps + v) (soft) or its hard label (`hard_label`).
 #include "sigma_common.h"
 
 #include <ATen/Dispatch.h>
@@ -26,6 +26,7 @@ struct Targets {
   at::Tensor y, cy;                // kSinkhorn*: fp32 contiguous (M, Dy), (K, Dy)
   const float* v = nullptr;
   float inv_eps = 0.f;
+  float vmag = 0.f;  // potential_scale(v)
 
   bool is_hard() const { return kind == TargetKind::kIndex || kind == TargetKind::kSinkhornHard; }
   bool needs_tile() const {
@@ -55,12 +56,10 @@ struct Targets {
         at::mm_out(out, y.narrow(0, r0, n), cy.t());
         for (int64_t i = 0; i < n; ++i) {
           float* row = tile + i * k;
-          const float mx = scale_add_max(row, inv_eps, v, row, k);
           if (kind == TargetKind::kSinkhornHard) {
-            int64_t q = 0;
-            while (q < k - 1 && row[q] < mx) ++q;  // ties -> lowest index
-            idx[i] = q;
+            idx[i] = hard_label<Avx2Rows>(row, inv_eps, v, vmag, row, k);
           } else {
+            const float mx = scale_add_max(row, inv_eps, v, row, k);
             const float sum = exp_shift_sum_inplace(row, lse_shift(mx), k);
             const Vec rs(1.f / sum);
             int64_t q = 0;
@@ -122,6 +121,7 @@ Targets sinkhorn_targets(const at::Tensor& y, const at::Tensor& cy, const at::Te
   t.cy = cy.detach().to(at::kFloat).contiguous();
   t.v = v_float.data_ptr<float>();
   t.inv_eps = (float)inv_eps;
+  t.vmag = potential_scale(t.v, k);
   return t;
 }
 
@@ -130,13 +130,14 @@ Targets sinkhorn_targets(const at::Tensor& y, const at::Tensor& cy, const at::Te
 // finite): NaN for such a row, whose softmax torch gives as NaN.
 inline float inverse_row_sum(float sum) { return sum < 1.f ? std::numeric_limits<float>::quiet_NaN() : 1.f / sum; }
 
-// The hard label (as sinkhorn_assign: NaN first) and the entropy of softmax_k(src·f + add), given
-// the row's shifted exps e, their sum and shift: H = log Σe − Σ e·(t − shift) / Σe, terms below
-// the float range counting as 0; NaN for a row without a finite logit. t receives the logits.
+// The hard label (as sinkhorn_assign: `hard_label`, vmag = potential_scale(add)) and the entropy of
+// softmax_k(src·f + add), given the row's shifted exps e, their sum and shift: H = log Σe −
+// Σ e·(t − shift) / Σe, terms below the float range counting as 0; NaN for a row without a finite
+// logit. t receives the logits.
 template <class Rows>
-int64_t label_and_entropy(const float* src, float f, const float* add, const float* e, float sum, float shift,
-                          float* t, int64_t k, double* h) {
-  const int64_t label = label_nan_first(Rows::argmax(src, f, add, t, k), t, k);
+int64_t label_and_entropy(const float* src, float f, const float* add, float vmag, const float* e, float sum,
+                          float shift, float* t, int64_t k, double* h) {
+  const int64_t label = hard_label<Rows>(src, f, add, vmag, t, k);
   *h = sum < 1.f ? std::numeric_limits<double>::quiet_NaN()
                  : std::log(sum) - exp_weighted_shift_sum(e, t, shift, k) / sum;
   return label;
@@ -296,7 +297,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_p
   // P = softmax_k(S·scale + v) of stored scores, one row chunk (kGemmRowChunk × K) per thread at a
   // time, never stored whole: its row LSE (M,), P·c (M, D) and, if x is given, Pᵀ·x (K, D), the
   // latter summed over per-thread fp32 partials (last bits may depend on the thread count).
-  // With labels: also argmax_k (int64 (M,), as sinkhorn_assign: ties to the lowest index, NaN
+  // With labels: also argmax_k (int64 (M,), as sinkhorn_assign: near-ties to the lowest index, NaN
   // first) and Σ_i H(P_i·) (0-d, as sinkhorn_assign_entropy), from the same row sweeps.
   check_matrix(scores, "scores");
   check_matrix(c, "c");
@@ -325,6 +326,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_p
   std::vector<double> hsums(labels ? nch : 0, 0.0);
   const float* ps = s.data_ptr<float>();
   const float* pv = vf.data_ptr<float>();
+  const float vmag = labels ? potential_scale(pv, k) : 0.f;
   float* pl = lse.data_ptr<float>();
   const float a = (float)scale;
   with_rows([&](auto rows) {
@@ -345,7 +347,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> softmax_p
           inv[i] = inverse_row_sum(sum);
           if (labels) {
             double h;
-            lab.data_ptr<int64_t>()[r0 + i] = label_and_entropy<Rows>(src, a, pv, tile + i * k, sum, sh,
+            lab.data_ptr<int64_t>()[r0 + i] = label_and_entropy<Rows>(src, a, pv, vmag, tile + i * k, sum, sh,
                                                                       tbufs.data_ptr<float>() + tid * k, k, &h);
             hs += h;
           }
@@ -416,6 +418,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const float* p0 = zero_v.data_ptr<float>();
   float* pce = ce.data_ptr<float>();
   const float a = (float)scale, ie = (float)inv_eps;
+  const float vmag_a = labels ? potential_scale(pva, k) : 0.f, vmag_b = labels ? potential_scale(pvb, k) : 0.f;
   with_rows([&](auto rows) {
     using Rows = decltype(rows);
     at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
@@ -446,9 +449,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
           if (labels) {
             int64_t* pl = lab.data_ptr<int64_t>();
             double h;
-            pl[row] = label_and_entropy<Rows>(sa, ie, pva, qa, sum_qa, sh_qa, t, k, &h);
+            pl[row] = label_and_entropy<Rows>(sa, ie, pva, vmag_a, qa, sum_qa, sh_qa, t, k, &h);
             h_a += h;
-            pl[m + row] = label_and_entropy<Rows>(sb, ie, pvb, qb, sum_qb, sh_qb, t, k, &h);
+            pl[m + row] = label_and_entropy<Rows>(sb, ie, pvb, vmag_b, qb, sum_qb, sh_qb, t, k, &h);
             h_b += h;
           }
           scaled_difference(ea, ipa, qb, iqb, d0 + i * k, k);

@@ -230,15 +230,13 @@ void scaled_row(const float* e, const float* b, float a, float* out, int64_t n) 
   }
 }
 
-int64_t argmax_entropy(const float* s, float ie, const float* add, float* buf, int64_t n, float* h) {
-  const float mx = scale_add_max(s, ie, add, buf, n);
-  const int64_t idx = first_at_least(buf, mx, n);
+float logit_entropy(const float* t, float mx, int64_t n) {
   const float sh = (mx == __builtin_inff() || mx == -__builtin_inff()) ? 0.f : mx;
   const __m512 vs = _mm512_set1_ps(sh), lo = _mm512_set1_ps(-87.33654475f);
   __m512 z = _mm512_setzero_ps(), w = _mm512_setzero_ps();
   for (int64_t k = 0; k < n; k += 16) {
     const __mmask16 mk = n - k >= 16 ? (__mmask16)0xFFFF : tail_mask(n - k);
-    const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, buf + k), vs);
+    const __m512 x = _mm512_sub_ps(_mm512_maskz_loadu_ps(mk, t + k), vs);
     // terms below FLT_MIN count as 0 (also keeps 0·(-inf) out of the weighted sum); a NaN stays
     // in (not-less-than holds for NaN), so the row's entropy is NaN as softmax gives it
     const __mmask16 live = _mm512_mask_cmp_ps_mask(mk, x, lo, _CMP_NLT_UQ);
@@ -247,8 +245,7 @@ int64_t argmax_entropy(const float* s, float ie, const float* add, float* buf, i
     w = _mm512_add_ps(w, _mm512_maskz_mul_ps(live, ex, x));
   }
   const float zs = _mm512_reduce_add_ps(z), ws = _mm512_reduce_add_ps(w);
-  *h = __builtin_logf(zs) - ws / zs;
-  return idx;
+  return __builtin_logf(zs) - ws / zs;
 }
 
 }  // namespace avx512
@@ -284,7 +281,7 @@ int64_t first_at_least(const float*, float, int64_t n) { return n - 1; }
 void exp_row(const float*, float, float*, int64_t, float*, float*) {}
 float dot(const float*, const float*, int64_t) { return 0.f; }
 void scaled_row(const float*, const float*, float, float*, int64_t) {}
-int64_t argmax_entropy(const float*, float, const float*, float*, int64_t n, float*) { return n - 1; }
+float logit_entropy(const float*, float, int64_t) { return 0.f; }
 }  // namespace avx512
 }  // namespace sigma_cpu
 

@@ -30,8 +30,8 @@ void exp_row(const float* s, float ie, float* e, int64_t n, float* mx, float* mn
 float dot(const float* e, const float* b, int64_t n);
 // out_k = (e_k·b_k)·a (out may alias e)
 void scaled_row(const float* e, const float* b, float a, float* out, int64_t n);
-// t_k = s_k·ie + add_k into buf; returns the first argmax and, through *h, the entropy of softmax(t)
-int64_t argmax_entropy(const float* s, float ie, const float* add, float* buf, int64_t n, float* h);
+// entropy of softmax_k(t_k), given the logits t and their max mx
+float logit_entropy(const float* t, float mx, int64_t n);
 }  // namespace avx512
 
 // The AVX-512 row kernels as one type, so an algorithm is written once as a template over
@@ -55,12 +55,13 @@ struct Avx512Rows {
                               const float* sh, float* cs, int64_t n) {
     avx512::col_expsum_rows(s, rows, stride, ie, u, sh, cs, n);
   }
-  static int64_t argmax(const float* s, float ie, const float* v, float* buf, int64_t n) {
-    return avx512::first_at_least(buf, avx512::scale_add_max(s, ie, v, buf, n), n);
+  static float scale_add_max(const float* s, float ie, const float* v, float* buf, int64_t n) {
+    return avx512::scale_add_max(s, ie, v, buf, n);
   }
-  static int64_t argmax_entropy(const float* s, float ie, const float* v, float* buf, int64_t n, float* h) {
-    return avx512::argmax_entropy(s, ie, v, buf, n, h);
+  static int64_t first_at_least(const float* t, float value, int64_t n) {
+    return avx512::first_at_least(t, value, n);
   }
+  static float logit_entropy(const float* t, float mx, int64_t n) { return avx512::logit_entropy(t, mx, n); }
   static void plan_row(const float* s, float ie, float ui, const float* v, float log_m, float* out, int64_t n) {
     avx512::plan_row(s, ie, ui, v, log_m, out, n);
   }

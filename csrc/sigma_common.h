@@ -114,11 +114,32 @@ inline int64_t first_nan(const float* t, int64_t n) {
   return n;
 }
 
-// The hard label of a row: `label` (the argmax of its logits t, which skips NaN), or its first
+// The hard label of a row: `label` (chosen among its logits t that are not NaN), or its first
 // NaN if it holds one.
 inline int64_t label_nan_first(int64_t label, const float* t, int64_t n) {
   const int64_t qn = first_nan(t, n);
   return qn < n ? qn : label;
+}
+
+// Near-ties (docs/numerics.md): a hard label is the lowest k whose logit is within
+// kTieWindow·(|max_k t_k| + max_k |v_k|) of the row max, 256 float32 ulps of the magnitudes the
+// logits are computed from, so that rounding (which differs between backends and paths) never
+// decides it. TIE_WINDOW in sigma_kernels/rules.py is the same number.
+constexpr float kTieWindow = 1.0f / 65536.0f;
+
+// max_k |v_k| over the finite v_k (0 if none): the potentials' part of the tie window.
+inline float potential_scale(const float* v, int64_t n) {
+  float m = 0.f;
+  for (int64_t k = 0; k < n; ++k) {
+    const float a = std::fabs(v[k]);
+    if (a < std::numeric_limits<float>::infinity() && a > m) m = a;  // NaN and inf are skipped
+  }
+  return m;
+}
+
+// The lowest logit still tied with the row max mx (no window when mx is infinite).
+inline float tie_threshold(float mx, float vmag) {
+  return std::isfinite(mx) ? mx - kTieWindow * (std::fabs(mx) + vmag) : mx;
 }
 
 // LSE of a row from its shift (its max unless infinite) and Σ exp(t − shift): the sum is >= 1
@@ -268,36 +289,38 @@ struct Avx2Rows {
     }
   }
 
-  // first k reaching max_k (s_k·ie + v_k) (ties -> lowest index); buf (n) is scratch
-  static int64_t argmax(const float* s, float ie, const float* v, float* buf, int64_t n) {
-    const float mx = scale_add_max(s, ie, v, buf, n);
+  // buf_k = s_k·ie + v_k; returns max_k buf_k
+  static float scale_add_max(const float* s, float ie, const float* v, float* buf, int64_t n) {
+    return sigma_cpu::scale_add_max(s, ie, v, buf, n);
+  }
+
+  // first k with t_k >= value (a NaN never is), n - 1 if none
+  static int64_t first_at_least(const float* t, float value, int64_t n) {
     int64_t q = 0;
-    while (q < n - 1 && buf[q] < mx) ++q;
+    while (q < n - 1 && !(t[q] >= value)) ++q;
     return q;
   }
 
-  // argmax as above, and through *h the entropy of softmax_k(s_k·ie + v_k)
-  static int64_t argmax_entropy(const float* s, float ie, const float* v, float* buf, int64_t n, float* h) {
-    const int64_t idx = argmax(s, ie, v, buf, n);
-    const float sh = lse_shift(buf[idx]);
+  // entropy of softmax_k(t_k), given the logits t and their max mx
+  static float logit_entropy(const float* t, float mx, int64_t n) {
+    const float sh = lse_shift(mx);
     const Vec vs(sh);
     Vec z(0.f), w(0.f);
     int64_t q = 0;
     for (; q + W <= n; q += W) {
-      const Vec x = Vec::loadu(buf + q) - vs;
+      const Vec x = Vec::loadu(t + q) - vs;
       const Vec ex = fast_exp(x);  // 0 below FLT_MIN
       z = z + ex;
       w = w + Vec::blendv(Vec(0.f), ex * x, ex > Vec(0.f));  // no 0·(-inf)
     }
     float zs = hsum(z), ws = hsum(w);
     for (; q < n; ++q) {
-      const float x = buf[q] - sh;
+      const float x = t[q] - sh;
       const float ex = std::exp(x);
       zs += ex;
       if (ex > 0.f) ws += ex * x;
     }
-    *h = std::log(zs) - ws / zs;
-    return idx;
+    return std::log(zs) - ws / zs;
   }
 
   // out_k = exp(((s_k·ie + ui) + v_k) + log_m), rounded step by step as in the reference
@@ -388,6 +411,16 @@ class ThreadPartials {
   at::Tensor parts_;
   std::vector<char> used_;
 };
+
+// The hard label of the row of logits t_k = s_k·ie + v_k (docs/numerics.md): its first NaN if it
+// holds one, else the lowest k with t_k >= tie_threshold(max_k t_k, vmag), vmag = potential_scale(v).
+// buf (n) receives t (buf may be s); with h, *h is the entropy of softmax_k(t_k).
+template <class Rows>
+int64_t hard_label(const float* s, float ie, const float* v, float vmag, float* buf, int64_t n, float* h = nullptr) {
+  const float mx = Rows::scale_add_max(s, ie, v, buf, n);
+  if (h != nullptr) *h = Rows::logit_entropy(buf, mx, n);
+  return label_nan_first(Rows::first_at_least(buf, tie_threshold(mx, vmag), n), buf, n);
+}
 
 // Calls f(Rows{}) with the row kernels of this CPU: AVX-512 (rows_avx512.h) unless unsupported or
 // disabled (SIGMA_CPU_NO_AVX512=1), else the AVX2 ones above.

@@ -171,8 +171,9 @@ std::tuple<at::Tensor, at::Tensor> row_step_impl(const Source& src, int64_t m, i
   return {u_t, col_t};
 }
 
-// argmax_k (S_ik·ie + v_k), ties -> lowest index; with `entropy`, also Σ_i H(softmax_k(S_ik·ie + v_k))
-// (summed per chunk in double, chunks in order: independent of the thread count).
+// Hard labels of S_ik·ie + v_k (`hard_label`: near-ties -> lowest index, NaN first); with `entropy`,
+// also Σ_i H(softmax_k(S_ik·ie + v_k)) (summed per chunk in double, chunks in order: independent of
+// the thread count).
 template <class Rows, class Source>
 std::tuple<at::Tensor, at::Tensor> assign_impl(const Source& src, int64_t m, int64_t k, const float* v, float ie,
                                                bool entropy) {
@@ -182,6 +183,7 @@ std::tuple<at::Tensor, at::Tensor> assign_impl(const Source& src, int64_t m, int
   std::vector<double> hsums(nch, 0.0);
   Buffers tiles = thread_buffers(Source::chunk * k, src.needs_buffer());
   Buffers rbufs = thread_buffers(k, true);
+  const float vmag = potential_scale(v, k);
   at::parallel_for(0, nch, 1, [&](int64_t b, int64_t e) {
     const int64_t tid = at::get_thread_num();
     float* rb = rbufs.get(tid, k);
@@ -190,14 +192,9 @@ std::tuple<at::Tensor, at::Tensor> assign_impl(const Source& src, int64_t m, int
       const float* tile = src.rows(r0, n, tiles.get(tid, Source::chunk * k));
       double hs = 0.0;
       for (int64_t i = 0; i < n; ++i) {
-        if (entropy) {
-          float h;
-          o[r0 + i] = Rows::argmax_entropy(tile + i * k, ie, v, rb, k, &h);
-          hs += h;
-        } else {
-          o[r0 + i] = Rows::argmax(tile + i * k, ie, v, rb, k);
-        }
-        o[r0 + i] = label_nan_first(o[r0 + i], rb, k);  // rb holds the row's logits
+        float h = 0.f;
+        o[r0 + i] = hard_label<Rows>(tile + i * k, ie, v, vmag, rb, k, entropy ? &h : nullptr);
+        hs += h;
       }
       hsums[ch] = hs;
     }

@@ -24,6 +24,20 @@ def compute_dtype(*tensors):
     return torch.float64 if any(t.dtype == torch.float64 for t in tensors) else torch.float32
 
 
+# Hard labels treat logits within TIE_WINDOW·(|row max| + max_k |v_k|) of the row max as tied and
+# take the lowest index among them (docs/numerics.md, "Near-ties"): 256 float32 ulps of the
+# magnitudes the logits S·(1/ε) + v are computed from, so that rounding, which differs between
+# backends and paths, never decides a label. kTieWindow in csrc/sigma_common.h is the same number.
+TIE_WINDOW = 2.0 ** -16
+
+
+def potential_scale(v):
+    """max_k |v_k| over the finite entries of v (K,) (0 if none), 0-d in v's dtype: the potentials'
+    part of the tie window. No host sync."""
+    a = v.abs()
+    return torch.where(a < math.inf, a, 0).amax()  # NaN and inf entries count as 0
+
+
 def check_matrix(name, t):
     """A non-empty floating-point 2-D tensor."""
     if not isinstance(t, torch.Tensor):

@@ -61,7 +61,8 @@ def sinkhorn(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backen
 
 
 def sinkhorn_assign(scores, epsilon=0.05, n_iters=3, *, tol=None, check_every=5, backend="auto"):
-    """Hard assignment argmax_k Q_ik (int64 (M,), ties to the lowest index) without building Q."""
+    """Hard assignment argmax_k Q_ik (int64 (M,), near-ties to the lowest index: docs/numerics.md)
+    without building Q."""
     s, inv_eps, name, (_, v, _) = _solve_scores(scores, epsilon, n_iters, tol, check_every, backend)
     return ops.sinkhorn_assign(s, v, inv_eps, name)
 

@@ -156,7 +156,7 @@ def test_cpu_backend_tests_pass_on_the_avx2_loops():
     env = dict(os.environ, SIGMA_CPU_NO_AVX512="1", PYTHONPATH=ROOT)
     cmd = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider",
            "tests/test_cpu_backend.py", "tests/test_cpu_exp_domain.py", "tests/test_softmax_products.py",
-           "tests/test_swapped_products.py",
+           "tests/test_swapped_products.py", "tests/test_ties.py",
            "-k", "not test_cpu_backend_tests_pass_on_the_avx2_loops"]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-2000:]

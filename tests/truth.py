@@ -53,6 +53,31 @@ def sinkhorn_exp_f64(scores, epsilon, n_iters):
     return p * m
 
 
+# --- hard labels ------------------------------------------------------------------------------
+
+TIE_WINDOW = 2.0 ** -16  # docs/numerics.md, "Near-ties"
+
+
+def hard_labels(logits, v):
+    """The documented hard label of each row of logits t = S/ε + v (M, K), v (K,) the potentials:
+    the row's first NaN if it holds one, else its lowest k with t_k >= max − TIE_WINDOW·(|max| +
+    max_j |v_j| over the finite v_j), the window dropped when the max is infinite. Row by row in
+    float64 NumPy; int64 tensor (M,)."""
+    t = np.asarray(torch.as_tensor(logits).detach().double().cpu(), dtype=np.float64)
+    a = np.abs(np.asarray(torch.as_tensor(v).detach().double().cpu(), dtype=np.float64))
+    scale = a[np.isfinite(a)].max(initial=0.0)
+    labels = []
+    for row in t:
+        nan = np.flatnonzero(np.isnan(row))
+        if nan.size:
+            labels.append(nan[0])
+            continue
+        top = row.max()
+        threshold = top - TIE_WINDOW * (abs(top) + scale) if np.isfinite(top) else top
+        labels.append(np.flatnonzero(row >= threshold)[0])
+    return torch.tensor(labels, dtype=torch.int64)
+
+
 # --- prototype cross-entropy ------------------------------------------------------------------
 
 def prototype_logits(z, prototypes, temperature=1.0):
@@ -83,16 +108,15 @@ def swap_loss_terms(zv, zp, c, epsilon, n_iters, temperature, targets):
 
     S_v = normalize(zv)·cᵀ with c held constant (the video-model branch does not train the
     prototypes), S_p = normalize(zp)·cᵀ; Q = sinkhorn_log(S) is a constant; the target is Q's
-    rows ("soft") or their argmax ("hard"). c must already have unit rows.
+    rows ("soft") or their `hard_labels` ("hard"). c must already have unit rows.
     """
     s_v = F.normalize(zv, dim=1) @ c.detach().T
     s_p = F.normalize(zp, dim=1) @ c.T
-    q_v = sinkhorn_log(s_v.detach(), epsilon, n_iters)[0]
-    q_p = sinkhorn_log(s_p.detach(), epsilon, n_iters)[0]
 
-    def target(q):
-        return q if targets == "soft" else q.argmax(dim=1)
-    return cross_entropy(s_v / temperature, target(q_p)), cross_entropy(s_p / temperature, target(q_v))
+    def target(s):
+        q, _, v = sinkhorn_log(s.detach(), epsilon, n_iters)
+        return q if targets == "soft" else hard_labels(s.detach() / epsilon + v, v)
+    return cross_entropy(s_v / temperature, target(s_p)), cross_entropy(s_p / temperature, target(s_v))
 
 
 # --- low-precision criterion ------------------------------------------------------------------

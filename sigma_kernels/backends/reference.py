@@ -5,9 +5,11 @@ floating dtype; arithmetic and results in float32 (float64 inputs stay float64, 
 can run). Notation (docs/sinkhorn.md): scores S (M, K), potentials u (M,), v (K,), inv_eps = 1/ε,
 Q_ik = exp(S_ik·inv_eps + u_i + v_k + log_m).
 """
+import math
+
 import torch
 
-from ..rules import compute_dtype
+from ..rules import TIE_WINDOW, compute_dtype, potential_scale
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
@@ -37,18 +39,31 @@ def sinkhorn_row_step(scores, v, inv_eps, log_m):
     return u, col
 
 
+def hard_labels(logits, v):
+    """Hard labels of logits t = S·inv_eps + v (M, K) -> int64 (M,) (docs/numerics.md): a row's first
+    NaN if it holds one, else its lowest k with t_ik >= max_k t_ik − TIE_WINDOW·(|max_k t_ik| +
+    potential_scale(v)) (no window when the max is infinite): the argmax, near-ties to the lowest index."""
+    nan = torch.isnan(logits)
+    mx = torch.where(nan, -math.inf, logits).amax(dim=1)
+    threshold = torch.where(torch.isfinite(mx), mx - TIE_WINDOW * (mx.abs() + potential_scale(v)), mx)
+    label = torch.argmax((logits >= threshold[:, None]).to(torch.uint8), dim=1)  # the first one
+    return torch.where(nan.any(dim=1), torch.argmax(nan.to(torch.uint8), dim=1), label)
+
+
 def sinkhorn_assign(scores, v, inv_eps):
-    """argmax_k (S_ik·inv_eps + v_k) -> int64 (M,); ties go to the lowest index."""
+    """Hard labels (`hard_labels`) of S_ik·inv_eps + v_k -> int64 (M,)."""
     dt = compute_dtype(scores)
-    return torch.argmax(_up(scores, dt) * inv_eps + v.to(dt)[None, :], dim=1)
+    v = v.to(dt)
+    return hard_labels(_up(scores, dt) * inv_eps + v[None, :], v)
 
 
 def sinkhorn_assign_entropy(scores, v, inv_eps):
-    """(argmax_k t_ik -> int64 (M,), Σ_i H(softmax_k t_i·) -> 0-d), t = S·inv_eps + v; H in nats."""
+    """(hard labels -> int64 (M,), Σ_i H(softmax_k t_i·) -> 0-d), t = S·inv_eps + v; H in nats."""
     dt = compute_dtype(scores)
-    logits = _up(scores, dt) * inv_eps + v.to(dt)[None, :]
+    v = v.to(dt)
+    logits = _up(scores, dt) * inv_eps + v[None, :]
     log_q = torch.log_softmax(logits, dim=1)
-    return torch.argmax(logits, dim=1), -torch.special.xlogy(log_q.exp(), log_q.exp()).sum()
+    return hard_labels(logits, v), -torch.special.xlogy(log_q.exp(), log_q.exp()).sum()
 
 
 def row_logsumexp(scores, scale):
@@ -136,12 +151,13 @@ def linear_cross_entropy_backward(grad_rows, x, c, target, lse, scale, need_dx=T
 # --- Cross-entropy against Sinkhorn targets of another factored score matrix ---------------
 
 def sinkhorn_target(y, cy, v, inv_eps, soft):
-    """Targets from the other branch: softmax_k(y·cyᵀ·inv_eps + v) (soft) or its argmax (hard).
+    """Targets from the other branch: softmax_k(y·cyᵀ·inv_eps + v) (soft) or its hard labels (hard).
 
     After Sinkhorn's final token step, Q_i· = softmax_k(S_ik·inv_eps + v_k), so v alone fixes Q.
     """
-    t_logits = _product(y, cy) * inv_eps + v.to(compute_dtype(y, cy))[None, :]
-    return torch.softmax(t_logits, dim=1) if soft else torch.argmax(t_logits, dim=1)
+    v = v.to(compute_dtype(y, cy))
+    t_logits = _product(y, cy) * inv_eps + v[None, :]
+    return torch.softmax(t_logits, dim=1) if soft else hard_labels(t_logits, v)
 
 
 def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):

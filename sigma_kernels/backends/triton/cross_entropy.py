@@ -6,14 +6,15 @@ the loss needs from the target. Targets (TARGET constexpr):
     SOFT     probabilities (M, K), any row sums     loss_i = (Σ_k t_ik)·lse_i - Σ_k t_ik·logit_ik
     SINKHORN soft targets from the other branch: q_ik = softmax_k(b_ik), b = inv_eps·y·cyᵀ + v,
              computed in the same sweep with their own online LSE: loss_i = lse_i - Σ_k q_ik·logit_ik
-    SINKHORN_HARD  the same b, running argmax (ties to the lowest index): loss_i = lse_i - logit_i,argmax
+Hard Sinkhorn targets (the hard labels of b, docs/numerics.md) are first turned into indices by the
+assign kernel (streaming_assign; its near-tie window needs each row's final max, so it cannot ride
+along in this sweep), then take the HARD path, forward and backward.
 Backward: dlogit_ik = g_i·scale·(p_ik·Σ_k t_ik - t_ik) with p = exp(logit - lse). Two
 deterministic kernels recompute the logit tiles: dx (grid: row blocks x D chunks, reduction over K
 in registers) and dc (grid: K tiles x D chunks x M splits, reduction over the split's rows in
 registers, fp32 partials (splits, K, D) summed afterwards); a kernel whose gradient is not needed
 (need_dx / need_dc False) is not launched. Sinkhorn targets in the backward:
-hard ones are first turned into indices (streaming_assign), soft ones need each row's target
-LSE, computed by a row sweep over y·cyᵀ before the two kernels.
+soft ones need each row's target LSE, computed by a row sweep over y·cyᵀ before the two kernels.
 """
 import torch
 import triton
@@ -41,7 +42,6 @@ from .sinkhorn import row_reduce
 HARD = tl.constexpr(0)
 SOFT = tl.constexpr(1)
 SINKHORN = tl.constexpr(2)
-SINKHORN_HARD = tl.constexpr(3)
 
 
 @triton.jit
@@ -121,21 +121,13 @@ def ce_forward_kernel(x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd,
         else:
             b = _sinkhorn_logits_tile(y_ptr, y_sm, y_sd, cy_ptr, cy_sk, cy_sd, v_ptr, rows, cols, M, K, DY, inv_eps,
                                       BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
-            tile_max = tl.max(b, axis=1)
-            if TARGET == SINKHORN:
-                new_max = tl.maximum(b_max, tile_max)
-                shift = finite_or_zero(new_max)
-                rescale = tl.exp(b_max - shift)
-                e = tl.exp(b - shift[:, None])
-                t_sum = t_sum * rescale + tl.sum(e, axis=1)
-                picked = picked * rescale + tl.sum(e * finite_logits, axis=1)
-                b_max = new_max
-            else:
-                first = tl.min(tl.where(b == tile_max[:, None], cols[None, :], K), axis=1)
-                at_first = tl.sum(tl.where(cols[None, :] == first[:, None], finite_logits, 0.0), axis=1)
-                better = tile_max > b_max
-                picked = tl.where(better, at_first, picked)
-                b_max = tl.where(better, tile_max, b_max)
+            new_max = tl.maximum(b_max, tl.max(b, axis=1))
+            shift = finite_or_zero(new_max)
+            rescale = tl.exp(b_max - shift)
+            e = tl.exp(b - shift[:, None])
+            t_sum = t_sum * rescale + tl.sum(e, axis=1)
+            picked = picked * rescale + tl.sum(e * finite_logits, axis=1)
+            b_max = new_max
     lse = finite_or_zero(l_max) + tl.log(l_sum)
     if TARGET == SOFT:
         loss = t_sum * lse - picked
@@ -347,8 +339,11 @@ def _sinkhorn_operands(x, c, y, cy, v):
 def sinkhorn_target_cross_entropy_forward(x, c, y, cy, v, inv_eps, scale, soft):
     """CE of softmax(scale·x·cᵀ) against Sinkhorn targets of y·cyᵀ with potentials v (module docstring)."""
     sinkhorn = _sinkhorn_operands(x, c, y, cy, v)
+    if not soft:
+        index = row_reduce(sinkhorn[:2], sinkhorn[2], inv_eps, 0.0, assign=True)
+        return _forward(x, c, HARD, index, None, scale, 0.0)
     dummy = torch.empty(0, dtype=torch.int64, device=x.device)
-    return _forward(x, c, SINKHORN if soft else SINKHORN_HARD, dummy, sinkhorn, scale, inv_eps)
+    return _forward(x, c, SINKHORN, dummy, sinkhorn, scale, inv_eps)
 
 
 @on_tensor_device
@@ -358,7 +353,7 @@ def sinkhorn_target_cross_entropy_backward(grad_rows, x, c, y, cy, v, lse, inv_e
     if not (need_dx or need_dc):
         return None, None
     if not soft:
-        index = row_reduce((y, cy), sinkhorn[2], inv_eps, 0.0, assign=True)
+        index = row_reduce(sinkhorn[:2], sinkhorn[2], inv_eps, 0.0, assign=True)
         return _backward(grad_rows, x, c, HARD, index, None, None, lse, scale, inv_eps, need_dx, need_dc)
     nlse_t = row_reduce((y, cy), sinkhorn[2], inv_eps, 0.0, assign=False)  # -LSE_k(b_ik) per row
     dummy = torch.empty(0, dtype=torch.int64, device=x.device)

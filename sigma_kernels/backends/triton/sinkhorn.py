@@ -19,6 +19,8 @@ import torch
 import triton
 import triton.language as tl
 
+from ...rules import TIE_WINDOW as _TIE_WINDOW
+from ...rules import potential_scale
 from ._common import (
     CONFIG,
     check_factors,
@@ -40,47 +42,61 @@ from ._common import (
 
 # --- kernels -------------------------------------------------------------------------------
 
+TIE_WINDOW = tl.constexpr(_TIE_WINDOW)  # a constexpr global, so that the kernels can name it
+
+@triton.jit
+def _row_logits(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v_ptr, rows, cols, M, K, D, inv_eps,
+                STREAMING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+                UPCAST: tl.constexpr, PREC: tl.constexpr):
+    """t = S[rows, cols]·inv_eps + v[cols] (fp32), padded columns at -inf."""
+    cmask = cols < K
+    s = load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
+                    STREAMING, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+    v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
+    return tl.where(cmask[None, :], s * inv_eps + v[None, :], float("-inf"))
+
+
 @kernel
-def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v_ptr, out_ptr,
+def row_reduce_kernel(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v_ptr, vmag_ptr, out_ptr,
                       M, K, D, inv_eps, log_m,
                       ASSIGN: tl.constexpr, STREAMING: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Row reduction of t_ik = S_ik·inv_eps + v_k over k, one row block per program.
 
-    ASSIGN=False: out_i = -log_m - LSE_k t_ik (fp32). ASSIGN=True: out_i = argmax_k t_ik (int64;
-    ties to the lowest index: the first maximum within a tile, and a later tile only wins if it
-    is strictly larger; NaN ranks above every number, as in torch.argmax: the first NaN wins).
+    ASSIGN=False: out_i = -log_m - LSE_k t_ik (fp32). ASSIGN=True: out_i = the hard label (int64,
+    docs/numerics.md): the row's first NaN if it holds one (NaN ranks above every number, as in
+    torch.argmax), else its lowest k with t_ik >= max_k t_ik − TIE_WINDOW·(|max_k t_ik| + vmag),
+    vmag = potential_scale(v) at vmag_ptr. The window needs the row's final max, so labels take two
+    sweeps over the K tiles: the max (and first NaN), then the first index within the window.
     """
     pid = tl.program_id(0)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    rmask = rows < M
     run_max = tl.full([BLOCK_M], float("-inf"), tl.float32)
     run_sum = tl.zeros([BLOCK_M], dtype=tl.float32)
-    run_idx = tl.zeros([BLOCK_M], dtype=tl.int32)
-    run_nan = tl.zeros([BLOCK_M], dtype=tl.int32)
+    run_nan = tl.full([BLOCK_M], K, tl.int32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
-        cmask = cols < K
-        s = load_scores(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, rows, cols, M, K, D,
-                        STREAMING, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
-        v = tl.load(v_ptr + cols, mask=cmask, other=0.0)
-        t = tl.where(cmask[None, :], s * inv_eps + v[None, :], float("-inf"))
+        t = _row_logits(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v_ptr, rows, cols, M, K, D,
+                        inv_eps, STREAMING, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
         if ASSIGN:
             is_nan = t != t
-            tile_nan_idx = tl.min(tl.where(is_nan, cols[None, :], K), axis=1)
-            t = tl.where(is_nan, float("-inf"), t)
-            tile_max = tl.max(t, axis=1)
-            tile_idx = tl.min(tl.where(t == tile_max[:, None], cols[None, :], K), axis=1)
-            better = (tile_max > run_max) & (run_nan == 0)
-            run_idx = tl.where(better, tile_idx, run_idx)
-            run_max = tl.where(better, tile_max, run_max)
-            first_nan = (tile_nan_idx < K) & (run_nan == 0)
-            run_idx = tl.where(first_nan, tile_nan_idx, run_idx)
-            run_nan = tl.where(first_nan, 1, run_nan)
+            run_nan = tl.minimum(run_nan, tl.min(tl.where(is_nan, cols[None, :], K), axis=1))
+            run_max = tl.maximum(run_max, tl.max(tl.where(is_nan, float("-inf"), t), axis=1))
         else:
             run_max, run_sum = fold_rows(run_max, run_sum, t)
-    rmask = rows < M
     if ASSIGN:
-        tl.store(out_ptr + rows, run_idx.to(tl.int64), mask=rmask)
+        finite = (run_max > float("-inf")) & (run_max < float("inf"))
+        threshold = tl.where(finite, run_max - TIE_WINDOW * (tl.abs(run_max) + tl.load(vmag_ptr)), run_max)
+        run_idx = tl.full([BLOCK_M], K - 1, tl.int32)  # no entry reaches it: a row of NaN only
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            t = _row_logits(s_ptr, s_sm, s_sk, x_ptr, x_sm, x_sd, c_ptr, c_sk, c_sd, v_ptr, rows, cols, M, K, D,
+                            inv_eps, STREAMING, BLOCK_M, BLOCK_K, BLOCK_D, UPCAST, PREC)
+            hit = (t >= threshold[:, None]) & (cols < K)[None, :]
+            run_idx = tl.minimum(run_idx, tl.min(tl.where(hit, cols[None, :], K), axis=1))
+        label = tl.where(run_nan < K, run_nan, run_idx)
+        tl.store(out_ptr + rows, label.to(tl.int64), mask=rmask)
     else:
         tl.store(out_ptr + rows, -log_m - (finite_or_zero(run_max) + tl.log(run_sum)), mask=rmask)
 
@@ -217,7 +233,7 @@ def combine_partials(pmax, psum):
 
 
 def row_reduce(operands, v, inv_eps, log_m, assign):
-    """-log_m - LSE_k(S·inv_eps + v) (fp32 (M,)) or its argmax (int64 (M,)).
+    """-log_m - LSE_k(S·inv_eps + v) (fp32 (M,)) or its hard labels (int64 (M,), docs/numerics.md).
 
     operands: (S,) materialised, or (x, c) with S = x·cᵀ recomputed tile by tile.
     """
@@ -225,8 +241,10 @@ def row_reduce(operands, v, inv_eps, log_m, assign):
     s_args, x_args, c_args, m, k, d = _operand_args(operands)
     out = torch.empty(m, dtype=torch.int64 if assign else torch.float32, device=operands[0].device)
     block_m, block_k, block_d, options = _tiles(streaming, m, k, d)
+    v = f32_vector(v)
+    vmag = potential_scale(v) if assign else v  # a 0-d device tensor: no host sync
     row_reduce_kernel[(triton.cdiv(m, block_m),)](
-        *s_args, *x_args, *c_args, f32_vector(v), out, m, k, d, float(inv_eps), float(log_m),
+        *s_args, *x_args, *c_args, v, vmag, out, m, k, d, float(inv_eps), float(log_m),
         ASSIGN=assign, STREAMING=streaming, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **options)
     return out
 
@@ -308,7 +326,7 @@ def sinkhorn_row_step(scores, v, inv_eps, log_m):
 
 @on_tensor_device
 def sinkhorn_assign(scores, v, inv_eps):
-    """argmax_k(S_ik·inv_eps + v_k) -> int64 (M,), ties to the lowest index; Q is never written."""
+    """Hard labels of S_ik·inv_eps + v_k -> int64 (M,) (near-ties to the lowest index); Q is never written."""
     return row_reduce((scores,), v, inv_eps, 0.0, assign=True)
 
 

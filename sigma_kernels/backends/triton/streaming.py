@@ -26,5 +26,5 @@ def streaming_row_step(x, c, v, inv_eps, log_m):
 
 @on_tensor_device
 def streaming_assign(x, c, v, inv_eps):
-    """argmax_k(x_i·c_k·inv_eps + v_k) -> int64 (M,), ties to the lowest index."""
+    """Hard labels of x_i·c_k·inv_eps + v_k -> int64 (M,) (near-ties to the lowest index)."""
     return row_reduce((x, c), v, inv_eps, 0.0, assign=True)
