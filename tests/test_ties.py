@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from truth import TIE_WINDOW, hard_labels, sinkhorn_log, swap_loss_terms
 
 from sigma import SinkhornSwapLoss
-from sigma_kernels import _library as lib
+from sigma_kernels import _cross_entropy_ops as lib
 from sigma_kernels.backends import available_backends, get_backend
 
 # The rerun on the AVX2 loops (test_cpu_exp_domain.py, SIGMA_CPU_NO_AVX512=1) needs only the cpu cases.

@@ -6,8 +6,8 @@ P = softmax_k(S·scale) and Q = softmax_k(S·inv_eps + v), term 0 is P_a against
 P_b against Q_a. Three deterministic kernels (no atomics), nothing M×K stored:
 
     stats  one program per row block sweeps the K tiles: online LSE of S·scale and of S·inv_eps + v
-           for both branches, Σ_k Q'·S for the row values LSE_k(S·scale) − scale·Σ_k Q'·S, the
-           argmax labels and Σ_k Q·(S·inv_eps + v) for the entropies
+           for both branches, Σ_k Q'·S for the row values LSE_k(S·scale) − scale·Σ_k Q'·S, and
+           Σ_k Q·(S·inv_eps + v) for the entropies
     rows   grid (row blocks, D chunks): both differences P_a − Q_b and P_b − Q_a from the same two
            tiles, with the row LSEs of `stats`, times c -> (P − Q')·c (2, M, D)
     cols   grid (K tiles, D chunks, M splits): the same differences transposed times x_a (and x_b
@@ -16,6 +16,10 @@ P_b against Q_a. Three deterministic kernels (no atomics), nothing M×K stored:
 M×K×D products with n = ⌈D / block_d_out⌉ feature chunks and S_a recomputed: 2 (stats) + 2n + 2
 (rows) + 2n + 1 (cols) = 5 + 4n (9 at D <= 128), one more with grad_b. A stored S_a is read
 instead: 2n + 1 fewer. docs/streaming.md compares this with the per-term cross-entropies.
+
+Labels, when asked for, come from the assign kernels (two more sweeps per branch): the near-tie
+rule (docs/numerics.md) needs each row's final max before it can pick the first index within the
+window, which a single running sweep cannot do, and every path must label a row identically.
 """
 import torch
 import triton
@@ -37,6 +41,8 @@ from ._common import (
     split_rows,
     target_programs,
 )
+from .sinkhorn import sinkhorn_assign
+from .streaming import streaming_assign
 
 
 @triton.jit
@@ -60,22 +66,13 @@ def _softmax_step(t_max, t):
     return new_max, tl.exp(t_max - shift), tl.exp(t - shift[:, None])
 
 
-@triton.jit
-def _fold_argmax(best, label, t, cols, K):
-    """Running argmax of t per row, ties to the lowest column (earlier tiles win ties)."""
-    tile_max = tl.max(t, axis=1)
-    first = tl.min(tl.where(t == tile_max[:, None], cols[None, :], K), axis=1)
-    better = tile_max > best
-    return tl.where(better, tile_max, best), tl.where(better, first, label)
-
-
 @kernel
 def swapped_stats_kernel(s_ptr, s_sm, s_sk, xa_ptr, xa_sm, xa_sd, xb_ptr, xb_sm, xb_sd, c_ptr, c_sk, c_sd,
-                         va_ptr, vb_ptr, ce_ptr, lse_p_ptr, lse_q_ptr, lab_ptr, ent_ptr, M, K, D, inv_eps, scale,
+                         va_ptr, vb_ptr, ce_ptr, lse_p_ptr, lse_q_ptr, ent_ptr, M, K, D, inv_eps, scale,
                          STREAM_A: tl.constexpr, LABELS: tl.constexpr, BLOCK_M: tl.constexpr,
                          BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr, UPCAST: tl.constexpr, PREC: tl.constexpr):
     """Per row and branch (row 0: a, row 1: b of each (2, M) output): the term's value, the LSEs of
-    S·scale and S·inv_eps + v, and with LABELS Q's argmax and entropy."""
+    S·scale and S·inv_eps + v, and with LABELS Q's entropy."""
     rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
     rmask = rows < M
     ninf = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -83,9 +80,6 @@ def swapped_stats_kernel(s_ptr, s_sm, s_sk, xa_ptr, xa_sm, xa_sd, xb_ptr, xb_sm,
     pa_max, pa_sum, pb_max, pb_sum = ninf, zero, ninf, zero
     qa_max, qa_sum, qa_sb, qa_t = ninf, zero, zero, zero    # Q_a: Σe, Σe·S_b, Σe·t_a
     qb_max, qb_sum, qb_sa, qb_t = ninf, zero, zero, zero    # Q_b: Σe, Σe·S_a, Σe·t_b
-    best_a, best_b = ninf, ninf
-    lab_a = tl.zeros([BLOCK_M], dtype=tl.int32)
-    lab_b = tl.zeros([BLOCK_M], dtype=tl.int32)
     for k0 in range(0, K, BLOCK_K):
         cols = k0 + tl.arange(0, BLOCK_K)
         cmask = (cols < K)[None, :]
@@ -106,8 +100,6 @@ def swapped_stats_kernel(s_ptr, s_sm, s_sk, xa_ptr, xa_sm, xa_sd, xb_ptr, xb_sm,
         if LABELS:
             qa_t = qa_t * ra + tl.sum(ea * tl.where(cmask, ta, 0.0), axis=1)
             qb_t = qb_t * rb + tl.sum(eb * tl.where(cmask, tb, 0.0), axis=1)
-            best_a, lab_a = _fold_argmax(best_a, lab_a, ta, cols, K)
-            best_b, lab_b = _fold_argmax(best_b, lab_b, tb, cols, K)
     lse_pa = finite_or_zero(pa_max) + tl.log(pa_sum)
     lse_pb = finite_or_zero(pb_max) + tl.log(pb_sum)
     lse_qa = finite_or_zero(qa_max) + tl.log(qa_sum)
@@ -119,8 +111,6 @@ def swapped_stats_kernel(s_ptr, s_sm, s_sk, xa_ptr, xa_sm, xa_sd, xb_ptr, xb_sm,
     tl.store(lse_q_ptr + rows, lse_qa, mask=rmask)
     tl.store(lse_q_ptr + M + rows, lse_qb, mask=rmask)
     if LABELS:
-        tl.store(lab_ptr + rows, lab_a.to(tl.int64), mask=rmask)
-        tl.store(lab_ptr + M + rows, lab_b.to(tl.int64), mask=rmask)
         tl.store(ent_ptr + rows, lse_qa - qa_t / qa_sum, mask=rmask)
         tl.store(ent_ptr + M + rows, lse_qb - qb_t / qb_sum, mask=rmask)
 
@@ -230,12 +220,11 @@ def _swapped(scores, xa, xb, c, va, vb, inv_eps, scale, grad_a, grad_b, labels):
 
     ce = torch.empty((2, m), dtype=torch.float32, device=dev)
     lse_p, lse_q = torch.empty_like(ce), torch.empty_like(ce)
-    lab = torch.empty((2, m), dtype=torch.int64, device=dev) if labels else ce
     ent = torch.empty_like(ce) if labels else ce
     block_m, block_k = pow2_block(m, CONFIG.block_m_swapped), pow2_block(k, CONFIG.block_k_swapped)
     block_d = pow2_block(d, CONFIG.block_d_backward)
     swapped_stats_kernel[(triton.cdiv(m, block_m),)](
-        *operands, ce, lse_p, lse_q, lab, ent, m, k, d, float(inv_eps), float(scale),
+        *operands, ce, lse_p, lse_q, ent, m, k, d, float(inv_eps), float(scale),
         STREAM_A=stream_a, LABELS=labels, BLOCK_M=block_m, BLOCK_K=block_k, BLOCK_D=block_d, **dot_launch_options())
 
     block_do = pow2_block(d, CONFIG.block_d_out)
@@ -261,7 +250,11 @@ def _swapped(scores, xa, xb, c, va, vb, inv_eps, scale, grad_a, grad_b, labels):
             *operands, lse_p, lse_q, pa, pb, m, k, d, per, float(inv_eps), float(scale),
             GRAD_A=grad_a, GRAD_B=grad_b, **common)
         ha, hb = ((p[0] if splits == 1 else p.sum(0)) if p is not None else None for p in parts)
-    return ce, g, ha, hb, (lab if labels else None), (ent.sum(dim=1) if labels else None)
+    lab = None
+    if labels:
+        lab_a = sinkhorn_assign(scores, va, inv_eps) if scores is not None else streaming_assign(xa, c, va, inv_eps)
+        lab = torch.stack([lab_a, streaming_assign(xb, c, vb, inv_eps)])
+    return ce, g, ha, hb, lab, (ent.sum(dim=1) if labels else None)
 
 
 def _check_swapped(xb, c, va, vb, xa):
