@@ -13,7 +13,6 @@ import re
 import socket
 import subprocess
 import sys
-import tempfile
 import warnings
 from datetime import datetime, timezone
 from pathlib import Path
