@@ -69,6 +69,7 @@ echo "build_cuda_check: built the CPU + CUDA extension in $((SECONDS - t0)) s"
 
 # Import the built copy (not this checkout's) and check what a CPU-only machine can check.
 (cd "$work/src" && PYTHONPATH="$work/src" "$python" - "$arch_list" <<'EOF'
+import os
 import struct
 import sys
 
@@ -103,7 +104,8 @@ def fatbin_elf_archs(path):
     return archs
 
 
-assert _C.__file__.startswith(sigma_kernels.__path__[0]), _C.__file__
+# the copy built here, not an installed sigma_kernels
+assert sigma_kernels.__path__[0].startswith(os.getcwd()) and _C.__file__.startswith(sigma_kernels.__path__[0]), _C.__file__
 assert getattr(_C, "with_cuda", False), "the built extension says it has no CUDA part"
 info = sigma_kernels.backend_info()["cuda"]
 if torch.cuda.is_available():
