@@ -14,6 +14,7 @@ provider of the problem (see docs/performance.md):
   dC) and the two solves (2·n reads of an M×K fp32 matrix).
 `floor_frac` = floor / measured time (1.0 = at the floor).
 """
+import argparse
 import os
 import sys
 import time
@@ -59,9 +60,10 @@ def gemm_rate(device, m=4096, k=3000, d=256, repeats=5):
     return 2.0 * m * d * k / t
 
 
-def measure(device):
+def measure(device, mib=512, repeats=5):
     """{'read_gbps': ..., 'gemm_gflops': ...} of this machine now."""
-    return {"read_gbps": read_bandwidth(device) / 1e9, "gemm_gflops": gemm_rate(device) / 1e9}
+    return {"read_gbps": read_bandwidth(device, mib, repeats) / 1e9,
+            "gemm_gflops": gemm_rate(device, repeats=repeats) / 1e9}
 
 
 def sinkhorn_floor_s(m, k, iters, rates):
@@ -82,9 +84,15 @@ def load_average():
         return ""
 
 
-def main():
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--mib", type=int, default=512, help="size of the read-bandwidth buffer (MiB)")
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args(argv)
+    if args.mib < 1 or args.repeats < 1:
+        raise SystemExit(f"--mib and --repeats must be >= 1, got {args.mib} and {args.repeats}")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    rates = measure(device)
+    rates = measure(device, args.mib, args.repeats)
     print(f"{device}: read {rates['read_gbps']:.1f} GB/s, fp32 GEMM {rates['gemm_gflops']:.0f} GFLOP/s "
           f"({torch.get_num_threads()} threads, load {load_average()})")
     return rates

@@ -236,3 +236,154 @@ def test_gpu_check_script_is_valid_bash_and_refuses_to_run_without_a_gpu(tmp_pat
     env = {k: v for k, v in os.environ.items() if k != "GPU_CHECK_ALLOW_CPU"}
     done = subprocess.run(["bash", script, str(tmp_path)], env=env, capture_output=True, text=True, timeout=60)
     assert done.returncode == 2 and "no CUDA device" in (tmp_path / "summary.txt").read_text()
+
+
+# --- smoke tests: every script under benchmarks/ runs at a tiny size, writing into tmp_path -------
+
+class _MatrixTransfers:
+    """Counts, op by op, the reads and writes of (M, K)-sized tensors and the matrix products that
+    reach the kernels (views excluded): an independent count of what the eager code moves."""
+
+    VIEWS = {"t", "transpose", "view", "expand", "alias", "detach", "_unsafe_view", "as_strided", "permute",
+             "unsqueeze", "squeeze", "select", "slice", "lift_fresh"}
+
+    def __init__(self, numel):
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        counter = self
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = func._schema.name.split("::")[1]
+                if name not in _MatrixTransfers.VIEWS:
+                    leaves = torch.utils._pytree.tree_leaves((args, kwargs, out))
+                    counter.passes += sum(isinstance(t, torch.Tensor) and t.numel() == numel for t in leaves)
+                    counter.gemms += name == "mm"
+                return out
+
+        self.passes = self.gemms = 0
+        self.mode = Mode()
+
+
+@pytest.mark.parametrize("n_iters", [1, 3])
+@pytest.mark.parametrize("what", ["sinkhorn", "hard", "soft"])
+def test_gpu_model_counts_what_the_eager_code_moves(what, n_iters):
+    from benchmarks import gpu_model
+    m, k, d = 37, 29, 19
+    counter = _MatrixTransfers(m * k)
+    if what == "sinkhorn":
+        s = torch.randn(m, k)
+        with counter.mode:
+            research_sinkhorn(s, 0.5, n_iters)
+        phases = gpu_model.sinkhorn_eager(m, k, d, n_iters)
+    else:
+        z_v, z_p, c = loss_bench.make_problem(m, k, d, "cpu", torch.float32, seed=2)
+        with counter.mode:
+            research_loss(z_v, z_p, c, 0.5, n_iters, 0.1, what).backward()
+        phases = gpu_model.loss_eager(m, k, d, n_iters, targets=what)
+    assert counter.passes == sum(p["passes"] for p in phases)
+    assert counter.gemms == sum(p["gemms"] for p in phases)
+
+
+def test_gpu_model_floors_scale_and_its_table_and_occupancy_print(capsys):
+    from benchmarks import gpu_model
+    rows = gpu_model.main(["--sizes", "4096x3000x256", "--iters", "10", "--occupancy"])
+    out = capsys.readouterr().out
+    assert "loss fwd+bwd, soft" in out and "occupancy on sm_90" in out and "fused_row_step_kernel" in out
+    assert all(f > 0 for r in rows for f in r["floors"]) and len(rows) == 15
+    for r in rows:
+        h100, h200 = r["floors"]
+        assert h200 <= h100 + 1e-12  # the same compute, more bandwidth
+        if r["path"] == "stored" and r["what"].startswith("Sinkhorn"):  # bandwidth-bound: the bandwidths' ratio
+            assert h100 / h200 == pytest.approx(4.8 / 3.35)
+    for bench, path in gpu_model.PATHS:  # every path is linear in M (no M² term)
+        one = gpu_model.predict_ms(bench, path, 20_000, 3000, 256, 10, "H100 SXM")
+        assert gpu_model.predict_ms(bench, path, 40_000, 3000, 256, 10, "H100 SXM") == pytest.approx(2 * one)
+    # Hopper: 65,536 registers per SM, allocated per warp in units of 256; 64 warps per SM.
+    full = {"registers": 255, "num_warps": 8, "shared_bytes": 98304}
+    assert gpu_model.occupancy(full) == (1, 8 / 64)  # 255·32 -> 8192 per warp, 8 warps: all registers
+    assert gpu_model.occupancy({"registers": 32, "num_warps": 4, "shared_bytes": 0}) == (16, 1.0)
+    assert gpu_model.occupancy({"registers": 64, "num_warps": 4, "shared_bytes": 100_000}) == (2, 8 / 64)
+    assert gpu_model.auto_streams(45056, 3000) and not gpu_model.auto_streams(8192, 3000)
+
+
+def test_gpu_model_compares_measured_rows_with_predictions(tmp_path):
+    from benchmarks import gpu_model
+    fields = ["benchmark", "device", "provider", "M", "K", "D", "iters", "targets", "median_ms", "status"]
+    rows = [["sinkhorn", "NVIDIA H100 80GB HBM3", "triton", 45056, 3000, 256, 10, "", 4.2, "ok"],
+            ["loss", "NVIDIA H200", "SinkhornSwapLoss-stored", 45056, 3000, 256, 10, "soft", 30.0, "ok"],
+            ["loss", "NVIDIA H100 80GB HBM3", "research-compile", 45056, 3000, 256, 10, "hard", 80.0, "ok"],
+            ["sinkhorn", "NVIDIA A100-SXM4-80GB", "triton", 45056, 3000, 256, 10, "", 9.0, "ok"],
+            ["sinkhorn", "NVIDIA H100 80GB HBM3", "cuda", 45056, 3000, 256, 10, "", "", "skipped: no"]]
+    with open(tmp_path / "run-sinkhorn.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(fields)
+        w.writerows(rows)
+    lines = gpu_model.main(["--compare", str(tmp_path)])
+    assert len(lines) == 5  # header + the four ok rows
+    floor = gpu_model.predict_ms("sinkhorn", "stored", 45056, 3000, 256, 10, "H100 SXM")
+    assert f"{floor:.2f}" in lines[1] and f"{4.2 / floor:.2f}x" in lines[1] and "H100 SXM" in lines[1]
+    assert "stored, H200" in lines[2]
+    assert "no model for this provider" in lines[3] and "no peaks for 'NVIDIA A100-SXM4-80GB'" in lines[4]
+    with pytest.raises(SystemExit, match="--compare"):
+        gpu_model.main(["--compare", str(tmp_path / "missing")])
+
+
+def test_pretrain_step_benchmark_compares_sigma_and_pixel_steps(tmp_path):
+    from benchmarks import pretrain_step
+    path = pretrain_step.main(["--cases", "tiny", "--repeats", "1", "--out", str(tmp_path),
+                               "--set", "data.num_frames=2", "--set", "data.img_size=32"])
+    assert os.path.dirname(path) == str(tmp_path) and path.endswith("-pretrain_step.csv")
+    header, rows = _read_csv(path)
+    assert tuple(header) == pretrain_step.COLUMNS
+    for objective in ("sigma", "pixel"):
+        mine = {r["stage"]: r for r in rows if r["objective"] == objective}
+        assert set(mine) == {*pretrain_step.STAGES, "sum of stages", "whole step"}
+        stages = [mine[s] for s in pretrain_step.STAGES]
+        assert all(float(r["median_ms"]) >= 0 for r in stages) and float(mine["whole step"]["median_ms"]) > 0
+        assert sum(float(r["share"]) for r in stages) == pytest.approx(1.0, abs=1e-4)
+        assert mine["model"]["tokens"] == "4" and mine["model"]["masked_tokens"] == "3"  # 1×2×2 tubes, 75% masked
+    sigma = {r["stage"]: r for r in rows if r["objective"] == "sigma"}
+    pixel = {r["stage"]: r for r in rows if r["objective"] == "pixel"}
+    assert sigma["model"]["K"] == "32" and sigma["model"]["D"] == "64" and pixel["model"]["K"] == ""
+    assert pixel["model"]["D"] == str(2 * 16 * 16 * 3)  # the pixel target: a 2×16×16 RGB tube
+    assert float(pixel["whole step"]["vs_pixel"]) == 1.0
+    assert float(sigma["whole step"]["vs_pixel"]) == pytest.approx(
+        float(sigma["whole step"]["median_ms"]) / float(pixel["whole step"]["median_ms"]), rel=1e-3)
+    with pytest.raises(SystemExit, match="--cases"):
+        pretrain_step.main(["--cases", "vit_h", "--out", str(tmp_path)])
+
+
+def test_loss_scaling_sweeps_in_fresh_processes(tmp_path):
+    from benchmarks import loss_scaling
+    path = loss_scaling.main(["--ms", "24", "--k", "5", "--d", "4", "--epsilon", "0.3", "--repeats", "1",
+                              "--providers", "research-eager,SinkhornSwapLoss", "--device", "cpu",
+                              "--out", str(tmp_path)])
+    header, rows = _read_csv(path)
+    assert tuple(header) == report.CSV_COLUMNS and os.path.dirname(path) == str(tmp_path)
+    assert [(r["provider"], r["status"], r["M"]) for r in rows] == [
+        ("research-eager", "ok", "24"), ("SinkhornSwapLoss", "ok", "24")]
+    assert float(rows[0]["speedup"]) == 1.0 and float(rows[1]["speedup"]) > 0
+    assert all(float(r["max_err"]) < 1e-4 for r in rows)  # both checked against the float64 truth
+
+
+def test_data_loader_benchmark_times_the_loader(tmp_path):
+    pytest.importorskip("PIL")
+    from benchmarks import data_loader
+    data_loader.main(["--videos", "2", "--sizes", "4x32", "--workers", "0", "--batch-size", "1", "--clips", "2",
+                      "--out", str(tmp_path)])
+    (path,) = tmp_path.glob("*-data_loader.csv")
+    header, rows = _read_csv(path)
+    assert tuple(header) == data_loader.COLUMNS
+    assert len(rows) == 1 and rows[0]["status"] == "ok", rows
+    assert rows[0]["frames"] == "4" and rows[0]["size"] == "32" and float(rows[0]["clips_per_s"]) > 0
+
+
+def test_roofline_and_env_report_print_what_they_measured(capsys):
+    from benchmarks import env_report, roofline
+    rates = roofline.main(["--mib", "8", "--repeats", "1"])
+    assert rates["read_gbps"] > 0 and rates["gemm_gflops"] > 0
+    env_report.main()
+    out = capsys.readouterr().out
+    assert "GB/s" in out and "torch" in out and "backend reference" in out

@@ -1,6 +1,7 @@
 """Compile every kernel configuration the launchers choose at realistic sizes for a GPU target,
 without a GPU: catches GPU-only compile errors that the interpreter cannot see, and reports
-registers, spills and shared memory (via the cuobjdump that ships with triton).
+registers, spills and shared memory (via the cuobjdump that ships with triton). Exits non-zero on
+any compile error or register spill (STACK or LOCAL bytes in the cubin).
 
     python tools/triton_compile_check.py [--arch 90] [--quick]      (from the repository root)
 
@@ -17,6 +18,7 @@ import inspect
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -25,6 +27,12 @@ import tempfile
 # plus K above the single-tile limit of the fused Sinkhorn step.
 CASES = [(4096, 3000, 256), (4096, 3000, 768), (2048, 4096, 384), (1024, 8191, 128), (37, 29, 19)]
 QUICK_CASES = [(4096, 3000, 256), (1024, 8191, 128)]
+
+# Spills known and accepted until the kernel is fixed: (kernel, TARGET constexpr, pointer dtype). Any
+# other spill fails the check, and so does an entry here that no longer spills (so the list cannot rot).
+# The fp32 soft-target dx kernel needs 255 registers + 24 bytes of stack at BLOCK_M=64, BLOCK_DO=128 (sm_90,
+# triton 3.8); the fix (a smaller BLOCK_DO for fp32 soft targets) belongs in sigma_kernels/backends/triton.
+KNOWN_SPILLS = {("ce_backward_dx_kernel", 1, "*fp32")}
 
 _DTYPE_NAMES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16", "int64": "i64"}
 
@@ -95,45 +103,62 @@ def _record(cases, out_path):
 
 
 def _resources(cubin, workdir):
-    """'REG:n STACK:n SHARED:n ...' from cuobjdump, or '' if it is not available."""
+    """{'REG': n, 'STACK': n, 'SHARED': n, 'LOCAL': n, ...} from the cuobjdump that ships with triton."""
     import triton
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     path = os.path.join(workdir, "k.cubin")
     with open(path, "wb") as f:
         f.write(cubin)
-    try:
-        out = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    lines = [ln.strip() for ln in out.splitlines() if "REG:" in ln]
-    return lines[0] if lines else ""
+    out = subprocess.run([tool, "--dump-resource-usage", path], capture_output=True, text=True, check=True).stdout
+    line = next(ln for ln in out.splitlines() if "REG:" in ln)
+    return {key: int(value) for key, value in re.findall(r"\b([A-Z]+):(\d+)", line)}
 
 
 def _compile(launches, arch):
+    """Compile every launch; returns (number failed, one resource record per launch)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
     target = GPUTarget("cuda", arch, 32)
-    failures = 0
+    failures, records = 0, []
     with tempfile.TemporaryDirectory() as workdir:
         for module, name, sig, consts, options in launches:
             fn = getattr(importlib.import_module(module), name)
-            label = f"{name} {consts} {options} {[t for t in sig.values() if t.startswith('*')][0]}"
+            dtype = [t for t in sig.values() if t.startswith("*")][0]
+            label = f"{name} {consts} {options} {dtype}"
             try:
                 kernel = triton.compile(ASTSource(fn, sig, consts), target=target, options=options)
+                usage = _resources(kernel.asm["cubin"], workdir)
             except Exception as exc:  # report every failing configuration, not just the first
                 failures += 1
                 print(f"FAIL {label}\n     {type(exc).__name__}: {str(exc)[:1500]}")
                 continue
-            print(f"ok   {label} {_resources(kernel.asm['cubin'], workdir)}")
-    return failures
+            # STACK / LOCAL bytes per thread are register spills (the kernels keep no local arrays).
+            spilled = usage.get("STACK", 0) + usage.get("LOCAL", 0)
+            # cuobjdump's SHARED is the static part; Triton's buffers are dynamic (metadata.shared).
+            shared = int(getattr(kernel.metadata, "shared", 0))
+            known = (name, consts.get("TARGET"), dtype) in KNOWN_SPILLS
+            status = "ok  " if spilled == 0 else ("KNOWN SPILL" if known else "SPILL")
+            failures += spilled > 0 and not known
+            print(f"{status} {label} REG:{usage['REG']} STACK:{usage.get('STACK', 0)} LOCAL:{usage.get('LOCAL', 0)} "
+                  f"DYNAMIC_SHARED:{shared}")
+            records.append({"kernel": name, "constexprs": consts, "options": options, "dtype": dtype,
+                            "registers": usage["REG"], "spill_bytes": spilled, "shared_bytes": shared,
+                            "num_warps": kernel.metadata.num_warps})
+    for entry in sorted(KNOWN_SPILLS):
+        if not any((r["kernel"], r["constexprs"].get("TARGET"), r["dtype"]) == entry and r["spill_bytes"]
+                   for r in records):
+            failures += 1
+            print(f"FAIL KNOWN_SPILLS lists {entry}, which compiled without a spill (or was not compiled): remove it")
+    return failures, records
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="CUDA compute capability, e.g. 90 for H100")
     parser.add_argument("--quick", action="store_true", help="fewer sizes")
+    parser.add_argument("--json", help="also write one resource record per launch (registers, spills, shared) here")
     parser.add_argument("--record-to", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     cases = QUICK_CASES if args.quick else CASES
@@ -149,8 +174,11 @@ def main(argv=None):
         with open(path) as f:
             launches = json.load(f)
     print(f"{len(launches)} distinct launch configurations, target sm_{args.arch}")
-    failures = _compile(launches, args.arch)
-    print(f"{failures} failed")
+    failures, records = _compile(launches, args.arch)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"arch": args.arch, "quick": args.quick, "launches": records}, f, indent=1)
+    print(f"{failures} failed (compile error or register spill)")
     return 1 if failures else 0
 
 
