@@ -109,7 +109,7 @@ def test_cli_resume_from_an_unreadable_file_is_one_line(tmp_path, capsys):
                  "--resume", str(bad), "optim.batch_size=1", "data.num_workers=0"])
     assert code == 2
     err = capsys.readouterr().err
-    assert err.startswith("sigma-pretrain: error: --resume") and "bytes.pth" in err and "Traceback" not in err
+    assert err.startswith("python -m sigma.pretrain: error: --resume") and "bytes.pth" in err and "Traceback" not in err
 
 
 # --- optimizer and schedule ----------------------------------------------------------------------
