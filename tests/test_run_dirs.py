@@ -212,8 +212,24 @@ def test_resume_with_a_changed_config_names_each_changed_key(synthetic, run_copy
     newest = run_copy / "checkpoints" / "checkpoint-2.pt"
     line = _error_line(capsys.readouterr().err,
                        PRETRAIN_ERROR + f"--resume {newest}: the checkpoint does not fit this config: ")
-    assert "objective.num_prototypes: checkpoint 4, now 8" in line and "optim.max_steps: checkpoint 2, now 3" in line
+    assert "objective.num_prototypes was 4, now 8" in line and "optim.max_steps was 2, now 3" in line
     assert _snapshot(run_copy) == before
+
+
+def test_finetune_resume_into_another_encoder_names_what_differs(synthetic, encoder, tmp_path, capsys):
+    """A fine-tuning checkpoint of a 1-block encoder resumed on the 4-block one: the changed settings, one line."""
+    from sigma.models import create_model, save_pretrained
+    small = tmp_path / "small"
+    save_pretrained(create_model("sigma_vit_tiny_patch16", depth=1, **TINY), str(small))
+    common = ["--data", synthetic["root"], "--epochs", "0", "--test-views", "1", "1", "--batch-size", "2",
+              "--no-progress", "--device", "cpu"]
+    assert evaluate_main(["finetune", "--checkpoint", str(small), "--output-dir", str(tmp_path / "a"), *common]) == 0
+    old = tmp_path / "a" / "checkpoints" / "finetune-last.pt"
+    assert evaluate_main(["finetune", "--checkpoint", encoder, "--output-dir", str(tmp_path / "b"), "--resume",
+                          str(old), *common]) == 2
+    line = _error_line(capsys.readouterr().err, f"python -m sigma.evaluate finetune: error: resume: {old} does "
+                                                "not fit this model (")
+    assert f"checkpoint was {str(small)!r}, now {encoder!r}" in line and "with the settings it was written" in line
 
 
 def test_errors_start_with_the_command_typed(monkeypatch, capsys, tmp_path):

@@ -398,8 +398,8 @@ def config_changes(old, new, prefix=""):
 
 
 def listed_changes(changed):
-    """`config_changes` in one line: 'key: checkpoint OLD, now NEW; ...'."""
-    return "; ".join(f"{k}: checkpoint {a!r}, now {b!r}" for k, a, b in changed)
+    """`config_changes` in one line: 'key was OLD, now NEW; ...'."""
+    return "; ".join(f"{k} was {a!r}, now {b!r}" for k, a, b in changed)
 
 
 def invoked_as(module, script=None):
