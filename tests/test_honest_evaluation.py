@@ -123,10 +123,11 @@ def test_a_list_with_no_readable_video_is_a_clear_error_in_evaluation(synthetic,
 
 @pytest.mark.parametrize("temperature", ["0", "-1", "nan", "inf"])
 def test_knn_temperature_must_be_positive(synthetic, checkpoint, tmp_path, capsys, temperature):
-    """Row: `knn --temperature 0` or `-1` was accepted."""
+    """Row: `knn --temperature 0` or `-1` was accepted. Refused with the other settings, before any feature."""
     assert _knn(checkpoint, synthetic["root"], tmp_path, "--temperature", temperature) == 2
-    line = _one_line_error(capsys.readouterr().err, "python -m sigma.evaluate knn: error: temperature must be")
-    assert f"got {float(temperature)!r}" in line
+    line = _one_line_error(capsys.readouterr().err, "python -m sigma.evaluate knn: error: config key 'temperature' "
+                                                    "must be a finite number > 0.0")
+    assert line.endswith(f"got {float(temperature)!r}")
 
 
 def test_knn_caps_k_at_the_training_clips_read_with_a_warning(synthetic, checkpoint, tmp_path):
