@@ -174,7 +174,8 @@ def run_one(objective, seed, s, steps, data, work):
     else:
         from sigma.models import load_encoder
         from sigma.pretrain import train
-        steps_done = train(cfg, str(Path(data) / "train.txt"), run_dir)
+        # no result.json: an earlier attempt did not finish; its partial run is replaced, never continued
+        steps_done = train(cfg, str(Path(data) / "train.txt"), run_dir, overwrite=True)
         train_seconds = time.time() - t0
         ck_dir = run_dir / "checkpoints"
         for p in sorted(ck_dir.glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1])):

@@ -20,6 +20,8 @@ from sigma.pretrain.cli import main as pretrain_main
 from sigma.pretrain.config import ConfigError, PretrainConfig, available_configs, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
+# Errors start with the command typed: `main` called in a test process (argv[0] pytest) is `python -m sigma.pretrain`.
+PRETRAIN_ERROR = "python -m sigma.pretrain: error: "
 
 # Every pretraining key and its default, as users' configs and checkpoints rely on them: none may be lost or
 # change silently.
@@ -93,27 +95,31 @@ def test_the_schema_keeps_every_key_and_default():
 @pytest.mark.parametrize("key", PRETRAIN_KEYS)
 def test_pretrain_misspelt_key_is_named_with_a_hint(key, capsys):
     assert pretrain_main(["--print-config", f"{_typo(key)}=1"]) == 2
-    _one_named_line(capsys, "sigma-pretrain: error: ", f"unknown config key {_typo(key)!r}", f"did you mean {key!r}")
+    _one_named_line(capsys, PRETRAIN_ERROR, f"unknown config key {_typo(key)!r}", f"did you mean {key!r}")
 
 
 @pytest.mark.parametrize("key,tp,meta", schema_leaves(PretrainConfig))
 def test_pretrain_wrong_type_is_named(key, tp, meta, capsys):
     value, words = _wrong_value(tp, meta)
     assert pretrain_main(["--print-config", f"{key}={value}"]) == 2
-    _one_named_line(capsys, "sigma-pretrain: error: ", f"config key {key!r}", "must be", words)
+    _one_named_line(capsys, PRETRAIN_ERROR, f"config key {key!r}", "must be", words)
 
 
-# The range checks the hand-written validate() did before the schema, with a value on each side.
+# The range of each pretraining key, with a value on each side (issue 21's rows: mask_ratio=0.0, seed=-1 and
+# base_lr=.inf gave tracebacks or NaN later; every float key also refuses .inf and .nan, below).
 RANGES = [
     ("device", "gpu", "cpu"), ("amp", "fp8", "bf16"), ("data.num_frames", 0, 4), ("data.sampling_rate", 0, 1),
-    ("data.img_size", 0, 32), ("data.patch_size", 0, 8), ("data.tubelet_size", 0, 1), ("data.mask_ratio", 1.0, 0.0),
-    ("data.mask_ratio", -0.1, 0.99), ("data.num_workers", -1, 0), ("projection.kind", "linear", "dino"),
+    ("data.img_size", 0, 32), ("data.patch_size", 0, 8), ("data.tubelet_size", 0, 1), ("data.mask_ratio", 1.0, 0.5),
+    ("data.mask_ratio", 0.0, 0.99), ("data.mask_ratio", -0.1, 0.5), ("data.num_workers", -1, 0),
+    ("data.scales", "[1.0, 0.0]", "[1.0, 0.5]"), ("data.scales", "[1.5]", "[1.0]"), ("seed", -1, 0),
+    ("seed", 2**32, 2**32 - 1), ("projection.kind", "linear", "dino"),
     ("projection.out_dim", 0, 1), ("objective.name", "mse", "l2"), ("objective.num_prototypes", 0, 1),
     ("objective.sinkhorn_iterations", 0, 1), ("objective.epsilon", 1e-4, 1e-3), ("objective.temperature", 0, 1e-6),
     ("objective.targets", "argmax", "soft"), ("optim.epochs", 0, 1), ("optim.batch_size", 0, 1),
-    ("optim.accum_steps", 0, 1), ("optim.max_steps", 0, "null"), ("optim.base_lr", -1e-4, 0),
-    ("optim.min_lr", -1, 0), ("optim.warmup_lr", -1, 0), ("optim.weight_decay", -0.1, 0),
-    ("optim.warmup_epochs", -1, 0.5), ("optim.clip_grad", -1, "null"), ("optim.betas", "[0.9]", "[0.8, 0.9]"),
+    ("optim.accum_steps", 0, 1), ("optim.max_steps", 0, "null"), ("optim.base_lr", -1e-4, 1e-4),
+    ("optim.base_lr", 0, 1e-9), ("optim.base_lr", ".inf", 1e-4), ("optim.min_lr", -1, 0), ("optim.warmup_lr", -1, 0),
+    ("optim.weight_decay", -0.1, 0), ("optim.warmup_epochs", -1, 0.5), ("optim.clip_grad", -1, "null"),
+    ("optim.clip_grad", 0, 1.0), ("optim.betas", "[0.9]", "[0.8, 0.9]"), ("optim.betas", "[0.9, 1.0]", "[0, 0.99]"),
     ("log.every", 0, 1), ("log.stats_every", 0, 1), ("checkpoint.every", 0, 1), ("checkpoint.keep", 0, "null"),
 ]
 
@@ -124,7 +130,67 @@ def test_pretrain_ranges_are_named(key, bad, good, capsys):
         load_config("tiny", [f"{key}={bad}"])
     load_config("tiny", [f"{key}={good}"])
     assert pretrain_main(["--print-config", f"{key}={bad}"]) == 2
-    _one_named_line(capsys, "sigma-pretrain: error: ", repr(key))
+    _one_named_line(capsys, PRETRAIN_ERROR, repr(key))
+
+
+# Keys that must fit each other (checked when the config is composed, before anything runs).
+RELATIONS = [
+    (["data.mask_ratio=0.01"], "'data.mask_ratio' masks 0 of the 16 tubes"),  # tiny: (64 / 16)^2 tubes per slice
+    (["data.img_size=72"], "'data.img_size' must be a multiple of data.patch_size=16, got 72"),
+    (["data.num_frames=5"], "'data.num_frames' must be a multiple of data.tubelet_size=2, got 5"),
+]
+
+
+@pytest.mark.parametrize("overrides,words", RELATIONS)
+def test_pretrain_keys_that_must_fit_each_other(overrides, words, capsys):
+    with pytest.raises(ConfigError, match=words):
+        load_config("tiny", overrides)
+    assert pretrain_main(["--print-config", *overrides]) == 2
+    _one_named_line(capsys, PRETRAIN_ERROR, words)
+
+
+FLOAT_KEYS = [(None, key) for key, tp, _ in schema_leaves(PretrainConfig) if unwrap_optional(tp)[0] is float]
+FLOAT_KEYS += [(task, key) for task, schema in TASKS.items() for key, tp, _ in schema_leaves(schema)
+               if unwrap_optional(tp)[0] is float or tp == typing.List[float]]
+
+
+@pytest.mark.parametrize("value", [".inf", "-.inf", ".nan"])
+@pytest.mark.parametrize("task,key", FLOAT_KEYS)
+def test_every_number_must_be_finite(task, key, value, capsys):
+    """Every float key of every schema (and each item of a list of floats) refuses inf and NaN."""
+    item = f"[{value}, 0.5]" if key.endswith("betas") or key.endswith("scales") else value
+    if task is None:
+        assert pretrain_main(["--print-config", f"{key}={item}"]) == 2
+        _one_named_line(capsys, PRETRAIN_ERROR, f"config key {key!r} must be", "finite number")
+    else:
+        assert evaluate_main([task, "--print-config", f"{key}={item}"]) == 2
+        _one_named_line(capsys, f"python -m sigma.evaluate {task}: error: ", f"config key {key!r} must be",
+                        "finite number")
+
+
+# The evaluation tasks' ranges, a value on each side (knn temperature <= 0 overflowed its votes).
+EVALUATE_RANGES = [
+    ("knn", "k", 0, 1), ("knn", "temperature", 0, 0.01), ("knn", "temperature", -1, 0.07),
+    ("knn", "num_clips", 0, 1), ("knn", "batch_size", 0, 1), ("knn", "label_column", -1, 0),
+    ("linear", "lr", 0, 1e-3), ("linear", "epochs", -1, 0), ("linear", "seed", -1, 0),
+    ("linear", "weight_decay", -1e-4, 0), ("finetune", "base_lr", 0, 1e-3), ("finetune", "min_lr", -1, 0),
+    ("finetune", "layer_decay", 0, 1.0), ("finetune", "layer_decay", 1.5, 0.5), ("finetune", "drop_path", 1.0, 0.0),
+    ("finetune", "label_smoothing", 1.0, 0.0), ("finetune", "mixup_prob", 1.5, 1.0),
+    ("finetune", "mixup_switch_prob", -0.5, 0.0), ("finetune", "betas", "[0.9, 1.0]", "[0.9, 0.99]"),
+    ("finetune", "clip_grad", 0, 1.0), ("finetune", "seed", -1, 0), ("finetune", "seed", 2**32, 7),
+    ("finetune", "save_every", 0, 1), ("segment", "seed", -1, 0), ("segment", "size", 0, 1),
+    ("segment", "overclustering_k", 0, 1), ("visualize", "alpha", 1.5, 1.0), ("visualize", "alpha", -0.1, 0.0),
+    ("visualize", "k", 0, 1), ("visualize", "seed", -1, 0),
+]
+
+
+@pytest.mark.parametrize("task,key,bad,good", EVALUATE_RANGES)
+def test_evaluate_ranges_are_named(task, key, bad, good, capsys):
+    prefix = f"python -m sigma.evaluate {task}: error: "
+    assert evaluate_main([task, "--print-config", f"{key}={bad}"]) == 2
+    _one_named_line(capsys, prefix, f"config key {key!r} must be", f"got {bad}")
+    assert evaluate_main([task, "--print-config", f"{key}={good}"]) == 0
+    capsys.readouterr()
 
 
 @pytest.mark.parametrize("task,key", EVALUATE_KEYS)
@@ -160,7 +226,7 @@ def test_evaluate_wrong_type_is_named(task, key, tp, meta, capsys):
     (["segment", "--background", "sky"], ("'background' must be one of class, ignore",)),
     (["segment", "--reduction", "mean"], ("one of sequence, clip, pooled",)),
     (["linear", "--amp", "fp8"], ("'amp' must be one of auto, bf16, fp16, none",)),
-    (["visualize", "--alpha", "half"], ("'alpha' must be a number",)),
+    (["visualize", "--alpha", "half"], ("'alpha' must be a finite number in [0.0, 1.0]",)),
 ])
 def test_evaluate_flags_are_checked_like_keys(argv, words, capsys):
     assert evaluate_main([*argv, "--print-config"]) == 2
@@ -307,7 +373,7 @@ def test_bad_override_syntax_is_one_named_line(override, match, capsys):
     with pytest.raises(ConfigError, match=match):
         load_config("tiny", [override])
     assert pretrain_main(["--print-config", override]) == 2
-    _one_named_line(capsys, "sigma-pretrain: error: ")
+    _one_named_line(capsys, PRETRAIN_ERROR)
 
 
 def test_config_is_plain_and_weights_only_loadable(tmp_path):
@@ -326,7 +392,7 @@ def test_config_is_plain_and_weights_only_loadable(tmp_path):
 
 
 @pytest.mark.parametrize("cmd,prefix", [
-    ([sys.executable, "-m", "sigma.pretrain", "--print-config", "optim.batchsize=3"], "sigma-pretrain: error: "),
+    ([sys.executable, "-m", "sigma.pretrain", "--print-config", "optim.batchsize=3"], PRETRAIN_ERROR),
     ([sys.executable, "-m", "sigma.evaluate", "knn", "--checkpoint", "c", "--data", "d", "--output-dir", "o",
       "--k", "abc"], "python -m sigma.evaluate knn: error: "),
 ])

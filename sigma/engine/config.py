@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import functools
 import inspect
+import math
 import typing
 from importlib import resources
 from pathlib import Path
@@ -31,11 +32,14 @@ class ConfigError(ValueError):
 
 # --- schema ----------------------------------------------------------------------------------------
 
-def setting(default=REQUIRED, *, help="", choices=None, minimum=None, below=None, length=None):
-    """A schema field: `choices` (allowed values), `minimum` (value >= minimum), `below` (value <
-    below), `length` (of a list). Mutable defaults are copied per instance."""
-    meta = {"help": help, "choices": tuple(choices) if choices else None, "minimum": minimum, "below": below,
-            "length": length}
+def setting(default=REQUIRED, *, help="", choices=None, minimum=None, above=None, maximum=None, below=None,
+            length=None, check=None):
+    """A schema field: `choices` (allowed values), `minimum` / `above` (value >= / > it), `maximum` /
+    `below` (value <= / < it), `length` (of a list; the bounds then hold for each item). A float
+    must be finite. `check(value)` is a check of the machine (device available, path usable): None
+    when fine, else what is wrong; `check_environment` runs it. Mutable defaults are copied per instance."""
+    meta = {"help": help, "choices": tuple(choices) if choices else None, "minimum": minimum, "above": above,
+            "maximum": maximum, "below": below, "length": length, "check": check}
     if isinstance(default, (list, dict)):
         return dataclasses.field(default_factory=functools.partial(copy.deepcopy, default), metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
@@ -103,27 +107,48 @@ def _field_at(schema, key):
     return tp, meta
 
 
+def _bounds(meta):
+    """The range of a number setting in words ('' when unbounded): "in (0, 1)", ">= 0", "<= 255"."""
+    lo = ("[", meta.get("minimum")) if meta.get("minimum") is not None else ("(", meta.get("above"))
+    hi = ("]", meta.get("maximum")) if meta.get("maximum") is not None else (")", meta.get("below"))
+    if lo[1] is not None and hi[1] is not None:
+        return f" in {lo[0]}{lo[1]}, {hi[1]}{hi[0]}"
+    if lo[1] is not None:
+        return f" {'>=' if lo[0] == '[' else '>'} {lo[1]}"
+    if hi[1] is not None:
+        return f" {'<=' if hi[0] == ']' else '<'} {hi[1]}"
+    return ""
+
+
+def _in_range(value, meta):
+    """Whether the number `value` is finite (floats) and within the setting's bounds."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return False
+    low, above, high, below = (meta.get(k) for k in ("minimum", "above", "maximum", "below"))
+    return ((low is None or value >= low) and (above is None or value > above)
+            and (high is None or value <= high) and (below is None or value < below))
+
+
 def expected(tp, meta):
     """What a value of this field must be, in words (for error messages and help)."""
     inner, optional = unwrap_optional(tp)
-    low, below, choices = meta.get("minimum"), meta.get("below"), meta.get("choices")
+    choices, bounds = meta.get("choices"), _bounds(meta)
     origin = typing.get_origin(inner)
     if choices:
         text = "one of " + ", ".join(str(c) for c in choices)
     elif inner is bool:
         text = "true or false"
     elif inner is int:
-        text = {1: "a positive integer", 0: "a non-negative integer"}.get(low, "an integer")
-        if low not in (None, 0, 1):
-            text = f"an integer >= {low}"
+        text = {" >= 1": "a positive integer", " >= 0": "a non-negative integer"}.get(bounds, "an integer" + bounds)
     elif inner is float:
-        text = "a number" + (f" in [{low}, {below})" if below is not None else f" >= {low}" if low is not None else "")
+        text = "a finite number" + bounds
     elif inner is str:
         text = "a string"
     elif origin in (list, tuple):
         (item,) = typing.get_args(inner)[:1] or (typing.Any,)
-        words = {float: "numbers", int: "integers", str: "strings"}.get(item, "values")
+        words = {float: "finite numbers", int: "integers", str: "strings"}.get(item, "values")
         text = f"a list of {meta['length']} {words}" if meta.get("length") else f"a list of {words}"
+        text += f", each{bounds}" if bounds else ""
     elif origin is dict:
         text = "a mapping"
     elif _is_schema(inner):
@@ -154,7 +179,8 @@ def check_keys(schema, update, where, prefix="", root=None):
 
 
 def check_values(schema, cfg, prefix=""):
-    """Choices, ranges and list lengths of a merged plain config (types are already checked)."""
+    """Choices, ranges (each item of a list), finite floats and list lengths of a merged plain config
+    (types are already checked)."""
     for name, (tp, meta) in schema_fields(schema).items():
         value, key = cfg[name], prefix + name
         if _is_schema(tp):
@@ -162,11 +188,60 @@ def check_values(schema, cfg, prefix=""):
             continue
         if value is None or value == REQUIRED:
             continue
-        low, below, choices, length = (meta.get(k) for k in ("minimum", "below", "choices", "length"))
-        ok = ((not choices or value in choices) and (low is None or value >= low)
-              and (below is None or value < below) and (length is None or len(value) == length))
+        choices, length = meta.get("choices"), meta.get("length")
+        numbers = [v for v in (value if isinstance(value, list) else [value])
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        ok = ((not choices or value in choices) and all(_in_range(v, meta) for v in numbers)
+              and (length is None or len(value) == length))
         if not ok:
             raise ConfigError(f"config key {key!r} must be {expected(tp, meta)}, got {value!r}")
+
+
+def check_environment(schema, cfg, prefix=""):
+    """Run the `check`s of a merged plain config's settings (is the device there, is a path usable):
+    what the machine decides, so left out of `compose` (a config printed or loaded elsewhere is fine)."""
+    for name, (tp, meta) in schema_fields(schema).items():
+        value, key = cfg[name], prefix + name
+        if _is_schema(tp):
+            check_environment(tp, value, key + ".")
+        elif meta.get("check") and value is not None and value != REQUIRED:
+            problem = meta["check"](value)
+            if problem:
+                raise ConfigError(f"config key {key!r}: {problem}")
+
+
+def device_problem(value):
+    """Why the torch device `value` ("auto", "cpu", "cuda", "cuda:1", ...) cannot be used here, or None."""
+    import torch
+
+    if value == "auto":
+        return None
+    try:
+        dev = torch.device(value)
+    except (RuntimeError, ValueError):
+        return f"{value!r} is not a device (auto, cpu, cuda, cuda:N)"
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            return f"{value!r} was asked for but no CUDA device is available here (use cpu or auto)"
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            return f"{value!r} was asked for but there are {torch.cuda.device_count()} CUDA device(s)"
+    elif dev.type != "cpu":
+        return f"{value!r}: only cpu and cuda devices are supported"
+    return None
+
+
+def existing_path(value):
+    """None when `value` names an existing file or folder, else what is wrong."""
+    return None if Path(value).exists() else f"{value!r} does not exist"
+
+
+def folder_path(value):
+    """None when `value` is a folder or can become one (nothing there yet), else what is wrong."""
+    path = Path(value)
+    for p in (path, *path.parents):
+        if p.exists():
+            return None if p.is_dir() else f"{str(p)!r} is a file, not a folder"
+    return None
 
 
 # --- merging ---------------------------------------------------------------------------------------
@@ -307,6 +382,37 @@ def dump_config(cfg):
     return yaml.safe_dump(cfg, sort_keys=False)
 
 
+_ABSENT = "(absent)"
+
+
+def config_changes(old, new, prefix=""):
+    """[(dotted key, old value, new value)] of every setting where plain config `new` differs from `old`."""
+    changed = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k, _ABSENT), new.get(k, _ABSENT)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += config_changes(a, b, f"{prefix}{k}.")
+        elif a != b:
+            changed.append((f"{prefix}{k}", a, b))
+    return changed
+
+
+def listed_changes(changed):
+    """`config_changes` in one line: 'key was OLD, now NEW; ...'."""
+    return "; ".join(f"{k} was {a!r}, now {b!r}" for k, a, b in changed)
+
+
+def invoked_as(module, script=None):
+    """The command the user typed, to prefix errors with: `script` when the process runs that
+    installed entry point (sys.argv[0] is it), else `python -m module`."""
+    import sys
+
+    name = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if script and (name == script or name.startswith(script + ".")):  # .exe / -script.py on Windows
+        return script
+    return f"python -m {module}"
+
+
 # --- functions that take their defaults from a schema ------------------------------------------------
 
 def defaults_from(schema):
@@ -337,6 +443,8 @@ def defaults_from(schema):
     return wrap
 
 
-__all__ = ["REQUIRED", "ConfigError", "compose", "default_of", "defaults_from", "dump_config", "expected",
-           "inherit_chain", "override_layer", "parse_override", "read_yaml", "schema_fields", "schema_keys",
-           "schema_leaves", "section", "setting", "shipped_configs", "unwrap_optional"]
+__all__ = ["REQUIRED", "ConfigError", "check_environment", "compose", "config_changes", "default_of",
+           "defaults_from", "device_problem", "dump_config", "existing_path", "expected", "folder_path",
+           "inherit_chain", "invoked_as", "listed_changes", "override_layer", "parse_override", "read_yaml",
+           "schema_fields", "schema_keys", "schema_leaves", "section", "setting", "shipped_configs",
+           "unwrap_optional"]

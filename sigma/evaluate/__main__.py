@@ -14,6 +14,7 @@ import sys
 from sigma.engine.config import (
     REQUIRED,
     ConfigError,
+    check_environment,
     compose,
     default_of,
     dump_config,
@@ -135,6 +136,11 @@ def main(argv=None):
     for key in REQUIRED_KEYS:
         if settings[key] in (None, REQUIRED):
             parser.error(f"--{key.replace('_', '-')} is required (or {key}=...)")
+    try:  # the device is there, the paths exist: before any data is read
+        check_environment(TASKS[task], settings)
+    except ConfigError as exc:
+        print(f"{PROG} {task}: error: {exc}", file=sys.stderr)
+        return 2
     from sigma import evaluate as ev
     try:
         result = getattr(ev, task)(**settings)

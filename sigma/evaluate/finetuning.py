@@ -28,11 +28,12 @@ import torch
 
 from sigma.engine import amp as amp_policy
 from sigma.engine.checkpoints import load_checkpoint, rng_state, set_rng_state
-from sigma.engine.config import defaults_from
+from sigma.engine.config import config_changes, defaults_from, listed_changes
 from sigma.engine.distributed import (
     DistInfo,
     ResumableDistributedSampler,
     all_gather_object,
+    barrier,
     init_distributed,
     shutdown,
     wrap_ddp,
@@ -40,6 +41,7 @@ from sigma.engine.distributed import (
 from sigma.engine.files import FINETUNE_FORMAT, atomic_torch_save
 from sigma.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from sigma.engine.provenance import provenance
+from sigma.engine.rundir import claim_output_dir
 from sigma.engine.seeding import sample_global_streams, seed_everything, seed_worker
 
 from .augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
@@ -47,6 +49,10 @@ from .common import labelled_splits, write_json
 from .config import FinetuneConfig
 from .metrics import classification_metrics
 
+# A fine-tuning run in its output folder: files that mean one is there, and what overwrite=True deletes
+# (with temporary files of interrupted atomic writes). Other tasks' JSONs in the folder are left alone.
+RUN_MARKS = ("finetune_metrics.csv", "finetune.json", "checkpoints/finetune-last.pt")
+RUN_FILES = RUN_MARKS + ("checkpoints/.finetune-last.pt.*.tmp", ".finetune.json.*.tmp")
 # Told apart from the per-sample streams of the video decoding and cropping (VideoDataset).
 _RANDAUG_STREAM = 7
 
@@ -166,14 +172,16 @@ def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column
              base_lr, min_lr, warmup_epochs, weight_decay, layer_decay, betas, drop_path, label_smoothing, mixup,
              cutmix, mixup_prob, mixup_switch_prob, randaug, flip, sampling_rate, test_clips, test_crops,
              test_batch_size, clip_grad, max_steps, save_every, log_every, seed, num_workers, device, amp, resume,
-             progress):
+             overwrite, progress):
     """Fine-tune the encoder of `checkpoint` on DATA/train.txt and test on DATA/val.txt (multi-view).
 
     Returns (and writes to OUTPUT_DIR/finetune.json) top1, top5, mean_class_accuracy (%) of the
     multi-view test, with the recipe used; the fine-tuned model is in
     OUTPUT_DIR/checkpoints/finetune-last.pt, the per-step log in OUTPUT_DIR/finetune_metrics.csv.
     `max_steps` stops early (the schedule still spans `epochs`); `epochs=0` only tests.
-    `resume`: None, "auto" (OUTPUT_DIR/checkpoints/finetune-last.pt if present) or a path.
+    `resume`: None, "auto" (OUTPUT_DIR/checkpoints/finetune-last.pt if present) or a path. An
+    OUTPUT_DIR that holds a fine-tuning run already needs `resume` or `overwrite` (which deletes
+    that run's RUN_FILES).
     """
     args = argparse.Namespace(**locals())
     t0 = time.time()
@@ -206,6 +214,7 @@ def setup(args):
     """Join the process group, seed, read the lists, build the classifier, optimizer, schedule,
     AMP, mixup and the training set: a FinetuneRun at step 0."""
     info = init_distributed(args.device)
+    claim_run_dir(args, info)
     amp, autocast, scaler = amp_policy.build_amp(args.amp, info.device)
     train_path, val_path, train_records, val_records, num_classes = labelled_splits(
         args.data, args.train_list, args.val_list, args.label_column, args.classes)
@@ -235,6 +244,17 @@ def setup(args):
                        mixer, _criterion(use_mix, args.label_smoothing), _train_set(args, model, train_records),
                        val_records, spe, total_steps, last_step,
                        Path(args.output_dir) / "checkpoints" / "finetune-last.pt")
+
+
+def claim_run_dir(args, info):
+    """Refuse an output folder holding a fine-tuning run unless resumed or overwritten; on overwrite,
+    rank 0 deletes the old run (RUN_FILES) while the other ranks wait."""
+    gone = claim_output_dir(args.output_dir, what="fine-tuning run", marks=RUN_MARKS, removes=RUN_FILES,
+                            resume=args.resume, overwrite=args.overwrite, remove=info.is_main)
+    if args.overwrite:
+        barrier(info)
+    if gone and info.is_main:
+        print(f"--overwrite: deleted the previous run's {', '.join(gone)} in {args.output_dir}", flush=True)
 
 
 def _settings(args, model, train_path, val_path, num_classes, world, lr, amp):
@@ -282,7 +302,12 @@ def resume_run(run, resume):
     num_classes = run.settings["num_classes"]
     if state["num_classes"] != num_classes:
         raise ValueError(f"resume: {path} has {state['num_classes']} classes, this task {num_classes}")
-    run.model.load_state_dict(state["model"])
+    try:
+        run.model.load_state_dict(state["model"])
+    except RuntimeError as e:  # another encoder: name what differs, not torch's pages of keys
+        changed = config_changes(state.get("config", {}), run.settings)
+        raise ValueError(f"resume: {path} does not fit this model ({listed_changes(changed) or 'its tensors differ'}); "
+                         "resume with the settings it was written with") from e
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
     run.step = int(state["step"])

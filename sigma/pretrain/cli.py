@@ -1,14 +1,16 @@
 """Command line: python -m sigma.pretrain --config CONFIG --data LIST_OR_DIR --output-dir DIR
-[--resume auto|PATH] [key=value ...]  (also installed as `sigma-pretrain`)."""
+[--resume auto|PATH | --overwrite] [key=value ...]  (also installed as `sigma-pretrain`)."""
 import argparse
 import sys
+
+from sigma.engine.config import invoked_as
 
 from .config import ConfigError, available_configs, dump_config, load_config
 
 
-def build_parser():
+def build_parser(prog=None):
     p = argparse.ArgumentParser(
-        prog="sigma-pretrain",
+        prog=prog or invoked_as("sigma.pretrain", "sigma-pretrain"),
         description="Pretrain a video model with SIGMA (or the VideoMAE pixel / L2 baselines). "
                     "Run under torchrun for several GPUs or processes.",
         epilog="Overrides are dotted config keys, e.g. optim.batch_size=8 objective.epsilon=0.03 "
@@ -22,6 +24,10 @@ def build_parser():
     p.add_argument("--output-dir", help="where metrics.csv, config.yaml and checkpoints/ go")
     p.add_argument("--resume", default=None,
                    help="'auto' continues from the newest checkpoint in --output-dir (if any); or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh in an --output-dir that holds a run: deletes its metrics.csv, config.yaml, "
+                        "provenance.json, tensorboard/ and checkpoints (without it, or --resume, such a folder is "
+                        "refused)")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved config (every key; loadable with --config) and exit")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, anywhere on the line")
@@ -30,6 +36,7 @@ def build_parser():
 
 def main(argv=None):
     parser = build_parser()
+    prog = parser.prog  # errors start with the command the user typed
     # intermixed: key=value overrides may sit between the options
     args = parser.parse_intermixed_args(argv)
     if not args.print_config and (args.data is None or args.output_dir is None):
@@ -37,7 +44,7 @@ def main(argv=None):
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as e:
-        print(f"sigma-pretrain: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     if args.print_config:
         print(dump_config(cfg), end="")
@@ -45,11 +52,12 @@ def main(argv=None):
     from ..data import NoReadableVideoError
     from .trainer import DataError, train
     try:
-        train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv)
+        train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv,
+              overwrite=args.overwrite)
     except (ConfigError, DataError, FileNotFoundError, NoReadableVideoError) as e:
-        print(f"sigma-pretrain: error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
     except FloatingPointError as e:  # the trainer stopped on a non-finite loss; its message says what to do
-        print(f"sigma-pretrain: stopped: {e}", file=sys.stderr)
+        print(f"{prog}: stopped: {e}", file=sys.stderr)
         return 1
     return 0

@@ -34,10 +34,11 @@ from sigma.engine.distributed import (
 from sigma.engine.files import PRETRAIN_FORMAT, atomic_write_text
 from sigma.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from sigma.engine.provenance import provenance
+from sigma.engine.rundir import claim_output_dir
 from sigma.engine.seeding import seed_everything, seed_worker
 
 from . import checkpoint as ck
-from .config import ConfigError, dump_config
+from .config import ConfigError, check_machine, config_changes, dump_config, listed_changes
 from .objectives import PretrainModule, build_criterion
 
 SIGMA_STATS = ("loss_v", "loss_p", "entropy_v", "entropy_p", "usage_perplexity_v", "usage_perplexity_p",
@@ -46,6 +47,11 @@ COLLAPSE = ("pred_std", "pred_erank", "target_std", "target_erank")
 # Functions called as fn(step, info) after every optimizer step, on every rank: a place to watch
 # a run from outside the loop (tests/pretrain_launcher.py injects faults through it).
 STEP_CALLBACKS = []
+# A pretraining run in its output folder: files that mean one is there, and what --overwrite deletes
+# (also its TensorBoard logs and temporary files of interrupted atomic writes).
+RUN_MARKS = ("metrics.csv", "config.yaml", "checkpoints/checkpoint-*.pt", "checkpoints/last.pt")
+RUN_FILES = RUN_MARKS + ("provenance.json", "tensorboard", "checkpoints/.*.tmp", ".config.yaml.*.tmp",
+                         ".provenance.json.*.tmp")
 
 
 class DataError(ValueError):
@@ -157,11 +163,14 @@ class Run:
             tqdm.write(f"[sigma.pretrain] {msg}", file=sys.stderr)
 
 
-def train(cfg, data, output_dir, resume=None, argv=None):
+def train(cfg, data, output_dir, resume=None, argv=None, overwrite=False):
     """Pretrain with the resolved config `cfg` on the video list or folder `data`, writing into
     `output_dir`. resume: None, "auto" (newest checkpoint in output_dir if any) or a checkpoint
-    path. Returns the final step. Under torchrun each process calls this."""
+    path. An `output_dir` that holds a run already needs `resume` or `overwrite` (which deletes
+    that run's RUN_FILES). Returns the final step. Under torchrun each process calls this."""
+    check_machine(cfg)  # before any process group or data: the device is there, data.root exists
     info = init_distributed(cfg["device"])
+    claim_run_dir(output_dir, info, resume, overwrite)
     run = setup(cfg, data, output_dir, info)
     if resume is not None:
         resume_run(run, resume)
@@ -179,6 +188,19 @@ def train(cfg, data, output_dir, resume=None, argv=None):
     run.say(f"done: {run.step} steps; checkpoints in {ck.checkpoint_dir(run.out)}")
     shutdown(info)
     return run.step
+
+
+def claim_run_dir(output_dir, info, resume, overwrite):
+    """Refuse an output folder that holds a run unless it is resumed or overwritten; on overwrite,
+    rank 0 deletes the old run (RUN_FILES) while the other ranks wait."""
+    gone = claim_output_dir(output_dir, what="pretraining run", marks=RUN_MARKS, removes=RUN_FILES, resume=resume,
+                            overwrite=overwrite, remove=info.is_main)
+    if overwrite:
+        barrier(info)
+    if gone and info.is_main:
+        from tqdm.auto import tqdm
+        tqdm.write(f"[sigma.pretrain] --overwrite: deleted the previous run's {', '.join(gone)} in {output_dir}",
+                   file=sys.stderr)
 
 
 def setup(cfg, data, output_dir, info):
@@ -233,24 +255,25 @@ def resume_run(run, resume):
         except ValueError as e:
             raise DataError(f"--resume {resume}: {e}") from e
     module = run.module
+    changed = config_changes(state.get("config", {}), run.cfg)
     try:
         module.model.load_state_dict(state["model"])
         module.projection.load_state_dict(state["projection"])
         if module.objective == "sigma":
             module.criterion.load_state_dict(state["loss"])
     except (KeyError, RuntimeError) as e:
-        # a checkpoint of another config (model size, projection, K): one line, not pages of keys
-        first = str(e).strip().splitlines()[0]
-        raise DataError(f"--resume {path}: the checkpoint does not fit this config ({first}); "
+        # a checkpoint of another config (model size, projection, K): one line naming what differs,
+        # not torch's pages of keys
+        what = listed_changes(changed) if changed else _state_mismatch(module, state)
+        raise DataError(f"--resume {path}: the checkpoint does not fit this config: {what}; "
                         "resume with the config it was written with") from e
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
     run.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])  # every rank's generators are the same (sigma.engine.seeding)
     run.step, run.resumed_from = int(state["step"]), path
-    changed = _config_changes(state.get("config", {}), run.cfg)
     if changed:
-        run.say(f"resuming with a config that differs from the checkpoint's in: {', '.join(changed)}")
+        run.say(f"resuming with a config that differs from the checkpoint's: {listed_changes(changed)}")
     run.say(f"resuming from {path} at step {run.step}")
 
 
@@ -413,12 +436,18 @@ def _log_row(module, info, step, epoch, mean_loss, optimizer, grad_norm, scaler,
     return row
 
 
-def _config_changes(old, new, prefix=""):
-    changed = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            changed += _config_changes(a, b, f"{prefix}{k}.")
-        elif a != b:
-            changed.append(f"{prefix}{k}")
-    return changed
+def _state_mismatch(module, state):
+    """The tensors in which a checkpoint's state differs from `module`'s (for checkpoints without a
+    config): missing or extra names and shapes, one line."""
+    parts = [("model", module.model), ("projection", module.projection)]
+    if module.objective == "sigma":
+        parts.append(("loss", module.criterion))
+    found = []
+    for part, net in parts:
+        have, got = net.state_dict(), state.get(part) or {}
+        found += [f"{part}.{k} missing from the checkpoint" for k in have if k not in got]
+        found += [f"{part}.{k} not in this config's networks" for k in got if k not in have]
+        found += [f"{part}.{k}: checkpoint shape {list(got[k].shape)}, now {list(have[k].shape)}"
+                  for k in have if k in got and tuple(got[k].shape) != tuple(have[k].shape)]
+    shown = "; ".join(found[:6]) + (f"; and {len(found) - 6} more" if len(found) > 6 else "")
+    return shown or "its tensors do not load"
