@@ -1,12 +1,13 @@
 """Reading checkpoints, RNG states that `weights_only` loading accepts, parameter fingerprints.
 
-Every checkpoint is written with `sigma.engine.files.atomic_torch_save` (or `atomic_write`) and
-read with `load_checkpoint`, which checks its format string (`files.PRETRAIN_FORMAT`,
-`files.FINETUNE_FORMAT`, ...).
+Every checkpoint is written with `sigma.engine.files.atomic_torch_save` (which records its SHA-256)
+and read with `load_checkpoint`, which verifies that checksum and checks its format string
+(`files.PRETRAIN_FORMAT`, `files.FINETUNE_FORMAT`, ...).
 """
 import hashlib
 import random
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -17,10 +18,14 @@ _VERSIONED = re.compile(r"^(.*)-v(\d+)$")
 
 
 def load_checkpoint(path, fmt, map_location="cpu"):
-    """The dict in checkpoint `path` (read by `safe_torch_load`: no code is unpickled), whose
-    "format" must be `fmt`. FileNotFoundError for a missing file; ValueError naming the file for
-    one that cannot be read, is not a dict, or holds another format."""
-    state = safe_torch_load(path, map_location=map_location)
+    """The dict in checkpoint `path` (read by `safe_torch_load`: checksum verified, no code
+    unpickled), whose "format" must be `fmt`. FileNotFoundError for a missing file; ValueError
+    naming the file for one that is empty, truncated, corrupt (`files.ChecksumError`), not a dict,
+    or holds another format. A file without a checksum (an older sigma) loads with a warning."""
+    state, verified = safe_torch_load(path, map_location=map_location, return_verified=True)
+    if not verified:
+        warnings.warn(f"{path} has no checksum (written by an older sigma or another program): "
+                      "loaded without an integrity check", stacklevel=2)
     found = state.get("format") if isinstance(state, dict) else None
     if found == fmt:
         return state

@@ -31,7 +31,7 @@ from sigma.engine.distributed import (
     shutdown,
     wrap_ddp,
 )
-from sigma.engine.files import PRETRAIN_FORMAT, atomic_write_text
+from sigma.engine.files import PRETRAIN_FORMAT, atomic_write_text, first_line
 from sigma.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from sigma.engine.provenance import provenance
 from sigma.engine.seeding import seed_everything, seed_worker
@@ -240,7 +240,7 @@ def resume_run(run, resume):
             module.criterion.load_state_dict(state["loss"])
     except (KeyError, RuntimeError) as e:
         # a checkpoint of another config (model size, projection, K): one line, not pages of keys
-        first = str(e).strip().splitlines()[0]
+        first = first_line(e)
         raise DataError(f"--resume {path}: the checkpoint does not fit this config ({first}); "
                         "resume with the config it was written with") from e
     run.optimizer.load_state_dict(state["optimizer"])
