@@ -75,3 +75,35 @@ def state_fingerprint(state_dict):
 def parameter_fingerprint(module):
     """`state_fingerprint` of a module: equal on ranks that hold bitwise-equal weights."""
     return state_fingerprint(module.state_dict())
+
+
+def named_tensors(obj, prefix=""):
+    """(dotted name, tensor) of every tensor in nested dicts, lists and tuples (state dicts,
+    optimizer states, whole checkpoints), in insertion order."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def all_finite(tensors):
+    """0-d bool tensor: no NaN or inf in any floating-point tensor of `tensors` (computed where
+    they live; reading it is the one host sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point() or t.is_complex()]
+    if not flags:
+        return torch.ones((), dtype=torch.bool)
+    device = flags[0].device
+    return torch.stack([f.to(device) for f in flags]).all()
+
+
+def first_non_finite(named):
+    """Name of the first floating-point tensor in `named` ((name, tensor) pairs) holding a NaN or
+    inf, None if there is none. One host sync per tensor: for reporting, not for hot paths."""
+    for name, t in named:
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            return name
+    return None

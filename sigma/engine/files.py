@@ -47,8 +47,9 @@ class ChecksumError(ValueError):
 class NoSpaceError(OSError):
     """The disk filled up while writing `path` (the previous file at `path`, if any, is intact)."""
 
-    def __init__(self, path):
-        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}")
+    def __init__(self, path, detail=None):
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}"
+                         + (f"; {detail}" if detail else ""))
         self.path = Path(path)
 
     def __str__(self):

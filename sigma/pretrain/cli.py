@@ -43,13 +43,25 @@ def main(argv=None):
         print(dump_config(cfg), end="")
         return 0
     from ..data import NoReadableVideoError
+    from ..engine.files import NoSpaceError
+    from ..engine.interrupt import Interrupted
     from .trainer import DataError, train
     try:
         train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv)
     except (ConfigError, DataError, FileNotFoundError, NoReadableVideoError) as e:
         print(f"sigma-pretrain: error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:  # the trainer stopped on a non-finite loss; its message says what to do
+    except FloatingPointError as e:  # the trainer stopped on a non-finite state; its message says what to do
         print(f"sigma-pretrain: stopped: {e}", file=sys.stderr)
         return 1
+    except NoSpaceError as e:
+        print(f"sigma-pretrain: error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:  # SIGINT/SIGTERM: a checkpoint was written, the message says where
+        if e.is_main:
+            print(f"sigma-pretrain: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the step loop began: nothing to save yet
+        print("sigma-pretrain: interrupted before the first step; no checkpoint was written", file=sys.stderr)
+        return 130
     return 0
