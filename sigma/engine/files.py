@@ -160,19 +160,21 @@ def verify_checksum(path, chunk=1 << 24):
     size = path.stat().st_size
     if size == 0:
         raise ChecksumError(f"{path} is empty (0 bytes): not a checkpoint (a copy or a write that did not finish?)")
-    if size < _TRAILER_LEN + _EOCD_LEN:
-        return False
     with open(path, "rb") as f:
-        f.seek(size - _TRAILER_LEN - _EOCD_LEN)
+        f.seek(max(0, size - _EOCD_LEN - _TRAILER_LEN - 64))
         tail = f.read()
-        eocd, trailer = tail[:_EOCD_LEN], tail[_EOCD_LEN:]
-        ends_in_record = eocd[:4] == _EOCD and struct.unpack("<H", eocd[-2:])[0] == _TRAILER_LEN
-        if not (ends_in_record or trailer.startswith(_CHECKSUM_TAG)):
+        end = tail.rfind(_EOCD)
+        if end < 0 or end + _EOCD_LEN > len(tail):  # not a zip ending: torch.load decides what it is
             return False
-        # either mark present: a changed byte in the other is damage, not a file without checksum
+        comment = tail[end + _EOCD_LEN:]
+        if struct.unpack("<H", tail[end + _EOCD_LEN - 2:end + _EOCD_LEN])[0] != len(comment):
+            raise ChecksumError(f"{path} is truncated or damaged: its zip directory does not end where the file does")
+        if len(comment) != _TRAILER_LEN and not comment.startswith(_CHECKSUM_TAG):
+            return False  # no comment (torch's own files), or one that is not ours
+        # a comment of our length whose tag is damaged is a damaged file, not one without checksum
         sha = hashlib.sha256()
         f.seek(0)
-        left = size - _TRAILER_LEN - 2
+        left = size - len(comment) - 2
         while left:
             block = f.read(min(chunk, left))
             if not block:
@@ -180,8 +182,7 @@ def verify_checksum(path, chunk=1 << 24):
             sha.update(block)
             left -= len(block)
         sha.update(b"\0\0")
-    want = _CHECKSUM_TAG + sha.hexdigest().encode()
-    if not (ends_in_record and trailer == want):
+    if comment != _CHECKSUM_TAG + sha.hexdigest().encode():
         raise ChecksumError(f"{path} is corrupt: its bytes do not match the SHA-256 recorded when it was written")
     return True
 
