@@ -336,3 +336,35 @@ def test_torchrun_sigterm_on_one_rank_stops_both_and_resumes_bitwise(data, tmp_p
                **{f"criterion.{k}": v for k, v in b["loss"].items()}}
     assert b["rank_fingerprints"][0] == state_fingerprint(trained)
     assert [(r["step"], r["loss"]) for r in _rows(full)] == [(r["step"], r["loss"]) for r in _rows(part)]
+
+
+@pytest.mark.slow
+def test_kill_9_loop_resumes_bitwise_with_every_step_logged_once(data, tmp_path):
+    """What held before issue 21 and must keep holding: SIGKILL at arbitrary moments (some during
+    checkpoint writes, checkpoint.every=1), `--resume auto` each time, ends bitwise where an
+    uninterrupted run ends, every step logged once; leftover temporary files are cleaned up."""
+    import os
+    import random
+    import time
+    every = [*FAST, "checkpoint.every=1", "checkpoint.keep=2", "log.every=2", "optim.max_steps=10"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "sigma.pretrain", "--data", data, "--resume", "auto", *every]
+    part, full = tmp_path / "part", tmp_path / "full"
+    rng = random.Random(0)
+    for _ in range(6):
+        proc = subprocess.Popen([*cmd, "--output-dir", str(part)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(4.0, 9.0))  # start-up (imports) takes a few seconds here
+        proc.kill()
+        proc.wait()
+    assert ck.newest_checkpoint(part) is not None  # the kills landed while it trained
+    r = subprocess.run([*cmd, "--output-dir", str(part)], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert subprocess.run([*cmd, "--output-dir", str(full)], cwd=ROOT, env=env, capture_output=True,
+                          timeout=600).returncode == 0
+    a, b = ck.load_checkpoint(full / "checkpoints" / "last.pt"), ck.load_checkpoint(part / "checkpoints" / "last.pt")
+    for key in ("model", "projection", "loss", "optimizer", "step"):
+        _assert_same_tensors(a[key], b[key], key)
+    assert [(r["step"], r["loss"]) for r in _rows(full)] == [(r["step"], r["loss"]) for r in _rows(part)]
+    assert not [p for p in (part / "checkpoints").iterdir() if p.name.endswith(".tmp")]
