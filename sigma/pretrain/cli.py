@@ -2,6 +2,7 @@
 [--resume auto|PATH] [key=value ...]  (also installed as `sigma-pretrain`)."""
 import argparse
 import sys
+import warnings
 
 from .config import ConfigError, available_configs, dump_config, load_config
 
@@ -28,6 +29,12 @@ def build_parser():
     return p
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None):
+    # the run's warnings (a skipped checkpoint, a file without checksum) are messages to the user:
+    # one line each, without the source line Python's default format adds
+    print(f"sigma-pretrain: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
     parser = build_parser()
     # intermixed: key=value overrides may sit between the options
@@ -47,7 +54,9 @@ def main(argv=None):
     from ..engine.interrupt import Interrupted
     from .trainer import DataError, train
     try:
-        train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv)
+        with warnings.catch_warnings():  # restores showwarning when main() returns (in-process callers)
+            warnings.showwarning = _one_line_warning
+            train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv)
     except (ConfigError, DataError, FileNotFoundError, NoReadableVideoError) as e:
         print(f"sigma-pretrain: error: {e}", file=sys.stderr)
         return 2
