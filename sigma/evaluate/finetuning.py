@@ -189,7 +189,8 @@ def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column
         resume_run(run, resume)
     open_log(run)
     try:
-        with GracefulStop(_say if run.info.is_main else None, prog="sigma.evaluate finetune") as run.interrupt:
+        say = _say if run.info.is_main else None
+        with GracefulStop(say, prog="python -m sigma.evaluate finetune") as run.interrupt:
             while run.step < run.last_step:
                 train_one_epoch(run)
     except Interrupted:

@@ -182,7 +182,7 @@ def train(cfg, data, output_dir, resume=None, argv=None):
     run.bar = tqdm(total=run.stop, initial=run.step, disable=not info.is_main, dynamic_ncols=True,
                    desc="pretrain", file=sys.stderr)
     try:
-        with GracefulStop(run.say, prog="sigma.pretrain") as run.interrupt:
+        with GracefulStop(run.say, prog="sigma-pretrain") as run.interrupt:
             while run.step < run.stop:
                 train_one_epoch(run)
     except Interrupted:
