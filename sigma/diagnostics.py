@@ -50,6 +50,7 @@ def feature_collapse_stats(features, max_rows=4096):
              L2-normalised features (0 when every row is the same direction)
       erank  effective rank of the centred rows: exp of the entropy of their singular values
              normalised to sum 1 (Roy & Vetterli, 2007); 1 = one direction, D = isotropic.
+    Non-finite features give NaN (never an exception: LAPACK's SVD fails on NaN/inf input).
     """
     x = features.detach().reshape(-1, features.shape[-1])[:max_rows].float()
     if x.shape[0] < 2:
@@ -57,7 +58,12 @@ def feature_collapse_stats(features, max_rows=4096):
         return {"std": nan, "erank": nan}
     z = torch.nn.functional.normalize(x, dim=1)
     std = z.std(dim=0).mean()
-    s = torch.linalg.svdvals(x - x.mean(dim=0, keepdim=True))
+    centred = x - x.mean(dim=0, keepdim=True)
+    # decided on the device (no host sync): the SVD sees zeros in place of non-finite entries, and
+    # the result is replaced by NaN when there were any
+    finite = torch.isfinite(centred)
+    s = torch.linalg.svdvals(torch.where(finite, centred, torch.zeros((), device=x.device)))
     p = s / s.sum().clamp_min(torch.finfo(s.dtype).tiny)
     erank = torch.exp(-torch.special.xlogy(p, p).sum())
+    erank = torch.where(finite.all(), erank, torch.full_like(erank, float("nan")))
     return {"std": std, "erank": erank}

@@ -5,8 +5,13 @@
 `--crash-at STEP[:RANK]` installs a step callback (`sigma.pretrain.trainer.STEP_CALLBACKS`) that
 makes RANK (default 0) exit abruptly right after optimizer step STEP, on the first attempt of a
 torchrun job only (TORCHELASTIC_RESTART_COUNT 0 or unset), so an elastic restart can resume.
+
+`--signal-at STEP[:RANK[:SIGNAL[:COUNT]]]` makes RANK (default 0) send itself SIGNAL (TERM or INT,
+default TERM) COUNT times (default 1) right after optimizer step STEP: a scheduler's SIGTERM, a
+Ctrl-C, or two Ctrl-C in a row, at a step known in advance.
 """
 import os
+import signal
 import sys
 
 
@@ -23,9 +28,22 @@ def install_crash(spec):
         trainer.STEP_CALLBACKS.append(crash)
 
 
+def install_signal(spec):
+    from sigma.pretrain import trainer
+
+    step, rank, name, count = (spec.split(":") + ["0", "TERM", "1"][spec.count(":"):])[:4]
+    step, rank, count, signum = int(step), int(rank), int(count), getattr(signal, f"SIG{name}")
+
+    def send(at, info):
+        if at == step and info.rank == rank:
+            for _ in range(count):
+                signal.raise_signal(signum)
+    trainer.STEP_CALLBACKS.append(send)
+
+
 def main(argv):
-    if argv[:1] == ["--crash-at"]:
-        install_crash(argv[1])
+    while argv[:1] in (["--crash-at"], ["--signal-at"]):
+        (install_crash if argv[0] == "--crash-at" else install_signal)(argv[1])
         argv = argv[2:]
     from sigma.pretrain.cli import main as cli_main
     return cli_main(argv)

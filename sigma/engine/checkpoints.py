@@ -1,12 +1,13 @@
 """Reading checkpoints, RNG states that `weights_only` loading accepts, parameter fingerprints.
 
-Every checkpoint is written with `sigma.engine.files.atomic_torch_save` (or `atomic_write`) and
-read with `load_checkpoint`, which checks its format string (`files.PRETRAIN_FORMAT`,
-`files.FINETUNE_FORMAT`, ...).
+Every checkpoint is written with `sigma.engine.files.atomic_torch_save` (which records its SHA-256)
+and read with `load_checkpoint`, which verifies that checksum and checks its format string
+(`files.PRETRAIN_FORMAT`, `files.FINETUNE_FORMAT`, ...).
 """
 import hashlib
 import random
 import re
+import warnings
 
 import numpy as np
 import torch
@@ -17,10 +18,14 @@ _VERSIONED = re.compile(r"^(.*)-v(\d+)$")
 
 
 def load_checkpoint(path, fmt, map_location="cpu"):
-    """The dict in checkpoint `path` (read by `safe_torch_load`: no code is unpickled), whose
-    "format" must be `fmt`. FileNotFoundError for a missing file; ValueError naming the file for
-    one that cannot be read, is not a dict, or holds another format."""
-    state = safe_torch_load(path, map_location=map_location)
+    """The dict in checkpoint `path` (read by `safe_torch_load`: checksum verified, no code
+    unpickled), whose "format" must be `fmt`. FileNotFoundError for a missing file; ValueError
+    naming the file for one that is empty, truncated, corrupt (`files.ChecksumError`), not a dict,
+    or holds another format. A file without a checksum (an older sigma) loads with a warning."""
+    state, verified = safe_torch_load(path, map_location=map_location, return_verified=True)
+    if not verified:
+        warnings.warn(f"{path} has no checksum (written by an older sigma or another program): "
+                      "loaded without an integrity check", stacklevel=2)
     found = state.get("format") if isinstance(state, dict) else None
     if found == fmt:
         return state
@@ -70,3 +75,35 @@ def state_fingerprint(state_dict):
 def parameter_fingerprint(module):
     """`state_fingerprint` of a module: equal on ranks that hold bitwise-equal weights."""
     return state_fingerprint(module.state_dict())
+
+
+def named_tensors(obj, prefix=""):
+    """(dotted name, tensor) of every tensor in nested dicts, lists and tuples (state dicts,
+    optimizer states, whole checkpoints), in insertion order."""
+    if isinstance(obj, torch.Tensor):
+        yield prefix, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from named_tensors(v, f"{prefix}.{k}" if prefix else str(k))
+    elif isinstance(obj, (list, tuple)):
+        for i, v in enumerate(obj):
+            yield from named_tensors(v, f"{prefix}.{i}" if prefix else str(i))
+
+
+def all_finite(tensors):
+    """0-d bool tensor: no NaN or inf in any floating-point tensor of `tensors` (computed where
+    they live; reading it is the one host sync)."""
+    flags = [torch.isfinite(t).all() for t in tensors if t.is_floating_point() or t.is_complex()]
+    if not flags:
+        return torch.ones((), dtype=torch.bool)
+    device = flags[0].device
+    return torch.stack([f.to(device) for f in flags]).all()
+
+
+def first_non_finite(named):
+    """Name of the first floating-point tensor in `named` ((name, tensor) pairs) holding a NaN or
+    inf, None if there is none. One host sync per tensor: for reporting, not for hot paths."""
+    for name, t in named:
+        if (t.is_floating_point() or t.is_complex()) and not bool(torch.isfinite(t).all()):
+            return name
+    return None

@@ -22,6 +22,8 @@ import typing
 from importlib import resources
 from pathlib import Path
 
+from .files import first_line
+
 # OmegaConf's documented marker of a value that must be given (omegaconf.MISSING).
 REQUIRED = "???"
 
@@ -269,7 +271,7 @@ def compose(schema, layers):
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"config key {e.full_key!r}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"config key {e.full_key!r}: {first_line(e)}") from None
     check_values(schema, plain)
     return plain
 
@@ -289,14 +291,14 @@ def _named(error, schema, where):
     key = str(error.full_key or "")
     if isinstance(error, GrammarParseError):  # a '${' that opens no valid interpolation
         return ConfigError(f"{where}: config key {key!r} is not a valid ${{...}} interpolation: "
-                           f"{str(error).splitlines()[0]}")
+                           f"{first_line(error)}")
     tp, meta = _field_at(schema, key.split("[")[0]) if key else (typing.Any, {})
     value = getattr(error, "value", None)
     if key.endswith("]"):  # a list item: name the list and the item
         return ConfigError(f"{where}: config key {key!r} must be an item of {expected(tp, meta)}, got {value!r}")
     if key:
         return ConfigError(f"{where}: config key {key!r} must be {expected(tp, meta)}, got {value!r}")
-    return ConfigError(f"{where}: {str(error).splitlines()[0]}")
+    return ConfigError(f"{where}: {first_line(error)}")
 
 
 def parse_override(text):

@@ -1,11 +1,24 @@
-"""Files that must never be half-written or execute code when read.
+"""Files that must never be half-written, go unnoticed when damaged, or execute code when read.
 
 - `atomic_write`: the one writer; readers see the old file or the complete new one.
+- `atomic_torch_save`: `torch.save` through it, with the SHA-256 of the bytes in the file itself.
+- `verify_checksum`: the check of that SHA-256 (`safe_torch_load` runs it on every file that has one).
 - `safe_torch_load`: the one `torch.load` call, `weights_only=True` with one allow-list.
+- `remove_stale_temps`: temporary files a killed writer left behind.
 - the checkpoint format strings, one place for each.
+
+The checksum lives in the zip comment of torch's file format: the file stays one file (one atomic
+rename, hard-linkable, readable by plain `torch.load` and `zipfile`), and the hash is computed while
+torch writes, so saving reads nothing back. The comment is `sigma-sha256:<hex>`, the SHA-256 of
+every byte before it as torch wrote them (the end-of-directory record with its comment length 0),
+so a changed byte anywhere in the file, the comment included, fails the check.
 """
 import argparse
+import errno
+import hashlib
 import os
+import re
+import struct
 import tempfile
 from pathlib import Path
 
@@ -20,11 +33,42 @@ LINEAR_PROBE_FORMAT = "sigma-linear-probe-v1"
 # command-line arguments as an argparse.Namespace.
 SAFE_GLOBALS = (argparse.Namespace,)
 
+_CHECKSUM_TAG = b"sigma-sha256:"
+_TRAILER_LEN = len(_CHECKSUM_TAG) + 64
+_EOCD = b"PK\x05\x06"  # zip end-of-central-directory record: 22 bytes, its last 2 the comment length
+_EOCD_LEN = 22
+_TEMP = re.compile(r"^\..+\.[^.]+\.tmp$")  # `atomic_write`'s names: .NAME.<random>.tmp
+
+
+class ChecksumError(ValueError):
+    """A file whose bytes are not those it was written with (or that is empty or cut short)."""
+
+
+class NoSpaceError(OSError):
+    """The disk filled up while writing `path` (the previous file at `path`, if any, is intact)."""
+
+    def __init__(self, path, detail=None):
+        super().__init__(errno.ENOSPC, f"no space left on device while writing {path}"
+                         + (f"; {detail}" if detail else ""))
+        self.path = Path(path)
+
+    def __str__(self):
+        return self.strerror
+
+
+def first_line(exc):
+    """The first non-empty line of an exception's message, or its type name when it has none
+    (torch raises EOFError('') for an empty file): for one-line error messages."""
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(exc).__name__
+
 
 def atomic_write(path, write):
     """Call `write(tmp_path)` on a temporary file in `path`'s folder, fsync it, and rename it over
     `path`, so readers see either the old file or the complete new one, even after a power cut.
-    The temporary file is removed if `write` fails."""
+    The temporary file is removed if `write` fails; a full disk raises `NoSpaceError` naming `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -34,9 +78,11 @@ def atomic_write(path, write):
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if _is_enospc(exc):
+            raise NoSpaceError(path) from exc
         raise
     _fsync_dir(path.parent)
     return path
@@ -65,20 +111,113 @@ def atomic_write_text(path, text):
     return atomic_write(path, write)
 
 
+def _is_enospc(exc):
+    # torch's own file writer reports a full disk as "[enforce fail ...] unexpected pos", with no errno
+    while exc is not None:
+        if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
+
+
+class _HashingWriter:
+    """A binary file that hashes what goes through it (torch.save writes its zip sequentially)."""
+
+    def __init__(self, f):
+        self.f, self.sha = f, hashlib.sha256()
+
+    def write(self, data):
+        self.sha.update(data)
+        return self.f.write(data)
+
+    def flush(self):
+        self.f.flush()
+
+
 def atomic_torch_save(obj, path):
-    """`torch.save(obj, path)` atomically (see `atomic_write`)."""
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """`torch.save(obj, path)` atomically (see `atomic_write`), with the SHA-256 of the file's
+    bytes in its zip comment (module docstring), checked by `verify_checksum` / `safe_torch_load`."""
+    def write(tmp):
+        with open(tmp, "w+b") as f:
+            w = _HashingWriter(f)
+            torch.save(obj, w)
+            f.flush()
+            f.seek(-_EOCD_LEN, os.SEEK_END)
+            eocd = f.read(_EOCD_LEN)
+            if eocd[:4] != _EOCD or eocd[-2:] != b"\0\0":  # not the zip layout this relies on: no checksum
+                raise RuntimeError(f"torch.save wrote an unexpected zip ending to {tmp}; cannot add a checksum")
+            trailer = _CHECKSUM_TAG + w.sha.hexdigest().encode()
+            f.seek(-2, os.SEEK_END)
+            f.write(struct.pack("<H", len(trailer)) + trailer)
+    return atomic_write(path, write)
 
 
-def safe_torch_load(path, map_location="cpu"):
+def verify_checksum(path, chunk=1 << 24):
+    """True when `path` carries a sigma checksum and its bytes match it; False when it carries none
+    (an older sigma, VideoMAE, any other torch file). ChecksumError naming the file when it is empty
+    or its bytes differ from those written."""
+    path = Path(path)
+    size = path.stat().st_size
+    if size == 0:
+        raise ChecksumError(f"{path} is empty (0 bytes): not a checkpoint (a copy or a write that did not finish?)")
+    with open(path, "rb") as f:
+        f.seek(max(0, size - _EOCD_LEN - _TRAILER_LEN - 64))
+        tail = f.read()
+        end = tail.rfind(_EOCD)
+        if end < 0 or end + _EOCD_LEN > len(tail):  # not a zip ending: torch.load decides what it is
+            return False
+        comment = tail[end + _EOCD_LEN:]
+        if struct.unpack("<H", tail[end + _EOCD_LEN - 2:end + _EOCD_LEN])[0] != len(comment):
+            raise ChecksumError(f"{path} is truncated or damaged: its zip directory does not end where the file does")
+        if len(comment) != _TRAILER_LEN and not comment.startswith(_CHECKSUM_TAG):
+            return False  # no comment (torch's own files), or one that is not ours
+        # a comment of our length whose tag is damaged is a damaged file, not one without checksum
+        sha = hashlib.sha256()
+        f.seek(0)
+        left = size - len(comment) - 2
+        while left:
+            block = f.read(min(chunk, left))
+            if not block:
+                break
+            sha.update(block)
+            left -= len(block)
+        sha.update(b"\0\0")
+    if comment != _CHECKSUM_TAG + sha.hexdigest().encode():
+        raise ChecksumError(f"{path} is corrupt: its bytes do not match the SHA-256 recorded when it was written")
+    return True
+
+
+def remove_stale_temps(folder):
+    """Delete the `.NAME.<random>.tmp` files a killed `atomic_write` left in `folder` (call it before
+    anything writes there); returns their paths."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TEMP.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed
+
+
+def safe_torch_load(path, map_location="cpu", return_verified=False):
     """`torch.load(path, weights_only=True)` with the small allow-list `SAFE_GLOBALS`.
 
     A file that needs anything else to unpickle (code, custom classes) is refused with an error
-    naming the file; nothing in it is executed.
+    naming the file; nothing in it is executed. A file with a sigma checksum is verified first
+    (ChecksumError when it does not match; `verify_checksum`); an empty, truncated or non-torch file
+    is a one-line ValueError naming it. return_verified: return (object, whether a checksum was
+    checked).
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
+    verified = verify_checksum(path)
+    obj = _torch_load(path, map_location)
+    return (obj, verified) if return_verified else obj
+
+
+def _torch_load(path, map_location):
     try:
         if hasattr(torch.serialization, "safe_globals"):
             with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
@@ -86,6 +225,11 @@ def safe_torch_load(path, map_location="cpu"):
         torch.serialization.add_safe_globals(list(SAFE_GLOBALS))  # torch 2.4: no context manager yet
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError with the offending global
+        # the weights-only unpickler's own reason is the exception it wraps
+        said = first_line(exc.__context__ if isinstance(exc.__context__, Exception) else exc)
+        if "GLOBAL" not in str(exc):
+            raise ValueError(f"cannot read {path}: truncated, damaged or not a torch file "
+                             f"(torch said: {said})") from exc
         raise ValueError(f"refusing to load {path}: it is not a plain weights file readable with "
                          f"torch.load(weights_only=True) (allowed extra types: argparse.Namespace). "
-                         f"torch said: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
+                         f"torch said: {said}") from exc

@@ -142,11 +142,16 @@ def main(argv=None):
         print(f"{PROG} {task}: error: {exc}", file=sys.stderr)
         return 2
     from sigma import evaluate as ev
+    from sigma.engine.interrupt import Interrupted
     try:
         result = getattr(ev, task)(**settings)
     except (ValueError, FileNotFoundError) as exc:
         print(f"{PROG} {task}: error: {exc}", file=sys.stderr)
         return 2
+    except Interrupted as exc:  # fine-tuning on SIGINT/SIGTERM: a checkpoint was written, the message says where
+        if exc.is_main:
+            print(f"{PROG} {task}: {exc}", file=sys.stderr)
+        return exc.exit_code
     keys = HEADLINE.get(task)
     if keys:
         summary = {k: result.get(k) for k in keys}

@@ -15,11 +15,13 @@ pretraining: `finetune()` sets up (`setup`), `train_one_epoch` runs the steps. C
 (`OUTPUT_DIR/checkpoints/finetune-last.pt`, atomically) hold model, optimizer, scaler, step, epoch
 and RNG states; `resume="auto"` continues from it, mid-epoch included: the sample order, every
 sample's augmentation (seeded from (seed, epoch, index)) and the mixup draws are replayed
-(`sigma.engine.seeding`).
+(`sigma.engine.seeding`). SIGINT/SIGTERM finish the step, write that checkpoint and raise
+`sigma.engine.interrupt.Interrupted` (the command line exits 130 / 143); see docs/evaluation.md.
 """
 import argparse
 import csv
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,12 +35,14 @@ from sigma.engine.distributed import (
     DistInfo,
     ResumableDistributedSampler,
     all_gather_object,
+    all_reduce_mean,
     barrier,
     init_distributed,
     shutdown,
     wrap_ddp,
 )
-from sigma.engine.files import FINETUNE_FORMAT, atomic_torch_save
+from sigma.engine.files import FINETUNE_FORMAT, atomic_torch_save, remove_stale_temps
+from sigma.engine.interrupt import GracefulStop, Interrupted, signal_name, stop_flag
 from sigma.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from sigma.engine.provenance import provenance
 from sigma.engine.rundir import claim_output_dir
@@ -165,6 +169,7 @@ class FinetuneRun:
     history: list = field(default_factory=list)  # the logged losses
     log_file: object = None
     pbar: object = None
+    interrupt: GracefulStop = None  # SIGINT/SIGTERM received (set while the step loop runs)
 
 
 @defaults_from(FinetuneConfig)
@@ -186,12 +191,19 @@ def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column
     args = argparse.Namespace(**locals())
     t0 = time.time()
     run = setup(args)
+    if run.info.is_main:
+        remove_stale_temps(run.ckpt_path.parent)  # left by a killed writer
     if resume:
         resume_run(run, resume)
     open_log(run)
     try:
-        while run.step < run.last_step:
-            train_one_epoch(run)
+        say = _say if run.info.is_main else None
+        with GracefulStop(say, prog="python -m sigma.evaluate finetune") as run.interrupt:
+            while run.step < run.last_step:
+                train_one_epoch(run)
+    except Interrupted:
+        shutdown(run.info)  # every rank stopped at the same step
+        raise
     finally:
         for done in (run.pbar, run.log_file):
             if done is not None:
@@ -334,7 +346,8 @@ def open_log(run):
 
 
 def train_one_epoch(run):
-    """Optimizer steps from `run.step` to the end of its epoch (or `last_step`): log and checkpoint."""
+    """Optimizer steps from `run.step` to the end of its epoch (or `last_step`): log and checkpoint;
+    on SIGINT/SIGTERM checkpoint and raise Interrupted."""
     a, info = run.args, run.info
     epoch, start = divmod(run.step, run.spe)
     sampler = ResumableDistributedSampler(run.train_ds, info.world_size, info.rank, seed=a.seed)
@@ -348,14 +361,38 @@ def train_one_epoch(run):
     for batch in loader:
         loss = train_step(run, batch)
         run.step += 1
-        if run.step % a.log_every == 0 or run.step == run.last_step:
+        log_now = run.step % a.log_every == 0 or run.step == run.last_step
+        if log_now:
             log_step(run, epoch, loss)
         if run.pbar is not None:
             run.pbar.update(1)
-        if (a.save_every and run.step % a.save_every == 0) or run.step == run.last_step or run.step % run.spe == 0:
+        stop = stop_agreed(run, log_now)
+        if (a.save_every and run.step % a.save_every == 0) or run.step == run.last_step or run.step % run.spe == 0 \
+                or stop:
             save(run)
         if run.step >= run.last_step:
             break
+        if stop:
+            raise Interrupted(f"stopped by {signal_name(run.interrupt.signum or 15)} after step {run.step} of "
+                              f"{run.last_step}; checkpoint written to {run.ckpt_path}; continue with --resume auto",
+                              run.interrupt.signum or 15, is_main=info.is_main)
+
+
+def _say(msg):
+    print(f"[sigma.evaluate finetune] {msg}", file=sys.stderr, flush=True)
+
+
+def stop_agreed(run, log_now):
+    """Whether to stop after this step on a signal: at once in one process; under torchrun at log
+    steps (which sync for the loss anyway), by an all-reduce of the ranks' flags, so all stop at the
+    same step."""
+    if run.interrupt is None:
+        return False
+    if run.info.world_size == 1:
+        return run.interrupt.requested
+    if not log_now:
+        return False
+    return all_reduce_mean(stop_flag(run.interrupt, run.info.device), run.info).item() > 0
 
 
 def train_step(run, batch):

@@ -1,7 +1,9 @@
 """Command line: python -m sigma.pretrain --config CONFIG --data LIST_OR_DIR --output-dir DIR
 [--resume auto|PATH | --overwrite] [key=value ...]  (also installed as `sigma-pretrain`)."""
 import argparse
+import functools
 import sys
+import warnings
 
 from sigma.engine.config import invoked_as
 
@@ -34,6 +36,12 @@ def build_parser(prog=None):
     return p
 
 
+def _one_line_warning(prog, message, category, filename, lineno, file=None, line=None):
+    # the run's warnings (a skipped checkpoint, a file without checksum) are messages to the user:
+    # one line each, without the source line Python's default format adds
+    print(f"{prog}: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None):
     parser = build_parser()
     prog = parser.prog  # errors start with the command the user typed
@@ -50,14 +58,28 @@ def main(argv=None):
         print(dump_config(cfg), end="")
         return 0
     from ..data import NoReadableVideoError
+    from ..engine.files import NoSpaceError
+    from ..engine.interrupt import Interrupted
     from .trainer import DataError, train
     try:
-        train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv,
-              overwrite=args.overwrite)
+        with warnings.catch_warnings():  # restores showwarning when main() returns (in-process callers)
+            warnings.showwarning = functools.partial(_one_line_warning, prog)
+            train(cfg, args.data, args.output_dir, resume=args.resume, argv=sys.argv if argv is None else argv,
+                  overwrite=args.overwrite)
     except (ConfigError, DataError, FileNotFoundError, NoReadableVideoError) as e:
         print(f"{prog}: error: {e}", file=sys.stderr)
         return 2
-    except FloatingPointError as e:  # the trainer stopped on a non-finite loss; its message says what to do
+    except FloatingPointError as e:  # the trainer stopped on a non-finite state; its message says what to do
         print(f"{prog}: stopped: {e}", file=sys.stderr)
         return 1
+    except NoSpaceError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    except Interrupted as e:  # SIGINT/SIGTERM: a checkpoint was written, the message says where
+        if e.is_main:
+            print(f"{prog}: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:  # Ctrl-C before the step loop began: nothing to save yet
+        print(f"{prog}: interrupted before the first step; no checkpoint was written", file=sys.stderr)
+        return 130
     return 0

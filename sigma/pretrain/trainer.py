@@ -20,7 +20,14 @@ from torch.utils.data import DataLoader
 
 from sigma.diagnostics import feature_collapse_stats
 from sigma.engine import amp as amp_policy
-from sigma.engine.checkpoints import parameter_fingerprint, rng_state, set_rng_state
+from sigma.engine.checkpoints import (
+    all_finite,
+    first_non_finite,
+    named_tensors,
+    parameter_fingerprint,
+    rng_state,
+    set_rng_state,
+)
 from sigma.engine.distributed import (
     DistInfo,
     ResumableDistributedSampler,
@@ -32,6 +39,7 @@ from sigma.engine.distributed import (
     wrap_ddp,
 )
 from sigma.engine.files import PRETRAIN_FORMAT, atomic_write_text
+from sigma.engine.interrupt import GracefulStop, Interrupted, signal_name, stop_flag
 from sigma.engine.optim import build_optimizer, build_scheduler, scaled_lr
 from sigma.engine.provenance import provenance
 from sigma.engine.rundir import claim_output_dir
@@ -156,6 +164,7 @@ class Run:
     log: MetricsLog = None
     bar: object = None
     pending: dict = field(default_factory=dict)  # loss sum and timing since the last metrics row
+    interrupt: GracefulStop = None  # SIGINT/SIGTERM received (set while the step loop runs)
 
     def say(self, msg):
         if self.info.is_main:
@@ -172,6 +181,9 @@ def train(cfg, data, output_dir, resume=None, argv=None, overwrite=False):
     info = init_distributed(cfg["device"])
     claim_run_dir(output_dir, info, resume, overwrite)
     run = setup(cfg, data, output_dir, info)
+    if info.is_main:
+        for leftover in ck.remove_leftovers(run.out):
+            run.say(f"removed {leftover}, a temporary file left by an interrupted write")
     if resume is not None:
         resume_run(run, resume)
     start_outputs(run, data, argv)
@@ -179,8 +191,12 @@ def train(cfg, data, output_dir, resume=None, argv=None, overwrite=False):
     run.bar = tqdm(total=run.stop, initial=run.step, disable=not info.is_main, dynamic_ncols=True,
                    desc="pretrain", file=sys.stderr)
     try:
-        while run.step < run.stop:
-            train_one_epoch(run)
+        with GracefulStop(run.say, prog="sigma-pretrain") as run.interrupt:
+            while run.step < run.stop:
+                train_one_epoch(run)
+    except Interrupted:
+        shutdown(info)  # every rank stopped at the same step: leaving the group cannot hang
+        raise
     finally:
         run.bar.close()
         if run.log is not None:
@@ -261,17 +277,25 @@ def resume_run(run, resume):
         module.projection.load_state_dict(state["projection"])
         if module.objective == "sigma":
             module.criterion.load_state_dict(state["loss"])
+        bad = ck.non_finite_entry(state)
     except (KeyError, RuntimeError) as e:
         # a checkpoint of another config (model size, projection, K): one line naming what differs,
         # not torch's pages of keys
         what = listed_changes(changed) if changed else _state_mismatch(module, state)
         raise DataError(f"--resume {path}: the checkpoint does not fit this config: {what}; "
                         "resume with the config it was written with") from e
+    if bad is not None:
+        raise DataError(f"--resume {path}: {bad} holds NaN or inf (step {state['step']}); resume from an "
+                        "older checkpoint")
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
     run.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])  # every rank's generators are the same (sigma.engine.seeding)
     run.step, run.resumed_from = int(state["step"]), path
+    pending = state.get("pending_loss")  # loss summed since the last metrics row, per rank
+    if pending:
+        mine = pending[min(run.info.rank, len(pending) - 1)]
+        run.pending = {"loss_sum": mine["sum"].to(run.info.device), "steps": int(mine["steps"])}
     if changed:
         run.say(f"resuming with a config that differs from the checkpoint's: {listed_changes(changed)}")
     run.say(f"resuming from {path} at step {run.step}")
@@ -291,7 +315,8 @@ def start_outputs(run, data, argv):
         dataset_skipped=n_skipped)
     columns = ["step", "epoch", "loss", "lr", "clips_per_s", "grad_norm", "loss_scale", "videos_skipped"]
     columns += (list(SIGMA_STATS) if run.module.objective == "sigma" else []) + list(COLLAPSE)
-    run.pending = {"loss_sum": torch.zeros((), device=info.device), "steps": 0, "t": time.perf_counter()}
+    run.pending = {"loss_sum": torch.zeros((), device=info.device), "steps": 0, **run.pending,
+                   "t": time.perf_counter()}
     if not info.is_main:
         return
     run.out.mkdir(parents=True, exist_ok=True)
@@ -321,7 +346,7 @@ def epoch_loader(run, epoch, start):
 
 def train_one_epoch(run):
     """Optimizer steps from `run.step` to the end of its epoch (or `run.stop`): log, checkpoint,
-    call STEP_CALLBACKS."""
+    call STEP_CALLBACKS; on SIGINT/SIGTERM checkpoint and raise Interrupted (`stop_if_asked`)."""
     o, lg = run.cfg["optim"], run.cfg["log"]
     epoch, in_epoch = divmod(run.step, run.steps_per_epoch)
     batches = iter(epoch_loader(run, epoch, in_epoch * o["batch_size"] * o["accum_steps"]))
@@ -335,12 +360,29 @@ def train_one_epoch(run):
         run.pending["steps"] += 1
         for callback in STEP_CALLBACKS:
             callback(run.step, run.info)
+        # a signal is acted on where the ranks agree on it: every step in one process, else at the
+        # all-reduces of log steps and checkpoints (stop_if_asked)
+        stop = run.info.world_size == 1 and run.interrupt is not None and run.interrupt.requested
         if log_now:
-            write_metrics(run, epoch, grad_norm, pred if stats_now else None, target if stats_now else None)
+            stop = write_metrics(run, epoch, grad_norm, pred if stats_now else None,
+                                 target if stats_now else None) or stop
         del pred, target
-        if run.step % run.cfg["checkpoint"]["every"] == 0 or run.step == run.stop:
-            save(run)
+        if run.step % run.cfg["checkpoint"]["every"] == 0 or run.step == run.stop or stop:
+            stop = save(run) or stop
         run.bar.update(1)
+        if stop:
+            stop_if_asked(run)
+
+
+def stop_if_asked(run):
+    """Raise Interrupted after a signal's checkpoint (written by the caller); nothing when the run
+    has just reached its last step anyway."""
+    if run.step >= run.stop:
+        return
+    signum = run.interrupt.signum if run.interrupt is not None and run.interrupt.requested else 15
+    path = ck.checkpoint_dir(run.out) / f"checkpoint-{run.step}.pt"
+    raise Interrupted(f"stopped by {signal_name(signum)} after step {run.step} of {run.stop}; checkpoint written "
+                      f"to {path}; continue with --resume auto", signum, is_main=run.info.is_main)
 
 
 def train_step(run, batches, log_now):
@@ -374,10 +416,11 @@ def train_step(run, batches, log_now):
 
 
 def write_metrics(run, epoch, grad_norm, pred, target):
-    """One metrics row (mean loss since the last one, speed, stats); stop on a non-finite loss."""
+    """One metrics row (mean loss since the last one, speed, stats); stop on a non-finite loss.
+    Returns whether any rank was signalled to stop (the flag rides on the row's all-reduce)."""
     p = run.pending
-    row = _log_row(run.module, run.info, run.step, epoch, p["loss_sum"] / p["steps"], run.optimizer, grad_norm,
-                   run.scaler, pred, target)
+    row, stop = _log_row(run.module, run.info, run.step, epoch, p["loss_sum"] / p["steps"], run.optimizer,
+                         grad_norm, run.scaler, pred, target, stop_flag(run.interrupt, run.info.device))
     row["clips_per_s"] = p["steps"] * run.clips_per_step / (time.perf_counter() - p["t"])
     row["videos_skipped"] = int(getattr(run.dataset, "num_skipped", 0) or 0)
     if not math.isfinite(row["loss"]):
@@ -389,12 +432,19 @@ def write_metrics(run, epoch, grad_norm, pred, target):
                             refresh=False)
     p["loss_sum"].zero_()
     p["steps"], p["t"] = 0, time.perf_counter()
+    return stop
 
 
 def save(run):
-    """Checkpoint `run` at its step (rank 0 writes; every rank contributes its fingerprint)."""
+    """Checkpoint `run` at its step (rank 0 writes; every rank contributes its fingerprint and its
+    loss sum since the last metrics row). Refuses a non-finite state (`check_finite`). Returns
+    whether any rank was signalled to stop."""
     module, spe, step = run.module, run.steps_per_epoch, run.step
-    fingerprints = all_gather_object(parameter_fingerprint(module), run.info)
+    stop = check_finite(run)
+    p = run.pending
+    gathered = all_gather_object((parameter_fingerprint(module), {"sum": p["loss_sum"].detach().cpu(),
+                                                                  "steps": p["steps"]}), run.info)
+    fingerprints, pending = [g[0] for g in gathered], [g[1] for g in gathered]
     if run.info.is_main:
         state = {
             "format": PRETRAIN_FORMAT, "step": step, "epoch": step // spe, "step_in_epoch": step % spe,
@@ -405,15 +455,43 @@ def save(run):
             "loss_config": run.record["loss_config"], "objective": module.objective,
             "optimizer": run.optimizer.state_dict(), "scaler": run.scaler.state_dict(),
             "scheduler": run.scheduler.state_dict(), "rng": rng_state(), "config": run.cfg,
-            "provenance": run.record["provenance"], "rank_fingerprints": fingerprints,
+            "provenance": run.record["provenance"], "rank_fingerprints": fingerprints, "pending_loss": pending,
         }
         ck.save_checkpoint(state, run.out, keep=run.cfg["checkpoint"]["keep"])
     barrier(run.info)
+    return stop
 
 
-def _log_row(module, info, step, epoch, mean_loss, optimizer, grad_norm, scaler, pred, target):
-    """One metrics row; the only host syncs of the loop happen here."""
-    vals = {"loss": mean_loss}
+def _trained_state(run):
+    m = run.module
+    return {"model": m.model.state_dict(), "projection": m.projection.state_dict(),
+            "loss": m.criterion.state_dict() if m.objective == "sigma" else {},
+            "optimizer": run.optimizer.state_dict()["state"], "pending_loss": run.pending["loss_sum"]}
+
+
+def check_finite(run):
+    """Before a checkpoint: are the weights, optimizer moments and the loss summed since the last
+    row finite on every rank, and was any rank signalled to stop? One all-reduce and one host sync.
+    A non-finite state raises FloatingPointError naming the step and the first non-finite tensor,
+    and nothing is written: the newest checkpoint stays the last good one. (With an fp16 scaler a
+    step with inf gradients is skipped by the scaler and leaves the state finite: not an error.)"""
+    trained = list(named_tensors(_trained_state(run)))
+    bad = (~all_finite([t for _, t in trained])).float().to(run.info.device)
+    flags = all_reduce_mean(torch.stack([bad, stop_flag(run.interrupt, run.info.device)]), run.info).tolist()
+    if flags[0] == 0:
+        return flags[1] > 0
+    name = first_non_finite(trained) or "another rank's state"
+    newest = ck.newest_checkpoint(run.out)
+    kept = f"the newest checkpoint is still {newest[1]} (step {newest[0]})" if newest else "no checkpoint was written"
+    raise FloatingPointError(f"non-finite training state at step {run.step}: {name} holds NaN or inf; "
+                             f"checkpoint-{run.step}.pt not written, {kept}. Lower the learning rate, enable "
+                             "optim.clip_grad, or check the data")
+
+
+def _log_row(module, info, step, epoch, mean_loss, optimizer, grad_norm, scaler, pred, target, stop):
+    """(One metrics row, whether any rank asked to stop); the only host syncs of the loop happen
+    here (and at checkpoints). `stop`: this rank's stop flag (`stop_flag`), reduced with the row."""
+    vals = {"loss": mean_loss, "stop": stop}
     stats = module.criterion.last_stats if module.objective == "sigma" else {}
     for k in ("loss_v", "loss_p"):
         if k in stats:
@@ -422,6 +500,7 @@ def _log_row(module, info, step, epoch, mean_loss, optimizer, grad_norm, scaler,
     reduced = all_reduce_mean(torch.stack([vals[k].float() for k in names]), info).tolist()
     row = {"step": step, "epoch": epoch, "lr": optimizer.param_groups[0]["lr"]}
     row.update(zip(names, reduced))
+    stop = row.pop("stop") > 0
     for k in SIGMA_STATS:
         if k in stats and k not in row:
             row[k] = float(stats[k])
@@ -433,7 +512,7 @@ def _log_row(module, info, step, epoch, mean_loss, optimizer, grad_norm, scaler,
         for name, feats in (("pred", pred), ("target", target)):
             c = feature_collapse_stats(feats)
             row[f"{name}_std"], row[f"{name}_erank"] = float(c["std"]), float(c["erank"])
-    return row
+    return row, stop
 
 
 def _state_mismatch(module, state):
