@@ -69,9 +69,9 @@ def _cli(data, out, *extra, resume=None):
 
 
 def _one_line_error(err, *needles):
-    """stderr's sigma-pretrain message is one line, without a traceback, holding every needle."""
+    """stderr's pretraining message is one line, without a traceback, holding every needle."""
     assert "Traceback" not in err, err
-    lines = [x for x in err.splitlines() if x.startswith("sigma-pretrain:")]
+    lines = [x for x in err.splitlines() if x.startswith("python -m sigma.pretrain:")]
     assert len(lines) == 1, err
     for n in needles:
         assert n in lines[0], (n, lines[0])
@@ -139,7 +139,7 @@ def test_nan_state_is_never_checkpointed_and_auto_resume_skips_nan_files(data, t
     capsys.readouterr()
     assert _cli(data, out, *every, "optim.max_steps=4", resume="auto") == 0
     warned = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
-    assert len(warned) == 1 and re.fullmatch(r"sigma-pretrain: warning: --resume auto: skipping \S+checkpoint-6.pt "
+    assert len(warned) == 1 and re.fullmatch(r"python -m sigma.pretrain: warning: --resume auto: skipping \S+checkpoint-6.pt "
                                              r"\(step 6\): model\.\S+ holds NaN or inf; trying an older checkpoint",
                                              warned[0]), warned
     assert ck.load_checkpoint(out / "checkpoints" / "checkpoint-4.pt")["provenance"]["resumed_from"].endswith(
@@ -214,7 +214,7 @@ def test_flipped_bytes_are_refused_and_auto_resume_falls_back(data, four_steps, 
     stale.write_bytes(b"")
     assert _cli(data, out, "optim.max_steps=4", resume="auto") == 0
     err = capsys.readouterr().err
-    assert f"sigma-pretrain: warning: --resume auto: skipping checkpoint-4.pt: {newest} is corrupt: its bytes do not " \
+    assert f"python -m sigma.pretrain: warning: --resume auto: skipping checkpoint-4.pt: {newest} is corrupt: its bytes do not " \
            "match the SHA-256 recorded when it was written; trying an older checkpoint\n" in err
     assert f"removed {stale}" in err and not stale.exists()
     resumed = ck.load_checkpoint(out / "checkpoints" / "checkpoint-4.pt")
@@ -239,7 +239,7 @@ def test_checkpoint_without_checksum_loads_with_a_warning(data, four_steps, tmp_
     torch.save(state, old)  # as sigma wrote checkpoints before they carried a checksum
     assert _cli(data, tmp_path / "run", "optim.max_steps=3", resume=old) == 0
     said = [x for x in capsys.readouterr().err.splitlines() if "checksum" in x]
-    assert said == [f"sigma-pretrain: warning: {old} has no checksum (written by an older sigma or another program): "
+    assert said == [f"python -m sigma.pretrain: warning: {old} has no checksum (written by an older sigma or another program): "
                     "loaded without an integrity check"]
 
 
