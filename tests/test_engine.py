@@ -1,12 +1,14 @@
 """sigma.engine: the AMP policy, the checkpoint loader's format check, the resumable sampler's keys,
 per-sample seeding, and the layer-decay learning rates the schedule gives each group."""
 import random
+import stat
 
 import numpy as np
 import pytest
 import torch
 
 from sigma.engine import amp as amp_policy
+from sigma.engine import files
 from sigma.engine.checkpoints import load_checkpoint
 from sigma.engine.distributed import ResumableDistributedSampler, pick_device
 from sigma.engine.files import FINETUNE_FORMAT, PRETRAIN_FORMAT, atomic_torch_save
@@ -113,3 +115,19 @@ def test_layer_decay_groups_reach_lr_times_their_scale():
     for g in opt.param_groups:
         assert g["lr"] == pytest.approx(lr * g["lr_scale"], rel=1e-12)
     assert max(g["lr"] for g in opt.param_groups) == pytest.approx(lr)
+
+
+@pytest.mark.parametrize("durable", [True, False])
+def test_atomic_write_gives_new_files_the_umask_permissions_and_keeps_existing_ones(tmp_path, durable):
+    """mkstemp's 0600 must not leak into written files (a results CSV unreadable by the group)."""
+    from sigma.engine.files import atomic_write_text
+
+    new = atomic_write_text(tmp_path / "new.txt", "a", durable=durable)
+    assert files._UMASK & 0o400 == 0  # the umask this process runs with lets the owner read
+    assert stat.S_IMODE(new.stat().st_mode) == 0o666 & ~files._UMASK
+    kept = tmp_path / "kept.txt"
+    kept.write_text("old")
+    kept.chmod(0o640)
+    atomic_write_text(kept, "new", durable=durable)
+    assert kept.read_text() == "new" and stat.S_IMODE(kept.stat().st_mode) == 0o640
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []

@@ -27,6 +27,9 @@ from sigma.pretrain.cli import main  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
 
+# In-process, the command line names itself as a module run (sys.argv[0] is pytest's).
+WARN = "python -m sigma.pretrain: warning:"
+
 
 @pytest.fixture(autouse=True)
 def _one_thread_no_callbacks():
@@ -139,7 +142,7 @@ def test_nan_state_is_never_checkpointed_and_auto_resume_skips_nan_files(data, t
     capsys.readouterr()
     assert _cli(data, out, *every, "optim.max_steps=4", resume="auto") == 0
     warned = [x for x in capsys.readouterr().err.splitlines() if "warning" in x]
-    assert len(warned) == 1 and re.fullmatch(r"python -m sigma.pretrain: warning: --resume auto: skipping \S+checkpoint-6.pt "
+    assert len(warned) == 1 and re.fullmatch(re.escape(WARN) + r" --resume auto: skipping \S+checkpoint-6.pt "
                                              r"\(step 6\): model\.\S+ holds NaN or inf; trying an older checkpoint",
                                              warned[0]), warned
     assert ck.load_checkpoint(out / "checkpoints" / "checkpoint-4.pt")["provenance"]["resumed_from"].endswith(
@@ -214,7 +217,7 @@ def test_flipped_bytes_are_refused_and_auto_resume_falls_back(data, four_steps, 
     stale.write_bytes(b"")
     assert _cli(data, out, "optim.max_steps=4", resume="auto") == 0
     err = capsys.readouterr().err
-    assert f"python -m sigma.pretrain: warning: --resume auto: skipping checkpoint-4.pt: {newest} is corrupt: its bytes do not " \
+    assert f"{WARN} --resume auto: skipping checkpoint-4.pt: {newest} is corrupt: its bytes do not " \
            "match the SHA-256 recorded when it was written; trying an older checkpoint\n" in err
     assert f"removed {stale}" in err and not stale.exists()
     resumed = ck.load_checkpoint(out / "checkpoints" / "checkpoint-4.pt")
@@ -239,7 +242,7 @@ def test_checkpoint_without_checksum_loads_with_a_warning(data, four_steps, tmp_
     torch.save(state, old)  # as sigma wrote checkpoints before they carried a checksum
     assert _cli(data, tmp_path / "run", "optim.max_steps=3", resume=old) == 0
     said = [x for x in capsys.readouterr().err.splitlines() if "checksum" in x]
-    assert said == [f"python -m sigma.pretrain: warning: {old} has no checksum (written by an older sigma or another program): "
+    assert said == [f"{WARN} {old} has no checksum (written by an older sigma or another program): "
                     "loaded without an integrity check"]
 
 

@@ -149,11 +149,12 @@ def write_mp4(path, frames, fps=25):
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
             container.mux(stream.encode(None))
-    atomic_write(path, write)
+    # A generated set can be generated again: no fsync per clip (atomic_write's durable=False).
+    atomic_write(path, write, durable=False)
 
 
 def _save_image(image, path, **kwargs):
-    atomic_write(path, lambda tmp: image.save(tmp, **kwargs))
+    atomic_write(path, lambda tmp: image.save(tmp, **kwargs), durable=False)
 
 
 def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object_size=(32, 48),
