@@ -72,6 +72,7 @@ def _readme_block(marker):
     return found[0]
 
 
+@pytest.mark.slow  # imports transformers and trains 20 steps: about 10 s on a quiet 2-core CPU
 def test_readme_hf_snippet_runs_as_written():
     pytest.importorskip("timm")
     pytest.importorskip("transformers")
