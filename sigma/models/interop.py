@@ -149,8 +149,10 @@ def _infer_config(state, prefix, overrides, args=None, source="checkpoint", deco
             cfg[field] = VideoViTConfig.num_frames if field == "num_frames" else VideoViTConfig.img_size
     assumed = [f"{field}={cfg[field]}" for field in unread if field not in overrides]
     if assumed:
+        why = "heads 64 wide" + (", VideoMAE's clip 16×224²" if any(a.startswith(("num_frames", "img_size"))
+                                                                    for a in assumed) else "")
         warnings.warn(f"{source} does not store {', '.join(f.split('=')[0] for f in assumed)}: assumed "
-                      f"{', '.join(assumed)} (heads 64 wide, VideoMAE's clip 16×224²); pass the right values as "
+                      f"{', '.join(assumed)} ({why}); pass the right values as "
                       f"keyword arguments (load_model(path, {assumed[0].split('=')[0]}=...)) if the model was "
                       f"built otherwise", stacklevel=3)
     cfg.update(overrides)
