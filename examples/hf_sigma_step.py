@@ -5,7 +5,7 @@ HF's forward always computes its pixel loss, which fails for a head that is not 
 wide, so `hf_masked_predictions` runs its encoder, decoder blocks, norm and head without it.
 Everything is tiny (random weights from a config, 4×32² synthetic clips) so it runs on a CPU:
 
-    python examples/hf_sigma_step.py --steps 5
+    python examples/hf_sigma_step.py            # 30 steps: the loss falls from about 8.7 to 6.5
 """
 import argparse
 
@@ -31,7 +31,7 @@ def build():
     return model, projection, criterion
 
 
-def main(steps=5, batch_size=4, seed=0, verbose=True):
+def main(steps=30, batch_size=4, seed=0, verbose=True):
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model, projection, criterion = build()
@@ -51,12 +51,14 @@ def main(steps=5, batch_size=4, seed=0, verbose=True):
         losses.append(loss.item())
         if verbose:
             print(f"step {step}  loss {losses[-1]:.3f}")
+    if verbose and len(losses) >= 10:
+        print(f"mean loss of the first 5 steps {sum(losses[:5]) / 5:.3f}, of the last 5 {sum(losses[-5:]) / 5:.3f}")
     return losses
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     main(steps=args.steps, seed=args.seed)

@@ -112,17 +112,25 @@ def test_visualize_writes_pictures_of_documented_size(synthetic, checkpoint, tmp
     from sigma.data import sample_videos
     from sigma.evaluate import visualize
     metrics = tmp_path / "metrics.csv"
-    metrics.write_text("step,loss,lr,pred_std,loss_scale\n1,8.0,0.1,0.5,\n2,7.5,0.2,0.4,\n3,7.0,0.3,,\n")
+    metrics.write_text("step,loss,lr,pred_std,loss_scale,videos_skipped\n1,8.0,0.1,0.5,,0\n2,7.5,0.2,0.4,,0\n"
+                       "3,7.0,0.3,,,0\n")
     videos = sample_videos()
     video = videos.get("bikes") or os.path.join(synthetic["root"], "videos", "clip00000.mp4")
     r = visualize(checkpoint, video, tmp_path, metrics=metrics, k=3, sampling_rate=1)
     clip = r["clips"][0]
     png = np.asarray(Image.open(clip["png"]))
-    assert png.shape[:2] == (2 * 32, 2 * 32)  # 2 rows (frames, k-means) × T'=2 columns of 32² panels
+    assert png.shape[1] >= 1024 and png.shape[0] >= 2 * 256 and list(png.shape[:2]) == clip["png_size_hw"]
     assert png.std() > 0
+    assert clip["rows"] == ["frames", "k-means k=3"]
     gif = Image.open(clip["gif"])
-    assert gif.n_frames == 4 and gif.size == (2 * 32, 32)
+    # 2 rows side by side, each 32² panel upscaled by the smallest integer factor reaching 768 px wide (12),
+    # under a 28-px title strip
+    assert gif.n_frames == 4 and gif.size[0] >= 768 and gif.size[1] >= 256
+    assert gif.size == (2 * 32 * 12, 32 * 12 + 28)
+    frame = np.asarray(gif.convert("RGB"))[28:]
+    assert (frame[:12, 24:36] == frame[0, 24]).all()  # nearest upscaling: one pixel became a flat 12×12 square
     curves = np.asarray(Image.open(r["training_curves"]["png"]))
+    # loss, lr and pred_std change: 3 panels; loss_scale is never recorded and videos_skipped is constant
     assert curves.shape[:2] == (300, 3 * 400) and curves.std() > 0
     assert _read(tmp_path / "visualize.json")["clips"][0]["png"] == clip["png"]
 
@@ -158,9 +166,11 @@ def test_visualize_shows_sinkhorn_prototypes_of_a_pretraining_checkpoint(synthet
     r = visualize(str(run / "checkpoints" / "last.pt"), os.path.join(synthetic["root"], "videos", "clip00000.mp4"),
                   tmp_path / "out", k=3, sampling_rate=1)
     assert r["prototypes"] == "shown (row 3)"
-    png = np.asarray(Image.open(r["clips"][0]["png"]))
-    assert png.shape[:2] == (3 * 32, 2 * 32)
-    assert not np.array_equal(png[32:64], png[64:96])  # the prototype row is its own picture
+    clip = r["clips"][0]
+    assert clip["rows"] == ["frames", "k-means k=3", "Sinkhorn prototypes (K=16)"]
+    gif = np.asarray(Image.open(clip["gif"]).convert("RGB"))[28:]
+    w = gif.shape[1] // 3
+    assert gif.shape[1] >= 768 and not np.array_equal(gif[:, w:2 * w], gif[:, 2 * w:])  # its own picture
     assert r["training_curves"]["metrics"].endswith("metrics.csv")  # found next to the run's checkpoints
 
 

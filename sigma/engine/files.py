@@ -22,6 +22,8 @@ import struct
 import tempfile
 from pathlib import Path
 
+import numpy
+import numpy.dtypes
 import torch
 
 PRETRAIN_FORMAT = "sigma-pretrain-v1"
@@ -29,9 +31,30 @@ FINETUNE_FORMAT = "sigma-finetune-v2"
 MODELS_FORMAT = "sigma-models-v1"
 LINEAR_PROBE_FORMAT = "sigma-linear-probe-v1"
 
-# Harmless non-tensor types found in checkpoints we are asked to read: VideoMAE/SIGMA store their
-# command-line arguments as an argparse.Namespace.
-SAFE_GLOBALS = (argparse.Namespace,)
+
+def _numpy_scalar():
+    # numpy 2 moved numpy.core to numpy._core; the function is the same object under either name.
+    try:
+        from numpy._core.multiarray import scalar
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import scalar
+    return scalar
+
+
+# Harmless non-tensor types found in checkpoints we are asked to read. VideoMAE/SIGMA store their
+# command-line arguments as an argparse.Namespace, and their numpy lr / weight-decay schedules leave
+# numpy.float64 values in the optimizer's param_groups: those unpickle through numpy's `scalar`
+# (a dtype and the value's raw bytes; numpy 1.x files name it numpy.core.multiarray.scalar, numpy 2
+# files numpy._core.multiarray.scalar) and `numpy.dtype` with its numeric dtype classes. All of
+# them rebuild plain values from bytes: data, not code. Object, string and void dtypes are not
+# allowed (arrays of Python objects would need numpy's array reconstructor, which is not either).
+_NUMERIC_DTYPES = tuple(getattr(numpy.dtypes, name) for name in (
+    "BoolDType", "Int8DType", "Int16DType", "Int32DType", "Int64DType", "UInt8DType", "UInt16DType", "UInt32DType",
+    "UInt64DType", "Float16DType", "Float32DType", "Float64DType", "LongDoubleDType", "Complex64DType",
+    "Complex128DType", "CLongDoubleDType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType",
+    "UIntDType", "LongDType", "ULongDType", "LongLongDType", "ULongLongDType") if hasattr(numpy.dtypes, name))
+SAFE_GLOBALS = (argparse.Namespace, _numpy_scalar(), (_numpy_scalar(), "numpy.core.multiarray.scalar"),
+                (_numpy_scalar(), "numpy._core.multiarray.scalar"), numpy.dtype, *_NUMERIC_DTYPES)
 
 _CHECKSUM_TAG = b"sigma-sha256:"
 _TRAILER_LEN = len(_CHECKSUM_TAG) + 64
@@ -218,10 +241,10 @@ def safe_torch_load(path, map_location="cpu", return_verified=False):
     """`torch.load(path, weights_only=True)` with the small allow-list `SAFE_GLOBALS`.
 
     A file that needs anything else to unpickle (code, custom classes) is refused with an error
-    naming the file; nothing in it is executed. A file with a sigma checksum is verified first
-    (ChecksumError when it does not match; `verify_checksum`); an empty, truncated or non-torch file
-    is a one-line ValueError naming it. return_verified: return (object, whether a checksum was
-    checked).
+    naming the file and the global it asked for; nothing in it is executed. A file with a sigma
+    checksum is verified first (ChecksumError when it does not match; `verify_checksum`); an empty,
+    truncated or non-torch file is a one-line ValueError naming it. return_verified: return
+    (object, whether a checksum was checked).
     """
     path = Path(path)
     if not path.is_file():
@@ -241,9 +264,22 @@ def _torch_load(path, map_location):
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError with the offending global
         # the weights-only unpickler's own reason is the exception it wraps
         said = first_line(exc.__context__ if isinstance(exc.__context__, Exception) else exc)
-        if "GLOBAL" not in str(exc):
+        if "GLOBAL" not in str(exc) and "but got" not in str(exc):  # not a refusal: an unreadable file
             raise ValueError(f"cannot read {path}: truncated, damaged or not a torch file "
                              f"(torch said: {said})") from exc
         raise ValueError(f"refusing to load {path}: it is not a plain weights file readable with "
-                         f"torch.load(weights_only=True) (allowed extra types: argparse.Namespace). "
-                         f"torch said: {said}") from exc
+                         f"torch.load(weights_only=True) (allowed extra types: argparse.Namespace, numpy "
+                         f"scalars and dtypes); {_refusal_reason(exc)}") from exc
+
+
+def _refusal_reason(exc):
+    """The part of torch's (long, multi-line) refusal that names what the file asked for."""
+    text = str(exc)
+    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    if found:
+        return f"it needs the global {found.group(1)}, which is not allowed"
+    found = re.search(r"but got (<class '[^']+'>|\S+)", text)
+    if found:
+        return f"it builds {found.group(1)}, which is not allowed"
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return f"torch said: {lines[-1] if lines else type(exc).__name__}"

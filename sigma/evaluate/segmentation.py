@@ -44,6 +44,7 @@ REDUCTIONS = ("sequence", "clip", "pooled")
 def kmeans_labels(points, k, *, seed=0, n_init=10):
     """k-means cluster index (int64 (P,)) of every row of points (P, C) (scikit-learn, k-means++)."""
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     pts = np.ascontiguousarray(points.detach().cpu().double().numpy() if torch.is_tensor(points) else points,
                                dtype=np.float64)
@@ -54,7 +55,11 @@ def kmeans_labels(points, k, *, seed=0, n_init=10):
         # identical points (constant features) give fewer distinct clusters than k: that is the
         # documented degenerate case, not an error
         warnings.filterwarnings("ignore", message="Number of distinct clusters")
-        km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(pts)
+        # One thread: a clip's k-means is a few thousand points, too small for OpenMP to pay off,
+        # and its worker threads spinning against other processes made `segment` 10-17× slower on a
+        # loaded 2-core machine. The labels do not depend on the thread count.
+        with threadpool_limits(limits=1, user_api="openmp"):
+            km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(pts)
     return km.labels_.astype(np.int64)
 
 

@@ -2,11 +2,16 @@
 tube, overlaid on the frames (PNG grid + GIF), and training curves from a pretraining metrics.csv.
 
 Sizes (what a test or a script can rely on), with the model's input H×W and T' = T / tubelet:
-- `<video>_clusters.png`: a grid of R rows × T' columns of H×W panels, i.e. (R·H) × (T'·W) pixels
-  (height × width): row 1 the frames (the first frame of every tube), row 2 the k-means cluster map
-  overlaid, row 3 (when the checkpoint holds a projection and prototypes) the prototype assignment.
-- `<video>_clusters.gif`: T frames of H × (R·W) pixels, the same rows side by side.
-- `training_curves.png`: one panel per numeric column of metrics.csv (3 per row), 400×300 px each.
+- `<video>_clusters.png`: a labelled figure FIGURE_W pixels wide: R rows × T' columns of panels,
+  each the first frame of a tube (row "frames"), its k-means cluster map overlaid (row "k-means
+  k=…"), and, when the checkpoint holds a projection and prototypes, its Sinkhorn prototype
+  assignment (row "Sinkhorn prototypes"); columns are labelled with the clip frames they cover, and
+  every map row has a colour legend. Token maps are upscaled nearest-neighbour (one flat square per
+  token).
+- `<video>_clusters.gif`: T frames, the R rows side by side under a title strip, each panel upscaled
+  by an integer factor (nearest) so that the picture is at least GIF_MIN_W × GIF_MIN_H pixels.
+- `training_curves.png`: one panel per numeric column of metrics.csv that changes (3 per row),
+  400×300 px each; constant columns are named in the title instead.
 """
 import csv
 import math
@@ -27,6 +32,9 @@ from .config import VisualizeConfig
 from .segmentation import kmeans_labels
 
 PANEL_W, PANEL_H = 400, 300  # training-curve panel size in pixels (dpi 100)
+FIGURE_W = 1280               # cluster figure width in pixels (dpi 100): legible in a paper column
+GIF_MIN_W, GIF_MIN_H = 768, 256
+LEGEND_MAX = 10               # legend entries per map row (the most frequent labels)
 
 
 def palette(n):
@@ -53,9 +61,17 @@ def relabel_by_frequency(labels):
     return lut[labels]
 
 
+def labels_by_frequency(labels):
+    """The distinct values of `labels` (int array), most frequent first, with their counts."""
+    vals, counts = np.unique(np.asarray(labels), return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    return vals[order], counts[order]
+
+
 def overlay(frames, labels, alpha=0.5):
     """frames uint8 (T, H, W, 3), labels int (T', h, w) on the token grid -> uint8 (T, H, W, 3) with
-    every token's colour blended in (labels upsampled nearest in space, repeated in time)."""
+    every token's colour blended in (labels upsampled nearest in space, repeated in time). Colour i of
+    `palette` goes to the i-th most frequent label (`labels_by_frequency`)."""
     t, h, w = frames.shape[:3]
     lab = relabel_by_frequency(np.asarray(labels))
     colors = palette(int(lab.max()) + 1)
@@ -122,21 +138,76 @@ def read_clip(path, num_frames, size, sampling_rate=4):
     return video, frames
 
 
-def _save_grid(rows, tubelet, path):
-    """rows: list of uint8 (T, H, W, 3) -> PNG of the first frame of every tube, rows stacked."""
+def _save_figure(rows, titles, legends, tubelet, path):
+    """The labelled figure: rows of uint8 (T, H, W, 3) pictures (first frame of every tube shown),
+    `titles` (one per row), `legends` (per row: None or a list of (label text, RGB uint8)). Returns
+    the PNG's (height, width)."""
+    import matplotlib
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    t, h, w = rows[0].shape[:3]
+    cols = t // tubelet
+    dpi, legend_in, title_in = 100, 2.2, 0.45
+    panel_in = (FIGURE_W / dpi - legend_in - 0.6) / cols
+    height_in = title_in + len(rows) * panel_in * h / w + 0.25
+    fig = plt.figure(figsize=(FIGURE_W / dpi, height_in), dpi=dpi)
+    grid = fig.add_gridspec(len(rows), cols, left=0.6 / (FIGURE_W / dpi), right=1 - legend_in / (FIGURE_W / dpi),
+                            top=1 - title_in / height_in, bottom=0.1 / height_in, wspace=0.03, hspace=0.06)
+    for r, (pictures, title, legend) in enumerate(zip(rows, titles, legends)):
+        for c in range(cols):
+            ax = fig.add_subplot(grid[r, c])
+            # nearest: each token stays a flat square instead of being smeared into its neighbours
+            ax.imshow(pictures[c * tubelet], interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"frames {c * tubelet}–{(c + 1) * tubelet - 1}", fontsize=10)
+            if c == 0:
+                ax.set_ylabel(title, fontsize=11)
+            if c == cols - 1 and legend:
+                ax.legend(handles=[Patch(color=np.asarray(rgb) / 255, label=text) for text, rgb in legend],
+                          loc="center left", bbox_to_anchor=(1.04, 0.5), fontsize=8, frameon=False,
+                          handlelength=1.2, borderaxespad=0)
+    fig.savefig(path, dpi=dpi)  # no bbox_inches="tight": the width stays FIGURE_W
+    plt.close(fig)
     from PIL import Image
-
-    grid = np.concatenate([np.concatenate(list(r[::tubelet]), axis=1) for r in rows], axis=0)
-    Image.fromarray(grid).save(path)
-    return grid.shape
+    with Image.open(path) as im:
+        return im.size[1], im.size[0]
 
 
-def _save_gif(rows, path, fps=8):
-    from PIL import Image
+def _legend(labels, name, counts_total):
+    """Legend entries for a label map: the LEGEND_MAX most frequent labels with their share of tokens."""
+    vals, counts = labels_by_frequency(labels)
+    colors = palette(len(vals))
+    entries = [(f"{name} {v} ({100 * n / counts_total:.0f}%)", colors[i])
+               for i, (v, n) in enumerate(zip(vals[:LEGEND_MAX], counts[:LEGEND_MAX]))]
+    if len(vals) > LEGEND_MAX:
+        entries.append((f"+ {len(vals) - LEGEND_MAX} more", np.array([255, 255, 255], dtype=np.uint8)))
+    return entries
 
-    frames = [Image.fromarray(np.concatenate([r[t] for r in rows], axis=1)) for t in range(rows[0].shape[0])]
+
+def _save_gif(rows, titles, path, fps=8):
+    """Rows side by side, each panel upscaled nearest by one integer factor so that the GIF is at
+    least GIF_MIN_W × GIF_MIN_H, under a strip with the row titles. Returns (frames, height, width)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    t, h, w = rows[0].shape[:3]
+    strip = 28
+    scale = max(1, math.ceil((GIF_MIN_H - strip) / h), math.ceil(GIF_MIN_W / (len(rows) * w)))
+    font = ImageFont.load_default(size=16)
+    frames = []
+    for i in range(t):
+        body = np.concatenate([r[i] for r in rows], axis=1).repeat(scale, axis=0).repeat(scale, axis=1)
+        canvas = Image.new("RGB", (body.shape[1], body.shape[0] + strip), "white")
+        canvas.paste(Image.fromarray(body), (0, strip))
+        draw = ImageDraw.Draw(canvas)
+        for j, title in enumerate(titles):
+            draw.text((j * w * scale + 6, 5), f"{title} (t = {i})" if j == 0 else title, fill="black", font=font)
+        frames.append(canvas)
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
-    return (len(frames), *np.asarray(frames[0]).shape)
+    return (len(frames), frames[0].size[1], frames[0].size[0])
 
 
 @torch.no_grad()
@@ -148,19 +219,23 @@ def visualize_clip(encoder, video_path, out_dir, *, k=6, seed=0, alpha=0.5, samp
     x = video[None].to(device)
     tokens = encoder.forward_features(x)[0].float().cpu()
     grid = tuple(encoder.grid_size)
-    rows = [frames, overlay(frames, token_clusters(tokens, grid, k, seed), alpha)]
+    clusters = token_clusters(tokens, grid, k, seed)
+    rows, titles = [frames, overlay(frames, clusters, alpha)], ["frames", f"k-means k={k}"]
+    legends = [None, _legend(clusters, "cluster", clusters.size)]
     if prototype_parts is not None:
         proj, protos, eps, iters = prototype_parts
-        rows.append(overlay(frames, prototype_assignments(x, proj, protos, grid, eps, iters), alpha))
+        assigned = prototype_assignments(x, proj, protos, grid, eps, iters)
+        rows.append(overlay(frames, assigned, alpha))
+        titles.append(f"Sinkhorn prototypes (K={protos.shape[0]})")
+        legends.append(_legend(assigned, "prototype", assigned.size))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(video_path).stem
     png, gif = out_dir / f"{stem}_clusters.png", out_dir / f"{stem}_clusters.gif"
-    png_shape = _save_grid(rows, tube[0], png)
-    gif_shape = _save_gif(rows, gif)
-    return {"video": str(video_path), "png": str(png), "png_size_hw": list(png_shape[:2]), "gif": str(gif),
-            "gif_frames": gif_shape[0], "gif_size_hw": list(gif_shape[1:3]),
-            "rows": ["frames", f"k-means (k={k})"] + (["prototypes (Sinkhorn)"] if len(rows) == 3 else [])}
+    png_hw = _save_figure(rows, titles, legends, tube[0], png)
+    gif_shape = _save_gif(rows, titles, gif)
+    return {"video": str(video_path), "png": str(png), "png_size_hw": list(png_hw), "gif": str(gif),
+            "gif_frames": gif_shape[0], "gif_size_hw": list(gif_shape[1:3]), "rows": titles}
 
 
 def read_metrics_csv(path):
@@ -184,7 +259,8 @@ def read_metrics_csv(path):
 
 def plot_training_curves(metrics_csv, out_png):
     """One panel per numeric column of a pretraining metrics.csv against `step` (3 panels per row,
-    each PANEL_W × PANEL_H px); columns never recorded (e.g. loss_scale without fp16) get no panel.
+    each PANEL_W × PANEL_H px); columns never recorded (e.g. loss_scale without fp16) get no panel,
+    nor do constant ones (e.g. videos_skipped all 0), which the figure's title names with their value.
     Returns (path, (height, width))."""
     import matplotlib
     matplotlib.use("Agg", force=False)
@@ -195,9 +271,13 @@ def plot_training_curves(metrics_csv, out_png):
     cols.pop("epoch", None)
     if x is None:
         x = np.arange(len(next(iter(cols.values()))))
-    names = sorted((c for c in cols if np.isfinite(cols[c]).any()), key=lambda c: (not c.startswith("loss"), c))
+    recorded = [c for c in cols if np.isfinite(cols[c]).any()]
+    constant = {c: np.nanmin(cols[c]) for c in recorded if np.nanmin(cols[c]) == np.nanmax(cols[c])}
+    names = sorted((c for c in recorded if c not in constant or len(constant) == len(recorded)),
+                   key=lambda c: (not c.startswith("loss"), c))
     if not names:
         raise ValueError(f"metrics file {str(metrics_csv)!r} has no numeric column to plot besides step")
+    constant = {c: v for c, v in constant.items() if c not in names}
     ncols = 3
     nrows = math.ceil(len(names) / ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * PANEL_W / 100, nrows * PANEL_H / 100), dpi=100,
@@ -211,7 +291,10 @@ def plot_training_curves(metrics_csv, out_png):
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.tight_layout()
+    if constant:
+        fig.suptitle("constant, not plotted: " + ", ".join(f"{c} = {v:g}" for c, v in sorted(constant.items())),
+                     fontsize=9)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 24 / (nrows * PANEL_H)) if constant else None)  # room for the title
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=100)  # no bbox_inches="tight": the size stays ncols·PANEL_W × nrows·PANEL_H

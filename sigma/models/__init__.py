@@ -7,6 +7,8 @@ registry (`timm.create_model("sigma_vit_small_patch16")`). Everything is also re
 `sigma.models.<name>`, loaded on first use. See docs/models.md.
 """
 import importlib
+import importlib.metadata
+import re
 
 _LAZY = {
     "tubes": ("IMAGENET_MEAN", "IMAGENET_STD", "check_mask", "gather_tokens", "normalize_tubes", "patchify_tubes",
@@ -23,12 +25,28 @@ _LAZY = {
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 __all__ = sorted(_WHERE)
-_timm_error = None
 
-try:  # register the named configs with timm now, so timm.create_model(name) works after `import sigma.models`
-    importlib.import_module(".vit", __name__)
-except ImportError as exc:  # timm missing (or too old: VideoMAE's code pins 0.4.x); tubes/projections still work
-    _timm_error = exc
+
+def _timm_version_error():
+    """Why the timm installed here cannot serve the ViT models (None if it can), found without
+    importing it: an old timm (VideoMAE's code pins 0.4.x) is never imported by `sigma.models`, so
+    the tubes and projections stay importable in VideoMAE's environment."""
+    try:
+        version = importlib.metadata.version("timm")
+    except importlib.metadata.PackageNotFoundError:
+        return ImportError("timm is not installed")
+    major_minor = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if major_minor < (0, 9):
+        return ImportError(f"timm {version} is installed; timm>=0.9 is needed (timm.layers)")
+    return None
+
+
+_timm_error = _timm_version_error()
+if _timm_error is None:
+    try:  # register the named configs with timm now, so timm.create_model(name) works after `import sigma.models`
+        importlib.import_module(".vit", __name__)
+    except ImportError as exc:  # timm blocked or broken; tubes/projections still work
+        _timm_error = exc
 
 
 def __getattr__(name):

@@ -5,6 +5,7 @@ Every load is strict: a key the target does not have, or a target key the file d
 an error listing both (the only tolerated difference is a `pos_embed` table, which is fixed and
 recomputed). Nothing is unpickled beyond tensors and argparse.Namespace (`safe_torch_load`).
 """
+import argparse
 import json
 import re
 import warnings
@@ -114,8 +115,12 @@ def _drop_position_tables(state, source):
     return out
 
 
-def _infer_config(state, prefix, overrides):
-    """Config fields readable from tensor shapes (sizes of the clip are not stored: defaults 16×224²)."""
+def _infer_config(state, prefix, overrides, args=None, source="checkpoint", decoder=True):
+    """Config fields readable from tensor shapes, plus the clip size from VideoMAE's `args`
+    (num_frames, input_size) when the file has them. Head counts are in no VideoMAE file: 64-wide
+    heads are assumed (VideoMAE's ViT-S/B/L; not its ViT-H, 80 wide) and, unless given in
+    `overrides`, a warning says which values were assumed, as it does for a clip size the file
+    cannot tell (defaults 16×224²). decoder=False: the decoder's fields do not matter (no warning)."""
     w = state.get(prefix + "patch_embed.proj.weight")
     if w is None or w.dim() != 5:
         raise ValueError(f"no Conv3d tube embedding ({prefix}patch_embed.proj.weight) in the checkpoint: not a "
@@ -129,10 +134,27 @@ def _infer_config(state, prefix, overrides):
                qkv_bias=prefix + "blocks.0.attn.q_bias" in state,
                init_values=1.0 if prefix + "blocks.0.ls1.gamma" in state else None,
                use_mean_pooling=prefix + "fc_norm.weight" in state)
+    unread = ["num_heads"]
     if "decoder.head.weight" in state:
         out_dim, d = state["decoder.head.weight"].shape
         blocks = {int(m.group(1)) for k in state if (m := re.match(r"decoder\.blocks\.(\d+)\.", k))}
         cfg.update(decoder_embed_dim=d, decoder_num_heads=max(d // 64, 1), out_dim=out_dim, decoder_depth=len(blocks))
+        if decoder:
+            unread.append("decoder_num_heads")
+    for field, arg in (("num_frames", "num_frames"), ("img_size", "input_size")):
+        if isinstance(getattr(args, arg, None), int):
+            cfg[field] = getattr(args, arg)
+        else:
+            unread.append(field)
+            cfg[field] = VideoViTConfig.num_frames if field == "num_frames" else VideoViTConfig.img_size
+    assumed = [f"{field}={cfg[field]}" for field in unread if field not in overrides]
+    if assumed:
+        why = "heads 64 wide" + (", VideoMAE's clip 16×224²" if any(a.startswith(("num_frames", "img_size"))
+                                                                    for a in assumed) else "")
+        warnings.warn(f"{source} does not store {', '.join(f.split('=')[0] for f in assumed)}: assumed "
+                      f"{', '.join(assumed)} ({why}); pass the right values as "
+                      f"keyword arguments (load_model(path, {assumed[0].split('=')[0]}=...)) if the model was "
+                      f"built otherwise", stacklevel=3)
     cfg.update(overrides)
     return cfg
 
@@ -143,8 +165,16 @@ def _named(cfg):
     return {"name": names.get(cfg["embed_dim"], "sigma_vit_small_patch16"), **cfg}
 
 
+def _videomae_args(obj):
+    """The argparse.Namespace VideoMAE's training and fine-tuning scripts store as `args` (or None)."""
+    args = obj.get("args") if isinstance(obj, dict) else None
+    return args if isinstance(args, argparse.Namespace) else None
+
+
 def _videomae_state(obj, source):
-    """The state dict inside an original VideoMAE/SIGMA checkpoint (`model` or `module` entry, or bare)."""
+    """The state dict inside an original VideoMAE/SIGMA checkpoint (`model` or `module` entry, or bare).
+    The other entries of a training checkpoint (optimizer, scaler, epoch, args, SIGMA's projection
+    and criterion) are not needed to rebuild the network and are left alone."""
     if isinstance(obj, dict):
         for key in ("model", "module", "state_dict"):
             if isinstance(obj.get(key), dict):
@@ -155,8 +185,8 @@ def _videomae_state(obj, source):
     return _drop_position_tables({_videomae_key(re.sub(r"^module\.", "", k)): v for k, v in obj.items()}, source)
 
 
-def _classifier_from_finetune_state(state, source, num_classes=None, **overrides):
-    cfg = _infer_config(state, "", overrides)
+def _classifier_from_finetune_state(state, source, num_classes=None, args=None, **overrides):
+    cfg = _infer_config(state, "", overrides, args, source)
     cfg.setdefault("num_classes", state["head.weight"].shape[0] if "head.weight" in state else num_classes)
     model = VideoClassifier(VideoViTConfig(**_named(cfg)))
     return load_state_strict(model, {("encoder." + k if not k.startswith("head.") else k): v
@@ -178,7 +208,7 @@ def to_videomae_state_dict(model):
 # --- reading any supported file ------------------------------------------------------------------
 
 def _read_any(path):
-    """('ours', meta, state) | ('pretrain', ckpt, None) | ('videomae', state, None) for a supported path."""
+    """('ours', meta, state) | ('pretrain', ckpt, None) | ('videomae', state, args or None) for a supported path."""
     path = Path(path)
     if path.is_dir():
         if (path / "model.safetensors").is_file():
@@ -194,7 +224,7 @@ def _read_any(path):
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == PRETRAIN_FORMAT:
         return ("pretrain", obj, None)
-    return ("videomae", _videomae_state(obj, str(path)), None)
+    return ("videomae", _videomae_state(obj, str(path)), _videomae_args(obj))
 
 
 def load_model(path, **overrides):
@@ -213,7 +243,7 @@ def load_model(path, **overrides):
         return load_state_strict(create_model(**{**cfg, **overrides}), a["model"], str(path))
     if "decoder.head.weight" not in a:
         raise ValueError(f"{path} holds no decoder (a fine-tuning checkpoint?): use load_encoder or load_classifier")
-    cfg = _infer_config(a, "encoder.", overrides)
+    cfg = _infer_config(a, "encoder.", overrides, b, str(path))
     return load_state_strict(VideoMAEPretrainModel(VideoViTConfig(**_named(cfg))), a, str(path))
 
 
@@ -236,7 +266,7 @@ def load_encoder(path, **overrides):
     else:
         state = a
         prefix = "encoder." if any(k.startswith("encoder.") for k in state) else ""
-        cfg = _named(_infer_config(state, prefix, {}))
+        cfg = _named(_infer_config(state, prefix, overrides, b, str(path), decoder=False))
     encoder_state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix) or not prefix}
     encoder_state = {k: v for k, v in encoder_state.items() if not k.startswith("head.")}
     cfg = VideoViTConfig.from_dict({**cfg, **overrides})
@@ -255,12 +285,12 @@ def load_classifier(path, num_classes, **overrides):
     """A VideoClassifier (mean pooling + fc_norm + new head of num_classes) whose encoder comes from
     any checkpoint `load_encoder` reads; an original VideoMAE fine-tuning file with a head of that
     size keeps its head."""
-    kind, a, _ = _read_any(path)
+    kind, a, b = _read_any(path)
     if kind == "videomae" and "head.weight" in a and a["head.weight"].shape[0] == num_classes:
-        return _classifier_from_finetune_state(a, str(path), **overrides)
+        return _classifier_from_finetune_state(a, str(path), args=b, **overrides)
     overrides.setdefault("use_mean_pooling", True)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        warnings.filterwarnings("ignore", message=".*use_mean_pooling")  # a classifier is that fine-tuning setup
         encoder = load_encoder(path, **overrides)
     model = VideoClassifier(VideoViTConfig.from_dict({**encoder.config.to_dict(), "num_classes": num_classes}))
     model.encoder.load_state_dict(encoder.state_dict())
