@@ -33,18 +33,17 @@ def seed_everything(seed):
 
 def seed_worker(worker_id):
     """DataLoader `worker_init_fn`: seed Python's and NumPy's global generators from the worker's
-    torch seed (distinct per worker, derived from the DataLoader's generator), and leave stopping
+    torch seed (distinct per worker, derived from the DataLoader's generator), and leave Ctrl-C
     to the main process.
 
-    `timeout`, Slurm and Kubernetes send SIGTERM (and a terminal Ctrl-C sends SIGINT) to every
-    process of the group: a worker killed by it makes the main process fail ("DataLoader worker
-    is killed by signal") before it can finish its step and write the checkpoint it promised
-    (sigma.engine.interrupt). Workers still end with the main process: the DataLoader shuts them
-    down, and they exit when their parent is gone."""
+    A terminal's Ctrl-C reaches every process of the group; the main process then finishes its
+    step and writes a checkpoint (sigma.engine.interrupt), for which it needs its workers alive.
+    SIGTERM is left as torch sets it: the DataLoader stops a stuck worker with SIGTERM, so a worker
+    that ignored it would hang the interpreter's exit. (A SIGTERM sent to the whole group still
+    kills the workers before the main process can checkpoint: docs/pretraining.md.)"""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
