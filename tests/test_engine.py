@@ -1,5 +1,6 @@
 """sigma.engine: the AMP policy, the checkpoint loader's format check, the resumable sampler's keys,
 per-sample seeding, and the layer-decay learning rates the schedule gives each group."""
+import os
 import random
 import stat
 
@@ -134,7 +135,10 @@ def test_atomic_write_gives_new_files_the_umask_permissions_and_keeps_existing_o
 
 
 class _WorkerSignals(torch.utils.data.Dataset):
-    """Reports, from inside the DataLoader worker, how it would take SIGTERM and SIGINT."""
+    """Reports, from inside the DataLoader worker, how it would take SIGTERM and SIGINT, and
+    whether it left its parent's process group."""
+
+    parent_group = os.getpgid(0)
 
     def __len__(self):
         return 1
@@ -142,13 +146,17 @@ class _WorkerSignals(torch.utils.data.Dataset):
     def __getitem__(self, index):
         import signal
         return torch.tensor([signal.getsignal(signal.SIGTERM) == signal.SIG_IGN,
-                             signal.getsignal(signal.SIGINT) == signal.SIG_IGN])
+                             signal.getsignal(signal.SIGINT) == signal.SIG_IGN,
+                             os.getpgid(0) != self.parent_group])
 
 
-def test_workers_leave_ctrl_c_to_the_main_process_and_keep_sigterm():
-    """Ctrl-C reaches the whole group: workers ignore it so the main process can finish its step.
-    SIGTERM stays deadly: the DataLoader stops stuck workers with it (ignoring it hung exits)."""
+def test_workers_leave_group_signals_to_the_main_process_and_keep_sigterm():
+    """Ctrl-C and `timeout` signal the whole group: killed workers made the run die without the
+    checkpoint it promised. Workers now lead their own group and ignore SIGINT; SIGTERM to their pid
+    stays deadly (the DataLoader stops stuck workers with it; ignoring it hung the exit)."""
     from sigma.engine.seeding import seed_worker
 
     loader = torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1, worker_init_fn=seed_worker)
-    assert next(iter(loader)).tolist() == [[False, True]]
+    assert next(iter(loader)).tolist() == [[False, True, True]]
+    plain = torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1)
+    assert next(iter(plain)).tolist()[0][2] is False  # without seed_worker a worker stays in the group

@@ -17,6 +17,7 @@
   run, with any number of workers, replay the interrupted one exactly.
 """
 import contextlib
+import os
 import random
 import signal
 
@@ -33,18 +34,23 @@ def seed_everything(seed):
 
 def seed_worker(worker_id):
     """DataLoader `worker_init_fn`: seed Python's and NumPy's global generators from the worker's
-    torch seed (distinct per worker, derived from the DataLoader's generator), and leave Ctrl-C
+    torch seed (distinct per worker, derived from the DataLoader's generator), and leave stopping
     to the main process.
 
-    A terminal's Ctrl-C reaches every process of the group; the main process then finishes its
-    step and writes a checkpoint (sigma.engine.interrupt), for which it needs its workers alive.
-    SIGTERM is left as torch sets it: the DataLoader stops a stuck worker with SIGTERM, so a worker
-    that ignored it would hang the interpreter's exit. (A SIGTERM sent to the whole group still
-    kills the workers before the main process can checkpoint: docs/pretraining.md.)"""
+    A terminal's Ctrl-C and GNU `timeout` signal the whole process group; the main process then
+    finishes its step and writes a checkpoint (sigma.engine.interrupt), for which it needs its
+    workers alive. So each worker leads a process group of its own (group signals miss it) and
+    ignores SIGINT. SIGTERM keeps torch's handler: the DataLoader stops a stuck worker with a
+    SIGTERM to its pid, and a worker that ignored it would hang the interpreter's exit."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if hasattr(os, "setpgid"):
+        try:
+            os.setpgid(0, 0)
+        except OSError:  # not permitted here (e.g. already a session leader): group signals still reach it
+            pass
 
 
 def sample_generator(seed, epoch, index):
