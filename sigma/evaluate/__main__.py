@@ -30,7 +30,7 @@ from .config import TASKS
 
 PROG = "python -m sigma.evaluate"
 HELP = {"knn": "k-NN classification on frozen pooled features",
-        "linear": "linear probe on frozen pooled features",
+        "linear": "linear (pooling=mean) or attentive (pooling=attentive) probe on frozen features",
         "finetune": "full fine-tuning (paper recipe) + multi-view test",
         "segment": "unsupervised video object segmentation (clustering / overclustering mIoU)",
         "visualize": "cluster maps, prototype assignments and training curves"}
@@ -134,7 +134,11 @@ def main(argv=None):
         print(dump_config(settings), end="")
         return 0
     for key in REQUIRED_KEYS:
-        if settings[key] in (None, REQUIRED):
+        if key == "checkpoint" and "random_init" in settings:
+            if (settings["checkpoint"] is None) == (settings["random_init"] is None):
+                parser.error("give exactly one of --checkpoint (trained weights) and --random-init CONFIG "
+                             "(an untrained encoder)")
+        elif settings[key] in (None, REQUIRED):
             parser.error(f"--{key.replace('_', '-')} is required (or {key}=...)")
     try:  # the device is there, the paths exist: before any data is read
         check_environment(TASKS[task], settings)

@@ -1,8 +1,10 @@
 """Shared plumbing of the evaluation tasks: checkpoints, devices, labelled lists, features, results."""
 import json
 import math
+import random
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sigma.engine.files import atomic_write_text
@@ -47,6 +49,45 @@ def load_encoder(checkpoint, **overrides):
         raise ValueError(f"--checkpoint {str(path)!r}: no video encoder of a known architecture could be built "
                          f"from it ({type(exc).__name__}: {exc})") from exc
     return encoder.eval()
+
+
+def random_init_encoder(config, seed):
+    """The encoder a `sigma.pretrain` run of `config` (a shipped config name or a YAML file, e.g. a
+    run's config.yaml) with seed `seed` starts from: seeded as the trainer seeds, the projection
+    and the model built in the trainer's order (`build_module`), untrained, in eval mode."""
+    from sigma.engine.seeding import seed_everything
+    from sigma.models import create_model, create_projection
+    from sigma.pretrain import load_config
+    from sigma.pretrain.trainer import build_module
+
+    try:
+        cfg = load_config(config, [("seed", seed)])
+    except Exception as exc:  # noqa: BLE001 - a missing name/file or a bad key: one line naming the argument
+        raise ValueError(f"--random-init {config!r}: not a pretraining config ({type(exc).__name__}: {exc})") from exc
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):  # the caller's random streams are left as they were
+        seed_everything(seed)
+        module, *_ = build_module(cfg, create_model, create_projection)
+    random.setstate(py_state)
+    np.random.set_state(np_state)
+    return module.model.encoder.eval()
+
+
+def encoder_checkpoint(checkpoint, random_init, init_seed, folder):
+    """The checkpoint path a task reads: `checkpoint` itself, or (random_init given) the untrained
+    encoder of that pretraining config and seed, exported to FOLDER/random-init-seed<init_seed>/ so
+    that every task loads it through the same loaders as a pretrained one. Exactly one of the two
+    must be given."""
+    if (checkpoint is None) == (random_init is None):
+        raise ValueError("give exactly one of --checkpoint (trained weights) and --random-init CONFIG (an untrained "
+                         f"encoder), got checkpoint={checkpoint!r} and random_init={random_init!r}")
+    if checkpoint is not None:
+        return str(checkpoint)
+    from sigma.models import save_pretrained
+
+    path = Path(folder) / f"random-init-seed{init_seed}"
+    save_pretrained(random_init_encoder(random_init, init_seed), path)
+    return str(path)
 
 
 def encoder_input_size(encoder):
@@ -124,15 +165,35 @@ def labelled_splits(data, train_list=None, val_list=None, label_column=0, classe
     return train_path, val_path, train_records, val_records, num_classes
 
 
+def stratified_subset(records, label_column, fraction, seed):
+    """The records of a class-stratified random subset: of each class's n clips, max(1, round(fraction
+    * n)) drawn without replacement by a NumPy generator seeded with `seed`; the subset keeps the
+    list's order. fraction in (0, 1]; 1 returns the list unchanged."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return list(records)
+    by_class = {}
+    for i, r in enumerate(records):
+        by_class.setdefault(r.labels[label_column], []).append(i)
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for label in sorted(by_class):
+        idx = by_class[label]
+        keep.update(rng.choice(idx, size=max(1, round(fraction * len(idx))), replace=False).tolist())
+    return [r for i, r in enumerate(records) if i in keep]
+
+
 @torch.no_grad()
 def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, device="cpu", amp_dtype=None,
-                            label_column=0, progress=True):
+                            label_column=0, progress=True, tokens=False):
     """Pooled clip features of every sample of `dataset` (a `sigma.data.VideoDataset` in eval mode):
     (features (N, C) float32, labels (N,) int64); multi-view samples average their views' features.
     With `unreadable="skip"` the unreadable clips are left out (N counts the clips read); none
     read is `NoReadableVideoError`.
 
-    The feature is `encoder.forward_pooled`: the mean of all tokens after the encoder's final norm.
+    The feature is `encoder.forward_pooled`: the mean of all tokens after the encoder's final norm;
+    with tokens=True, the tokens themselves (N, L, C) float32 (`forward_features`).
     """
     from torch.utils.data import DataLoader
 
@@ -155,8 +216,8 @@ def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, de
             views = video.shape[1]
             video = video.flatten(0, 1)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            f = encoder.forward_pooled(video).float()
-        feats.append(f.view(-1, views, f.shape[-1]).mean(1).cpu())
+            f = (encoder.forward_features(video) if tokens else encoder.forward_pooled(video)).float()
+        feats.append(f.view(-1, views, *f.shape[1:]).mean(1).cpu())
         labels.append(batch["label"][:, label_column])
     if not feats:
         raise dataset.no_readable_error()

@@ -10,6 +10,7 @@ AMP = ("auto", "bf16", "fp16", "none")
 # NumPy takes seeds in [0, 2**32)
 SEED = {"minimum": 0, "maximum": 2**32 - 1}
 UNIT = {"minimum": 0.0, "maximum": 1.0}
+POOLING = ("mean", "attentive")
 
 
 def _resume_path(value):
@@ -28,7 +29,19 @@ class RunConfig:
 
 
 @dataclass
-class LabelledConfig(RunConfig):
+class EncoderConfig(RunConfig):
+    """Tasks that also take an untrained encoder (knn, linear, finetune, segment)."""
+    checkpoint: Optional[str] = setting(None, help="encoder weights: a pretraining checkpoint (.pt), an exported "
+                                                   ".safetensors (or its folder), or a VideoMAE .pth; or give "
+                                                   "random_init instead", check=existing_path)
+    random_init: Optional[str] = setting(None, help="instead of a checkpoint: the encoder a pretraining run of this "
+                                                    "config (a shipped name such as tiny, or a YAML file such as a "
+                                                    "run's config.yaml) starts from, untrained, seeded by init_seed")
+    init_seed: int = setting(0, help="seed of the random_init encoder (as the pretraining config's seed)", **SEED)
+
+
+@dataclass
+class LabelledConfig(EncoderConfig):
     data: str = setting(REQUIRED, help="folder holding train.txt and val.txt (`path label [label ...]` per line), "
                                        "e.g. the synthetic set", check=existing_path)
     train_list: Optional[str] = setting(None, help="train list (default DATA/train.txt)", check=existing_path)
@@ -59,6 +72,10 @@ class KnnConfig(FrozenFeaturesConfig):
 
 @dataclass
 class LinearConfig(FrozenFeaturesConfig):
+    pooling: str = setting("mean", choices=POOLING, help="mean: a linear layer on the mean of the tokens; attentive: "
+                                                         "a learned query cross-attends over the frozen tokens, then "
+                                                         "a linear layer (keeps where the object is)")
+    heads: int = setting(4, minimum=1, help="attention heads of the attentive probe (must divide the width)")
     epochs: int = setting(100, minimum=0)
     lr: float = setting(1e-3, above=0.0)
     weight_decay: float = setting(1e-4, minimum=0.0)
@@ -94,6 +111,9 @@ class FinetuneConfig(LabelledConfig):
     save_every: Optional[int] = setting(None, minimum=1, help="also checkpoint every N steps")
     log_every: int = setting(10, minimum=1)
     seed: int = setting(0, **SEED)
+    label_fraction: float = setting(1.0, above=0.0, maximum=1.0,
+                                    help="train on this class-stratified fraction of the train list (seeded by seed; "
+                                         "at least one clip per class)")
     resume: Optional[str] = setting(None, help="'auto' (DIR/checkpoints/finetune-last.pt if present) or a path",
                                     check=_resume_path)
     overwrite: bool = setting(False, help="replace a fine-tuning run already in output_dir (its checkpoint, "
@@ -101,7 +121,7 @@ class FinetuneConfig(LabelledConfig):
 
 
 @dataclass
-class SegmentConfig(RunConfig):
+class SegmentConfig(EncoderConfig):
     data: str = setting(REQUIRED, help="DAVIS-layout folder: JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png",
                         check=existing_path)
     split: Optional[str] = setting(None, help="use ImageSets/2017/<split>.txt (default: every sequence)")
