@@ -203,11 +203,11 @@ def train_linear_probe(train_feats, train_labels, num_classes, *, epochs=100, ba
     y = train_labels.to(device)
     gen = torch.Generator().manual_seed(seed)
     if pooling == "attentive":
-        probe = AttentiveProbe(x.shape[-1], num_classes, heads=heads, generator=gen)
-        # MultiheadAttention draws its own init from the global stream: seed it for a repeatable probe
+        # MultiheadAttention draws its init from the global stream: seed it (the caller's stream is
+        # left as it was) for a repeatable probe
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            probe.attn._reset_parameters()
+            probe = AttentiveProbe(x.shape[-1], num_classes, heads=heads, generator=gen)
         params = probe.parameters()
     else:
         probe = LinearProbe(x.shape[1], num_classes, generator=gen)

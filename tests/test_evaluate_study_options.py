@@ -1,0 +1,162 @@
+"""The evaluation options the study needs: an untrained encoder (random_init), the attentive probe
+(pooling=attentive) and few-label fine-tuning (label_fraction)."""
+import json
+import random
+from collections import Counter
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from sigma.evaluate.common import random_init_encoder, stratified_subset
+from sigma.evaluate.metrics import classification_metrics, linear_probe_scores, train_linear_probe
+
+# The tiny config at the test sets' size: 4 frames at 32², 2×2×2 tokens.
+TINY_YAML = "inherit: tiny\ndata:\n  num_frames: 4\n  img_size: 32\n"
+
+
+def _records(counts):
+    """Records with label column 0 = class index, `counts[c]` of class c, interleaved."""
+    labels = [c for c, n in enumerate(counts) for _ in range(n)]
+    random.Random(0).shuffle(labels)
+    return [SimpleNamespace(path=f"v{i}.mp4", labels=[y, 0]) for i, y in enumerate(labels)]
+
+
+def test_stratified_subset_has_the_per_class_counts_and_keeps_the_order():
+    recs = _records([10, 20, 5, 1])
+    sub = stratified_subset(recs, 0, 0.2, seed=3)
+    # 20% of 10, 20, 5 clips; a class of one keeps its one clip
+    assert Counter(r.labels[0] for r in sub) == {0: 2, 1: 4, 2: 1, 3: 1}
+    positions = [recs.index(r) for r in sub]
+    assert positions == sorted(positions)
+
+
+def test_stratified_subset_is_deterministic_per_seed():
+    recs = _records([30, 30, 30])
+    pick = [[r.path for r in stratified_subset(recs, 0, 0.1, seed=s)] for s in (0, 0, 1)]
+    assert pick[0] == pick[1]
+    assert pick[0] != pick[2]
+    assert stratified_subset(recs, 0, 1.0, seed=0) == recs
+
+
+@pytest.mark.parametrize("fraction", [0.0, -0.5, 1.5])
+def test_stratified_subset_rejects_a_fraction_outside_0_1(fraction):
+    with pytest.raises(ValueError, match=r"label_fraction must be in \(0, 1\]"):
+        stratified_subset(_records([4]), 0, fraction, seed=0)
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path):
+    path = tmp_path / "tiny32.yaml"
+    path.write_text(TINY_YAML)
+    return str(path)
+
+
+def test_random_init_is_the_encoder_a_pretraining_run_with_that_seed_starts_from(tiny_yaml):
+    from sigma.models import create_model, create_projection
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    enc = random_init_encoder(tiny_yaml, 7)
+    assert torch.equal(torch.rand(1), before)  # the caller's random stream is untouched
+    # As the trainer builds it (tiny: mlp projection of out_dim 64 first, then the model), by hand:
+    torch.manual_seed(7)
+    create_projection(kind="mlp", tube_size=[2, 16, 16], out_dim=64)
+    fresh = create_model("sigma_vit_tiny_patch16", out_dim=64, num_frames=4, img_size=32).encoder
+    ours, theirs = enc.state_dict(), fresh.state_dict()
+    assert ours.keys() == theirs.keys()
+    assert all(torch.equal(ours[k], theirs[k]) for k in ours)
+    other = random_init_encoder(tiny_yaml, 8).state_dict()
+    assert not torch.equal(other["patch_embed.proj.weight"], ours["patch_embed.proj.weight"])
+
+
+def test_random_init_names_a_bad_config():
+    with pytest.raises(ValueError, match="--random-init 'no-such-config'"):
+        random_init_encoder("no-such-config", 0)
+
+
+def _where_not_what(n, gen, tokens=8, dim=16):
+    """Token sets (n, tokens, dim) whose class is told only by which direction (a or b) sits on a
+    token, with its negative on another token: every set's token mean is the same (noise aside),
+    so a mean-pooled probe is at chance and a probe that looks at single tokens is not."""
+    a, b = torch.eye(dim)[0] * 3, torch.eye(dim)[1] * 3
+    y = torch.randint(0, 2, (n,), generator=gen)
+    x = 0.1 * torch.randn(n, tokens, dim, generator=gen)
+    for i in range(n):
+        pos, neg = torch.randperm(tokens, generator=gen)[:2].tolist()
+        v = a if y[i] == 0 else b
+        x[i, pos] += v
+        x[i, neg] -= v
+    return x, y
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: one thread is fastest, and on a busy machine two threads wait on each other."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_attentive_probe_reads_what_mean_pooling_averages_away(one_thread):
+    gen = torch.Generator().manual_seed(0)
+    xtr, ytr = _where_not_what(512, gen)
+    xva, yva = _where_not_what(256, gen)
+    att, _ = train_linear_probe(xtr, ytr, 2, epochs=20, batch_size=64, lr=3e-3, seed=0, pooling="attentive")
+    mean, _ = train_linear_probe(xtr.mean(1), ytr, 2, epochs=20, batch_size=64, lr=3e-3, seed=0)
+    att_top1 = classification_metrics(linear_probe_scores(att, xva), yva, 2)["top1"]
+    mean_top1 = classification_metrics(linear_probe_scores(mean, xva.mean(1)), yva, 2)["top1"]
+    assert att_top1 >= 97.0
+    assert mean_top1 <= 65.0
+
+
+def test_attentive_probe_is_deterministic_per_seed_and_checks_its_input(one_thread):
+    gen = torch.Generator().manual_seed(1)
+    x, y = _where_not_what(64, gen)
+    p1, _ = train_linear_probe(x, y, 2, epochs=2, seed=5, pooling="attentive")
+    p2, _ = train_linear_probe(x, y, 2, epochs=2, seed=5, pooling="attentive")
+    assert all(torch.equal(a, b) for a, b in zip(p1.state_dict().values(), p2.state_dict().values()))
+    with pytest.raises(ValueError, match=r"attentive probe expects token features \(N, L, C\)"):
+        train_linear_probe(x.mean(1), y, 2, epochs=1, pooling="attentive")
+    with pytest.raises(ValueError, match="heads: the attentive probe's 3 heads must divide the feature width 16"):
+        train_linear_probe(x, y, 2, epochs=1, pooling="attentive", heads=3)
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    pytest.importorskip("av")
+    from sigma.data import make_synthetic_dataset
+    root = tmp_path_factory.mktemp("synthetic")
+    return make_synthetic_dataset(root, videos=8, seed=0, frames=12, size=64)
+
+
+def test_linear_attentive_on_a_random_init_encoder_cli(synthetic, tiny_yaml, tmp_path):
+    from sigma.evaluate.__main__ import main
+    from sigma.models import load_encoder
+
+    rc = main(["linear", "--random-init", tiny_yaml, "--init-seed", "4", "--data", synthetic["root"],
+               "--output-dir", str(tmp_path), "--pooling", "attentive", "--epochs", "2", "--no-progress"])
+    assert rc == 0
+    r = json.loads((tmp_path / "linear.json").read_text())
+    assert r["pooling"] == "attentive" and r["random_init"] == tiny_yaml and r["init_seed"] == 4
+    assert 0.0 <= r["top1"] <= 100.0
+    saved = load_encoder(str(tmp_path / "random-init-seed4")).state_dict()
+    fresh = random_init_encoder(tiny_yaml, 4).state_dict()
+    assert all(torch.equal(saved[k], fresh[k]) for k in fresh)
+    probe = torch.load(tmp_path / "linear_probe.pt", weights_only=True)
+    assert probe["pooling"] == "attentive" and probe["state_dict"]["query"].shape == (1, 1, 192)
+
+
+def test_finetune_trains_on_the_label_fraction_from_scratch(synthetic, tiny_yaml, tmp_path):
+    from sigma.data import read_video_list
+    from sigma.evaluate import finetune
+
+    train = read_video_list(synthetic["root"] + "/train.txt")
+    counts = Counter(rec.labels[0] for rec in train)
+    r = finetune(None, synthetic["root"], tmp_path, random_init=tiny_yaml, init_seed=1, label_fraction=0.5,
+                 epochs=1, max_steps=1, batch_size=2, test_clips=1, test_crops=1, progress=False, device="cpu")
+    assert r["num_train"] == sum(max(1, round(0.5 * n)) for n in counts.values()) < len(train)
+    assert r["label_fraction"] == 0.5 and r["random_init"] == tiny_yaml and np.isfinite(r["final_train_loss"])
