@@ -219,10 +219,13 @@ def evaluate_encoder(source, data, s, out_dir):
 def finetune_rows(name, seed, source, data, s, out_dir):
     """Fine-tune one encoder on each label fraction of the object label (fixed step budget); one row each."""
     import sigma.evaluate as ev
-    rows, n = [], train_clip_count(data)
+    from sigma.data import read_video_list
+    from sigma.evaluate.common import stratified_subset
+    rows, train = [], read_video_list(Path(data) / "train.txt")
     for fraction in s["fractions"]:
         sub = Path(out_dir) / f"finetune-{fraction:g}"
-        spe = max(1, max(1, round(fraction * n)) // s["ft_batch_size"])
+        # the very subset the task will draw: the epochs that hold the fixed step budget
+        spe = max(1, len(stratified_subset(train, 0, fraction, seed)) // s["ft_batch_size"])
         epochs = math.ceil(s["ft_steps"] / spe)
         r = cached(sub / "result.json", ev.finetune,
             data=data, output_dir=sub / "run", label_fraction=fraction, seed=seed, epochs=epochs,

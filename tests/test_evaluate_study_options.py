@@ -72,6 +72,20 @@ def test_random_init_is_the_encoder_a_pretraining_run_with_that_seed_starts_from
     assert not torch.equal(other["patch_embed.proj.weight"], ours["patch_embed.proj.weight"])
 
 
+def test_random_init_is_the_trainers_step_zero_encoder(tiny_yaml, tmp_path):
+    pytest.importorskip("av")
+    from sigma.data import make_synthetic_dataset
+    from sigma.engine.distributed import init_distributed
+    from sigma.pretrain import load_config
+    from sigma.pretrain.trainer import setup
+
+    paths = make_synthetic_dataset(tmp_path / "set", videos=4, seed=0, frames=8, size=64)
+    cfg = load_config(tiny_yaml, [("seed", 5), ("device", "cpu"), ("data.num_workers", 0), ("optim.batch_size", 1)])
+    start = setup(cfg, paths["train"], tmp_path / "run", init_distributed("cpu")).module.model.encoder.state_dict()
+    ours = random_init_encoder(tiny_yaml, 5).state_dict()
+    assert all(torch.equal(ours[k], start[k]) for k in start)
+
+
 def test_random_init_names_a_bad_config():
     with pytest.raises(ValueError, match="--random-init 'no-such-config'"):
         random_init_encoder("no-such-config", 0)
