@@ -64,7 +64,7 @@ SHAPES = dict(data="shapes", videos=200, frames=40, size=128, object_size=(32, 4
               sampling_rate=4, patch_size=16, mask_ratio=0.9, batch_size=8, num_prototypes=64, out_dim=64,
               hidden_dims=None, steps=144, checkpoints=4, num_workers=1, enc_clips=16, seg_max_clips=1,
               linear_epochs=100, attentive_epochs=30, knn_k=20, seeds=[0, 1], untrained=2, fractions=[],
-              ft_steps=0)
+              ft_steps=0, pixel_baseline_clips=50)
 # Digits (docs/study.md, the pre-registered protocol): the generator's defaults (1800 train / 800
 # val clips of 16 frames at 64², DAVIS masks for the first 200 val clips), the tiny config at 64² with
 # 8-px tubes (4×8×8 = 256 tokens, 75% masked), stride 2 (8 of the 16 frames), whole-frame crops and no
