@@ -14,8 +14,9 @@ by `sigma.pretrain`), the same measures of the encoder's tokens on fixed val cli
 checkpoint), the prototype usage perplexity and clips/s. At the end, `sigma.evaluate` only: k-NN,
 linear (mean-pooled) and attentive probes for the object and the motion label, `segment` mIoU on
 the set's masks, and (digits) fine-tuning on label fractions of the train list. Untrained encoders
-(`sigma.evaluate ... random_init=CONFIG`, the weights a sigma run of that seed starts from) are
-evaluated the same way as the floor, and fine-tuned from scratch as the few-label baseline.
+(`sigma.pretrain.initial.export_initial_encoder`, the weights a sigma run of that seed starts from,
+exported and given to `sigma.evaluate` as a checkpoint) are evaluated the same way as the floor, and
+fine-tuned from scratch as the few-label baseline.
 
 Resumable: every step writes its own file under WORK (a pretraining run's checkpoints, each
 evaluation's JSON, each run's result.json), and what is there is read instead of redone; an
@@ -41,7 +42,7 @@ from sigma.engine.files import atomic_write, atomic_write_text  # noqa: E402
 # study name -> (objective.name, objective.targets)
 OBJECTIVES = {"pixel": ("pixel", "hard"), "l2": ("l2", "hard"), "sigma_hard": ("sigma", "hard"),
               "sigma_soft": ("sigma", "soft")}
-BASELINE = "untrained"  # random_init encoders: the floor of every probe
+BASELINE = "untrained"  # the encoders a run starts from (sigma.pretrain.initial): the floor of every probe
 SCRATCH = "scratch"  # fine-tuning an untrained encoder: the few-label baseline
 LABELS = ((0, "object"), (1, "motion"))
 PROBES = [f"{p}_{n}" for p in ("knn", "linear", "attentive") for _, n in LABELS]
@@ -193,7 +194,7 @@ def encoder_collapse(encoder, clips):
 
 def evaluate_encoder(source, data, s, out_dir):
     """k-NN, linear and attentive probes (object and motion labels) and segment mIoU of one encoder;
-    `source`: {"checkpoint": path} or {"random_init": config, "init_seed": seed}. Each evaluation's
+    `source`: {"checkpoint": path}. Each evaluation's
     JSON under OUT_DIR is reused when it is there."""
     import sigma.evaluate as ev
     common = dict(sampling_rate=s["sampling_rate"], device="cpu", amp="none", progress=False, **source)
@@ -268,11 +269,14 @@ def run_one(objective, seed, s, steps, data, work):
     init_cfg = run_dir / "init_config.yaml"
     atomic_write_text(init_cfg, dump_config(pretrain_config(
         "sigma_hard" if objective == BASELINE else objective, seed, s, steps, train_clip_count(data))))
-    from sigma.evaluate.common import random_init_encoder
-    enc_curve = [(0, *encoder_collapse(random_init_encoder(str(init_cfg), seed), clips))]
+    init_dir = run_dir / "initial"
+    if not (init_dir / "config.json").is_file():  # written last by save_pretrained
+        from sigma.pretrain.initial import export_initial_encoder
+        export_initial_encoder(str(init_cfg), seed, init_dir)
+    enc_curve = [(0, *encoder_collapse(load_encoder(str(init_dir)), clips))]
     curves, final = [], {}
     if objective == BASELINE:
-        source, info = {"random_init": str(init_cfg), "init_seed": seed}, {"steps": 0, "train_seconds": 0.0}
+        source, info = {"checkpoint": str(init_dir)}, {"steps": 0, "train_seconds": 0.0}
     else:
         info = pretrain(objective, seed, s, steps, data, run_dir)
         for p in sorted((run_dir / "checkpoints").glob("checkpoint-*.pt"), key=lambda p: int(p.stem.split("-")[1])):

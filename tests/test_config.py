@@ -235,15 +235,8 @@ def test_evaluate_flags_are_checked_like_keys(argv, words, capsys):
 
 def test_evaluate_needs_checkpoint_data_and_output_dir(capsys):
     with pytest.raises(SystemExit) as e:
-        evaluate_main(["visualize", "--data", "d", "--output-dir", "o"])
+        evaluate_main(["knn", "--data", "d", "--output-dir", "o"])
     assert e.value.code == 2 and "--checkpoint is required" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("extra", [[], ["--checkpoint", "c.pt", "--random-init", "tiny"]])
-def test_evaluate_needs_one_of_checkpoint_and_random_init(extra, capsys):
-    with pytest.raises(SystemExit) as e:
-        evaluate_main(["knn", "--data", "d", "--output-dir", "o", *extra])
-    assert e.value.code == 2 and "exactly one of --checkpoint" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("name", available_configs())
@@ -281,9 +274,7 @@ def test_evaluate_cli_defaults_are_the_function_defaults(task, capsys):
     params = inspect.signature(getattr(ev, task)).parameters
     assert set(printed) == set(params)
     for name, p in params.items():
-        if p.default is inspect.Parameter.empty and name == "checkpoint" and "random_init" in printed:
-            assert printed[name] is None  # optional (or random_init), but positional before the required data
-        elif p.default is inspect.Parameter.empty:
+        if p.default is inspect.Parameter.empty:
             assert printed[name] == "???", name  # required in both
         else:
             assert printed[name] == p.default, name

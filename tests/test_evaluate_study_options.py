@@ -1,5 +1,6 @@
-"""The evaluation options the study needs: an untrained encoder (random_init), the attentive probe
-(pooling=attentive) and few-label fine-tuning (label_fraction)."""
+"""What the study needs: the untrained encoder a pretraining run starts from (`sigma.pretrain.initial`,
+evaluated as a checkpoint), the attentive probe (pooling=attentive) and few-label fine-tuning
+(label_fraction)."""
 import json
 import random
 from collections import Counter
@@ -9,8 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from sigma.evaluate.common import random_init_encoder, stratified_subset
+from sigma.evaluate.common import stratified_subset
 from sigma.evaluate.metrics import classification_metrics, linear_probe_scores, train_linear_probe
+from sigma.pretrain.config import ConfigError
+from sigma.pretrain.initial import initial_encoder
+from sigma.pretrain.initial import main as initial_main
 
 # The tiny config at the test sets' size: 4 frames at 32², 2×2×2 tokens.
 TINY_YAML = "inherit: tiny\ndata:\n  num_frames: 4\n  img_size: 32\n"
@@ -53,14 +57,18 @@ def tiny_yaml(tmp_path):
     return str(path)
 
 
-def test_random_init_is_the_encoder_a_pretraining_run_with_that_seed_starts_from(tiny_yaml):
+def test_initial_encoder_is_the_encoder_a_pretraining_run_with_that_seed_starts_from(tiny_yaml):
     from sigma.models import create_model, create_projection
 
     torch.manual_seed(123)
-    before = torch.rand(1)
+    random.seed(9)
+    np.random.seed(9)
+    before = (torch.rand(1), random.random(), np.random.rand())
     torch.manual_seed(123)
-    enc = random_init_encoder(tiny_yaml, 7)
-    assert torch.equal(torch.rand(1), before)  # the caller's random stream is untouched
+    random.seed(9)
+    np.random.seed(9)
+    enc = initial_encoder(tiny_yaml, 7)
+    assert (torch.rand(1), random.random(), np.random.rand()) == before  # the caller's streams are untouched
     # As the trainer builds it (tiny: mlp projection of out_dim 64 first, then the model), by hand:
     torch.manual_seed(7)
     create_projection(kind="mlp", tube_size=[2, 16, 16], out_dim=64)
@@ -68,11 +76,11 @@ def test_random_init_is_the_encoder_a_pretraining_run_with_that_seed_starts_from
     ours, theirs = enc.state_dict(), fresh.state_dict()
     assert ours.keys() == theirs.keys()
     assert all(torch.equal(ours[k], theirs[k]) for k in ours)
-    other = random_init_encoder(tiny_yaml, 8).state_dict()
+    other = initial_encoder(tiny_yaml, 8).state_dict()
     assert not torch.equal(other["patch_embed.proj.weight"], ours["patch_embed.proj.weight"])
 
 
-def test_random_init_is_the_trainers_step_zero_encoder(tiny_yaml, tmp_path):
+def test_initial_encoder_is_the_trainers_step_zero_encoder(tiny_yaml, tmp_path):
     pytest.importorskip("av")
     from sigma.data import make_synthetic_dataset
     from sigma.engine.distributed import init_distributed
@@ -82,13 +90,30 @@ def test_random_init_is_the_trainers_step_zero_encoder(tiny_yaml, tmp_path):
     paths = make_synthetic_dataset(tmp_path / "set", videos=4, seed=0, frames=8, size=64)
     cfg = load_config(tiny_yaml, [("seed", 5), ("device", "cpu"), ("data.num_workers", 0), ("optim.batch_size", 1)])
     start = setup(cfg, paths["train"], tmp_path / "run", init_distributed("cpu")).module.model.encoder.state_dict()
-    ours = random_init_encoder(tiny_yaml, 5).state_dict()
+    ours = initial_encoder(tiny_yaml, 5).state_dict()
     assert all(torch.equal(ours[k], start[k]) for k in start)
 
 
-def test_random_init_names_a_bad_config():
-    with pytest.raises(ValueError, match="--random-init 'no-such-config'"):
-        random_init_encoder("no-such-config", 0)
+def test_initial_encoder_names_a_bad_config(tmp_path, capsys):
+    with pytest.raises(ConfigError, match="--config 'no-such-config'"):
+        initial_encoder("no-such-config", 0)
+    with pytest.raises(SystemExit) as exit_:
+        initial_main(["--config", "no-such-config", "--seed", "0", "--output-dir", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("python -m sigma.pretrain.initial: error: --config 'no-such-config'")
+    assert not (tmp_path / "out").exists()
+
+
+def test_initial_cli_writes_an_encoder_load_encoder_reads(tiny_yaml, tmp_path, capsys):
+    from sigma.models import load_encoder
+
+    assert initial_main(["--config", tiny_yaml, "--seed", "4", "--output-dir", str(tmp_path / "init")]) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "init")
+    saved, fresh = load_encoder(str(tmp_path / "init")).eval(), initial_encoder(tiny_yaml, 4)
+    video = torch.randn(2, 3, 4, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(saved.forward_features(video), fresh.forward_features(video))
 
 
 def _where_not_what(n, gen, tokens=8, dim=16):
@@ -147,19 +172,16 @@ def synthetic(tmp_path_factory):
     return make_synthetic_dataset(root, videos=8, seed=0, frames=12, size=64)
 
 
-def test_linear_attentive_on_a_random_init_encoder_cli(synthetic, tiny_yaml, tmp_path):
+def test_linear_attentive_on_an_initial_encoder_cli(synthetic, tiny_yaml, tmp_path):
     from sigma.evaluate.__main__ import main
-    from sigma.models import load_encoder
 
-    rc = main(["linear", "--random-init", tiny_yaml, "--init-seed", "4", "--data", synthetic["root"],
-               "--output-dir", str(tmp_path), "--pooling", "attentive", "--epochs", "2", "--no-progress"])
+    init = str(tmp_path / "init")
+    assert initial_main(["--config", tiny_yaml, "--seed", "4", "--output-dir", init]) == 0
+    rc = main(["linear", "--checkpoint", init, "--data", synthetic["root"], "--output-dir", str(tmp_path),
+               "--pooling", "attentive", "--epochs", "2", "--no-progress"])
     assert rc == 0
     r = json.loads((tmp_path / "linear.json").read_text())
-    assert r["pooling"] == "attentive" and r["random_init"] == tiny_yaml and r["init_seed"] == 4
-    assert 0.0 <= r["top1"] <= 100.0
-    saved = load_encoder(str(tmp_path / "random-init-seed4")).state_dict()
-    fresh = random_init_encoder(tiny_yaml, 4).state_dict()
-    assert all(torch.equal(saved[k], fresh[k]) for k in fresh)
+    assert r["pooling"] == "attentive" and 0.0 <= r["top1"] <= 100.0
     probe = torch.load(tmp_path / "linear_probe.pt", weights_only=True)
     assert probe["pooling"] == "attentive" and probe["state_dict"]["query"].shape == (1, 1, 192)
 
@@ -167,10 +189,12 @@ def test_linear_attentive_on_a_random_init_encoder_cli(synthetic, tiny_yaml, tmp
 def test_finetune_trains_on_the_label_fraction_from_scratch(synthetic, tiny_yaml, tmp_path):
     from sigma.data import read_video_list
     from sigma.evaluate import finetune
+    from sigma.pretrain.initial import export_initial_encoder
 
     train = read_video_list(synthetic["root"] + "/train.txt")
     counts = Counter(rec.labels[0] for rec in train)
-    r = finetune(None, synthetic["root"], tmp_path, random_init=tiny_yaml, init_seed=1, label_fraction=0.5,
+    init = export_initial_encoder(tiny_yaml, 1, tmp_path / "init")
+    r = finetune(init, synthetic["root"], tmp_path / "run", label_fraction=0.5,
                  epochs=1, max_steps=1, batch_size=2, test_clips=1, test_crops=1, progress=False, device="cpu")
     assert r["num_train"] == sum(max(1, round(0.5 * n)) for n in counts.values()) < len(train)
-    assert r["label_fraction"] == 0.5 and r["random_init"] == tiny_yaml and np.isfinite(r["final_train_loss"])
+    assert r["label_fraction"] == 0.5 and np.isfinite(r["final_train_loss"])

@@ -438,17 +438,9 @@ def defaults_from(schema):
                 bound.arguments.setdefault(name, default_of(f))
             return fn(*bound.args, **bound.kwargs)
 
-        params, required_after = [], False
-        for p in reversed(sig.parameters.values()):
-            # a positional parameter before a required one keeps no default in the signature (Python
-            # forbids it); `call` still fills it in when it is not passed
-            positional = p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
-            if p.name in defaults and not (positional and required_after):
-                p = p.replace(default=default_of(defaults[p.name]))
-            elif positional:
-                required_after = True
-            params.append(p)
-        call.__signature__ = sig.replace(parameters=params[::-1])
+        call.__signature__ = sig.replace(parameters=[
+            p.replace(default=default_of(defaults[p.name])) if p.name in defaults else p
+            for p in sig.parameters.values()])
         return call
     return wrap
 

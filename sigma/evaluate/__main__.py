@@ -134,11 +134,7 @@ def main(argv=None):
         print(dump_config(settings), end="")
         return 0
     for key in REQUIRED_KEYS:
-        if key == "checkpoint" and "random_init" in settings:
-            if (settings["checkpoint"] is None) == (settings["random_init"] is None):
-                parser.error("give exactly one of --checkpoint (trained weights) and --random-init CONFIG "
-                             "(an untrained encoder)")
-        elif settings[key] in (None, REQUIRED):
+        if settings[key] in (None, REQUIRED):
             parser.error(f"--{key.replace('_', '-')} is required (or {key}=...)")
     try:  # the device is there, the paths exist: before any data is read
         check_environment(TASKS[task], settings)

@@ -1,7 +1,6 @@
 """Shared plumbing of the evaluation tasks: checkpoints, devices, labelled lists, features, results."""
 import json
 import math
-import random
 from pathlib import Path
 
 import numpy as np
@@ -49,45 +48,6 @@ def load_encoder(checkpoint, **overrides):
         raise ValueError(f"--checkpoint {str(path)!r}: no video encoder of a known architecture could be built "
                          f"from it ({type(exc).__name__}: {exc})") from exc
     return encoder.eval()
-
-
-def random_init_encoder(config, seed):
-    """The encoder a `sigma.pretrain` run of `config` (a shipped config name or a YAML file, e.g. a
-    run's config.yaml) with seed `seed` starts from: seeded as the trainer seeds, the projection
-    and the model built in the trainer's order (`build_module`), untrained, in eval mode."""
-    from sigma.engine.seeding import seed_everything
-    from sigma.models import create_model, create_projection
-    from sigma.pretrain import load_config
-    from sigma.pretrain.trainer import build_module
-
-    try:
-        cfg = load_config(config, [("seed", seed)])
-    except Exception as exc:  # noqa: BLE001 - a missing name/file or a bad key: one line naming the argument
-        raise ValueError(f"--random-init {config!r}: not a pretraining config ({type(exc).__name__}: {exc})") from exc
-    py_state, np_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[]):  # the caller's random streams are left as they were
-        seed_everything(seed)
-        module, *_ = build_module(cfg, create_model, create_projection)
-    random.setstate(py_state)
-    np.random.set_state(np_state)
-    return module.model.encoder.eval()
-
-
-def encoder_checkpoint(checkpoint, random_init, init_seed, folder):
-    """The checkpoint path a task reads: `checkpoint` itself, or (random_init given) the untrained
-    encoder of that pretraining config and seed, exported to FOLDER/random-init-seed<init_seed>/ so
-    that every task loads it through the same loaders as a pretrained one. Exactly one of the two
-    must be given."""
-    if (checkpoint is None) == (random_init is None):
-        raise ValueError("give exactly one of --checkpoint (trained weights) and --random-init CONFIG (an untrained "
-                         f"encoder), got checkpoint={checkpoint!r} and random_init={random_init!r}")
-    if checkpoint is not None:
-        return str(checkpoint)
-    from sigma.models import save_pretrained
-
-    path = Path(folder) / f"random-init-seed{init_seed}"
-    save_pretrained(random_init_encoder(random_init, init_seed), path)
-    return str(path)
 
 
 def encoder_input_size(encoder):

@@ -29,19 +29,7 @@ class RunConfig:
 
 
 @dataclass
-class EncoderConfig(RunConfig):
-    """Tasks that also take an untrained encoder (knn, linear, finetune, segment)."""
-    checkpoint: Optional[str] = setting(None, help="encoder weights: a pretraining checkpoint (.pt), an exported "
-                                                   ".safetensors (or its folder), or a VideoMAE .pth; or give "
-                                                   "random_init instead", check=existing_path)
-    random_init: Optional[str] = setting(None, help="instead of a checkpoint: the encoder a pretraining run of this "
-                                                    "config (a shipped name such as tiny, or a YAML file such as a "
-                                                    "run's config.yaml) starts from, untrained, seeded by init_seed")
-    init_seed: int = setting(0, help="seed of the random_init encoder (as the pretraining config's seed)", **SEED)
-
-
-@dataclass
-class LabelledConfig(EncoderConfig):
+class LabelledConfig(RunConfig):
     data: str = setting(REQUIRED, help="folder holding train.txt and val.txt (`path label [label ...]` per line), "
                                        "e.g. the synthetic set", check=existing_path)
     train_list: Optional[str] = setting(None, help="train list (default DATA/train.txt)", check=existing_path)
@@ -121,7 +109,7 @@ class FinetuneConfig(LabelledConfig):
 
 
 @dataclass
-class SegmentConfig(EncoderConfig):
+class SegmentConfig(RunConfig):
     data: str = setting(REQUIRED, help="DAVIS-layout folder: JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png",
                         check=existing_path)
     split: Optional[str] = setting(None, help="use ImageSets/2017/<split>.txt (default: every sequence)")

@@ -49,7 +49,7 @@ from sigma.engine.rundir import claim_output_dir
 from sigma.engine.seeding import sample_global_streams, seed_everything, seed_worker
 
 from .augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
-from .common import encoder_checkpoint, labelled_splits, stratified_subset, write_json
+from .common import labelled_splits, stratified_subset, write_json
 from .config import FinetuneConfig
 from .metrics import classification_metrics
 
@@ -173,7 +173,7 @@ class FinetuneRun:
 
 
 @defaults_from(FinetuneConfig)
-def finetune(checkpoint, data, output_dir, *, random_init, init_seed, train_list, val_list, label_column, classes,
+def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes,
              epochs, batch_size, base_lr, min_lr, warmup_epochs, weight_decay, layer_decay, betas, drop_path,
              label_smoothing, mixup, cutmix, mixup_prob, mixup_switch_prob, randaug, flip, sampling_rate, test_clips,
              test_crops, test_batch_size, clip_grad, max_steps, save_every, log_every, seed, label_fraction,
@@ -185,8 +185,9 @@ def finetune(checkpoint, data, output_dir, *, random_init, init_seed, train_list
     OUTPUT_DIR/checkpoints/finetune-last.pt, the per-step log in OUTPUT_DIR/finetune_metrics.csv.
     `max_steps` stops early (the schedule still spans `epochs`); `epochs=0` only tests.
     `label_fraction` < 1 trains on a class-stratified subset of the train list drawn with `seed`
-    (`common.stratified_subset`); `random_init=CONFIG` instead of a checkpoint fine-tunes the
-    untrained encoder of that pretraining config (from scratch, the baseline of few-label runs).
+    (`common.stratified_subset`). Training from scratch (the baseline of few-label runs) is the
+    untrained encoder a pretraining run starts from, exported and given as `checkpoint`
+    (docs/evaluation.md, "An untrained encoder").
     `resume`: None, "auto" (OUTPUT_DIR/checkpoints/finetune-last.pt if present) or a path. An
     OUTPUT_DIR that holds a fine-tuning run already needs `resume` or `overwrite` (which deletes
     that run's RUN_FILES).
@@ -242,7 +243,6 @@ def setup(args):
     if args.epochs > 0 and spe == 0:
         raise ValueError(f"{len(train_records)} training clips over {info.world_size} rank(s) do not fill one batch "
                          f"of {args.batch_size}")
-    args.checkpoint = encoder_checkpoint(args.checkpoint, args.random_init, args.init_seed, args.output_dir)
     seed_everything(args.seed)
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {str(args.checkpoint)!r} does not exist")
@@ -286,8 +286,7 @@ def _settings(args, model, train_path, val_path, num_classes, world, lr, amp):
             "mixup_switch_prob": a.mixup_switch_prob, "randaug": a.randaug, "flip": a.flip,
             "sampling_rate": a.sampling_rate, "num_frames": cfg.num_frames, "img_size": list(cfg.img_size),
             "test_views": [a.test_clips, a.test_crops], "clip_grad": a.clip_grad, "max_steps": a.max_steps,
-            "seed": a.seed, "label_fraction": a.label_fraction, "random_init": a.random_init,
-            "init_seed": a.init_seed if a.random_init else None, "amp": amp}
+            "seed": a.seed, "label_fraction": a.label_fraction, "amp": amp}
 
 
 def _criterion(use_mix, label_smoothing):

@@ -4,10 +4,7 @@ Both extract one pooled feature per clip — the mean of all tokens after the en
 norm (`VideoViTEncoder.forward_pooled`) — from the train and val lists in eval mode (centred
 clip(s), centred crop(s), no augmentation), then score the val list. `linear` with
 pooling="attentive" keeps the tokens (N, L, C) and trains an attentive probe on them instead.
-Either takes `random_init=CONFIG` instead of a checkpoint: the untrained encoder of that
-pretraining config (`common.encoder_checkpoint`).
 """
-import tempfile
 import time
 from pathlib import Path
 
@@ -20,7 +17,6 @@ from sigma.engine.files import LINEAR_PROBE_FORMAT, atomic_torch_save
 from sigma.engine.provenance import provenance
 
 from .common import (
-    encoder_checkpoint,
     encoder_input_size,
     extract_pooled_features,
     labelled_splits,
@@ -82,19 +78,16 @@ def _check_finite_features(feats, split, checkpoint, encoder):
 
 
 @defaults_from(KnnConfig)
-def knn(checkpoint, data, output_dir, *, random_init, init_seed, train_list, val_list, label_column, classes, k,
+def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, k,
         temperature, weighted, sampling_rate, num_clips, num_crops, batch_size, num_workers, device, amp, progress):
     """k-NN classification of the val list by the train list's pooled features (cosine, k neighbours,
     votes weighted by exp(sim / temperature) unless weighted=False). Returns (and writes to
     OUTPUT_DIR/knn.json) top1, top5, mean_class_accuracy in %, with the settings used."""
     t0 = time.time()
     check_knn_settings(k, temperature, weighted)  # before the minutes of feature extraction
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = encoder_checkpoint(checkpoint, random_init, init_seed, output_dir or tmp)
     (xtr, ytr), (xva, yva), num_classes, _, info = _features(
             checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
             batch_size, num_workers, device, amp, progress)
-    info.update(random_init=random_init, init_seed=init_seed if random_init else None)
     result = {"task": "knn", **knn_evaluate(xtr, ytr, xva, yva, num_classes, k=k, temperature=temperature,
                                             weighted=weighted), **info}
     result.update(seconds=time.time() - t0, provenance=provenance())
@@ -104,7 +97,7 @@ def knn(checkpoint, data, output_dir, *, random_init, init_seed, train_list, val
 
 
 @defaults_from(LinearConfig)
-def linear(checkpoint, data, output_dir, *, random_init, init_seed, train_list, val_list, label_column, classes,
+def linear(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes,
            pooling, heads, epochs, lr, weight_decay, probe_batch_size, seed, sampling_rate, num_clips, num_crops,
            batch_size, num_workers, device, amp, progress):
     """Linear probe on frozen pooled features: standardise with the train features' statistics, fit a
@@ -112,12 +105,9 @@ def linear(checkpoint, data, output_dir, *, random_init, init_seed, train_list, 
     writes to OUTPUT_DIR/linear.json) top1, top5, mean_class_accuracy in %; the probe goes to
     OUTPUT_DIR/linear_probe.pt ({"state_dict", "num_classes", "dim", "checkpoint"})."""
     t0 = time.time()
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = encoder_checkpoint(checkpoint, random_init, init_seed, output_dir or tmp)
-        (xtr, ytr), (xva, yva), num_classes, dev, info = _features(
-            checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
-            batch_size, num_workers, device, amp, progress, tokens=pooling == "attentive")
-    info.update(random_init=random_init, init_seed=init_seed if random_init else None)
+    (xtr, ytr), (xva, yva), num_classes, dev, info = _features(
+        checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
+        batch_size, num_workers, device, amp, progress, tokens=pooling == "attentive")
     probe, history = train_linear_probe(xtr, ytr, num_classes, epochs=epochs, batch_size=probe_batch_size, lr=lr,
                                         weight_decay=weight_decay, seed=seed, device=dev, pooling=pooling,
                                         heads=heads)

@@ -327,7 +327,7 @@ def prepare_clip(frames, masks, img_size, frame_mode, mean, std):
 
 @torch.no_grad()
 @defaults_from(SegmentConfig)
-def segment(checkpoint, data, output_dir, *, random_init, init_seed, split, sequences, frame_stride, max_clips,
+def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max_clips,
             frame_mode, size, overclustering_k, background, reduction, ignore_index, seed, n_init, l2_normalize, device,
             amp, progress):
     """Unsupervised video object segmentation (appendix C) of a DAVIS-layout folder `data`.
@@ -339,9 +339,7 @@ def segment(checkpoint, data, output_dir, *, random_init, init_seed, split, sequ
     tokens (T', H', W', C) are scored by `segment_clip` (see the module docstring for the steps and
     the open choices). Returns (and writes to OUTPUT_DIR/segment.json) miou_clustering and
     miou_overclustering (fractions in [0, 1]) under `reduction`, per-sequence values, and settings.
-    `random_init=CONFIG` instead of a checkpoint scores the untrained encoder of that pretraining config.
     """
-    import tempfile
     import time
     from pathlib import Path
 
@@ -350,7 +348,7 @@ def segment(checkpoint, data, output_dir, *, random_init, init_seed, split, sequ
     from sigma.engine.distributed import pick_device
     from sigma.engine.provenance import provenance
 
-    from .common import encoder_checkpoint, encoder_input_size, load_encoder, write_json
+    from .common import encoder_input_size, load_encoder, write_json
 
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -360,9 +358,7 @@ def segment(checkpoint, data, output_dir, *, random_init, init_seed, split, sequ
     t0 = time.time()
     frames_dir, masks_dir, names = davis_sequences(data, split, sequences)
     dev = pick_device(device)
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = encoder_checkpoint(checkpoint, random_init, init_seed, output_dir or tmp)
-        encoder = load_encoder(checkpoint).to(dev)
+    encoder = load_encoder(checkpoint).to(dev)
     num_frames, img_size, _ = encoder_input_size(encoder)
     amp_dtype = amp_policy.amp_dtype(amp, dev)
     clips, skipped = [], []
@@ -385,8 +381,7 @@ def segment(checkpoint, data, output_dir, *, random_init, init_seed, split, sequ
                 clips.append((name, r))
     result = {"task": "segment", **reduce_scores(clips, reduction), "per_sequence": per_sequence(clips),
               "num_sequences": len({n for n, _ in clips}), "num_clips": len(clips), "skipped_clips": skipped,
-              "settings": {"checkpoint": str(checkpoint), "random_init": random_init,
-                           "init_seed": init_seed if random_init else None, "data": str(data), "split": split,
+              "settings": {"checkpoint": str(checkpoint), "data": str(data), "split": split,
                            "num_frames": num_frames, "img_size": list(img_size), "frame_stride": frame_stride,
                            "max_clips": max_clips, "frame_mode": frame_mode, "size": size,
                            "k_clustering": "object count of the clip (+1 with background='class')",
