@@ -131,3 +131,26 @@ def test_atomic_write_gives_new_files_the_umask_permissions_and_keeps_existing_o
     atomic_write_text(kept, "new", durable=durable)
     assert kept.read_text() == "new" and stat.S_IMODE(kept.stat().st_mode) == 0o640
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+class _WorkerSignals(torch.utils.data.Dataset):
+    """Reports, from inside the DataLoader worker, how it would take SIGTERM and SIGINT."""
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, index):
+        import signal
+        return torch.tensor([signal.getsignal(signal.SIGTERM) == signal.SIG_IGN,
+                             signal.getsignal(signal.SIGINT) == signal.SIG_IGN])
+
+
+def test_workers_leave_sigterm_and_sigint_to_the_main_process():
+    """A SIGTERM sent to the whole process group (timeout, Slurm) killed the workers, and the run
+    died with 'DataLoader worker is killed by signal' instead of writing its checkpoint."""
+    from sigma.engine.seeding import seed_worker
+
+    loader = torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1, worker_init_fn=seed_worker)
+    assert next(iter(loader)).tolist() == [[True, True]]
+    plain = torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1)
+    assert next(iter(plain)).tolist() != [[True, True]]  # what the test would see without seed_worker

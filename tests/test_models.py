@@ -390,3 +390,26 @@ def test_projection_errors_name_the_layout_expected():
     with pytest.raises(ValueError, match="not divisible by tube_size") as err:
         MLPProjection()(torch.randn(1, 3, 8, 30, 32), mask)
     assert "looks like" not in str(err.value)  # a (B, C, T, H, W) clip gets no layout hint
+
+
+@pytest.mark.parametrize("bad,named", [({"depth": -3}, "depth"), ({"depth": 0}, "depth"),
+                                       ({"num_heads": 0}, "num_heads"), ({"drop_path_rate": 5}, "drop_path_rate"),
+                                       ({"embed_dim": 2.5}, "embed_dim")])
+def test_model_config_refuses_sizes_that_build_a_broken_model(bad, named):
+    """depth=-3 trained and saved an encoder with no blocks; num_heads=0 was a ZeroDivisionError."""
+    with pytest.raises(ValueError, match=named):
+        sm.VideoViTConfig(**bad)
+    assert sm.VideoViTConfig(decoder_depth=0).decoder_depth == 0  # a decoder may be its head alone
+
+
+def test_nan_weights_are_named_before_clustering():
+    """segment / visualize on a checkpoint with NaN weights failed inside scikit-learn's k-means."""
+    from sigma.evaluate.common import require_finite_weights
+
+    enc = sm.create_model("sigma_vit_tiny_patch16", num_frames=2, img_size=16, depth=1).encoder
+    require_finite_weights(enc, "ok.pt", "segmentation")
+    with torch.no_grad():
+        enc.patch_embed.proj.weight[0, 0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"--checkpoint 'bad.pt': 1 of its parameter tensors are not finite "
+                                         r"\(first: patch_embed.proj.weight\); segmentation needs finite"):
+        require_finite_weights(enc, "bad.pt", "segmentation")

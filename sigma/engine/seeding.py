@@ -18,6 +18,7 @@
 """
 import contextlib
 import random
+import signal
 
 import numpy as np
 import torch
@@ -32,10 +33,19 @@ def seed_everything(seed):
 
 def seed_worker(worker_id):
     """DataLoader `worker_init_fn`: seed Python's and NumPy's global generators from the worker's
-    torch seed (distinct per worker, derived from the DataLoader's generator)."""
+    torch seed (distinct per worker, derived from the DataLoader's generator), and leave stopping
+    to the main process.
+
+    `timeout`, Slurm and Kubernetes send SIGTERM (and a terminal Ctrl-C sends SIGINT) to every
+    process of the group: a worker killed by it makes the main process fail ("DataLoader worker
+    is killed by signal") before it can finish its step and write the checkpoint it promised
+    (sigma.engine.interrupt). Workers still end with the main process: the DataLoader shuts them
+    down, and they exit when their parent is gone."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def sample_generator(seed, epoch, index):

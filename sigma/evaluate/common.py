@@ -50,6 +50,21 @@ def load_encoder(checkpoint, **overrides):
     return encoder.eval()
 
 
+def non_finite_parameters(encoder):
+    """Names of the encoder's parameter tensors holding NaN or inf (one host sync per tensor: call
+    once per task, not per batch)."""
+    return [name for name, p in encoder.named_parameters() if not bool(torch.isfinite(p).all())]
+
+
+def require_finite_weights(encoder, checkpoint, task):
+    """A clear error naming --checkpoint when its weights hold NaN or inf: `task` (k-means
+    clustering) would otherwise fail deep inside a library on the features."""
+    bad = non_finite_parameters(encoder)
+    if bad:
+        raise ValueError(f"--checkpoint {str(checkpoint)!r}: {len(bad)} of its parameter tensors are not finite "
+                         f"(first: {bad[0]}); {task} needs finite features")
+
+
 def encoder_input_size(encoder):
     """(num_frames, img_size (H, W), tube_size) the encoder was built for."""
     cfg = encoder.config

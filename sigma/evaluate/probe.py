@@ -8,8 +8,6 @@ pooling="attentive" keeps the tokens (N, L, C) and trains an attentive probe on 
 import time
 from pathlib import Path
 
-import torch
-
 from sigma.engine.amp import amp_dtype
 from sigma.engine.config import defaults_from
 from sigma.engine.distributed import pick_device
@@ -21,6 +19,7 @@ from .common import (
     extract_pooled_features,
     labelled_splits,
     load_encoder,
+    non_finite_parameters,
     write_json,
 )
 from .config import KnnConfig, LinearConfig
@@ -70,7 +69,7 @@ def _check_finite_features(feats, split, checkpoint, encoder):
     bad = non_finite_rows(feats)
     if not len(bad):
         return
-    weights = [name for name, p in encoder.named_parameters() if not bool(torch.isfinite(p).all())]
+    weights = non_finite_parameters(encoder)
     cause = (f"{len(weights)} of its parameter tensors are not finite (first: {weights[0]})" if weights
              else "its weights are finite: check the input clips")
     raise ValueError(f"--checkpoint {str(checkpoint)!r}: the encoder gives non-finite features (NaN or inf) for "

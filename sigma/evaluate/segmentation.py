@@ -348,7 +348,7 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
     from sigma.engine.distributed import pick_device
     from sigma.engine.provenance import provenance
 
-    from .common import encoder_input_size, load_encoder, write_json
+    from .common import encoder_input_size, load_encoder, require_finite_weights, write_json
 
     if reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
@@ -359,6 +359,7 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
     frames_dir, masks_dir, names = davis_sequences(data, split, sequences)
     dev = pick_device(device)
     encoder = load_encoder(checkpoint).to(dev)
+    require_finite_weights(encoder, checkpoint, "segmentation (k-means on the token features)")
     num_frames, img_size, _ = encoder_input_size(encoder)
     amp_dtype = amp_policy.amp_dtype(amp, dev)
     clips, skipped = [], []

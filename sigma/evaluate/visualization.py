@@ -27,7 +27,7 @@ from sigma.engine.distributed import pick_device
 from sigma.engine.files import PRETRAIN_FORMAT
 from sigma.engine.provenance import provenance
 
-from .common import encoder_input_size, load_encoder, write_json
+from .common import encoder_input_size, load_encoder, require_finite_weights, write_json
 from .config import VisualizeConfig
 from .segmentation import kmeans_labels
 
@@ -321,6 +321,7 @@ def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling
     out = Path(output_dir)
     dev = pick_device(device)
     encoder = load_encoder(checkpoint).to(dev)
+    require_finite_weights(encoder, checkpoint, "the cluster pictures (k-means on the token features)")
     parts, reason = _load_prototype_parts(checkpoint, dev)
     clips = [visualize_clip(encoder, v, out / "visualize", k=k, seed=seed, alpha=alpha, sampling_rate=sampling_rate,
                             prototype_parts=parts, device=dev) for v in _videos_of(data, max_videos)]

@@ -115,6 +115,17 @@ class VideoViTConfig:
         if min(t, h, w, pt, ph, pw) < 1 or t % pt or h % ph or w % pw:
             raise ValueError(f"num_frames × img_size = {t}×{h}×{w} must be positive and divisible by the tube "
                              f"(tubelet_size, patch_size, patch_size) = {self.tube_size}")
+        for name in ("in_chans", "embed_dim", "depth", "num_heads", "decoder_embed_dim", "decoder_depth",
+                     "decoder_num_heads", "out_dim"):
+            value, least = getattr(self, name), 0 if name == "decoder_depth" else 1  # a decoder may be the head alone
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+        for name in ("drop_path_rate", "attn_drop_rate", "proj_drop_rate", "drop_rate"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f"{name} must be a number in [0, 1), got {value!r}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes!r}")
         for dim, heads, what in ((self.embed_dim, self.num_heads, ""), (self.decoder_embed_dim,
                                                                          self.decoder_num_heads, "decoder_")):
             if dim % heads:

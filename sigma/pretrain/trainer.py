@@ -28,6 +28,7 @@ from sigma.engine.checkpoints import (
     rng_state,
     set_rng_state,
 )
+from sigma.engine.config import invoked_as
 from sigma.engine.distributed import (
     DistInfo,
     ResumableDistributedSampler,
@@ -57,9 +58,22 @@ COLLAPSE = ("pred_std", "pred_erank", "target_std", "target_erank")
 STEP_CALLBACKS = []
 # A pretraining run in its output folder: files that mean one is there, and what --overwrite deletes
 # (also its TensorBoard logs and temporary files of interrupted atomic writes).
-RUN_MARKS = ("metrics.csv", "config.yaml", "checkpoints/checkpoint-*.pt", "checkpoints/last.pt")
-RUN_FILES = RUN_MARKS + ("provenance.json", "tensorboard", "checkpoints/.*.tmp", ".config.yaml.*.tmp",
-                         ".provenance.json.*.tmp")
+# What shows that a folder holds a run: a checkpoint, or metrics rows (`run_marks`). A start that
+# failed before its first step (no readable video, a NaN at step 1) leaves only config.yaml and a
+# metrics header: nothing is lost by starting again there, so that is not a run.
+RUN_MARKS = ("checkpoints/checkpoint-*.pt", "checkpoints/last.pt")
+RUN_FILES = ("metrics.csv", "config.yaml", *RUN_MARKS, "provenance.json", "tensorboard", "checkpoints/.*.tmp",
+             ".config.yaml.*.tmp", ".provenance.json.*.tmp")
+
+
+def run_marks(output_dir):
+    """RUN_MARKS, and metrics.csv when it holds a row below its header."""
+    metrics = Path(output_dir) / "metrics.csv"
+    if metrics.is_file():
+        with metrics.open() as f:
+            if sum(1 for line in f if line.strip()) > 1:
+                return ("metrics.csv",) + RUN_MARKS
+    return RUN_MARKS
 
 
 class DataError(ValueError):
@@ -191,7 +205,7 @@ def train(cfg, data, output_dir, resume=None, argv=None, overwrite=False):
     run.bar = tqdm(total=run.stop, initial=run.step, disable=not info.is_main, dynamic_ncols=True,
                    desc="pretrain", file=sys.stderr)
     try:
-        with GracefulStop(run.say, prog="sigma-pretrain") as run.interrupt:
+        with GracefulStop(run.say, prog=invoked_as("sigma.pretrain", "sigma-pretrain")) as run.interrupt:
             while run.step < run.stop:
                 train_one_epoch(run)
     except Interrupted:
@@ -209,8 +223,8 @@ def train(cfg, data, output_dir, resume=None, argv=None, overwrite=False):
 def claim_run_dir(output_dir, info, resume, overwrite):
     """Refuse an output folder that holds a run unless it is resumed or overwritten; on overwrite,
     rank 0 deletes the old run (RUN_FILES) while the other ranks wait."""
-    gone = claim_output_dir(output_dir, what="pretraining run", marks=RUN_MARKS, removes=RUN_FILES, resume=resume,
-                            overwrite=overwrite, remove=info.is_main)
+    gone = claim_output_dir(output_dir, what="pretraining run", marks=run_marks(output_dir), removes=RUN_FILES,
+                            resume=resume, overwrite=overwrite, remove=info.is_main)
     if overwrite:
         barrier(info)
     if gone and info.is_main:
@@ -291,7 +305,10 @@ def resume_run(run, resume):
     run.scaler.load_state_dict(state["scaler"])
     run.scheduler.load_state_dict(state["scheduler"])
     set_rng_state(state["rng"])  # every rank's generators are the same (sigma.engine.seeding)
-    run.step, run.resumed_from = int(state["step"]), path
+    step = state.get("step")
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise DataError(f"--resume {path}: its step {step!r} is not a number of optimizer steps (an integer >= 0)")
+    run.step, run.resumed_from = step, path
     pending = state.get("pending_loss")  # loss summed since the last metrics row, per rank
     if pending:
         mine = pending[min(run.info.rank, len(pending) - 1)]
@@ -316,7 +333,7 @@ def start_outputs(run, data, argv):
     columns = ["step", "epoch", "loss", "lr", "clips_per_s", "grad_norm", "loss_scale", "videos_skipped"]
     columns += (list(SIGMA_STATS) if run.module.objective == "sigma" else []) + list(COLLAPSE)
     run.pending = {"loss_sum": torch.zeros((), device=info.device), "steps": 0, **run.pending,
-                   "t": time.perf_counter()}
+                   "t": time.perf_counter(), "timed": 0}
     if not info.is_main:
         return
     run.out.mkdir(parents=True, exist_ok=True)
@@ -358,6 +375,7 @@ def train_one_epoch(run):
         run.step += 1
         in_epoch += 1
         run.pending["steps"] += 1
+        run.pending["timed"] += 1
         for callback in STEP_CALLBACKS:
             callback(run.step, run.info)
         # a signal is acted on where the ranks agree on it: every step in one process, else at the
@@ -421,7 +439,8 @@ def write_metrics(run, epoch, grad_norm, pred, target):
     p = run.pending
     row, stop = _log_row(run.module, run.info, run.step, epoch, p["loss_sum"] / p["steps"], run.optimizer,
                          grad_norm, run.scaler, pred, target, stop_flag(run.interrupt, run.info.device))
-    row["clips_per_s"] = p["steps"] * run.clips_per_step / (time.perf_counter() - p["t"])
+    # steps restored from an interrupted run's checkpoint were not timed by this process's clock
+    row["clips_per_s"] = p["timed"] * run.clips_per_step / (time.perf_counter() - p["t"])
     row["videos_skipped"] = int(getattr(run.dataset, "num_skipped", 0) or 0)
     if not math.isfinite(row["loss"]):
         raise FloatingPointError(f"the loss is {row['loss']} at step {run.step}; stopping (lower the "
@@ -431,7 +450,7 @@ def write_metrics(run, epoch, grad_norm, pred, target):
         run.bar.set_postfix(loss=f"{row['loss']:.4f}", lr=f"{row['lr']:.2e}", clips_s=f"{row['clips_per_s']:.1f}",
                             refresh=False)
     p["loss_sum"].zero_()
-    p["steps"], p["t"] = 0, time.perf_counter()
+    p["steps"], p["timed"], p["t"] = 0, 0, time.perf_counter()
     return stop
 
 
