@@ -131,7 +131,9 @@ class VideoDataset(Dataset):
                 raise ValueError(f"num_frames={num_frames} and size={self.size} must be divisible by "
                                  f"tube_size={self.tube_size} for masking")
             self.grid = (num_frames // pt, self.size[0] // ph, self.size[1] // pw)
-            tube_mask(1, self.grid, mask_ratio)  # validates mask_ratio now, not in a worker
+            # validates mask_ratio now, not in a worker; its own generator leaves the global stream
+            # alone, so a model built after the dataset gets the same weights as one built without it
+            tube_mask(1, self.grid, mask_ratio, generator=torch.Generator().manual_seed(0))
         else:
             self.grid = None
         self.reader = resolve_reader(reader)

@@ -30,7 +30,7 @@ from .config import TASKS
 
 PROG = "python -m sigma.evaluate"
 HELP = {"knn": "k-NN classification on frozen pooled features",
-        "linear": "linear probe on frozen pooled features",
+        "linear": "linear (pooling=mean) or attentive (pooling=attentive) probe on frozen features",
         "finetune": "full fine-tuning (paper recipe) + multi-view test",
         "segment": "unsupervised video object segmentation (clustering / overclustering mIoU)",
         "visualize": "cluster maps, prototype assignments and training curves"}

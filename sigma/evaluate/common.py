@@ -3,6 +3,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sigma.engine.files import atomic_write_text
@@ -139,15 +140,35 @@ def labelled_splits(data, train_list=None, val_list=None, label_column=0, classe
     return train_path, val_path, train_records, val_records, num_classes
 
 
+def stratified_subset(records, label_column, fraction, seed):
+    """The records of a class-stratified random subset: of each class's n clips, max(1, round(fraction
+    * n)) drawn without replacement by a NumPy generator seeded with `seed`; the subset keeps the
+    list's order. fraction in (0, 1]; 1 returns the list unchanged."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"label_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1.0:
+        return list(records)
+    by_class = {}
+    for i, r in enumerate(records):
+        by_class.setdefault(r.labels[label_column], []).append(i)
+    rng = np.random.default_rng(seed)
+    keep = set()
+    for label in sorted(by_class):
+        idx = by_class[label]
+        keep.update(rng.choice(idx, size=max(1, round(fraction * len(idx))), replace=False).tolist())
+    return [r for i, r in enumerate(records) if i in keep]
+
+
 @torch.no_grad()
 def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, device="cpu", amp_dtype=None,
-                            label_column=0, progress=True):
+                            label_column=0, progress=True, tokens=False):
     """Pooled clip features of every sample of `dataset` (a `sigma.data.VideoDataset` in eval mode):
     (features (N, C) float32, labels (N,) int64); multi-view samples average their views' features.
     With `unreadable="skip"` the unreadable clips are left out (N counts the clips read); none
     read is `NoReadableVideoError`.
 
-    The feature is `encoder.forward_pooled`: the mean of all tokens after the encoder's final norm.
+    The feature is `encoder.forward_pooled`: the mean of all tokens after the encoder's final norm;
+    with tokens=True, the tokens themselves (N, L, C) float32 (`forward_features`).
     """
     from torch.utils.data import DataLoader
 
@@ -170,8 +191,8 @@ def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, de
             views = video.shape[1]
             video = video.flatten(0, 1)
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            f = encoder.forward_pooled(video).float()
-        feats.append(f.view(-1, views, f.shape[-1]).mean(1).cpu())
+            f = (encoder.forward_features(video) if tokens else encoder.forward_pooled(video)).float()
+        feats.append(f.view(-1, views, *f.shape[1:]).mean(1).cpu())
         labels.append(batch["label"][:, label_column])
     if not feats:
         raise dataset.no_readable_error()

@@ -10,6 +10,7 @@ AMP = ("auto", "bf16", "fp16", "none")
 # NumPy takes seeds in [0, 2**32)
 SEED = {"minimum": 0, "maximum": 2**32 - 1}
 UNIT = {"minimum": 0.0, "maximum": 1.0}
+POOLING = ("mean", "attentive")
 
 
 def _resume_path(value):
@@ -59,6 +60,10 @@ class KnnConfig(FrozenFeaturesConfig):
 
 @dataclass
 class LinearConfig(FrozenFeaturesConfig):
+    pooling: str = setting("mean", choices=POOLING, help="mean: a linear layer on the mean of the tokens; attentive: "
+                                                         "a learned query cross-attends over the frozen tokens, then "
+                                                         "a linear layer (keeps where the object is)")
+    heads: int = setting(4, minimum=1, help="attention heads of the attentive probe (must divide the width)")
     epochs: int = setting(100, minimum=0)
     lr: float = setting(1e-3, above=0.0)
     weight_decay: float = setting(1e-4, minimum=0.0)
@@ -94,6 +99,9 @@ class FinetuneConfig(LabelledConfig):
     save_every: Optional[int] = setting(None, minimum=1, help="also checkpoint every N steps")
     log_every: int = setting(10, minimum=1)
     seed: int = setting(0, **SEED)
+    label_fraction: float = setting(1.0, above=0.0, maximum=1.0,
+                                    help="train on this class-stratified fraction of the train list (seeded by seed; "
+                                         "at least one clip per class)")
     resume: Optional[str] = setting(None, help="'auto' (DIR/checkpoints/finetune-last.pt if present) or a path",
                                     check=_resume_path)
     overwrite: bool = setting(False, help="replace a fine-tuning run already in output_dir (its checkpoint, "

@@ -49,7 +49,7 @@ from sigma.engine.rundir import claim_output_dir
 from sigma.engine.seeding import sample_global_streams, seed_everything, seed_worker
 
 from .augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
-from .common import labelled_splits, write_json
+from .common import labelled_splits, stratified_subset, write_json
 from .config import FinetuneConfig
 from .metrics import classification_metrics
 
@@ -173,17 +173,21 @@ class FinetuneRun:
 
 
 @defaults_from(FinetuneConfig)
-def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, epochs, batch_size,
-             base_lr, min_lr, warmup_epochs, weight_decay, layer_decay, betas, drop_path, label_smoothing, mixup,
-             cutmix, mixup_prob, mixup_switch_prob, randaug, flip, sampling_rate, test_clips, test_crops,
-             test_batch_size, clip_grad, max_steps, save_every, log_every, seed, num_workers, device, amp, resume,
-             overwrite, progress):
+def finetune(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes,
+             epochs, batch_size, base_lr, min_lr, warmup_epochs, weight_decay, layer_decay, betas, drop_path,
+             label_smoothing, mixup, cutmix, mixup_prob, mixup_switch_prob, randaug, flip, sampling_rate, test_clips,
+             test_crops, test_batch_size, clip_grad, max_steps, save_every, log_every, seed, label_fraction,
+             num_workers, device, amp, resume, overwrite, progress):
     """Fine-tune the encoder of `checkpoint` on DATA/train.txt and test on DATA/val.txt (multi-view).
 
     Returns (and writes to OUTPUT_DIR/finetune.json) top1, top5, mean_class_accuracy (%) of the
     multi-view test, with the recipe used; the fine-tuned model is in
     OUTPUT_DIR/checkpoints/finetune-last.pt, the per-step log in OUTPUT_DIR/finetune_metrics.csv.
     `max_steps` stops early (the schedule still spans `epochs`); `epochs=0` only tests.
+    `label_fraction` < 1 trains on a class-stratified subset of the train list drawn with `seed`
+    (`common.stratified_subset`). Training from scratch (the baseline of few-label runs) is the
+    untrained encoder a pretraining run starts from, exported and given as `checkpoint`
+    (docs/evaluation.md, "An untrained encoder").
     `resume`: None, "auto" (OUTPUT_DIR/checkpoints/finetune-last.pt if present) or a path. An
     OUTPUT_DIR that holds a fine-tuning run already needs `resume` or `overwrite` (which deletes
     that run's RUN_FILES).
@@ -230,6 +234,7 @@ def setup(args):
     amp, autocast, scaler = amp_policy.build_amp(args.amp, info.device)
     train_path, val_path, train_records, val_records, num_classes = labelled_splits(
         args.data, args.train_list, args.val_list, args.label_column, args.classes)
+    train_records = stratified_subset(train_records, args.label_column, args.label_fraction, args.seed)
     use_mix = args.mixup > 0 or args.cutmix > 0
     if use_mix and args.batch_size % 2:
         raise ValueError(f"batch_size must be even with mixup/cutmix (timm mixes a batch with its flip), "
@@ -251,6 +256,7 @@ def setup(args):
                        switch_prob=args.mixup_switch_prob, mode="batch", label_smoothing=args.label_smoothing,
                        num_classes=num_classes) if use_mix else None
     settings = _settings(args, model, train_path, val_path, num_classes, info.world_size, lr, amp)
+    settings["num_train"] = len(train_records)
     last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
     return FinetuneRun(args, settings, info, model, wrap_ddp(model, info), optimizer, scheduler, scaler, autocast,
                        mixer, _criterion(use_mix, args.label_smoothing), _train_set(args, model, train_records),
@@ -280,7 +286,7 @@ def _settings(args, model, train_path, val_path, num_classes, world, lr, amp):
             "mixup_switch_prob": a.mixup_switch_prob, "randaug": a.randaug, "flip": a.flip,
             "sampling_rate": a.sampling_rate, "num_frames": cfg.num_frames, "img_size": list(cfg.img_size),
             "test_views": [a.test_clips, a.test_crops], "clip_grad": a.clip_grad, "max_steps": a.max_steps,
-            "seed": a.seed, "amp": amp}
+            "seed": a.seed, "label_fraction": a.label_fraction, "amp": amp}
 
 
 def _criterion(use_mix, label_smoothing):

@@ -153,23 +153,70 @@ class LinearProbe(torch.nn.Module):
         return self.head((x - self.mean) / self.std)
 
 
-def train_linear_probe(train_feats, train_labels, num_classes, *, epochs=100, batch_size=256, lr=1e-3,
-                       weight_decay=1e-4, seed=0, device=None, log_every=0):
-    """Fit a `LinearProbe` on frozen features with AdamW + cosine decay (no warmup), cross-entropy.
+class AttentiveProbe(torch.nn.Module):
+    """Attentive probing (as V-JEPA evaluates frozen video features): the tokens, standardised with
+    frozen training-set statistics, are cross-attended by one learned query (torch's
+    MultiheadAttention), and a LayerNorm + linear layer classify the result: (N, L, C) ->
+    (N, num_classes). Unlike a mean over the tokens, the attention can pick the object's tokens."""
 
-    train_feats (N, C) float, train_labels (N,) int64. Returns (probe, history) with the mean
-    training loss of every epoch in history["loss"]. Deterministic for a given seed on one device.
+    def __init__(self, dim, num_classes, heads=4, generator=None):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"heads: the attentive probe's {heads} heads must divide the feature width {dim}")
+        self.register_buffer("mean", torch.zeros(dim))
+        self.register_buffer("std", torch.ones(dim))
+        self.query = torch.nn.Parameter(torch.zeros(1, 1, dim))
+        torch.nn.init.trunc_normal_(self.query, std=0.02, generator=generator)
+        self.attn = torch.nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.head = torch.nn.Linear(dim, num_classes)
+        torch.nn.init.trunc_normal_(self.head.weight, std=0.01, generator=generator)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, x):
+        x = (x - self.mean) / self.std
+        pooled, _ = self.attn(self.query.expand(x.shape[0], -1, -1), x, x, need_weights=False)
+        return self.head(self.norm(pooled[:, 0]))
+
+
+def train_linear_probe(train_feats, train_labels, num_classes, *, epochs=100, batch_size=256, lr=1e-3,
+                       weight_decay=1e-4, seed=0, device=None, log_every=0, pooling="mean", heads=4):
+    """Fit a probe on frozen features with AdamW + cosine decay (no warmup), cross-entropy.
+
+    pooling="mean": a `LinearProbe` on pooled features train_feats (N, C) float; "attentive": an
+    `AttentiveProbe` on token features (N, L, C) float. train_labels (N,) int64. Returns (probe,
+    history) with the mean training loss of every epoch in history["loss"]. Deterministic for a
+    given seed on one device.
     """
-    _check_features("train_feats", train_feats, train_labels)
+    if pooling not in ("mean", "attentive"):
+        raise ValueError(f"pooling must be 'mean' or 'attentive', got {pooling!r}")
+    if pooling == "attentive":
+        if not isinstance(train_feats, torch.Tensor) or train_feats.dim() != 3:
+            raise ValueError(f"train_feats: the attentive probe expects token features (N, L, C), got "
+                             f"{tuple(getattr(train_feats, 'shape', ()))}")
+        _check_features("train_feats", train_feats.flatten(1), train_labels)
+    else:
+        _check_features("train_feats", train_feats, train_labels)
     check_labels("train_labels", train_labels, num_classes)
     device = torch.device(device) if device is not None else train_feats.device
     x = train_feats.float().to(device)
     y = train_labels.to(device)
     gen = torch.Generator().manual_seed(seed)
-    probe = LinearProbe(x.shape[1], num_classes, generator=gen).to(device)
-    probe.mean.copy_(x.mean(0))
-    probe.std.copy_(x.std(0, unbiased=False) + 1e-6)
-    opt = torch.optim.AdamW(probe.head.parameters(), lr=lr, weight_decay=weight_decay)
+    if pooling == "attentive":
+        # MultiheadAttention draws its init from the global stream: seed it (the caller's stream is
+        # left as it was) for a repeatable probe
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            probe = AttentiveProbe(x.shape[-1], num_classes, heads=heads, generator=gen)
+        params = probe.parameters()
+    else:
+        probe = LinearProbe(x.shape[1], num_classes, generator=gen)
+        params = probe.head.parameters()
+    probe = probe.to(device)
+    flat = x.reshape(-1, x.shape[-1])
+    probe.mean.copy_(flat.mean(0))
+    probe.std.copy_(flat.std(0, unbiased=False) + 1e-6)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     n = x.shape[0]
     steps_per_epoch = math.ceil(n / batch_size)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch))
@@ -187,13 +234,14 @@ def train_linear_probe(train_feats, train_labels, num_classes, *, epochs=100, ba
             total += loss.detach() * len(idx)
         history["loss"].append((total / n).item())  # one sync per epoch
         if log_every and (epoch + 1) % log_every == 0:
-            print(f"linear probe epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.4f}", flush=True)
-    return probe, history
+            print(f"{pooling} probe epoch {epoch + 1}/{epochs} loss {history['loss'][-1]:.4f}", flush=True)
+    return probe.eval(), history
 
 
 @torch.no_grad()
-def linear_probe_scores(probe, feats, batch_size=4096):
-    """Logits (N, num_classes) of a trained probe on features (N, C)."""
+def linear_probe_scores(probe, feats, batch_size=256):
+    """Logits (N, num_classes) of a trained probe on features (N, C) (or tokens (N, L, C) for the
+    attentive probe)."""
     dev = probe.head.weight.device
     return torch.cat([probe(feats[s:s + batch_size].float().to(dev)).cpu()
                       for s in range(0, feats.shape[0], batch_size)]) if len(feats) else torch.zeros(0)

@@ -2,7 +2,8 @@
 
 Both extract one pooled feature per clip — the mean of all tokens after the encoder's final
 norm (`VideoViTEncoder.forward_pooled`) — from the train and val lists in eval mode (centred
-clip(s), centred crop(s), no augmentation), then score the val list.
+clip(s), centred crop(s), no augmentation), then score the val list. `linear` with
+pooling="attentive" keeps the tokens (N, L, C) and trains an attentive probe on them instead.
 """
 import time
 from pathlib import Path
@@ -33,7 +34,7 @@ from .metrics import (
 
 
 def _features(checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
-              batch_size, num_workers, device, amp, progress):
+              batch_size, num_workers, device, amp, progress, tokens=False):
     from sigma.data import VideoDataset
 
     train_path, val_path, _, _, num_classes = labelled_splits(
@@ -50,14 +51,15 @@ def _features(checkpoint, data, train_list, val_list, label_column, classes, sam
                           unreadable="skip")
         out[split] = extract_pooled_features(encoder, ds, batch_size=batch_size, num_workers=num_workers,
                                              device=device, amp_dtype=amp_dtype(amp, device),
-                                             label_column=label_column, progress=progress)
-        _check_finite_features(out[split][0], split, checkpoint, encoder)
+                                             label_column=label_column, progress=progress, tokens=tokens)
+        _check_finite_features(out[split][0].flatten(1), split, checkpoint, encoder)
         skipped += ds.skipped_files
     info = {"checkpoint": str(checkpoint), "train_list": str(train_path), "val_list": str(val_path),
             "label_column": label_column, "num_classes": num_classes, "num_train": len(out["train"][1]),
             "num_val": len(out["val"][1]), "num_frames": num_frames, "img_size": list(size),
             "sampling_rate": sampling_rate, "views": [num_clips, num_crops],
-            "feature": "mean of all tokens after the encoder's final norm (forward_pooled)",
+            "feature": ("all tokens after the encoder's final norm (forward_features)" if tokens else
+                        "mean of all tokens after the encoder's final norm (forward_pooled)"),
             "num_skipped": len(skipped), "skipped_files": skipped}
     return out["train"], out["val"], num_classes, device, info
 
@@ -75,16 +77,16 @@ def _check_finite_features(feats, split, checkpoint, encoder):
 
 
 @defaults_from(KnnConfig)
-def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, k, temperature, weighted,
-        sampling_rate, num_clips, num_crops, batch_size, num_workers, device, amp, progress):
+def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, k,
+        temperature, weighted, sampling_rate, num_clips, num_crops, batch_size, num_workers, device, amp, progress):
     """k-NN classification of the val list by the train list's pooled features (cosine, k neighbours,
     votes weighted by exp(sim / temperature) unless weighted=False). Returns (and writes to
     OUTPUT_DIR/knn.json) top1, top5, mean_class_accuracy in %, with the settings used."""
     t0 = time.time()
     check_knn_settings(k, temperature, weighted)  # before the minutes of feature extraction
     (xtr, ytr), (xva, yva), num_classes, _, info = _features(
-        checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
-        batch_size, num_workers, device, amp, progress)
+            checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
+            batch_size, num_workers, device, amp, progress)
     result = {"task": "knn", **knn_evaluate(xtr, ytr, xva, yva, num_classes, k=k, temperature=temperature,
                                             weighted=weighted), **info}
     result.update(seconds=time.time() - t0, provenance=provenance())
@@ -94,9 +96,9 @@ def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, cla
 
 
 @defaults_from(LinearConfig)
-def linear(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, epochs, lr, weight_decay,
-           probe_batch_size, seed, sampling_rate, num_clips, num_crops, batch_size, num_workers, device, amp,
-           progress):
+def linear(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes,
+           pooling, heads, epochs, lr, weight_decay, probe_batch_size, seed, sampling_rate, num_clips, num_crops,
+           batch_size, num_workers, device, amp, progress):
     """Linear probe on frozen pooled features: standardise with the train features' statistics, fit a
     linear layer with AdamW + cosine decay (`train_linear_probe`), score the val list. Returns (and
     writes to OUTPUT_DIR/linear.json) top1, top5, mean_class_accuracy in %; the probe goes to
@@ -104,19 +106,22 @@ def linear(checkpoint, data, output_dir, *, train_list, val_list, label_column, 
     t0 = time.time()
     (xtr, ytr), (xva, yva), num_classes, dev, info = _features(
         checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
-        batch_size, num_workers, device, amp, progress)
+        batch_size, num_workers, device, amp, progress, tokens=pooling == "attentive")
     probe, history = train_linear_probe(xtr, ytr, num_classes, epochs=epochs, batch_size=probe_batch_size, lr=lr,
-                                        weight_decay=weight_decay, seed=seed, device=dev)
+                                        weight_decay=weight_decay, seed=seed, device=dev, pooling=pooling,
+                                        heads=heads)
     result = {"task": "linear", **classification_metrics(linear_probe_scores(probe, xva), yva, num_classes),
               "train": classification_metrics(linear_probe_scores(probe, xtr), ytr, num_classes), **info,
-              "epochs": epochs, "lr": lr, "weight_decay": weight_decay, "probe_batch_size": probe_batch_size,
+              "pooling": pooling, "heads": heads if pooling == "attentive" else None, "epochs": epochs, "lr": lr,
+              "weight_decay": weight_decay, "probe_batch_size": probe_batch_size,
               "seed": seed, "final_train_loss": history["loss"][-1] if history["loss"] else None}
     result.update(seconds=time.time() - t0, provenance=provenance())
     if output_dir is not None:
         out = Path(output_dir)
         state = {k: v.cpu() for k, v in probe.state_dict().items()}
         atomic_torch_save({"format": LINEAR_PROBE_FORMAT, "state_dict": state, "num_classes": num_classes,
-                           "dim": int(xtr.shape[1]), "checkpoint": str(checkpoint)}, out / "linear_probe.pt")
+                           "dim": int(xtr.shape[-1]), "pooling": pooling, "checkpoint": str(checkpoint)},
+                          out / "linear_probe.pt")
         result["probe_checkpoint"] = str(out / "linear_probe.pt")
         write_json(out / "linear.json", result)
     return result

@@ -327,8 +327,9 @@ def prepare_clip(frames, masks, img_size, frame_mode, mean, std):
 
 @torch.no_grad()
 @defaults_from(SegmentConfig)
-def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max_clips, frame_mode, size,
-            overclustering_k, background, reduction, ignore_index, seed, n_init, l2_normalize, device, amp, progress):
+def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max_clips,
+            frame_mode, size, overclustering_k, background, reduction, ignore_index, seed, n_init, l2_normalize, device,
+            amp, progress):
     """Unsupervised video object segmentation (appendix C) of a DAVIS-layout folder `data`.
 
     Every sequence is cut into consecutive non-overlapping clips of the encoder's frame count
