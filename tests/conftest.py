@@ -22,3 +22,10 @@ def threads():
     n = torch.get_num_threads()
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def one_thread(threads):
+    """One torch thread for the test (restored after it): the pipeline tests' tiny models are
+    dominated by threading overhead on a shared 2-core machine."""
+    torch.set_num_threads(1)

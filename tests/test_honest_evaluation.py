@@ -21,10 +21,7 @@ FAST = ["model.kwargs.depth=1", "model.kwargs.decoder_depth=1", "data.num_frames
         "projection.kwargs.hidden_dims=[64,64]", "optim.epochs=1", "optim.warmup_epochs=0", "log.tensorboard=false"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(threads):
-    """Tiny models on a shared machine: threading overhead dominates."""
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

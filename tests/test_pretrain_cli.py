@@ -27,13 +27,7 @@ FAST = ["model.kwargs.depth=1", "model.kwargs.decoder_depth=1", "data.num_frames
         "checkpoint.every=2", "checkpoint.keep=null"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """These tiny models are dominated by threading overhead on a shared machine: one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -32,11 +32,9 @@ WARN = "python -m sigma.pretrain: warning:"
 
 
 @pytest.fixture(autouse=True)
-def _one_thread_no_callbacks():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread_no_callbacks(one_thread):
+    """A test's fault-injection callbacks must not reach the next test."""
     yield
-    torch.set_num_threads(n)
     trainer.STEP_CALLBACKS.clear()
 
 

@@ -30,10 +30,7 @@ FAST = ["model.kwargs.depth=1", "model.kwargs.decoder_depth=1", "data.num_frames
         "log.every=1", "log.stats_every=100", "log.tensorboard=false", "checkpoint.every=1", "checkpoint.keep=null"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(threads):
-    """Tiny models on a shared machine: threading overhead dominates."""
-    torch.set_num_threads(1)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
