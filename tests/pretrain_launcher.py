@@ -41,9 +41,27 @@ def install_signal(spec):
     trainer.STEP_CALLBACKS.append(send)
 
 
+def install_term_all(spec):
+    import multiprocessing
+    import subprocess
+
+    from sigma.pretrain import trainer
+
+    def send(at, info):
+        if at == int(spec):
+            workers = [str(p.pid) for p in multiprocessing.active_children()]
+            assert workers, "--term-all-at needs DataLoader workers (data.num_workers > 0)"
+            # not os.kill from here: a worker tells its own main process's SIGTERM apart
+            subprocess.run(["kill", "-TERM", str(os.getpid()), *workers], check=True)
+    trainer.STEP_CALLBACKS.append(send)
+
+
+INSTALL = {"--crash-at": install_crash, "--signal-at": install_signal, "--term-all-at": install_term_all}
+
+
 def main(argv):
-    while argv[:1] in (["--crash-at"], ["--signal-at"]):
-        (install_crash if argv[0] == "--crash-at" else install_signal)(argv[1])
+    while argv[:1] and argv[0] in INSTALL:
+        INSTALL[argv[0]](argv[1])
         argv = argv[2:]
     from sigma.pretrain.cli import main as cli_main
     return cli_main(argv)

@@ -150,13 +150,48 @@ class _WorkerSignals(torch.utils.data.Dataset):
                              os.getpgid(0) != self.parent_group])
 
 
-def test_workers_leave_group_signals_to_the_main_process_and_keep_sigterm():
+def test_workers_leave_group_signals_to_the_main_process():
     """Ctrl-C and `timeout` signal the whole group: killed workers made the run die without the
-    checkpoint it promised. Workers now lead their own group and ignore SIGINT; SIGTERM to their pid
-    stays deadly (the DataLoader stops stuck workers with it; ignoring it hung the exit)."""
+    checkpoint it promised. Workers now lead their own group and ignore SIGINT; SIGTERM is not
+    ignored (SIG_IGN would keep the DataLoader from stopping a stuck worker and hang the exit)."""
     from sigma.engine.seeding import seed_worker
 
     loader = torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1, worker_init_fn=seed_worker)
     assert next(iter(loader)).tolist() == [[False, True, True]]
     plain = torch.utils.data.DataLoader(_WorkerSignals(), num_workers=1)
     assert next(iter(plain)).tolist()[0][2] is False  # without seed_worker a worker stays in the group
+
+
+def _deferring_child(ready):
+    from sigma.engine.interrupt import defer_worker_sigterm
+    ready.put(defer_worker_sigterm(grace_s=60.0))
+    import time
+    time.sleep(120)
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "sigwaitinfo"), reason="needs sigwaitinfo (Linux)")
+@pytest.mark.parametrize("who", ["its parent", "an outsider, twice"])
+def test_a_worker_defers_an_outside_sigterm_but_not_its_parents(who):
+    """A scheduler's SIGTERM to every process must not kill a worker before its main process has
+    checkpointed; the DataLoader's own SIGTERM (a stuck worker) and a second outside one still stop it."""
+    import multiprocessing
+    import signal
+    import subprocess
+    ctx = multiprocessing.get_context("fork")
+    ready = ctx.Queue()
+    child = ctx.Process(target=_deferring_child, args=(ready,), daemon=True)
+    child.start()
+    try:
+        assert ready.get(timeout=30) is True
+        if who == "its parent":
+            os.kill(child.pid, signal.SIGTERM)  # what DataLoader's terminate() does
+        else:
+            subprocess.run(["kill", "-TERM", str(child.pid)], check=True)
+            child.join(1.0)
+            assert child.is_alive()  # still serving: its main process is alive and has not stopped it
+            subprocess.run(["kill", "-TERM", str(child.pid)], check=True)
+        child.join(10.0)
+        assert not child.is_alive() and child.exitcode == 128 + signal.SIGTERM
+    finally:
+        if child.is_alive():
+            child.kill()

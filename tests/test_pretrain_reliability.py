@@ -317,6 +317,28 @@ def test_a_second_ctrl_c_exits_at_once(data, tmp_path):
     assert ck.load_checkpoint(out / "checkpoints" / "last.pt")["step"] == 1  # step 2's was never written
 
 
+def test_sigterm_to_every_process_with_workers_still_checkpoints(data, tmp_path):
+    """A scheduler that signals each process it tracks (Slurm's step daemon, a cgroup-wide kill)
+    sends SIGTERM to the main process and to its DataLoader workers one by one. The workers keep
+    serving until the main process has written its checkpoint; resuming == never interrupted."""
+    import os
+    opts = ["data.num_workers=1", "log.every=2", "checkpoint.every=100", "optim.max_steps=5"]
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
+    part, full = tmp_path / "part", tmp_path / "full"
+    r = subprocess.run([sys.executable, str(ROOT / "tests" / "pretrain_launcher.py"), "--term-all-at", "3",
+                        "--data", data, "--output-dir", str(part), *FAST, *opts],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 143, r.stderr[-3000:]
+    assert "stopped by SIGTERM after step 3 of 5" in r.stderr and "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert ck.load_checkpoint(part / "checkpoints" / "last.pt")["step"] == 3
+    assert _cli(data, part, *opts, resume="auto") == 0
+    assert _cli(data, full, *opts) == 0
+    a, b = ck.load_checkpoint(full / "checkpoints" / "last.pt"), ck.load_checkpoint(part / "checkpoints" / "last.pt")
+    for key in ("model", "projection", "loss", "optimizer", "step"):
+        _assert_same_tensors(a[key], b[key], key)
+    assert [(r["step"], r["loss"]) for r in _rows(full)] == [(r["step"], r["loss"]) for r in _rows(part)]
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_torchrun_sigterm_on_one_rank_stops_both_and_resumes_bitwise(data, tmp_path):

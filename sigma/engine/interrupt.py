@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import threading
+import time
 
 import torch
 
@@ -82,6 +83,51 @@ class GracefulStop:
         if self.say is not None:
             self.say(f"{signal_name(signum)} received: stopping after this step with a checkpoint "
                      "(send it again to exit at once, without one)")
+
+
+# How long a DataLoader worker keeps serving batches after a SIGTERM that did not come from its
+# own main process: enough for the main process to finish its step and write its checkpoint.
+# Schedulers kill for good soon after anyway (Slurm's KillWait and Kubernetes' grace period
+# default to 30 s), and a worker exits as soon as its main process is gone.
+WORKER_SIGTERM_GRACE_S = 30.0
+
+
+def defer_worker_sigterm(grace_s=WORKER_SIGTERM_GRACE_S, poll_s=0.1):
+    """In a DataLoader worker (its `worker_init_fn`): an outside SIGTERM no longer kills the
+    worker at once. Schedulers that signal every process they track (Slurm's step daemon, a
+    cgroup-wide kill) reach the workers at the same moment as the main process; a dead worker
+    makes the main process fail in `next(loader)` before it can write its stop checkpoint.
+
+    What the worker does instead:
+    - a SIGTERM sent by its main process (the DataLoader's own `terminate()` of a stuck worker)
+      exits at once, as torch's handler does;
+    - an outside SIGTERM is noted; the worker keeps serving batches until its main process is
+      gone (it stops the workers itself after the checkpoint) or `grace_s` seconds have passed;
+    - a second outside SIGTERM exits at once.
+    Telling the sender apart needs `sigwaitinfo` (the sender's pid), which Python has on Linux;
+    elsewhere this does nothing and SIGTERM keeps torch's handler."""
+    if not hasattr(signal, "sigwaitinfo") or threading.current_thread() is not threading.main_thread():
+        return False
+    parent = os.getppid()
+    # Blocked here, in the worker's only thread at this point, SIGTERM stays blocked in every
+    # thread started later and is delivered to the one thread that waits for it.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
+    def wait_for_sigterm():
+        deadline = None
+        while True:
+            timeout = poll_s if deadline is not None else None
+            info = (signal.sigtimedwait({signal.SIGTERM}, timeout) if timeout is not None
+                    else signal.sigwaitinfo({signal.SIGTERM}))
+            if info is not None and (info.si_pid == parent or deadline is not None):
+                os._exit(128 + signal.SIGTERM)  # from the DataLoader itself, or a second outside one
+            if info is not None:
+                deadline = time.monotonic() + grace_s
+            if deadline is not None and (os.getppid() != parent or time.monotonic() >= deadline):
+                os._exit(128 + signal.SIGTERM)
+
+    threading.Thread(target=wait_for_sigterm, name="sigma-worker-sigterm", daemon=True).start()
+    return True
 
 
 def stop_flag(stop, device):

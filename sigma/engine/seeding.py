@@ -24,6 +24,8 @@ import signal
 import numpy as np
 import torch
 
+from sigma.engine.interrupt import defer_worker_sigterm
+
 
 def seed_everything(seed):
     """Seed torch (every device), Python's `random` and NumPy's global generator with `seed`."""
@@ -37,11 +39,12 @@ def seed_worker(worker_id):
     torch seed (distinct per worker, derived from the DataLoader's generator), and leave stopping
     to the main process.
 
-    A terminal's Ctrl-C and GNU `timeout` signal the whole process group; the main process then
-    finishes its step and writes a checkpoint (sigma.engine.interrupt), for which it needs its
-    workers alive. So each worker leads a process group of its own (group signals miss it) and
-    ignores SIGINT. SIGTERM keeps torch's handler: the DataLoader stops a stuck worker with a
-    SIGTERM to its pid, and a worker that ignored it would hang the interpreter's exit."""
+    On Ctrl-C or SIGTERM the main process finishes its step and writes a checkpoint
+    (sigma.engine.interrupt), for which it needs its workers alive. A terminal's Ctrl-C and GNU
+    `timeout` signal the whole process group: each worker leads a process group of its own (group
+    signals miss it) and ignores SIGINT. A scheduler that sends SIGTERM to every process one by
+    one reaches the workers too: they keep serving until the main process is done
+    (`defer_worker_sigterm`), while a SIGTERM from the DataLoader itself still stops a stuck worker."""
     seed = torch.initial_seed() % 2**32
     random.seed(seed)
     np.random.seed(seed)
@@ -51,6 +54,7 @@ def seed_worker(worker_id):
             os.setpgid(0, 0)
         except OSError:  # not permitted here (e.g. already a session leader): group signals still reach it
             pass
+    defer_worker_sigterm()
 
 
 def sample_generator(seed, epoch, index):
