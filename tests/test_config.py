@@ -310,13 +310,15 @@ def test_a_function_cannot_keep_defaults_of_its_own():
     from sigma.engine.config import defaults_from
     from sigma.evaluate.config import VisualizeConfig
 
-    def visualize(checkpoint, data, output_dir, *, metrics, k=7, seed, alpha, sampling_rate, max_videos, device):
+    def visualize(checkpoint, data, output_dir, *, metrics, k=7, seed, alpha, sampling_rate, max_videos, device,
+                  progress):
         return k
 
     with pytest.raises(TypeError, match=r"remove those of \['k'\]"):
         defaults_from(VisualizeConfig)(visualize)
 
-    def no_default(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling_rate, max_videos, device):
+    def no_default(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling_rate, max_videos, device,
+                   progress):
         return k, seed, alpha, output_dir
 
     assert defaults_from(VisualizeConfig)(no_default)("c", "d", "o", k=2) == (2, 0, 0.5, "o")

@@ -2,6 +2,7 @@
 its JSON (and checkpoint / pictures); bad inputs are clear errors."""
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,6 +48,17 @@ def test_knn_cli_writes_result(synthetic, checkpoint, tmp_path):
     assert 0.0 <= r["top1"] <= 100.0 and r["top5"] >= r["top1"]
     objects = next(iter(_read(synthetic["classes"]).values()))
     assert r["num_val"] == 2 and r["num_train"] == 6 and r["num_classes"] == len(objects)
+
+
+def test_knn_cli_takes_two_lists_without_data(synthetic, checkpoint, tmp_path, capsys):
+    root = Path(synthetic["root"])
+    rc = main(["knn", "--checkpoint", checkpoint, "--train-list", str(root / "train.txt"), "--val-list",
+               str(root / "val.txt"), "--output-dir", str(tmp_path), "--k", "3", "--no-progress"])
+    assert rc == 0 and _read(tmp_path / "knn.json")["num_val"] == 2
+    with pytest.raises(SystemExit):  # one list is not enough to go without --data
+        main(["knn", "--checkpoint", checkpoint, "--train-list", str(root / "train.txt"), "--output-dir",
+              str(tmp_path)])
+    assert "--data is required" in capsys.readouterr().err
 
 
 def test_linear_api_matches_json_and_writes_probe(synthetic, checkpoint, tmp_path):
@@ -140,7 +152,7 @@ def test_visualize_cli_lists_every_file_it_wrote(synthetic, checkpoint, tmp_path
     metrics.write_text("step,loss\n1,8.0\n2,7.5\n")
     video = os.path.join(synthetic["root"], "videos", "clip00000.mp4")
     rc = main(["visualize", "--checkpoint", checkpoint, "--data", video, "--output-dir", str(tmp_path),
-               "--metrics", str(metrics), "--k", "3", "--sampling-rate", "1"])
+               "--metrics", str(metrics), "--k", "3", "--sampling-rate", "1", "--no-progress"])
     assert rc == 0
     files = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["files"]
     assert [os.path.splitext(f)[1] for f in files] == [".png", ".gif", ".png"]

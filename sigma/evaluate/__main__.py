@@ -134,7 +134,10 @@ def main(argv=None):
         print(dump_config(settings), end="")
         return 0
     for key in REQUIRED_KEYS:
-        if settings[key] in (None, REQUIRED):
+        unset = settings[key] in (None, REQUIRED)
+        if unset and key == "data" and settings.get("train_list") and settings.get("val_list"):
+            settings["data"] = None  # both lists given: no folder needed
+        elif unset:
             parser.error(f"--{key.replace('_', '-')} is required (or {key}=...)")
     try:  # the device is there, the paths exist: before any data is read
         check_environment(TASKS[task], settings)

@@ -107,7 +107,12 @@ def check_list_labels(records, list_path, label_column, num_classes):
 
 def resolve_split_lists(data, train_list=None, val_list=None):
     """(train list, val list) paths: explicit ones (relative to `data` when it is a folder) or
-    DATA/train.txt and DATA/val.txt."""
+    DATA/train.txt and DATA/val.txt; `data` may be None when both lists are given."""
+    if data is None:
+        if not (train_list and val_list):
+            raise FileNotFoundError("no data: pass --data DIR holding train.txt/val.txt, or both --train-list "
+                                    "and --val-list")
+        data = Path(train_list).parent
     data = Path(data)
     if not data.exists():
         raise FileNotFoundError(f"--data {str(data)!r} does not exist (a folder holding train.txt/val.txt, "

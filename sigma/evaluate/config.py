@@ -141,6 +141,7 @@ class VisualizeConfig(RunConfig):
     alpha: float = setting(0.5, help="overlay opacity", **UNIT)
     sampling_rate: int = setting(4, minimum=1)
     max_videos: int = setting(4, minimum=1)
+    progress: bool = setting(True, help="progress bar over the videos")
 
 
 TASKS = {"knn": KnnConfig, "linear": LinearConfig, "finetune": FinetuneConfig, "segment": SegmentConfig,

@@ -15,6 +15,7 @@ Sizes (what a test or a script can rely on), with the model's input H×W and T' 
 """
 import csv
 import math
+import sys
 import time
 from pathlib import Path
 
@@ -312,7 +313,8 @@ def _videos_of(data, max_videos):
 
 
 @defaults_from(VisualizeConfig)
-def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling_rate, max_videos, device):
+def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling_rate, max_videos, device,
+              progress):
     """Cluster maps (and prototype assignments) of the video file `data` (or the first `max_videos`
     of a list/folder), plus training curves of `metrics` (default: metrics.csv of the pretraining run
     the checkpoint belongs to, when there is one). Writes OUTPUT_DIR/visualize/* and
@@ -323,8 +325,10 @@ def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling
     encoder = load_encoder(checkpoint).to(dev)
     require_finite_weights(encoder, checkpoint, "the cluster pictures (k-means on the token features)")
     parts, reason = _load_prototype_parts(checkpoint, dev)
+    from tqdm.auto import tqdm
     clips = [visualize_clip(encoder, v, out / "visualize", k=k, seed=seed, alpha=alpha, sampling_rate=sampling_rate,
-                            prototype_parts=parts, device=dev) for v in _videos_of(data, max_videos)]
+                            prototype_parts=parts, device=dev)
+             for v in tqdm(_videos_of(data, max_videos), desc="visualize", disable=not progress, file=sys.stderr)]
     result = {"task": "visualize", "clips": clips, "prototypes": reason or "shown (row 3)", "k": k, "seed": seed,
               "checkpoint": str(checkpoint)}
     if metrics is None:
