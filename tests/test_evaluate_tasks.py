@@ -61,6 +61,44 @@ def test_knn_cli_takes_two_lists_without_data(synthetic, checkpoint, tmp_path, c
     assert "--data is required" in capsys.readouterr().err
 
 
+def test_features_cache_is_reused_across_tasks_and_labels_and_never_stale(synthetic, checkpoint, tmp_path,
+                                                                          monkeypatch):
+    import sigma.evaluate.probe as probe
+    from sigma.evaluate import knn, linear
+    calls = []
+    real = probe.extract_pooled_features
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs["tokens"])
+        return real(*args, **kwargs)
+    monkeypatch.setattr(probe, "extract_pooled_features", counted)
+    cache, root = tmp_path / "cache", synthetic["root"]
+    plain = knn(checkpoint, root, None, k=3, progress=False)
+    assert calls == [False, False]  # train, val
+    first = knn(checkpoint, root, None, k=3, progress=False, features_cache=str(cache))
+    again = knn(checkpoint, root, None, k=3, progress=False, features_cache=str(cache))
+    assert len(calls) == 4 and (first["top1"], first["top5"]) == (again["top1"], again["top5"]) == \
+        (plain["top1"], plain["top5"])
+    motion = linear(checkpoint, root, None, label_column=1, epochs=2, progress=False, features_cache=str(cache))
+    assert len(calls) == 4 and motion["label_column"] == 1  # pooled features of both splits reused
+    assert len(list(cache.glob("features-pooled-*.pt"))) == 2
+    # another list is another key: extracted again
+    other = tmp_path / "lists"
+    other.mkdir()
+    for name in ("train.txt", "val.txt"):
+        lines = Path(root, name).read_text().splitlines()
+        (other / name).write_text("\n".join(f"{Path(root, line.split()[0])} {' '.join(line.split()[1:])}"
+                                            for line in lines[:-1]) + "\n")
+    knn(checkpoint, str(other), None, k=3, progress=False, features_cache=str(cache))
+    assert len(calls) == 6
+    # a damaged cache file is extracted again (with a warning), never used
+    for victim in cache.glob("features-pooled-*.pt"):
+        victim.write_bytes(victim.read_bytes()[:-100] + bytes(100))
+    with pytest.warns(UserWarning, match="unreadable"):
+        redone = knn(checkpoint, root, None, k=3, progress=False, features_cache=str(cache))
+    assert len(calls) == 8 and redone["top1"] == plain["top1"]
+
+
 def test_linear_api_matches_json_and_writes_probe(synthetic, checkpoint, tmp_path):
     from sigma.evaluate import linear
     r = linear(checkpoint, synthetic["root"], tmp_path, epochs=3, progress=False)

@@ -30,6 +30,7 @@ PRETRAIN_FORMAT = "sigma-pretrain-v1"
 FINETUNE_FORMAT = "sigma-finetune-v2"
 MODELS_FORMAT = "sigma-models-v1"
 LINEAR_PROBE_FORMAT = "sigma-linear-probe-v1"
+FEATURES_FORMAT = "sigma-features-v1"
 
 
 def _numpy_scalar():

@@ -168,7 +168,8 @@ def stratified_subset(records, label_column, fraction, seed):
 def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, device="cpu", amp_dtype=None,
                             label_column=0, progress=True, tokens=False):
     """Pooled clip features of every sample of `dataset` (a `sigma.data.VideoDataset` in eval mode):
-    (features (N, C) float32, labels (N,) int64); multi-view samples average their views' features.
+    (features (N, C) float32, labels (N,) int64, or (N, L) every label column when label_column is
+    None); multi-view samples average their views' features.
     With `unreadable="skip"` the unreadable clips are left out (N counts the clips read); none
     read is `NoReadableVideoError`.
 
@@ -198,7 +199,7 @@ def extract_pooled_features(encoder, dataset, *, batch_size=8, num_workers=0, de
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             f = (encoder.forward_features(video) if tokens else encoder.forward_pooled(video)).float()
         feats.append(f.view(-1, views, *f.shape[1:]).mean(1).cpu())
-        labels.append(batch["label"][:, label_column])
+        labels.append(batch["label"] if label_column is None else batch["label"][:, label_column])
     if not feats:
         raise dataset.no_readable_error()
     return torch.cat(feats), torch.cat(labels)

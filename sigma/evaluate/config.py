@@ -49,6 +49,10 @@ class FrozenFeaturesConfig(LabelledConfig):
     num_clips: int = setting(1, minimum=1, help="clips per video whose features are averaged")
     num_crops: int = setting(1, minimum=1, help="crops per clip whose features are averaged")
     batch_size: int = setting(8, minimum=1, help="clips per forward pass of the encoder")
+    features_cache: Optional[str] = setting(
+        None, help="folder where extracted features are kept and reused by later knn/linear runs on the same "
+                   "checkpoint, list and clip settings (a label column or probe change reuses them)",
+        check=folder_path)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from .metrics import (
 
 
 def _features(checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
-              batch_size, num_workers, device, amp, progress, tokens=False):
+              batch_size, num_workers, device, amp, progress, features_cache=None, tokens=False):
     from sigma.data import VideoDataset
 
     train_path, val_path, _, _, num_classes = labelled_splits(
@@ -49,11 +49,23 @@ def _features(checkpoint, data, train_list, val_list, label_column, classes, sam
         ds = VideoDataset(path, num_frames=num_frames, sampling_rate=sampling_rate, size=size, train=False,
                           mask_ratio=None, tube_size=tube, num_clips=num_clips, num_crops=num_crops,
                           unreadable="skip")
-        out[split] = extract_pooled_features(encoder, ds, batch_size=batch_size, num_workers=num_workers,
-                                             device=device, amp_dtype=amp_dtype(amp, device),
-                                             label_column=label_column, progress=progress, tokens=tokens)
+
+        def extract(ds=ds):
+            feats, labels = extract_pooled_features(
+                encoder, ds, batch_size=batch_size, num_workers=num_workers, device=device,
+                amp_dtype=amp_dtype(amp, device), label_column=None, progress=progress, tokens=tokens)
+            return feats, labels, list(ds.skipped_files)
+
+        if features_cache is None:
+            feats, labels, split_skipped = extract()
+        else:
+            key = _cache_key(checkpoint, path, sampling_rate=sampling_rate, views=[num_clips, num_crops],
+                             batch_size=batch_size, device=device.type, amp=str(amp_dtype(amp, device)),
+                             feature="tokens" if tokens else "pooled")
+            feats, labels, split_skipped = _cached_features(Path(features_cache), key, extract)
+        out[split] = (feats, labels[:, label_column])
         _check_finite_features(out[split][0].flatten(1), split, checkpoint, encoder)
-        skipped += ds.skipped_files
+        skipped += split_skipped
     info = {"checkpoint": str(checkpoint), "train_list": str(train_path), "val_list": str(val_path),
             "label_column": label_column, "num_classes": num_classes, "num_train": len(out["train"][1]),
             "num_val": len(out["val"][1]), "num_frames": num_frames, "img_size": list(size),
@@ -62,6 +74,52 @@ def _features(checkpoint, data, train_list, val_list, label_column, classes, sam
                         "mean of all tokens after the encoder's final norm (forward_pooled)"),
             "num_skipped": len(skipped), "skipped_files": skipped}
     return out["train"], out["val"], num_classes, device, info
+
+
+def _file_digest(path):
+    """SHA-256 of a file, or of a folder's files (names and bytes, sorted): what the features depend on."""
+    import hashlib
+    path = Path(path)
+    sha = hashlib.sha256()
+    for f in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
+        sha.update(f.relative_to(path).as_posix().encode() if f != path else b"")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 24), b""):
+                sha.update(block)
+    return sha.hexdigest()
+
+
+def _cache_key(checkpoint, list_path, **settings):
+    """What a cached feature file was extracted from: the checkpoint's bytes, the list (its path,
+    since entries are relative to it, and its bytes) and every setting that changes the numbers."""
+    return {"checkpoint": _file_digest(checkpoint), "list": str(Path(list_path).resolve()),
+            "list_sha256": _file_digest(list_path), **settings}
+
+
+def _cached_features(folder, key, extract):
+    """(features, labels of every column, skipped files) from FOLDER's file for `key` when one was
+    written for exactly that key; else `extract()`, written there atomically. The file name is a
+    digest of the key, and the key is stored and compared in full: a stale or foreign file is never
+    used. An unreadable cache file is extracted again (and replaced)."""
+    import hashlib
+    import json
+    import warnings
+
+    from sigma.engine.files import FEATURES_FORMAT, safe_torch_load
+
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+    path = folder / f"features-{key['feature']}-{name}.pt"
+    if path.is_file():
+        try:
+            saved = safe_torch_load(path)
+            if saved.get("format") == FEATURES_FORMAT and saved.get("key") == key:
+                return saved["features"], saved["labels"], list(saved["skipped_files"])
+        except (ValueError, OSError) as exc:  # ChecksumError is a ValueError
+            warnings.warn(f"features cache {path} is unreadable ({exc}); extracting again", stacklevel=3)
+    feats, labels, skipped = extract()
+    atomic_torch_save({"format": FEATURES_FORMAT, "key": key, "features": feats, "labels": labels,
+                       "skipped_files": skipped}, path)
+    return feats, labels, skipped
 
 
 def _check_finite_features(feats, split, checkpoint, encoder):
@@ -78,7 +136,8 @@ def _check_finite_features(feats, split, checkpoint, encoder):
 
 @defaults_from(KnnConfig)
 def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes, k,
-        temperature, weighted, sampling_rate, num_clips, num_crops, batch_size, num_workers, device, amp, progress):
+        temperature, weighted, sampling_rate, num_clips, num_crops, batch_size, num_workers, device, amp, progress,
+        features_cache):
     """k-NN classification of the val list by the train list's pooled features (cosine, k neighbours,
     votes weighted by exp(sim / temperature) unless weighted=False). Returns (and writes to
     OUTPUT_DIR/knn.json) top1, top5, mean_class_accuracy in %, with the settings used."""
@@ -86,7 +145,7 @@ def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, cla
     check_knn_settings(k, temperature, weighted)  # before the minutes of feature extraction
     (xtr, ytr), (xva, yva), num_classes, _, info = _features(
             checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
-            batch_size, num_workers, device, amp, progress)
+            batch_size, num_workers, device, amp, progress, features_cache)
     result = {"task": "knn", **knn_evaluate(xtr, ytr, xva, yva, num_classes, k=k, temperature=temperature,
                                             weighted=weighted), **info}
     result.update(seconds=time.time() - t0, provenance=provenance())
@@ -98,7 +157,7 @@ def knn(checkpoint, data, output_dir, *, train_list, val_list, label_column, cla
 @defaults_from(LinearConfig)
 def linear(checkpoint, data, output_dir, *, train_list, val_list, label_column, classes,
            pooling, heads, epochs, lr, weight_decay, probe_batch_size, seed, sampling_rate, num_clips, num_crops,
-           batch_size, num_workers, device, amp, progress):
+           batch_size, num_workers, device, amp, progress, features_cache):
     """Linear probe on frozen pooled features: standardise with the train features' statistics, fit a
     linear layer with AdamW + cosine decay (`train_linear_probe`), score the val list. Returns (and
     writes to OUTPUT_DIR/linear.json) top1, top5, mean_class_accuracy in %; the probe goes to
@@ -106,7 +165,7 @@ def linear(checkpoint, data, output_dir, *, train_list, val_list, label_column, 
     t0 = time.time()
     (xtr, ytr), (xva, yva), num_classes, dev, info = _features(
         checkpoint, data, train_list, val_list, label_column, classes, sampling_rate, num_clips, num_crops,
-        batch_size, num_workers, device, amp, progress, tokens=pooling == "attentive")
+        batch_size, num_workers, device, amp, progress, features_cache, tokens=pooling == "attentive")
     probe, history = train_linear_probe(xtr, ytr, num_classes, epochs=epochs, batch_size=probe_batch_size, lr=lr,
                                         weight_decay=weight_decay, seed=seed, device=dev, pooling=pooling,
                                         heads=heads)
