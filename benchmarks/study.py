@@ -27,6 +27,7 @@ import argparse
 import csv
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,9 +74,9 @@ SHAPES = dict(data="shapes", videos=200, frames=40, size=128, object_size=(32, 4
 # and both sigma runs; fine-tuning for a fixed step budget at each label fraction.
 DIGITS = dict(data="digits", train=1800, val=800, davis_clips=200, frames=16, size=64, img_size=64, num_frames=8,
               sampling_rate=2, patch_size=8, mask_ratio=0.75, batch_size=8, num_prototypes=32, out_dim=64,
-              hidden_dims=[256, 256], steps=2000, checkpoints=4, num_workers=1, enc_clips=16, seg_max_clips=1,
-              linear_epochs=100, attentive_epochs=30, knn_k=20, seeds=[0, 1, 2], untrained=5,
-              fractions=[0.05, 0.2, 1.0], ft_steps=300, ft_batch_size=8, ft_base_lr=1e-2, ft_test_clips=2,
+              hidden_dims=[256, 256], steps=800, checkpoints=4, num_workers=1, enc_clips=16, seg_max_clips=1,
+              seg_sequences=50, linear_epochs=100, attentive_epochs=10, knn_k=20, seeds=[0, 1, 2], untrained=5,
+              fractions=[0.05, 1.0], ft_steps=150, ft_batch_size=8, ft_base_lr=1e-2, ft_test_clips=1,
               pixel_baseline_clips=400)
 # Smoke tests: tiny clips, 2×2×2 tokens, a handful of steps: check the plumbing only (digits at 64²:
 # decord cannot read the generator's smaller H.264 frames).
@@ -198,20 +199,26 @@ def evaluate_encoder(source, data, s, out_dir):
     JSON under OUT_DIR is reused when it is there."""
     import sigma.evaluate as ev
     common = dict(sampling_rate=s["sampling_rate"], device="cpu", amp="none", progress=False, **source)
+    # one extraction of pooled features and one of tokens serve all six probes of this encoder
+    cache = Path(out_dir) / "features_cache"
+    probes = dict(common, features_cache=str(cache))
     r = {}
     for column, name in LABELS:
         sub = Path(out_dir) / name
         r[f"knn_{name}"] = cached(sub / "knn.json", ev.knn,
-            data=data, output_dir=sub / "knn", label_column=column, k=s["knn_k"], **common)["top1"]
+            data=data, output_dir=sub / "knn", label_column=column, k=s["knn_k"], **probes)["top1"]
         r[f"linear_{name}"] = cached(sub / "linear.json", ev.linear,
             data=data, output_dir=sub / "linear", label_column=column, epochs=s["linear_epochs"], seed=0,
-            **common)["top1"]
+            **probes)["top1"]
         r[f"attentive_{name}"] = cached(sub / "attentive.json", ev.linear,
             data=data, output_dir=sub / "attentive", label_column=column, pooling="attentive",
-            epochs=s["attentive_epochs"], seed=0, **common)["top1"]
+            epochs=s["attentive_epochs"], seed=0, **probes)["top1"]
+    shutil.rmtree(cache, ignore_errors=True)  # the tokens are large (~0.5 GB); every probe's JSON is written
+    seg_split = Path(data) / "davis" / "ImageSets" / "2017" / "val.txt"
+    sequences = seg_split.read_text().split()[:s["seg_sequences"]] if s.get("seg_sequences") else None
     seg = cached(Path(out_dir) / "segment.json", ev.segment,
-        data=Path(data) / "davis", output_dir=Path(out_dir) / "segment", split="val", max_clips=s["seg_max_clips"],
-        **{k: v for k, v in common.items() if k != "sampling_rate"})
+        data=Path(data) / "davis", output_dir=Path(out_dir) / "segment", split="val", sequences=sequences,
+        max_clips=s["seg_max_clips"], **{k: v for k, v in common.items() if k != "sampling_rate"})
     r["segment_miou"] = seg["miou_clustering"]
     r["segment_miou_overclustering"] = seg["miou_overclustering"]
     return r
