@@ -29,3 +29,16 @@ def one_thread(threads):
     """One torch thread for the test (restored after it): the pipeline tests' tiny models are
     dominated by threading overhead on a shared 2-core machine."""
     torch.set_num_threads(1)
+
+
+@pytest.fixture
+def tree_bytes():
+    """root -> {path relative to root: bytes} of every file under root (generated sets compared byte for byte)."""
+    def read(root):
+        out = {}
+        for d, _, names in os.walk(root):
+            for n in names:
+                with open(os.path.join(d, n), "rb") as f:
+                    out[os.path.relpath(os.path.join(d, n), root)] = f.read()
+        return out
+    return read

@@ -99,17 +99,10 @@ def test_synthetic_masks_match_objects(synth):
         assert np.abs(decoded - frames[[0, FRAMES // 2, FRAMES - 1]]).mean() < 6
 
 
-def test_synthetic_deterministic(tmp_path):
-    def files(root):
-        out = {}
-        for d, _, names in os.walk(root):
-            for n in names:
-                with open(os.path.join(d, n), "rb") as f:
-                    out[os.path.relpath(os.path.join(d, n), root)] = f.read()
-        return out
-    a = files(make_synthetic_dataset(tmp_path / "a", videos=2, seed=5, frames=32)["root"])
-    b = files(make_synthetic_dataset(tmp_path / "b", videos=2, seed=5, frames=32)["root"])
-    c = files(make_synthetic_dataset(tmp_path / "c", videos=2, seed=6, frames=32, davis=False)["root"])
+def test_synthetic_deterministic(tmp_path, tree_bytes):
+    a = tree_bytes(make_synthetic_dataset(tmp_path / "a", videos=2, seed=5, frames=32)["root"])
+    b = tree_bytes(make_synthetic_dataset(tmp_path / "b", videos=2, seed=5, frames=32)["root"])
+    c = tree_bytes(make_synthetic_dataset(tmp_path / "c", videos=2, seed=6, frames=32, davis=False)["root"])
     assert a == b and len(a) > 2 * 2 * 32
     assert a["videos/clip00000.mp4"] != c["videos/clip00000.mp4"]
 

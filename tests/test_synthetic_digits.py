@@ -18,15 +18,6 @@ FRAMES, SIZE = 8, 64
 _STEP = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
 
 
-def _files(root):
-    out = {}
-    for d, _, names in os.walk(root):
-        for n in names:
-            with open(os.path.join(d, n), "rb") as f:
-                out[os.path.relpath(os.path.join(d, n), root)] = f.read()
-    return out
-
-
 def _lines(path):
     with open(path) as f:
         return [line.split() for line in f if line.strip()]
@@ -56,12 +47,12 @@ def test_digit_alpha_fades_out_at_the_sprite_edge():
     assert max(a[0].max(), a[-1].max(), a[:, 0].max(), a[:, -1].max()) < 0.5
 
 
-def test_dataset_is_byte_identical_per_seed_and_has_the_layout(tmp_path):
+def test_dataset_is_byte_identical_per_seed_and_has_the_layout(tmp_path, tree_bytes):
     kw = dict(train=3, val=2, frames=FRAMES, size=SIZE, davis_clips=1)
     a = make_digits_dataset(tmp_path / "a", seed=5, **kw)
-    files_a = _files(a["root"])
-    assert files_a == _files(make_digits_dataset(tmp_path / "b", seed=5, **kw)["root"])
-    other = _files(make_digits_dataset(tmp_path / "c", seed=6, **kw)["root"])
+    files_a = tree_bytes(a["root"])
+    assert files_a == tree_bytes(make_digits_dataset(tmp_path / "b", seed=5, **kw)["root"])
+    other = tree_bytes(make_digits_dataset(tmp_path / "c", seed=6, **kw)["root"])
     assert other["videos/val00000.mp4"] != files_a["videos/val00000.mp4"]
     train, val = _lines(a["train"]), _lines(a["val"])
     assert [r[0] for r in train] == [f"videos/train{i:05d}.mp4" for i in range(3)]
