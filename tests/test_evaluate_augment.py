@@ -106,3 +106,23 @@ def test_randaugment_on_normalized_clip_round_trips_identity_ops():
     clip = (u8 - torch.tensor(mean)[:, None, None, None]) / torch.tensor(std)[:, None, None, None]
     out = randaugment_normalized_clip(clip, lambda f: f, mean, std)  # identity "augmentation"
     assert torch.allclose(out, clip, atol=1e-5)
+
+
+def test_randaugment_posterize_to_zero_bits_gives_black_frames():
+    """m10 makes PosterizeIncreasing keep 0 bits: Pillow 13 refuses that; the clip comes out black."""
+    ra = VideoRandAugment("rand-m10-n1-mstd0-inc1")
+    ra.transform.ops = [op for op in ra.transform.ops if op.name == "PosterizeIncreasing"]
+    assert len(ra.transform.ops) == 1
+    ra.transform.ops[0].prob = 1.0
+    out = ra(_frames())
+    assert out.shape == (3, 32, 32, 3) and not out.any()
+
+
+@pytest.mark.parametrize("bits", [1, 3, 7, 8])
+def test_posterize_matches_pillow_where_pillow_accepts(bits):
+    from PIL import Image, ImageOps
+
+    from sigma.evaluate.augment import posterize
+    img = Image.fromarray(_frames(1)[0])
+    want = img if bits == 8 else ImageOps.posterize(img, bits)
+    assert np.array_equal(np.asarray(posterize(img, bits)), np.asarray(want))

@@ -11,6 +11,11 @@ Two pitfalls of using image augmentations on video, and how they are avoided her
   differently (flicker). `VideoRandAugment` snapshots both generators' states before the clip and
   restores them before each frame, so every frame sees the same draws, then leaves the generators
   advanced once, as after a single image.
+
+And one of library versions: timm's posterize ops ask for 0 bits at the top of their magnitude
+range (e.g. `PosterizeIncreasing` at magnitude 10, which m9 with mstd 0.5 draws about once in 44
+applications); Pillow 13 refuses `ImageOps.posterize(img, 0)` where older Pillow returned a black
+image, so long fine-tuning runs crashed. `VideoRandAugment` gives 0 bits the old meaning.
 """
 import random
 
@@ -56,6 +61,9 @@ class VideoRandAugment:
         self.config_str = config_str
         self.transform = rand_augment_transform(config_str, {"img_mean": tuple(fill),
                                                              "interpolation": str_to_pil_interp(interpolation)})
+        for op in getattr(self.transform, "ops", ()):
+            if op.name.startswith("Posterize"):
+                op.aug_fn = posterize
 
     def __call__(self, frames):
         from PIL import Image
@@ -74,6 +82,18 @@ class VideoRandAugment:
             np.random.set_state(np_state)
             out.append(np.asarray(self.transform(img), dtype=np.uint8))
         return torch.from_numpy(np.stack(out))
+
+
+def posterize(img, bits_to_keep, **_):
+    """Keep the `bits_to_keep` high bits of every channel of a PIL image; 0 bits gives a black
+    image (what Pillow < 13 returned, and what timm's posterize levels assume)."""
+    from PIL import Image, ImageOps
+
+    if bits_to_keep >= 8:
+        return img
+    if bits_to_keep <= 0:
+        return Image.new(img.mode, img.size)
+    return ImageOps.posterize(img, bits_to_keep)
 
 
 def randaugment_normalized_clip(video, randaug, mean, std):
