@@ -164,7 +164,7 @@ def test_workers_leave_group_signals_to_the_main_process():
 
 def _deferring_child(ready):
     from sigma.engine.interrupt import defer_worker_sigterm
-    ready.put(defer_worker_sigterm(grace_s=60.0))
+    ready.put(defer_worker_sigterm())
     import time
     time.sleep(120)
 

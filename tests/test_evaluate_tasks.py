@@ -91,12 +91,23 @@ def test_features_cache_is_reused_across_tasks_and_labels_and_never_stale(synthe
                                             for line in lines[:-1]) + "\n")
     knn(checkpoint, str(other), None, k=3, progress=False, features_cache=str(cache))
     assert len(calls) == 6
+    # a regenerated video (same list, new file) is another key: its split is extracted again
+    video = Path(root, Path(root, "val.txt").read_text().split()[0])
+    os.utime(video, ns=(video.stat().st_atime_ns, video.stat().st_mtime_ns + 10**9))
+    knn(checkpoint, root, None, k=3, progress=False, features_cache=str(cache))
+    assert len(calls) == 7
+    # a folder the cache cannot be written to costs only time: a warning, and the result
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("x")
+    with pytest.warns(UserWarning, match="could not write the features cache"):
+        unwritable = knn(checkpoint, root, None, k=3, progress=False, features_cache=str(blocker / "sub"))
+    assert unwritable["top1"] == plain["top1"] and len(calls) == 9
     # a damaged cache file is extracted again (with a warning), never used
     for victim in cache.glob("features-pooled-*.pt"):
         victim.write_bytes(victim.read_bytes()[:-100] + bytes(100))
     with pytest.warns(UserWarning, match="unreadable"):
         redone = knn(checkpoint, root, None, k=3, progress=False, features_cache=str(cache))
-    assert len(calls) == 8 and redone["top1"] == plain["top1"]
+    assert len(calls) == 11 and redone["top1"] == plain["top1"]
 
 
 def test_linear_api_matches_json_and_writes_probe(synthetic, checkpoint, tmp_path):

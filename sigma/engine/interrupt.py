@@ -19,7 +19,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 import torch
 
@@ -85,45 +84,50 @@ class GracefulStop:
                      "(send it again to exit at once, without one)")
 
 
-# How long a DataLoader worker keeps serving batches after a SIGTERM that did not come from its
-# own main process: enough for the main process to finish its step and write its checkpoint.
-# Schedulers kill for good soon after anyway (Slurm's KillWait and Kubernetes' grace period
-# default to 30 s), and a worker exits as soon as its main process is gone.
-WORKER_SIGTERM_GRACE_S = 30.0
-
-
-def defer_worker_sigterm(grace_s=WORKER_SIGTERM_GRACE_S, poll_s=0.1):
+def defer_worker_sigterm(poll_s=0.1):
     """In a DataLoader worker (its `worker_init_fn`): an outside SIGTERM no longer kills the
     worker at once. Schedulers that signal every process they track (Slurm's step daemon, a
     cgroup-wide kill) reach the workers at the same moment as the main process; a dead worker
     makes the main process fail in `next(loader)` before it can write its stop checkpoint.
 
     What the worker does instead:
-    - a SIGTERM sent by its main process (the DataLoader's own `terminate()` of a stuck worker)
-      exits at once, as torch's handler does;
-    - an outside SIGTERM is noted; the worker keeps serving batches until its main process is
-      gone (it stops the workers itself after the checkpoint) or `grace_s` seconds have passed;
+    - a SIGTERM sent by the process that created it (the DataLoader's own `terminate()` of a stuck
+      worker) exits at once, as torch's handler does;
+    - an outside SIGTERM is noted; the worker keeps serving batches until that process is gone
+      (it stops its workers itself after the checkpoint, and the scheduler's SIGKILL ends it
+      anyway). No timer: a worker that left early would make torch raise in the main process
+      wherever it is (mid optimizer step, mid checkpoint write) and lose the stop checkpoint;
     - a second outside SIGTERM exits at once.
     Telling the sender apart needs `sigwaitinfo` (the sender's pid), which Python has on Linux;
     elsewhere this does nothing and SIGTERM keeps torch's handler."""
     if not hasattr(signal, "sigwaitinfo") or threading.current_thread() is not threading.main_thread():
         return False
-    parent = os.getppid()
+    import multiprocessing
+    # the DataLoader's process: the parent under fork, not under forkserver (whose server forks)
+    creator = multiprocessing.parent_process()
+    owner = creator.pid if creator is not None and creator.pid else os.getppid()
     # Blocked here, in the worker's only thread at this point, SIGTERM stays blocked in every
     # thread started later and is delivered to the one thread that waits for it.
     signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
+    def owner_alive():
+        try:
+            os.kill(owner, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:  # pid reused by another user's process: ours is gone
+            return False
+        return True
+
     def wait_for_sigterm():
-        deadline = None
+        noted = False
         while True:
-            timeout = poll_s if deadline is not None else None
-            info = (signal.sigtimedwait({signal.SIGTERM}, timeout) if timeout is not None
+            info = (signal.sigtimedwait({signal.SIGTERM}, poll_s) if noted
                     else signal.sigwaitinfo({signal.SIGTERM}))
-            if info is not None and (info.si_pid == parent or deadline is not None):
+            if info is not None and (info.si_pid == owner or noted):
                 os._exit(128 + signal.SIGTERM)  # from the DataLoader itself, or a second outside one
-            if info is not None:
-                deadline = time.monotonic() + grace_s
-            if deadline is not None and (os.getppid() != parent or time.monotonic() >= deadline):
+            noted = noted or info is not None
+            if noted and not owner_alive():
                 os._exit(128 + signal.SIGTERM)
 
     threading.Thread(target=wait_for_sigterm, name="sigma-worker-sigterm", daemon=True).start()

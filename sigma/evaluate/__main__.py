@@ -138,7 +138,8 @@ def main(argv=None):
         if unset and key == "data" and settings.get("train_list") and settings.get("val_list"):
             settings["data"] = None  # both lists given: no folder needed
         elif unset:
-            parser.error(f"--{key.replace('_', '-')} is required (or {key}=...)")
+            also = ", or both --train-list and --val-list" if key == "data" and "train_list" in settings else ""
+            parser.error(f"--{key.replace('_', '-')} is required (or {key}=...{also})")
     try:  # the device is there, the paths exist: before any data is read
         check_environment(TASKS[task], settings)
     except ConfigError as exc:

@@ -8,6 +8,8 @@ pooling="attentive" keeps the tokens (N, L, C) and trains an attentive probe on 
 import time
 from pathlib import Path
 
+import torch
+
 from sigma.engine.amp import amp_dtype
 from sigma.engine.config import defaults_from
 from sigma.engine.distributed import pick_device
@@ -89,11 +91,30 @@ def _file_digest(path):
     return sha.hexdigest()
 
 
+def _videos_digest(list_path):
+    """SHA-256 over every listed video's resolved path, size and modification time: a regenerated
+    or repaired video changes the key without hashing gigabytes of video bytes."""
+    import hashlib
+    import os
+
+    from sigma.data import read_video_list
+    sha = hashlib.sha256()
+    for r in read_video_list(list_path):
+        try:
+            st = os.stat(r.path)
+            stamp = f"{st.st_size}:{st.st_mtime_ns}"
+        except OSError:
+            stamp = "missing"
+        sha.update(f"{os.path.abspath(r.path)}\0{stamp}\n".encode())
+    return sha.hexdigest()
+
+
 def _cache_key(checkpoint, list_path, **settings):
     """What a cached feature file was extracted from: the checkpoint's bytes, the list (its path,
-    since entries are relative to it, and its bytes) and every setting that changes the numbers."""
+    since entries are relative to it, and its bytes), the listed videos (path, size, mtime) and
+    every setting that changes the numbers."""
     return {"checkpoint": _file_digest(checkpoint), "list": str(Path(list_path).resolve()),
-            "list_sha256": _file_digest(list_path), **settings}
+            "list_sha256": _file_digest(list_path), "videos_sha256": _videos_digest(list_path), **settings}
 
 
 def _cached_features(folder, key, extract):
@@ -109,16 +130,25 @@ def _cached_features(folder, key, extract):
 
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
     path = folder / f"features-{key['feature']}-{name}.pt"
-    if path.is_file():
+    if path.exists():
         try:
             saved = safe_torch_load(path)
-            if saved.get("format") == FEATURES_FORMAT and saved.get("key") == key:
-                return saved["features"], saved["labels"], list(saved["skipped_files"])
-        except (ValueError, OSError) as exc:  # ChecksumError is a ValueError
+            if isinstance(saved, dict) and saved.get("format") == FEATURES_FORMAT and saved.get("key") == key:
+                feats, labels, skipped = saved["features"], saved["labels"], list(saved["skipped_files"])
+                if torch.is_tensor(feats) and torch.is_tensor(labels) and len(feats) == len(labels):
+                    if skipped:
+                        warnings.warn(f"{len(skipped)} unreadable clip(s) left out (from the features cache "
+                                      f"{path}): {', '.join(map(str, skipped[:5]))}", stacklevel=3)
+                    return feats, labels, skipped
+            warnings.warn(f"features cache {path} holds something else; extracting again", stacklevel=3)
+        except (ValueError, OSError, KeyError, TypeError) as exc:  # ChecksumError is a ValueError
             warnings.warn(f"features cache {path} is unreadable ({exc}); extracting again", stacklevel=3)
     feats, labels, skipped = extract()
-    atomic_torch_save({"format": FEATURES_FORMAT, "key": key, "features": feats, "labels": labels,
-                       "skipped_files": skipped}, path)
+    try:
+        atomic_torch_save({"format": FEATURES_FORMAT, "key": key, "features": feats, "labels": labels,
+                           "skipped_files": skipped}, path)
+    except OSError as exc:  # the features are good: a cache that cannot be written costs only time
+        warnings.warn(f"could not write the features cache {path} ({exc}); continuing without it", stacklevel=3)
     return feats, labels, skipped
 
 
