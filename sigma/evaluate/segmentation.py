@@ -4,8 +4,11 @@ Per clip, given dense encoder features (T', h, w, C) and ground-truth object mas
 
 1. features are resized to size × size (28) with bilinear interpolation, the masks with
    nearest-neighbour interpolation;
-2. k-means (scikit-learn, fixed seed) clusters the T'·size² feature vectors of the clip, once with
-   k = the clip's class count ("clustering") and once with k = 6 ("overclustering");
+2. k-means (scikit-learn's algorithm: k-means++, best of n_init, fixed seed; `sigma.evaluate.kmeans`
+   by default, scikit-learn's KMeans with kmeans="sklearn") clusters the T'·size² feature vectors
+   of the clip, once with k = the clip's class count ("clustering") and once with k = 6
+   ("overclustering"). The vectors are taken in an orthonormal basis of the span of the clip's
+   tokens (`token_span`: the same distances, fewer coordinates when tokens < width);
 3. every cluster map is repeated T/T' times in time (each token covers `tubelet` frames);
 4. clusters are mapped to ground-truth classes — one-to-one by Hungarian matching
    (`scipy.optimize.linear_sum_assignment`, maximising the matched pixel count) for clustering,
@@ -41,8 +44,19 @@ BACKGROUND_MODES = ("class", "ignore")
 REDUCTIONS = ("sequence", "clip", "pooled")
 
 
-def kmeans_labels(points, k, *, seed=0, n_init=10):
-    """k-means cluster index (int64 (P,)) of every row of points (P, C) (scikit-learn, k-means++)."""
+KMEANS = ("torch", "sklearn")
+
+
+def kmeans_labels(points, k, *, seed=0, n_init=10, tol=1e-4, implementation="torch"):
+    """k-means cluster index (int64 (P,)) of every row of points (P, C), k-means++ seeds, best of
+    n_init: `sigma.evaluate.kmeans` (default; scikit-learn's algorithm, its restarts batched) or
+    scikit-learn's KMeans itself (implementation="sklearn", float64: the scores of earlier versions)."""
+    if implementation not in KMEANS:
+        raise ValueError(f"k-means implementation must be one of {KMEANS}, got {implementation!r}")
+    if implementation == "torch":
+        from .kmeans import kmeans
+
+        return kmeans(torch.as_tensor(points), k, seed=seed, n_init=n_init, tol=tol)[0].numpy()
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
@@ -55,12 +69,28 @@ def kmeans_labels(points, k, *, seed=0, n_init=10):
         # identical points (constant features) give fewer distinct clusters than k: that is the
         # documented degenerate case, not an error
         warnings.filterwarnings("ignore", message="Number of distinct clusters")
-        # One thread: a clip's k-means is a few thousand points, too small for OpenMP to pay off,
-        # and its worker threads spinning against other processes made `segment` 10-17× slower on a
-        # loaded 2-core machine. The labels do not depend on the thread count.
-        with threadpool_limits(limits=1, user_api="openmp"):
-            km = KMeans(n_clusters=k, n_init=n_init, random_state=seed).fit(pts)
+        # One thread, OpenMP and BLAS alike: a clip's k-means is a few thousand points, too small
+        # for threads to pay off, and their spinning against other processes made `segment` 10-17×
+        # slower on a loaded 2-core machine. The labels do not depend on the thread count.
+        with threadpool_limits(limits=1):
+            km = KMeans(n_clusters=k, n_init=n_init, random_state=seed, tol=tol).fit(pts)
     return km.labels_.astype(np.int64)
+
+
+def token_span(features):
+    """features (..., C) -> their coordinates (..., r) in an orthonormal basis of their span,
+    r = min(C, number of feature vectors); the features themselves when that is C.
+
+    Why: bilinear resizing mixes the clip's T'·h·w token vectors linearly, so every point k-means
+    sees lies in their span, and orthonormal coordinates keep every distance and every mean. A
+    tiny model's 64 tokens of width 192 cluster in 64 dimensions, with the same result.
+    """
+    c = features.shape[-1]
+    flat = features.reshape(-1, c)
+    if flat.shape[0] >= c:
+        return features
+    q, _ = torch.linalg.qr(flat.double().T)  # (C, N): its columns span the tokens (any rank)
+    return (flat.double() @ q).to(features.dtype).reshape(*features.shape[:-1], q.shape[1])
 
 
 def confusion(pred, gt, num_clusters, classes):
@@ -138,11 +168,11 @@ def _present_classes(gt, background, ignore_index, with_counts=False):
 
 
 def segment_clip(features, masks, *, size=28, overclustering_k=6, background="class", ignore_index=255, seed=0,
-                 n_init=10, l2_normalize=False):
+                 n_init=10, l2_normalize=False, kmeans="torch"):
     """Score one clip. features (T', h, w, C) float (dense tokens, (t, h, w) order), masks (T, H, W)
-    integer labels with T a multiple of T'. Returns a dict with miou_clustering, miou_overclustering,
-    k_clustering, classes, and per-setting intersections/unions (for pooled reduction); None when
-    the clip has no class to score."""
+    integer labels with T a multiple of T'; `kmeans`: "torch" or "sklearn" (`kmeans_labels`). Returns a
+    dict with miou_clustering, miou_overclustering, k_clustering, classes, and per-setting
+    intersections/unions (for pooled reduction); None when the clip has no class to score."""
     if background not in BACKGROUND_MODES:
         raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
     if features.dim() != 4:
@@ -158,9 +188,14 @@ def segment_clip(features, masks, *, size=28, overclustering_k=6, background="cl
     classes = _present_classes(gt, background, ignore_index)
     if len(classes) == 0:
         return None
-    feats = resize_features(features, size)  # (T', s, s, C)
+    width = features.shape[-1]
+    # resizing is linear and unit-normalising keeps a point in the span: the same distances
+    feats = resize_features(token_span(features), size)  # (T', s, s, r)
     if l2_normalize:
         feats = F.normalize(feats, dim=-1)
+    # scikit-learn's tol is relative to the mean per-feature variance: the span keeps the total
+    # variance in fewer features, so the same stopping rule needs tol scaled by r / C
+    tol = 1e-4 * feats.shape[-1] / width
     # pixels that are scored: a feature position is clustered once; its `repeat` frames are scored
     valid = np.isin(gt, classes)  # (T, s, s)
     # a feature position is clustered if any of its frames is scored
@@ -171,7 +206,8 @@ def segment_clip(features, masks, *, size=28, overclustering_k=6, background="cl
     for setting, k, matcher in (("clustering", len(classes), match_hungarian),
                                 ("overclustering", overclustering_k, match_precision)):
         labels = np.zeros(pos_valid.size, dtype=np.int64)
-        labels[pos_valid.ravel()] = kmeans_labels(points, k, seed=seed, n_init=n_init)
+        labels[pos_valid.ravel()] = kmeans_labels(points, k, seed=seed, n_init=n_init, tol=tol,
+                                                  implementation=kmeans)
         pred = np.repeat(labels.reshape(t_feat, size, size), repeat, axis=0)  # (T, s, s)
         conf = confusion(pred[valid], gt[valid], k, classes)
         inter, union = class_iou(conf, matcher(conf))
@@ -328,8 +364,8 @@ def prepare_clip(frames, masks, img_size, frame_mode, mean, std):
 @torch.no_grad()
 @defaults_from(SegmentConfig)
 def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max_clips,
-            frame_mode, size, overclustering_k, background, reduction, ignore_index, seed, n_init, l2_normalize, device,
-            amp, progress):
+            frame_mode, size, overclustering_k, background, reduction, ignore_index, seed, n_init, kmeans,
+            l2_normalize, device, amp, progress):
     """Unsupervised video object segmentation (appendix C) of a DAVIS-layout folder `data`.
 
     Every sequence is cut into consecutive non-overlapping clips of the encoder's frame count
@@ -354,6 +390,8 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
     if background not in BACKGROUND_MODES:
         raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
+    if kmeans not in KMEANS:
+        raise ValueError(f"kmeans must be one of {KMEANS}, got {kmeans!r}")
     crop_box(2, 2, frame_mode)  # validates frame_mode before any work
     t0 = time.time()
     frames_dir, masks_dir, names = davis_sequences(data, split, sequences)
@@ -375,7 +413,7 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
                 tokens = encoder.forward_features(video.to(dev))[0].float().cpu()
             r = segment_clip(tokens_to_grid(tokens, encoder.grid_size), gt, size=size,
                              overclustering_k=overclustering_k, background=background, ignore_index=ignore_index,
-                             seed=seed, n_init=n_init, l2_normalize=l2_normalize)
+                             seed=seed, n_init=n_init, l2_normalize=l2_normalize, kmeans=kmeans)
             if r is None:
                 skipped.append({"sequence": name, "frames": [idx[0], idx[-1]], "reason": "no class to score"})
             else:
@@ -388,7 +426,7 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
                            "k_clustering": "object count of the clip (+1 with background='class')",
                            "k_overclustering": overclustering_k, "background": background,
                            "reduction": reduction, "ignore_index": ignore_index, "kmeans_seed": seed,
-                           "kmeans_n_init": n_init, "l2_normalize": l2_normalize,
+                           "kmeans_n_init": n_init, "kmeans": kmeans, "l2_normalize": l2_normalize,
                            "matching": {"clustering": "Hungarian, maximising matched pixels, over all frames",
                                         "overclustering": "each cluster to the class of max pixel-wise precision"},
                            "units": "fraction in [0, 1]"},
