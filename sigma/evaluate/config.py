@@ -129,8 +129,8 @@ class SegmentConfig(RunConfig):
     seed: int = setting(0, **SEED)
     n_init: int = setting(10, minimum=1, help="k-means restarts")
     kmeans: str = setting("torch", choices=("torch", "sklearn"),
-                          help="k-means implementation: torch (scikit-learn's algorithm, restarts batched; fast) "
-                               "or sklearn (scikit-learn's KMeans itself, float64: what segment ran before; slower)")
+                          help="k-means implementation: torch (scikit-learn's algorithm and random draws, restarts "
+                               "batched; fast) or sklearn (scikit-learn's KMeans itself, float64; slower)")
     l2_normalize: bool = setting(False, help="unit-normalise the features before k-means")
     amp: str = setting("auto", choices=AMP)
     progress: bool = setting(True, help="progress bars")

@@ -5,9 +5,10 @@ each restart is seeded by greedy k-means++ (first centre uniform, then 2 + ⌊ln
 ∝ D², keeping the one that lowers the potential most); Lloyd iterations stop when no label changes
 or when the squared centre shift, summed over clusters, is at most `tol` × the mean per-feature
 variance of the data, after at most `max_iter`; a cluster left empty takes the point farthest from
-its centre; the restart with the lowest inertia wins. Only the random numbers differ (a
-`torch.Generator` seeded with `seed`), so the same seed gives another, equally valid, draw than
-scikit-learn's.
+its centre; the restart with the lowest inertia wins. Even the random numbers are scikit-learn's:
+the same uniform draws from `numpy.random.RandomState(seed)`, in the same order, so for a seed it
+finds scikit-learn's clustering, up to float rounding (k-means++ runs in float64, Lloyd in float32
+for float32 points; tests compare the two).
 
 Why not scikit-learn: `segment` runs two k-means of ten restarts on each of its clips, a few
 thousand points each; scikit-learn runs the restarts one after another, each a chain of small
@@ -16,8 +17,7 @@ BLAS and Cython calls, while here each Lloyd step of all running restarts is one
 dimensions, k = 3 and 6) that is about 30 ms per fit against scikit-learn's 65 ms on one core,
 and `segment` no longer imports scikit-learn (about 1.7 s).
 """
-import math
-
+import numpy as np
 import torch
 
 
@@ -35,13 +35,12 @@ def kmeans(points, k, *, seed=0, n_init=10, max_iter=300, tol=1e-4):
     x = x.to(torch.float64 if x.dtype == torch.float64 else torch.float32)
     mean = x.mean(0)
     x = x - mean  # as scikit-learn: fewer digits lost in |x|² - 2 x·c + |c|²
-    gen = torch.Generator().manual_seed(int(seed))
     threads = torch.get_num_threads()
     # One thread: hundreds of small ops per fit, where a second thread gains little and, on a
     # loaded machine, spins; the result does not depend on the thread count.
     torch.set_num_threads(1)
     try:
-        centres = _kmeans_plusplus(x, k, n_init, gen)
+        centres = _kmeans_plusplus(x, k, n_init, int(seed))
         labels, centres, inertia = _lloyd(x, centres, max_iter, tol * float(x.var(0, unbiased=False).mean()))
     finally:
         torch.set_num_threads(threads)
@@ -59,27 +58,40 @@ def _scores(x, centres):
     return torch.addmm(cc, flat, x.T, alpha=-2).view(r, k, -1)
 
 
-def _kmeans_plusplus(x, k, restarts, gen):
-    """Greedy k-means++ seeds of every restart: (R, k, D)."""
+def _sklearn_draws(seed, restarts, k, p):
+    """The uniform draws scikit-learn's k-means++ takes from `RandomState(seed)`, in its order: per
+    restart the first centre's index (`choice` with equal weights), then k - 1 times 2 + ⌊ln k⌋
+    numbers in [0, 1). Returns (first int64 (R,), u float64 (R, k - 1, trials))."""
+    rs = np.random.RandomState(seed)
+    trials = 2 + int(np.log(k))
+    weights = np.ones(p)
+    first, u = [], []
+    for _ in range(restarts):
+        first.append(rs.choice(p, p=weights / weights.sum()))
+        u.append([rs.uniform(size=trials) for _ in range(k - 1)])
+    u = np.array(u, dtype=np.float64).reshape(restarts, k - 1, trials)
+    return torch.as_tensor(np.array(first), dtype=torch.int64), torch.from_numpy(u)
+
+
+def _kmeans_plusplus(x, k, restarts, seed):
+    """Greedy k-means++ seeds of every restart: (R, k, D), in float64 (candidates are compared by
+    their potentials, which float32 would round into ties)."""
     p = x.shape[0]
-    xx = (x * x).sum(1)
-    trials = 2 + int(math.log(k))
+    x64 = x.double()
+    xx = (x64 * x64).sum(1)
+    first, u = _sklearn_draws(seed, restarts, k, p)
     rows = torch.arange(restarts)
-    first = torch.randint(p, (restarts,), generator=gen)
-    centres = [x[first]]  # each (R, D)
-    closest = (_scores(x, x[first][:, None])[:, 0] + xx).clamp_min_(0)  # (R, P) squared distances
-    for _ in range(1, k):
+    centres = [first]  # point indices, each (R,)
+    closest = (_scores(x64, x64[first][:, None])[:, 0] + xx).clamp_min_(0)  # (R, P) squared distances
+    for c in range(1, k):
         pot = closest.sum(1, keepdim=True)  # (R, 1)
-        # float64 cumulative sums: the draw must not land past the last point by rounding
-        cum = closest.double().cumsum(1)
-        draws = torch.rand(restarts, trials, generator=gen, dtype=torch.float64) * pot.double()
-        cand = torch.searchsorted(cum, draws).clamp_(max=p - 1)  # (R, trials)
-        d = (_scores(x, x[cand]) + xx).clamp_min_(0)  # (R, trials, P)
+        cand = torch.searchsorted(closest.cumsum(1), u[:, c - 1] * pot).clamp_(max=p - 1)  # (R, trials)
+        d = (_scores(x64, x64[cand]) + xx).clamp_min_(0)  # (R, trials, P)
         d = torch.minimum(d, closest[:, None])
         best = d.sum(2).argmin(1)  # (R,): the candidate that lowers the potential most
         closest = d[rows, best]
-        centres.append(x[cand[rows, best]])
-    return torch.stack(centres, 1)
+        centres.append(cand[rows, best])
+    return x[torch.stack(centres, 1)]
 
 
 def _lloyd(x, centres, max_iter, tol):

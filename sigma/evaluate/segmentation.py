@@ -4,11 +4,12 @@ Per clip, given dense encoder features (T', h, w, C) and ground-truth object mas
 
 1. features are resized to size × size (28) with bilinear interpolation, the masks with
    nearest-neighbour interpolation;
-2. k-means (scikit-learn's algorithm: k-means++, best of n_init, fixed seed; `sigma.evaluate.kmeans`
-   by default, scikit-learn's KMeans with kmeans="sklearn") clusters the T'·size² feature vectors
-   of the clip, once with k = the clip's class count ("clustering") and once with k = 6
-   ("overclustering"). The vectors are taken in an orthonormal basis of the span of the clip's
-   tokens (`token_span`: the same distances, fewer coordinates when tokens < width);
+2. k-means (k-means++, best of n_init, fixed seed; `sigma.evaluate.kmeans` by default, which is
+   scikit-learn's KMeans draw for draw, or scikit-learn's KMeans with kmeans="sklearn") clusters
+   the T'·size² feature vectors of the clip, once with k = the clip's class count ("clustering")
+   and once with k = 6 ("overclustering"). The vectors are taken in an orthonormal basis of the
+   span of the clip's tokens (`token_span`: the same distances, fewer coordinates when tokens <
+   width);
 3. every cluster map is repeated T/T' times in time (each token covers `tubelet` frames);
 4. clusters are mapped to ground-truth classes — one-to-one by Hungarian matching
    (`scipy.optimize.linear_sum_assignment`, maximising the matched pixel count) for clustering,
@@ -49,8 +50,8 @@ KMEANS = ("torch", "sklearn")
 
 def kmeans_labels(points, k, *, seed=0, n_init=10, tol=1e-4, implementation="torch"):
     """k-means cluster index (int64 (P,)) of every row of points (P, C), k-means++ seeds, best of
-    n_init: `sigma.evaluate.kmeans` (default; scikit-learn's algorithm, its restarts batched) or
-    scikit-learn's KMeans itself (implementation="sklearn", float64: the scores of earlier versions)."""
+    n_init: `sigma.evaluate.kmeans` (default; scikit-learn's algorithm and random draws, its restarts
+    batched) or scikit-learn's KMeans itself (implementation="sklearn", float64)."""
     if implementation not in KMEANS:
         raise ValueError(f"k-means implementation must be one of {KMEANS}, got {implementation!r}")
     if implementation == "torch":
