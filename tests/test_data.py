@@ -1,5 +1,6 @@
 """sigma.data: the synthetic set, list parsing, the dataset's clips/masks/labels, readers on real
 footage, unreadable files and seeding."""
+import colorsys
 import json
 import logging
 import os
@@ -74,10 +75,16 @@ def _clip_arrays(synth, name):
 
 
 def test_synthetic_masks_match_objects(synth):
-    for path, _, motion in _lines(synth["train"]) + _lines(synth["val"]):
+    for path, obj, motion in _lines(synth["train"]) + _lines(synth["val"]):
         name = os.path.basename(path)[:-4]
         frames, masks = _clip_arrays(synth, name)
         assert set(np.unique(masks)) <= {0, 1, 2} and (masks == 1).any(axis=(1, 2)).all()
+        # Its colour carries its class: the mean over its pixels has a hue within 20 degrees of the
+        # class's (classes 72 degrees apart), and is saturated.
+        r, g, b = frames[0][masks[0] == 1].mean(0) / 255
+        hue, sat, _ = colorsys.rgb_to_hsv(r, g, b)
+        off = (hue * 360 - int(obj) * 360 / len(SHAPES) + 180) % 360 - 180
+        assert abs(off) <= 20 and sat > 0.5, (name, obj, off, sat)
         # The labelled object is on top and inside the frame: constant area, a 32-48 px box.
         areas = (masks == 1).sum(axis=(1, 2))
         assert (areas == areas[0]).all()

@@ -3,9 +3,9 @@
     python -m sigma.data.synthetic OUT --videos N --seed S
     python -m sigma.data.synthetic OUT --kind digits [--train N --val N]   (Moving Digits: sigma.data.digits)
 
-Each clip shows one labelled object (a drawn shape: the object class) moving in a straight line
-(one of four directions: the motion class) over a static textured background, sometimes with a
-second, unlabelled object of another shape moving behind it. Written:
+Each clip shows one labelled object (a drawn shape in its class's colour: the object class) moving
+in a straight line (one of four directions: the motion class) over a static textured background,
+sometimes with a second, unlabelled object of another shape moving behind it. Written:
 
     OUT/videos/<name>.mp4                      H.264 (libx264, yuv420p) through PyAV
     OUT/train.txt, OUT/val.txt                 disjoint; lines `videos/<name>.mp4 <object> <motion>`
@@ -15,10 +15,12 @@ second, unlabelled object of another shape moving behind it. Written:
     OUT/davis/Annotations/<name>/%05d.png      palette PNG: 0 background, 1 labelled object, 2 second
     OUT/davis/ImageSets/2017/{train,val}.txt   sequence names
 
-Video i depends only on (seed, i) and its settings, not on N. Objects are 32-48 px on 128² frames:
-after the tiny config's resize to 112² they cover several 16-px tokens in each direction.
+Video i depends only on (seed, i) and its settings, not on N. Objects are 32-48 px on 128² frames,
+about one 16-px token after the tiny config's resize to 64²: too small for a tiny ViT to learn the
+silhouettes from a few hundred clips, hence the class colours (docs/data.md, "Synthetic set").
 """
 import argparse
+import colorsys
 import json
 import os
 import time
@@ -79,9 +81,17 @@ def _background(rng, size):
     return np.clip(img, 0, 255)
 
 
-def _object_texture(rng, side):
-    """Saturated colour with a checker pattern, float (side, side, 3)."""
-    colour = rng.permutation([rng.uniform(200, 255), rng.uniform(0, 60), rng.uniform(0, 255)])
+def object_colour(rng, shape_id):
+    """RGB float (3,) of an object of class `shape_id`: a saturated, bright colour whose hue lies within
+    ±15° of the class's own (classes 72° apart), so the class shows in a clip's colours as well as in
+    its silhouette."""
+    hue = (shape_id / len(SHAPES) + rng.uniform(-15, 15) / 360) % 1.0
+    return 255 * np.array(colorsys.hsv_to_rgb(hue, rng.uniform(0.75, 1.0), rng.uniform(0.8, 1.0)))
+
+
+def _object_texture(rng, side, shape_id):
+    """The class's colour (`object_colour`) with a checker pattern, float (side, side, 3)."""
+    colour = object_colour(rng, shape_id)
     cell = max(2, side // 6)
     y, x = np.mgrid[:side, :side]
     checker = (((y // cell) + (x // cell)) % 2)[..., None] * 2 - 1
@@ -139,7 +149,7 @@ def render_clip(seed, index, *, frames=40, size=128, object_size=(32, 48), max_o
         if obj_id > 1:
             side = object_size[0]
         silhouette = shape_mask(SHAPES[shape], side)
-        texture = _object_texture(rng, side)
+        texture = _object_texture(rng, side, shape)
         for f, (y, x) in enumerate(_trajectory(rng, size, side, frames, DIRECTIONS[direction])):
             video[f, y:y + side, x:x + side][silhouette] = texture[silhouette]
             masks[f, y:y + side, x:x + side][silhouette] = obj_id
