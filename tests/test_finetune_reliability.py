@@ -63,3 +63,35 @@ def test_finetune_sigterm_checkpoints_then_resume_is_bitwise_and_damage_is_refus
     assert _cli(synthetic, checkpoint, part, "max_steps=4", "--resume", "auto") == 2
     err = capsys.readouterr().err
     assert f"{ckpt} is corrupt: its bytes do not match the SHA-256" in err and "Traceback" not in err
+
+
+def test_finetune_refuses_a_checkpoint_with_non_finite_weights(synthetic, checkpoint, tmp_path, capsys):  # noqa: F811
+    """Was: rc 0 and top-1 50% (NaN scores argmax to class 0) from an all-NaN encoder."""
+    from sigma.models import load_encoder, save_pretrained
+    encoder = load_encoder(checkpoint)
+    with torch.no_grad():
+        encoder.blocks[0].mlp.fc1.weight[0, 0] = float("nan")
+    bad = tmp_path / "nan"
+    save_pretrained(encoder, str(bad))
+    assert _cli(synthetic, str(bad), tmp_path / "run", "epochs=0") == 2
+    err = capsys.readouterr().err
+    assert f"--checkpoint '{bad}'" in err and "not finite" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "finetune.json").exists()
+
+
+def test_a_diverging_finetune_keeps_its_last_finite_checkpoint(synthetic, checkpoint, tmp_path, capsys):  # noqa: F811
+    """Was: the loss is checked every log_every steps only, and finetune-last.pt was overwritten
+    with NaN weights before the run stopped with a traceback. lr ramps from 0 (step 1: finite) to
+    ~1e39 at step 2, which overflows the weights."""
+    out = tmp_path / "run"
+    assert _cli(synthetic, checkpoint, out, "base_lr=1e41", "save_every=1", "log_every=100", "max_steps=3") == 1
+    err = capsys.readouterr().err
+    assert "stopped: fine-tuning weights are not finite at step 2" in err and "Traceback" not in err
+    saved = torch.load(out / "checkpoints" / "finetune-last.pt", weights_only=True)
+    assert saved["step"] == 1
+    assert all(bool(torch.isfinite(v).all()) for v in saved["model"].values() if v.is_floating_point())
+
+
+def test_finetune_warns_when_the_warmup_covers_the_whole_run(synthetic, checkpoint, tmp_path):  # noqa: F811
+    with pytest.warns(UserWarning, match=r"warmup_epochs=5.0 is not shorter than epochs=2.*--warmup-epochs below"):
+        _cli(synthetic, checkpoint, tmp_path / "run", "warmup_epochs=5", "max_steps=1")

@@ -152,6 +152,9 @@ def main(argv=None):
     except (ValueError, FileNotFoundError) as exc:
         print(f"{PROG} {task}: error: {exc}", file=sys.stderr)
         return 2
+    except FloatingPointError as exc:  # fine-tuning diverged; the message names the step and what was kept
+        print(f"{PROG} {task}: stopped: {exc}", file=sys.stderr)
+        return 1
     except Interrupted as exc:  # fine-tuning on SIGINT/SIGTERM: a checkpoint was written, the message says where
         if exc.is_main:
             print(f"{PROG} {task}: {exc}", file=sys.stderr)

@@ -23,6 +23,7 @@ import csv
 import math
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,7 +50,7 @@ from sigma.engine.rundir import claim_output_dir
 from sigma.engine.seeding import sample_global_streams, seed_everything, seed_worker
 
 from .augment import VideoMixup, VideoRandAugment, randaugment_normalized_clip
-from .common import labelled_splits, stratified_subset, write_json
+from .common import labelled_splits, require_finite_weights, stratified_subset, write_json
 from .config import FinetuneConfig
 from .metrics import classification_metrics
 
@@ -247,8 +248,14 @@ def setup(args):
     if not Path(args.checkpoint).exists():
         raise FileNotFoundError(f"--checkpoint {str(args.checkpoint)!r} does not exist")
     model = build_classifier(args.checkpoint, num_classes, drop_path_rate=args.drop_path).to(info.device)
+    require_finite_weights(model, args.checkpoint, "fine-tuning")
     lr = scaled_lr(args.base_lr, args.batch_size * info.world_size)
     total_steps = args.epochs * spe
+    if total_steps and args.warmup_epochs >= args.epochs:
+        warnings.warn(f"warmup_epochs={args.warmup_epochs} is not shorter than epochs={args.epochs}: the warm-up "
+                      f"is cut to the run's first {max(total_steps - 1, 0)} of {total_steps} steps, so the lr peaks "
+                      f"at the last step and no cosine decay follows; pass --warmup-epochs below --epochs",
+                      stacklevel=2)
     optimizer = build_optimizer(model, lr, args.weight_decay, args.betas, layer_decay=args.layer_decay)
     scheduler = (build_scheduler(optimizer, total_steps, round(args.warmup_epochs * spe), args.min_lr)
                  if total_steps else None)
@@ -375,6 +382,7 @@ def train_one_epoch(run):
         stop = stop_agreed(run, log_now)
         if (a.save_every and run.step % a.save_every == 0) or run.step == run.last_step or run.step % run.spe == 0 \
                 or stop:
+            require_finite_state(run)
             save(run)
         if run.step >= run.last_step:
             break
@@ -433,6 +441,16 @@ def log_step(run, epoch, loss):
         run.log_file.flush()
     if run.pbar is not None:
         run.pbar.set_postfix(loss=f"{value:.4f}", lr=f"{lr_now:.2e}")
+
+
+def require_finite_state(run):
+    """FloatingPointError, before a checkpoint would be written, when a weight went NaN or inf: the
+    loss is checked every log_every steps only, and a diverged run must not replace its last good
+    checkpoint. One host sync per save; every rank holds the same weights, so all raise together."""
+    if not bool(torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()):
+        bad = next(name for name, p in run.model.named_parameters() if not bool(torch.isfinite(p).all()))
+        raise FloatingPointError(f"fine-tuning weights are not finite at step {run.step} (first: {bad}); the last "
+                                 f"checkpoint ({run.ckpt_path}, if any) is kept; lower --base-lr or set --clip-grad")
 
 
 def save(run):
