@@ -154,3 +154,38 @@ def test_refusal_names_the_offending_global(tmp_path):
     path = tmp_path / "scalars.pth"
     path.write_bytes(buf.getvalue())
     assert safe_torch_load(path) == {"lr": np.float32(0.5), "steps": 7, "ok": True}
+
+
+class _Call:
+    """Pickles as a call of `fn(*args)`: how a hostile file asks the unpickler to run something."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+def test_allow_listed_numpy_constructors_build_only_numeric_values(tmp_path):
+    """Was: numpy.dtype and numpy's scalar were allowed as they are, so a 2 KB file could ask for a
+    zero-filled scalar of a 100 MB void dtype (or any size), or build string and void values."""
+    from numpy._core.multiarray import scalar
+
+    cases = {"void-bomb": _Call(scalar, _Call(np.dtype, "V100000000")),
+             "string": _Call(scalar, _Call(np.dtype, "S8"), b"abcdefgh"),
+             "no-bytes": _Call(scalar, _Call(np.dtype, "f8")),
+             "short-bytes": _Call(scalar, _Call(np.dtype, "f8"), b"\0\0"),
+             "subarray": _Call(np.dtype, ("f8", (1000, 1000)))}
+    for name, payload in cases.items():
+        path = tmp_path / f"{name}.pth"
+        torch.save({"model": {"w": torch.ones(1)}, "x": payload}, path)
+        with pytest.raises(ValueError, match=rf"refusing to load .*{name}\.pth: it asks for a numpy (dtype|scalar)"):
+            safe_torch_load(path)
+
+
+def test_a_refused_os_call_is_named(tmp_path):
+    import os
+    path = tmp_path / "system.pth"
+    torch.save({"x": _Call(os.system, "true")}, path)
+    with pytest.raises(ValueError, match=r"needs the global (posix|os)\.system"):
+        safe_torch_load(path)

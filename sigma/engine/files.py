@@ -17,6 +17,7 @@ import argparse
 import errno
 import hashlib
 import os
+import pickle
 import re
 import struct
 import tempfile
@@ -54,8 +55,36 @@ _NUMERIC_DTYPES = tuple(getattr(numpy.dtypes, name) for name in (
     "UInt64DType", "Float16DType", "Float32DType", "Float64DType", "LongDoubleDType", "Complex64DType",
     "Complex128DType", "CLongDoubleDType", "ByteDType", "UByteDType", "ShortDType", "UShortDType", "IntDType",
     "UIntDType", "LongDType", "ULongDType", "LongLongDType", "ULongLongDType") if hasattr(numpy.dtypes, name))
-SAFE_GLOBALS = (argparse.Namespace, _numpy_scalar(), (_numpy_scalar(), "numpy.core.multiarray.scalar"),
-                (_numpy_scalar(), "numpy._core.multiarray.scalar"), numpy.dtype, *_NUMERIC_DTYPES)
+
+
+class RefusedGlobal(pickle.UnpicklingError):
+    """An allow-listed numpy constructor called with arguments a plain numeric value never needs."""
+
+
+def _numeric_scalar(dtype, data=None):
+    """numpy's scalar reconstructor, for a numeric dtype and exactly the value's bytes: given any
+    dtype and no bytes it allocates a zero-filled value of the dtype's size, which a 2 KB file can
+    make gigabytes (a void dtype of 2**31 bytes)."""
+    if (not isinstance(dtype, numpy.dtype) or dtype.kind not in "biufc" or dtype.subdtype is not None
+            or not isinstance(data, bytes) or len(data) != dtype.itemsize):
+        raise RefusedGlobal(f"numpy scalar of dtype {dtype!r} from {type(data).__name__} data: only numeric "
+                            f"scalars rebuilt from their own bytes are allowed")
+    return _numpy_scalar()(dtype, data)
+
+
+def _numeric_dtype(*args):
+    """numpy.dtype for bool, integer, float and complex types only."""
+    dtype = numpy.dtype(*args)
+    if dtype.kind not in "biufc" or dtype.subdtype is not None:
+        raise RefusedGlobal(f"numpy dtype {dtype!r}: only numeric dtypes are allowed")
+    return dtype
+
+
+# The numpy names map to the checking wrappers above (torch's (callable, "module.name") form): the
+# pickle still names numpy's functions, and these build the same values after checking them.
+SAFE_GLOBALS = (argparse.Namespace, (_numeric_scalar, "numpy.core.multiarray.scalar"),
+                (_numeric_scalar, "numpy._core.multiarray.scalar"), (_numeric_dtype, "numpy.dtype"),
+                *_NUMERIC_DTYPES)
 
 _CHECKSUM_TAG = b"sigma-sha256:"
 _TRAILER_LEN = len(_CHECKSUM_TAG) + 64
@@ -265,6 +294,8 @@ def _torch_load(path, map_location):
     except Exception as exc:  # torch raises UnpicklingError / RuntimeError with the offending global
         # the weights-only unpickler's own reason is the exception it wraps
         said = first_line(exc.__context__ if isinstance(exc.__context__, Exception) else exc)
+        if isinstance(exc.__context__, RefusedGlobal) or isinstance(exc, RefusedGlobal):
+            raise ValueError(f"refusing to load {path}: it asks for a {said}") from exc
         if "GLOBAL" not in str(exc) and "but got" not in str(exc):  # not a refusal: an unreadable file
             raise ValueError(f"cannot read {path}: truncated, damaged or not a torch file "
                              f"(torch said: {said})") from exc
@@ -276,7 +307,7 @@ def _torch_load(path, map_location):
 def _refusal_reason(exc):
     """The part of torch's (long, multi-line) refusal that names what the file asked for."""
     text = str(exc)
-    found = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+    found = re.search(r"[Uu]nsupported (?:global: )?GLOBAL (\S+)", text)
     if found:
         return f"it needs the global {found.group(1)}, which is not allowed"
     found = re.search(r"but got (<class '[^']+'>|\S+)", text)
