@@ -265,3 +265,22 @@ def test_hf_example_trains():
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     model, _, _ = example.build()
     assert model.decoder.head.out_features == example.D
+
+
+def test_malformed_files_are_one_error_naming_the_file(tmp_path):
+    """Was: a bare KeyError ('model_config', 'encoder.blocks.0.mlp.fc1.weight') or safetensors' own
+    error without the path."""
+    from sigma.engine.files import PRETRAIN_FORMAT
+    from sigma.models import load_encoder
+    no_config = tmp_path / "no_config.pt"
+    torch.save({"format": PRETRAIN_FORMAT, "model": {}}, no_config)
+    with pytest.raises(ValueError, match=r"cannot read .*no_config\.pt as a video model checkpoint: KeyError"):
+        load_encoder(no_config)
+    no_mlp = tmp_path / "no_mlp.pth"
+    torch.save({"model": {"encoder.patch_embed.proj.weight": torch.zeros(8, 3, 2, 16, 16)}}, no_mlp)
+    with pytest.raises(ValueError, match=r"no_mlp\.pth"):
+        load_encoder(no_mlp)
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{\"a\"")
+    with pytest.raises(ValueError, match=r"cannot read .*cut\.safetensors"):
+        load_encoder(cut)

@@ -6,6 +6,7 @@ an error listing both (the only tolerated difference is a `pos_embed` table, whi
 recomputed). Nothing is unpickled beyond tensors and argparse.Namespace (`safe_torch_load`).
 """
 import argparse
+import functools
 import json
 import re
 import warnings
@@ -227,6 +228,24 @@ def _read_any(path):
     return ("videomae", _videomae_state(obj, str(path)), _videomae_args(obj))
 
 
+def _readable(loader):
+    """`loader` with the errors a malformed file raises inside the reading code (a missing entry, an
+    entry of the wrong type, unreadable safetensors metadata) turned into one ValueError naming the
+    file; errors that already name it (ValueError, FileNotFoundError) pass unchanged."""
+    @functools.wraps(loader)
+    def read(path, *args, **kwargs):
+        try:
+            return loader(path, *args, **kwargs)
+        except (KeyError, AttributeError, IndexError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read {path} as a video model checkpoint: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if type(exc).__name__ != "SafetensorError":  # safetensors' own error does not name the file
+                raise
+            raise ValueError(f"cannot read {path}: damaged or not a safetensors file ({exc})") from exc
+    return read
+
+
+@_readable
 def load_model(path, **overrides):
     """The pretraining model (encoder + decoder) from: our safetensors export, a `sigma.pretrain`
     checkpoint (file, or run directory with checkpoints/last.pt), or an original VideoMAE/SIGMA
@@ -247,6 +266,7 @@ def load_model(path, **overrides):
     return load_state_strict(VideoMAEPretrainModel(VideoViTConfig(**_named(cfg))), a, str(path))
 
 
+@_readable
 def load_encoder(path, **overrides):
     """The encoder (VideoViTEncoder) of any checkpoint `load_model` reads, or of an original VideoMAE
     fine-tuning `.pth` / our exported encoder or classifier.
@@ -281,6 +301,7 @@ def load_encoder(path, **overrides):
     return load_state_strict(encoder, encoder_state, str(path))
 
 
+@_readable
 def load_classifier(path, num_classes, **overrides):
     """A VideoClassifier (mean pooling + fc_norm + new head of num_classes) whose encoder comes from
     any checkpoint `load_encoder` reads; an original VideoMAE fine-tuning file with a head of that
