@@ -377,3 +377,19 @@ def test_clip_sampling_properties(total, t, rate, seed, clips):
     assert all(0 <= s <= max(total - span, 0) for s in starts)
     if clips > 1 and total >= span:
         assert starts[0] == 0 and starts[-1] == total - span
+
+
+@pytest.mark.parametrize("side", [16, 24])
+def test_decord_reader_falls_back_to_pyav_on_small_frames_it_refuses(tmp_path, side):
+    """decord 0.6 fails on valid 16- and 24-px-wide H.264 ("from_size == to_size"), which PyAV reads."""
+    pytest.importorskip("decord")
+    from sigma.data.readers import DecordVideo, PyAVVideo
+    from sigma.data.synthetic import write_mp4
+    frames = np.random.default_rng(0).integers(0, 255, size=(6, side, side, 3), dtype=np.uint8)
+    path = str(tmp_path / "small.mp4")
+    write_mp4(path, frames)
+    video = DecordVideo(path)
+    got = video.get_frames([0, 2, 5])
+    assert got.shape == (3, side, side, 3)
+    assert np.array_equal(got, PyAVVideo(path).get_frames([0, 2, 5]))
+    video.close()

@@ -32,14 +32,28 @@ class DecordVideo:
 
     def __init__(self, path):
         import decord
+        self.path = path
         self._vr = decord.VideoReader(path, num_threads=1)
+        self._pyav = None
         self.num_frames = len(self._vr)
 
     def get_frames(self, indices):
-        return self._vr.get_batch(list(indices)).asnumpy()
+        if self._pyav is None:
+            try:
+                return self._vr.get_batch(list(indices)).asnumpy()
+            except Exception as exc:
+                # decord 0.6 refuses some valid small videos (widths 16, 24, 48: "Check failed: from_size
+                # == to_size") that FFmpeg decodes through PyAV: read this file with PyAV from now on.
+                if type(exc).__name__ != "DECORDError" or "from_size == to_size" not in str(exc) \
+                        or importlib.util.find_spec("av") is None:
+                    raise
+                self._pyav = PyAVVideo(self.path)
+        return self._pyav.get_frames(indices)
 
     def close(self):
         self._vr = None
+        if self._pyav is not None:
+            self._pyav.close()
 
 
 class PyAVVideo:
