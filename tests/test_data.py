@@ -145,6 +145,28 @@ def test_synthetic_cli(tmp_path):
         main([str(tmp_path / "t"), "--videos", "1"])
 
 
+def test_synthetic_regeneration_replaces_the_old_set_whole(tmp_path):
+    out = tmp_path / "s"
+    make_synthetic_dataset(out, videos=4, seed=0, frames=8, size=64, object_size=(16, 24))
+    (out / "notes.txt").write_text("mine")
+    make_synthetic_dataset(out, videos=2, seed=0, frames=3, size=64, object_size=(16, 24))
+    assert sorted(p.name for p in (out / "videos").iterdir()) == ["clip00000.mp4", "clip00001.mp4"]
+    assert sorted(p.name for p in (out / "davis" / "JPEGImages").iterdir()) == ["clip00000", "clip00001"]
+    assert len(list((out / "davis" / "Annotations" / "clip00000").iterdir())) == 3
+    assert len(list((out / "davis" / "JPEGImages" / "clip00000").iterdir())) == 3
+    assert (out / "notes.txt").read_text() == "mine"  # not the generator's: kept
+
+
+@pytest.mark.parametrize("foreign", ["videos", "davis"])
+def test_synthetic_refuses_a_folder_it_did_not_write(tmp_path, foreign):
+    (tmp_path / foreign).mkdir()
+    (tmp_path / foreign / "mine.mp4").write_bytes(b"x")
+    (tmp_path / "info.json").write_text('{"generator": "someone else"}')
+    with pytest.raises(ValueError, match=f"{tmp_path}.*already holds {foreign}/"):
+        make_synthetic_dataset(tmp_path, videos=2, frames=3, size=64, object_size=(16, 24))
+    assert (tmp_path / foreign / "mine.mp4").read_bytes() == b"x" and not (tmp_path / "train.txt").exists()
+
+
 # --- lists -----------------------------------------------------------------------------------
 
 def test_read_video_list(tmp_path):

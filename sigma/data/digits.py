@@ -30,7 +30,7 @@ import numpy as np
 
 from sigma.engine.files import atomic_write_text
 
-from .synthetic import DIRECTIONS, _save_image, davis_palette, write_mp4
+from .synthetic import DIRECTIONS, GENERATOR, _save_image, davis_palette, prepare_output, write_mp4
 
 DIGITS = tuple(str(d) for d in range(10))
 SPLITS = ("train", "val")
@@ -218,14 +218,20 @@ def make_digits_dataset(out, train=DEFAULTS["train"], val=DEFAULTS["val"], seed=
                         davis_clips=DEFAULTS["davis_clips"], fps=25):
     """Write Moving Digits (layout in this module's docstring) and return its paths:
     {"root", "train", "val", "classes", "davis"}. `davis_clips`: how many val clips (the first ones)
-    also get DAVIS-layout frames and masks (at most `val`; 0 writes no davis folder)."""
+    also get DAVIS-layout frames and masks (at most `val`; 0 writes no davis folder). A set this
+    module or sigma.data.synthetic wrote in `out` before is replaced whole (`prepare_output`)."""
     for name, v, low in (("train", train, 1), ("val", val, 1), ("davis_clips", davis_clips, 0)):
         if not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"{name} must be an int of at least {low}, got {v!r}")
     _check_clip_settings(frames, size, digit_size, second_size)
     davis_clips = min(davis_clips, val)
-    out = os.fspath(out)
-    os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+    out = prepare_output(out)
+    # info.json first: a run killed half-way leaves a folder the next run recognises and clears.
+    pools = image_pools(seed)
+    info = {"generator": GENERATOR, "kind": "digits", "train": train, "val": val, "seed": seed,
+            "frames": frames, "size": size, "digit_size": list(digit_size), "second_size": list(second_size),
+            "davis_clips": davis_clips, "fps": fps, "train_images": len(pools[0]), "val_images": len(pools[1])}
+    atomic_write_text(os.path.join(out, "info.json"), json.dumps(info, indent=1) + "\n")
     palette = davis_palette().flatten().tolist()
     lines = {"train": [], "val": []}
     # Writing is mostly waiting for fsync (every file is written atomically): a few threads overlap
@@ -251,11 +257,6 @@ def make_digits_dataset(out, train=DEFAULTS["train"], val=DEFAULTS["val"], seed=
                           "".join(f"val{i:05d}\n" for i in range(davis_clips)))
     atomic_write_text(os.path.join(out, "classes.json"),
                       json.dumps({"digit": list(DIGITS), "motion": list(DIRECTIONS)}, indent=1) + "\n")
-    pools = image_pools(seed)
-    info = {"generator": "sigma.data.synthetic", "kind": "digits", "train": train, "val": val, "seed": seed,
-            "frames": frames, "size": size, "digit_size": list(digit_size), "second_size": list(second_size),
-            "davis_clips": davis_clips, "fps": fps, "train_images": len(pools[0]), "val_images": len(pools[1])}
-    atomic_write_text(os.path.join(out, "info.json"), json.dumps(info, indent=1) + "\n")
     return {"root": out, "train": os.path.join(out, "train.txt"), "val": os.path.join(out, "val.txt"),
             "classes": os.path.join(out, "classes.json"),
             "davis": os.path.join(out, "davis") if davis_clips else None}

@@ -23,6 +23,7 @@ import argparse
 import colorsys
 import json
 import os
+import shutil
 import time
 
 import numpy as np
@@ -32,6 +33,9 @@ from sigma.engine.files import atomic_write, atomic_write_text
 SHAPES = ("circle", "square", "triangle", "cross", "ring")
 DIRECTIONS = ("right", "left", "down", "up")
 _STEP = {"right": (0, 1), "left": (0, -1), "down": (1, 0), "up": (-1, 0)}  # (dy, dx)
+GENERATOR = "sigma.data.synthetic"  # info.json's "generator", of both kinds of set
+# What a set consists of: all that `prepare_output` removes before a set is written again.
+_OUTPUTS = ("videos", "davis", "train.txt", "val.txt", "classes.json", "info.json")
 
 
 def shape_mask(shape, side):
@@ -180,11 +184,48 @@ def _save_image(image, path, **kwargs):
     atomic_write(path, lambda tmp: image.save(tmp, **kwargs), durable=False)
 
 
+def _written_here(out):
+    """Whether `out`/info.json names this generator (a corrupt or missing one does not)."""
+    try:
+        with open(os.path.join(out, "info.json")) as f:
+            return json.load(f).get("generator") == GENERATOR
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def prepare_output(out):
+    """Make folder `out` ready for a new set: remove the set this generator wrote there before (only
+    its own `_OUTPUTS`: a smaller set would otherwise leave the old clips, frames and sequences behind,
+    which `segment` would score), and create out/videos. ValueError naming `out` when it is a file,
+    cannot be created, or holds videos/ or davis/ that this generator did not write."""
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise ValueError(f"output folder {out!r} is an existing file, not a folder")
+    if _written_here(out):
+        for name in _OUTPUTS:
+            path = os.path.join(out, name)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            elif os.path.lexists(path):
+                os.remove(path)
+    else:
+        foreign = [name for name in ("videos", "davis") if os.path.lexists(os.path.join(out, name))]
+        if foreign:
+            raise ValueError(f"output folder {out!r} already holds {foreign[0]}/ that {GENERATOR} did not write "
+                             f"(no info.json naming it); choose a new or empty folder")
+    try:
+        os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"cannot create output folder {out!r}: {exc.strerror or exc}") from exc
+    return out
+
+
 def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object_size=(32, 48),
                            max_objects=2, val_every=4, fps=25, davis=True):
     """Write the synthetic set (layout in this module's docstring) and return its paths:
     {"root", "train", "val", "classes", "davis"}. Every `val_every`-th clip goes to val.txt (the last
-    one when there are fewer than `val_every` clips), the others to train.txt."""
+    one when there are fewer than `val_every` clips), the others to train.txt. A set this generator
+    wrote in `out` before is replaced whole (`prepare_output`)."""
     if videos < 2:
         raise ValueError(f"videos must be at least 2 (one train, one val clip), got {videos}")
     if frames < 2:
@@ -194,8 +235,11 @@ def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object
     if val_every < 2:
         raise ValueError(f"val_every must be at least 2, got {val_every}")
     from PIL import Image
-    out = os.fspath(out)
-    os.makedirs(os.path.join(out, "videos"), exist_ok=True)
+    out = prepare_output(out)
+    # info.json first: a run killed half-way leaves a folder the next run recognises and clears.
+    info = {"generator": GENERATOR, "videos": videos, "seed": seed, "frames": frames, "size": size,
+            "object_size": list(object_size), "max_objects": max_objects, "val_every": val_every, "fps": fps}
+    atomic_write_text(os.path.join(out, "info.json"), json.dumps(info, indent=1) + "\n")
     palette = davis_palette().flatten().tolist()
     splits = {"train": [], "val": []}
     for i in range(videos):
@@ -224,10 +268,7 @@ def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object
             os.makedirs(sets, exist_ok=True)
             atomic_write_text(os.path.join(sets, f"{split}.txt"), "".join(f"{name}\n" for name, _ in rows))
     atomic_write_text(os.path.join(out, "classes.json"),
-                json.dumps({"object": list(SHAPES), "motion": list(DIRECTIONS)}, indent=1) + "\n")
-    info = {"generator": "sigma.data.synthetic", "videos": videos, "seed": seed, "frames": frames, "size": size,
-            "object_size": list(object_size), "max_objects": max_objects, "val_every": val_every, "fps": fps}
-    atomic_write_text(os.path.join(out, "info.json"), json.dumps(info, indent=1) + "\n")
+                      json.dumps({"object": list(SHAPES), "motion": list(DIRECTIONS)}, indent=1) + "\n")
     return {"root": out, "train": os.path.join(out, "train.txt"), "val": os.path.join(out, "val.txt"),
             "classes": os.path.join(out, "classes.json"), "davis": os.path.join(out, "davis") if davis else None}
 
@@ -235,7 +276,7 @@ def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sigma.data.synthetic", description=__doc__.split("\n\n")[0],
                                 epilog="--kind digits: Moving Digits (sigma.data.digits, docs/data.md)")
-    p.add_argument("out", help="output folder (created; files of the same names are replaced)")
+    p.add_argument("out", help="output folder (created; a set written there before by this command is replaced)")
     p.add_argument("--kind", choices=("shapes", "digits"), default="shapes",
                    help="shapes (default): drawn shapes over static textures; digits: Moving Digits")
     p.add_argument("--videos", type=int, default=None, help="shapes: number of clips (default 8)")
