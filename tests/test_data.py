@@ -167,6 +167,53 @@ def test_synthetic_refuses_a_folder_it_did_not_write(tmp_path, foreign):
     assert (tmp_path / foreign / "mine.mp4").read_bytes() == b"x" and not (tmp_path / "train.txt").exists()
 
 
+@pytest.mark.parametrize("kwargs, match", [
+    ({"fps": 0}, "fps must be a positive int, got 0"),
+    ({"fps": 24.5}, "fps must be a positive int"),
+    ({"max_objects": 3}, "max_objects must be 1 or 2"),
+    ({"max_objects": 0}, "max_objects must be 1 or 2"),
+    ({"object_size": 16}, "object_size must be a .min, max. pair"),
+    ({"object_size": (8, 12, 16)}, "object_size must be a .min, max. pair"),
+    ({"seed": None}, "seed must be a non-negative int, got None"),
+    ({"seed": -1}, "seed must be a non-negative int"),
+    ({"frames": 0}, "frames must be an int of at least 2"),
+    ({"size": 0}, "size must be an even int larger"),
+    ({"videos": 2.5}, "videos must be an int"),
+])
+def test_synthetic_rejects_bad_arguments_before_writing(tmp_path, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        make_synthetic_dataset(tmp_path / "s", **{"videos": 2, "frames": 3, **kwargs})
+    assert not (tmp_path / "s").exists()
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--frames", "0"], "--frames must be an int of at least 2, got 0"),
+    (["--size", "0"], "--size must be an even int larger"),
+    (["--seed", "-1"], "--seed must be a non-negative int, got -1"),
+    (["--kind", "digits", "--seed", "-1"], "--seed must be a non-negative int"),
+    (["--kind", "digits", "--frames", "0"], "--frames must be an int of at least 2"),
+])
+def test_synthetic_cli_names_the_bad_option_and_writes_nothing(tmp_path, capsys, argv, match):
+    from sigma.data.synthetic import main
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path / "s"), *argv])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and match in err and "Traceback" not in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_synthetic_cli_reports_an_unusable_output_folder(tmp_path, capsys):
+    from sigma.data.synthetic import main
+    (tmp_path / "f").write_text("x")
+    for out, match in ((tmp_path / "f", "is an existing file"),
+                       (tmp_path / "f" / "sub", "cannot create output folder")):
+        with pytest.raises(SystemExit):
+            main([str(out), "--videos", "2", "--frames", "3"])
+        err = capsys.readouterr().err
+        last = err.strip().splitlines()[-1]  # argparse's usage, then one error line
+        assert last.startswith("python -m sigma.data.synthetic: error: ") and match in last and str(out) in last
+
+
 # --- lists -----------------------------------------------------------------------------------
 
 def test_read_video_list(tmp_path):

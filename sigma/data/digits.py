@@ -30,7 +30,7 @@ import numpy as np
 
 from sigma.engine.files import atomic_write_text
 
-from .synthetic import DIRECTIONS, GENERATOR, _save_image, davis_palette, prepare_output, write_mp4
+from .synthetic import DIRECTIONS, GENERATOR, _save_image, check_seed_and_fps, davis_palette, prepare_output, write_mp4
 
 DIGITS = tuple(str(d) for d in range(10))
 SPLITS = ("train", "val")
@@ -223,6 +223,7 @@ def make_digits_dataset(out, train=DEFAULTS["train"], val=DEFAULTS["val"], seed=
     for name, v, low in (("train", train, 1), ("val", val, 1), ("davis_clips", davis_clips, 0)):
         if not isinstance(v, (int, np.integer)) or v < low:
             raise ValueError(f"{name} must be an int of at least {low}, got {v!r}")
+    check_seed_and_fps(seed, fps)
     _check_clip_settings(frames, size, digit_size, second_size)
     davis_clips = min(davis_clips, val)
     out = prepare_output(out)

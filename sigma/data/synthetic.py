@@ -184,6 +184,34 @@ def _save_image(image, path, **kwargs):
     atomic_write(path, lambda tmp: image.save(tmp, **kwargs), durable=False)
 
 
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_seed_and_fps(seed, fps):
+    """ValueError naming the argument unless seed is an int >= 0 and fps one >= 1 (both generators)."""
+    if not _is_int(seed) or seed < 0:  # numpy's own error for -1 names no argument
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not _is_int(fps) or fps < 1:  # PyAV writes 24 fps for 0 and fails on a float
+        raise ValueError(f"fps must be a positive int, got {fps!r}")
+
+
+def _check_settings(videos, seed, frames, size, object_size, max_objects, val_every, fps):
+    """ValueError naming the first bad argument of `make_synthetic_dataset`, before anything is written."""
+    check_seed_and_fps(seed, fps)
+    for name, value, low, why in (("videos", videos, 2, " (one train, one val clip)"), ("frames", frames, 2, ""),
+                                  ("val_every", val_every, 2, "")):
+        if not _is_int(value) or value < low:
+            raise ValueError(f"{name} must be an int of at least {low}{why}, got {value!r}")
+    if (not isinstance(object_size, (tuple, list)) or len(object_size) != 2 or not all(map(_is_int, object_size))
+            or not 4 <= object_size[0] <= object_size[1]):
+        raise ValueError(f"object_size must be a (min, max) pair of ints with 4 <= min <= max, got {object_size!r}")
+    if not _is_int(size) or size % 2 or size <= object_size[1]:
+        raise ValueError(f"size must be an even int larger than the objects ({object_size[1]} px), got {size!r}")
+    if not _is_int(max_objects) or max_objects not in (1, 2):
+        raise ValueError(f"max_objects must be 1 or 2, got {max_objects!r}")
+
+
 def _written_here(out):
     """Whether `out`/info.json names this generator (a corrupt or missing one does not)."""
     try:
@@ -226,14 +254,7 @@ def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object
     {"root", "train", "val", "classes", "davis"}. Every `val_every`-th clip goes to val.txt (the last
     one when there are fewer than `val_every` clips), the others to train.txt. A set this generator
     wrote in `out` before is replaced whole (`prepare_output`)."""
-    if videos < 2:
-        raise ValueError(f"videos must be at least 2 (one train, one val clip), got {videos}")
-    if frames < 2:
-        raise ValueError(f"frames must be at least 2, got {frames}")
-    if size % 2 or object_size[1] >= size or object_size[0] < 4 or object_size[0] > object_size[1]:
-        raise ValueError(f"need an even size larger than the objects: size={size}, object_size={object_size}")
-    if val_every < 2:
-        raise ValueError(f"val_every must be at least 2, got {val_every}")
+    _check_settings(videos, seed, frames, size, object_size, max_objects, val_every, fps)
     from PIL import Image
     out = prepare_output(out)
     # info.json first: a run killed half-way leaves a folder the next run recognises and clears.
@@ -273,6 +294,14 @@ def make_synthetic_dataset(out, videos=8, seed=0, *, frames=40, size=128, object
             "classes": os.path.join(out, "classes.json"), "davis": os.path.join(out, "davis") if davis else None}
 
 
+def _as_option(message):
+    """The functions' errors name their arguments (`seed must be ...`); the command's name its options."""
+    for name in ("videos", "train", "val", "davis_clips", "seed", "frames", "size"):
+        if message.startswith(f"{name} "):
+            return f"--{name.replace('_', '-')}{message[len(name):]}"
+    return message
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m sigma.data.synthetic", description=__doc__.split("\n\n")[0],
                                 epilog="--kind digits: Moving Digits (sigma.data.digits, docs/data.md)")
@@ -297,8 +326,10 @@ def main(argv=None):
     try:
         if args.kind == "shapes":
             count = 8 if args.videos is None else args.videos
-            paths = make_synthetic_dataset(args.out, videos=count, seed=args.seed, frames=args.frames or 40,
-                                           size=args.size or 128, davis=not args.no_davis)
+            # `is None`, not `or`: --frames 0 / --size 0 are errors, not the defaults.
+            paths = make_synthetic_dataset(args.out, videos=count, seed=args.seed,
+                                           frames=40 if args.frames is None else args.frames,
+                                           size=128 if args.size is None else args.size, davis=not args.no_davis)
         else:
             from .digits import DEFAULTS, make_digits_dataset
             kw = {k: v for k, v in (("train", args.train), ("val", args.val), ("frames", args.frames),
@@ -307,7 +338,9 @@ def main(argv=None):
             paths = make_digits_dataset(args.out, seed=args.seed, **kw)
             count = kw.get("train", DEFAULTS["train"]) + kw.get("val", DEFAULTS["val"])
     except ValueError as exc:
-        p.error(str(exc))
+        p.error(_as_option(str(exc)))
+    except OSError as exc:  # a full disk or a folder that turns unwritable mid-run: one line, no traceback
+        p.error(f"writing to {args.out!r} failed: {exc}")
     seconds = time.perf_counter() - start
     print(f"wrote {count} clips to {paths['root']} in {seconds:.1f} s ({count / seconds:.1f} clips/s; "
           f"train: {paths['train']}, val: {paths['val']})")
