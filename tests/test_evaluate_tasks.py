@@ -216,6 +216,27 @@ def test_visualize_cli_lists_every_file_it_wrote(synthetic, checkpoint, tmp_path
     assert all(os.path.exists(f) for f in files)
 
 
+def test_visualize_picture_names_are_distinct():
+    from sigma.evaluate.visualization import picture_names
+    assert picture_names(["a/x.mp4", "b/x.mp4", "c/y.mp4"]) == ["a_x", "b_x", "y"]
+    assert picture_names(["a/x.mp4", "a/x.mp4", "a_x.mp4"]) == ["a_x", "a_x_2", "a_x_3"]
+
+
+def test_visualize_same_file_name_in_two_folders_gets_two_pictures(synthetic, checkpoint, tmp_path):
+    import shutil
+
+    from sigma.evaluate import visualize
+    for folder, clip in (("a", "clip00000"), ("b", "clip00001")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(os.path.join(synthetic["root"], "videos", f"{clip}.mp4"), tmp_path / folder / "x.mp4")
+    (tmp_path / "list.txt").write_text("a/x.mp4 0 0\nb/x.mp4 1 0\n")
+    r = visualize(checkpoint, tmp_path / "list.txt", tmp_path / "out", metrics=None, k=3, sampling_rate=1,
+                  progress=False)
+    pngs = [c["png"] for c in r["clips"]]
+    assert [os.path.basename(p) for p in pngs] == ["a_x_clusters.png", "b_x_clusters.png"]
+    assert len({c["gif"] for c in r["clips"]}) == 2 and all(os.path.exists(p) for p in pngs)
+
+
 def test_visualize_shows_sinkhorn_prototypes_of_a_pretraining_checkpoint(synthetic, tmp_path):
     from PIL import Image
 

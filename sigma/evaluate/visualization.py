@@ -17,6 +17,7 @@ import csv
 import math
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -213,8 +214,9 @@ def _save_gif(rows, titles, path, fps=8):
 
 @torch.no_grad()
 def visualize_clip(encoder, video_path, out_dir, *, k=6, seed=0, alpha=0.5, sampling_rate=4, prototype_parts=None,
-                   device="cpu"):
-    """Cluster-map pictures of one video; returns a dict of the written files and their sizes."""
+                   device="cpu", name=None):
+    """Cluster-map pictures of one video, OUT_DIR/<name>_clusters.{png,gif} (`name`: default the
+    file's stem); returns a dict of the written files and their sizes."""
     num_frames, size, tube = encoder_input_size(encoder)
     video, frames = read_clip(video_path, num_frames, size, sampling_rate)
     x = video[None].to(device)
@@ -231,7 +233,7 @@ def visualize_clip(encoder, video_path, out_dir, *, k=6, seed=0, alpha=0.5, samp
         legends.append(_legend(assigned, "prototype", assigned.size))
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(video_path).stem
+    stem = Path(video_path).stem if name is None else name
     png, gif = out_dir / f"{stem}_clusters.png", out_dir / f"{stem}_clusters.gif"
     png_hw = _save_figure(rows, titles, legends, tube[0], png)
     gif_shape = _save_gif(rows, titles, gif)
@@ -303,6 +305,24 @@ def plot_training_curves(metrics_csv, out_png):
     return out_png, (nrows * PANEL_H, ncols * PANEL_W)
 
 
+def picture_names(videos):
+    """One distinct picture name per video: its file stem; where stems collide (a/x.mp4, b/x.mp4),
+    prefixed with the folder's name (a_x, b_x); where even those collide, numbered (x_2, ...), so no
+    video's pictures overwrite another's."""
+    stems = [Path(v).stem for v in videos]
+    shared = Counter(stems)
+    used, names = set(), []
+    for v, stem in zip(videos, stems):
+        name = base = f"{Path(v).parent.name}_{stem}" if shared[stem] > 1 else stem
+        n = 1
+        while name in used:
+            n += 1
+            name = f"{base}_{n}"
+        used.add(name)
+        names.append(name)
+    return names
+
+
 def _videos_of(data, max_videos):
     from sigma.data import read_video_list
 
@@ -326,9 +346,11 @@ def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling
     require_finite_weights(encoder, checkpoint, "the cluster pictures (k-means on the token features)")
     parts, reason = _load_prototype_parts(checkpoint, dev)
     from tqdm.auto import tqdm
+    videos = _videos_of(data, max_videos)
     clips = [visualize_clip(encoder, v, out / "visualize", k=k, seed=seed, alpha=alpha, sampling_rate=sampling_rate,
-                            prototype_parts=parts, device=dev)
-             for v in tqdm(_videos_of(data, max_videos), desc="visualize", disable=not progress, file=sys.stderr)]
+                            prototype_parts=parts, device=dev, name=name)
+             for v, name in tqdm(list(zip(videos, picture_names(videos))), desc="visualize", disable=not progress,
+                                 file=sys.stderr)]
     result = {"task": "visualize", "clips": clips, "prototypes": reason or "shown (row 3)", "k": k, "seed": seed,
               "checkpoint": str(checkpoint)}
     if metrics is None:
