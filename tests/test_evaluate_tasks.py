@@ -237,6 +237,27 @@ def test_visualize_same_file_name_in_two_folders_gets_two_pictures(synthetic, ch
     assert len({c["gif"] for c in r["clips"]}) == 2 and all(os.path.exists(p) for p in pngs)
 
 
+def test_visualize_skips_an_unreadable_video_and_goes_on(synthetic, checkpoint, tmp_path, capsys):
+    videos = os.path.join(synthetic["root"], "videos")
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    (tmp_path / "list.txt").write_text(f"{videos}/clip00000.mp4 0\n{tmp_path}/bad.mp4 0\n{videos}/clip00001.mp4 0\n")
+    args = ["--checkpoint", checkpoint, "--k", "3", "--sampling-rate", "1", "--no-progress"]
+    rc = main(["visualize", *args, "--data", str(tmp_path / "list.txt"), "--output-dir", str(tmp_path / "o")])
+    out, err = capsys.readouterr()
+    assert rc == 0 and "bad.mp4" in err
+    r = _read(tmp_path / "o" / "visualize.json")
+    assert [os.path.basename(c["video"]) for c in r["clips"]] == ["clip00000.mp4", "clip00001.mp4"]
+    assert [c["video"] for c in r["skipped"]] == [str(tmp_path / "bad.mp4")]
+    assert json.loads(out.strip().splitlines()[-1])["skipped"] == [str(tmp_path / "bad.mp4")]
+    # none readable: an error naming the path given (a list, or the one file), and no visualize.json
+    (tmp_path / "bad.txt").write_text(f"{tmp_path}/bad.mp4 0\n")
+    for data in (tmp_path / "bad.txt", tmp_path / "bad.mp4"):
+        rc = main(["visualize", *args, "--data", str(data), "--output-dir", str(tmp_path / "n")])
+        err = capsys.readouterr().err
+        assert rc == 2 and f"no readable video in {str(data)!r}" in err and "<records>" not in err
+    assert not (tmp_path / "n" / "visualize.json").exists()
+
+
 def test_visualize_shows_sinkhorn_prototypes_of_a_pretraining_checkpoint(synthetic, tmp_path):
     from PIL import Image
 

@@ -167,6 +167,8 @@ def main(argv=None):
         if result.get("training_curves"):
             files.append(result["training_curves"]["png"])
         summary = {"files": files}
+        if result.get("skipped"):  # unreadable videos, already reported on stderr
+            summary["skipped"] = [c["video"] for c in result["skipped"]]
     print(json.dumps({"task": task, **summary, "output": f"{settings['output_dir']}/{task}.json"}))
     return 0
 

@@ -128,14 +128,16 @@ def _load_prototype_parts(checkpoint, device):
 
 
 def read_clip(path, num_frames, size, sampling_rate=4):
-    """One centred clip of a video file: (normalised float (C, T, H, W), uint8 frames (T, H, W, 3))."""
-    from sigma.data import VideoDataset, denormalize
+    """One centred clip of a video file: (normalised float (C, T, H, W), uint8 frames (T, H, W, 3));
+    NoReadableVideoError naming `path` when it cannot be decoded."""
+    from sigma.data import NoReadableVideoError, VideoDataset, denormalize
 
     ds = VideoDataset([str(path)], num_frames=num_frames, sampling_rate=sampling_rate, size=size, train=False,
-                      mask_ratio=None)
-    video = ds[0]["video"]
-    if ds.num_skipped:
-        raise ValueError(f"video {str(path)!r} could not be decoded")
+                      mask_ratio=None, unreadable="skip")
+    sample = ds[0]
+    if sample is None:  # the dataset's own error would name "<records>", not the file
+        raise NoReadableVideoError(f"video {str(path)!r} could not be decoded with reader {ds.reader!r}")
+    video = sample["video"]
     frames = (denormalize(video).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 3, 0).numpy()
     return video, frames
 
@@ -332,6 +334,28 @@ def _videos_of(data, max_videos):
     return [Path(r.path) for r in read_video_list(p)[:max_videos]]
 
 
+def _visualize_videos(encoder, data, max_videos, out_dir, progress, **kwargs):
+    """(clips, skipped) of `visualize_clip` over the videos of `data`: an unreadable one is skipped,
+    reported on stderr and listed as {"video", "error"}, so one bad file does not cost the others'
+    pictures; NoReadableVideoError naming `data` when none is readable."""
+    from tqdm.auto import tqdm
+
+    from sigma.data import NoReadableVideoError
+    videos = _videos_of(data, max_videos)
+    clips, skipped = [], []
+    for v, name in tqdm(list(zip(videos, picture_names(videos))), desc="visualize", disable=not progress,
+                        file=sys.stderr):
+        try:
+            clips.append(visualize_clip(encoder, v, out_dir, name=name, **kwargs))
+        except NoReadableVideoError as exc:
+            print(f"visualize: skipping unreadable video: {exc}", file=sys.stderr)
+            skipped.append({"video": str(v), "error": str(exc)})
+    if not clips:
+        raise NoReadableVideoError(f"no readable video in {str(data)!r}: {len(skipped)} of {len(videos)} file(s) "
+                                   f"could not be decoded (first: {skipped[0]['error']})")
+    return clips, skipped
+
+
 @defaults_from(VisualizeConfig)
 def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling_rate, max_videos, device,
               progress):
@@ -345,14 +369,10 @@ def visualize(checkpoint, data, output_dir, *, metrics, k, seed, alpha, sampling
     encoder = load_encoder(checkpoint).to(dev)
     require_finite_weights(encoder, checkpoint, "the cluster pictures (k-means on the token features)")
     parts, reason = _load_prototype_parts(checkpoint, dev)
-    from tqdm.auto import tqdm
-    videos = _videos_of(data, max_videos)
-    clips = [visualize_clip(encoder, v, out / "visualize", k=k, seed=seed, alpha=alpha, sampling_rate=sampling_rate,
-                            prototype_parts=parts, device=dev, name=name)
-             for v, name in tqdm(list(zip(videos, picture_names(videos))), desc="visualize", disable=not progress,
-                                 file=sys.stderr)]
-    result = {"task": "visualize", "clips": clips, "prototypes": reason or "shown (row 3)", "k": k, "seed": seed,
-              "checkpoint": str(checkpoint)}
+    clips, skipped = _visualize_videos(encoder, data, max_videos, out / "visualize", progress, k=k, seed=seed,
+                                       alpha=alpha, sampling_rate=sampling_rate, prototype_parts=parts, device=dev)
+    result = {"task": "visualize", "clips": clips, "skipped": skipped, "prototypes": reason or "shown (row 3)",
+              "k": k, "seed": seed, "checkpoint": str(checkpoint)}
     if metrics is None:
         ck = Path(checkpoint).resolve()
         guesses = [ck / "metrics.csv", ck.parent.parent / "metrics.csv"]  # run dir, or run/checkpoints/x.pt
