@@ -258,6 +258,31 @@ def test_visualize_skips_an_unreadable_video_and_goes_on(synthetic, checkpoint, 
     assert not (tmp_path / "n" / "visualize.json").exists()
 
 
+def test_visualize_pictures_are_written_atomically(tmp_path, monkeypatch):
+    import matplotlib.figure
+    from PIL import Image
+
+    from sigma.evaluate.visualization import _save_figure, _save_gif, plot_training_curves
+
+    def half_written(self, path, *args, **kwargs):  # a writer killed half-way through the file
+        with open(path, "wb") as f:
+            f.write(b"half")
+        raise OSError("killed")
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", half_written)
+    monkeypatch.setattr(Image.Image, "save", half_written)
+    (tmp_path / "metrics.csv").write_text("step,loss\n1,8.0\n2,7.5\n")
+    rows = [np.zeros((2, 16, 16, 3), dtype=np.uint8)]
+    writes = {"clusters.png": lambda p: _save_figure(rows, ["frames"], [None], 2, p),
+              "clusters.gif": lambda p: _save_gif(rows, ["frames"], p),
+              "curves.png": lambda p: plot_training_curves(tmp_path / "metrics.csv", p)}
+    for name, write in writes.items():
+        (tmp_path / name).write_bytes(b"old picture")
+        with pytest.raises(OSError, match="killed"):
+            write(tmp_path / name)
+        assert (tmp_path / name).read_bytes() == b"old picture"  # the old one, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clusters.gif", "clusters.png", "curves.png", "metrics.csv"]
+
+
 def test_visualize_shows_sinkhorn_prototypes_of_a_pretraining_checkpoint(synthetic, tmp_path):
     from PIL import Image
 

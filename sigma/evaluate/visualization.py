@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from sigma.engine.config import defaults_from
 from sigma.engine.distributed import pick_device
-from sigma.engine.files import PRETRAIN_FORMAT
+from sigma.engine.files import PRETRAIN_FORMAT, atomic_write
 from sigma.engine.provenance import provenance
 
 from .common import encoder_input_size, load_encoder, require_finite_weights, write_json
@@ -174,8 +174,12 @@ def _save_figure(rows, titles, legends, tubelet, path):
                 ax.legend(handles=[Patch(color=np.asarray(rgb) / 255, label=text) for text, rgb in legend],
                           loc="center left", bbox_to_anchor=(1.04, 0.5), fontsize=8, frameon=False,
                           handlelength=1.2, borderaxespad=0)
-    fig.savefig(path, dpi=dpi)  # no bbox_inches="tight": the width stays FIGURE_W
-    plt.close(fig)
+    # atomic: a killed run leaves the old picture or the new one, never half of one. format= because
+    # the temporary file's name does not end in .png. No bbox_inches="tight": the width stays FIGURE_W.
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
     from PIL import Image
     with Image.open(path) as im:
         return im.size[1], im.size[0]
@@ -210,7 +214,8 @@ def _save_gif(rows, titles, path, fps=8):
         for j, title in enumerate(titles):
             draw.text((j * w * scale + 6, 5), f"{title} (t = {i})" if j == 0 else title, fill="black", font=font)
         frames.append(canvas)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=int(1000 / fps), loop=0)
+    atomic_write(path, lambda tmp: frames[0].save(tmp, format="GIF", save_all=True, append_images=frames[1:],
+                                                   duration=int(1000 / fps), loop=0))
     return (len(frames), frames[0].size[1], frames[0].size[0])
 
 
@@ -302,8 +307,11 @@ def plot_training_curves(metrics_csv, out_png):
     fig.tight_layout(rect=(0, 0, 1, 1 - 24 / (nrows * PANEL_H)) if constant else None)  # room for the title
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=100)  # no bbox_inches="tight": the size stays ncols·PANEL_W × nrows·PANEL_H
-    plt.close(fig)
+    # atomic, format= as in _save_figure; no bbox_inches="tight": the size stays ncols·PANEL_W × nrows·PANEL_H
+    try:
+        atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
+    finally:
+        plt.close(fig)
     return out_png, (nrows * PANEL_H, ncols * PANEL_W)
 
 
