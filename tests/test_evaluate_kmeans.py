@@ -73,15 +73,38 @@ def test_seed_decides_the_result():
     assert len(inertias) > 1  # a single restart does depend on the seed
 
 
-def test_identical_points_and_k_above_the_point_count():
+def test_identical_points_and_k_equal_to_the_point_count():
     labels, centres, inertia = kmeans(torch.ones(50, 3), 4)
     assert inertia == 0 and torch.isfinite(centres).all()
     assert len(labels.unique()) == 1
     x = torch.randn(5, 2)
-    labels, _, inertia = kmeans(x, 9)  # k is capped at the point count: every point alone
+    labels, _, inertia = kmeans(x, np.int64(5))  # every point alone; a NumPy integer is an integer
     assert sorted(labels.tolist()) == list(range(5)) and inertia == pytest.approx(0, abs=1e-10)
-    with pytest.raises(ValueError, match="k-means needs"):
-        kmeans(torch.zeros(0, 2), 2)
+
+
+@pytest.mark.parametrize("implementation", ["torch", "sklearn"])
+@pytest.mark.parametrize("points, k, match", [
+    (torch.randn(5, 2), 6, r"k: expected an integer with 1 <= k <= 5 \(the number of points\), got 6"),
+    (torch.randn(5, 2), 0, r"k: expected an integer with 1 <= k <= 5"),
+    (torch.randn(5, 2), 2.7, r"k: expected an integer, got 2.7"),
+    (torch.randn(5, 2), True, r"k: expected an integer, got True"),
+    (torch.zeros(0, 2), 1, r"points: expected a 2-D \(P, D\) array .* got shape \(0, 2\)"),
+    (torch.zeros(5, 0), 1, r"points: .* at least one row and one feature, got shape \(5, 0\)"),
+    (torch.zeros(5), 1, r"points: expected a 2-D"),
+    (torch.tensor([[0.0, 1.0], [float("nan"), 0.0], [2.0, float("inf")]]), 2,
+     r"points: expected finite values, got NaN or Inf in 2 of 3 rows"),
+])
+def test_bad_points_and_k_are_clear_errors(points, k, match, implementation):
+    """As scikit-learn, not silently: NaN put every point in one cluster (inertia nan), k was
+    clamped to the point count and truncated (2.7 -> 2), zero features were clustered."""
+    from sigma.evaluate.segmentation import kmeans_labels
+
+    with pytest.raises(ValueError, match=match):
+        kmeans(points, k)
+    with pytest.raises(ValueError, match=match):
+        kmeans_labels(points, k, implementation=implementation, n_init=1)
+    with pytest.raises(ValueError, match="n_init: expected an integer >= 1, got 0"):
+        kmeans(torch.randn(5, 2), 2, n_init=0)
 
 
 def test_empty_cluster_takes_the_farthest_point():

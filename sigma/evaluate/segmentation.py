@@ -54,18 +54,16 @@ def kmeans_labels(points, k, *, seed=0, n_init=10, tol=1e-4, implementation="tor
     batched) or scikit-learn's KMeans itself (implementation="sklearn", float64)."""
     if implementation not in KMEANS:
         raise ValueError(f"k-means implementation must be one of {KMEANS}, got {implementation!r}")
-    if implementation == "torch":
-        from .kmeans import kmeans
+    from .kmeans import check_kmeans_inputs, kmeans
 
+    if implementation == "torch":
         return kmeans(torch.as_tensor(points), k, seed=seed, n_init=n_init, tol=tol)[0].numpy()
     from sklearn.cluster import KMeans
     from threadpoolctl import threadpool_limits
 
     pts = np.ascontiguousarray(points.detach().cpu().double().numpy() if torch.is_tensor(points) else points,
                                dtype=np.float64)
-    k = int(min(k, len(pts)))
-    if k < 1:
-        raise ValueError(f"k-means needs k >= 1 and at least one point, got k={k}, {len(pts)} points")
+    k = check_kmeans_inputs(torch.from_numpy(pts), k, n_init)  # the same errors as the torch k-means
     with warnings.catch_warnings():
         # identical points (constant features) give fewer distinct clusters than k: that is the
         # documented degenerate case, not an error
