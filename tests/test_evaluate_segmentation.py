@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sigma.evaluate.segmentation import (
+    NothingToScore,
     class_iou,
     clip_windows,
     confusion,
@@ -59,8 +60,6 @@ def test_constant_features_give_the_documented_score():
     assert constant_feature_miou(masks) == pytest.approx(0.75 / 2)
     assert r["miou_clustering"] == pytest.approx(0.375)
     assert r["miou_overclustering"] == pytest.approx(0.375)
-    r = segment_clip(feats, masks, background="ignore", n_init=1)  # one object: trivially perfect
-    assert r["miou_clustering"] == pytest.approx(1.0)
 
 
 def test_noise_features_score_far_below_onehot():
@@ -135,3 +134,39 @@ def test_bad_shapes_are_clear_errors():
         segment_clip(torch.zeros(3, 4, 4, 2), np.zeros((8, 16, 16), dtype=np.int64))
     with pytest.raises(ValueError, match="background"):
         segment_clip(torch.zeros(4, 4, 4, 2), np.zeros((8, 16, 16), dtype=np.int64), background="no")
+
+
+def _two_class_masks():
+    masks = np.zeros((4, 32, 32), dtype=np.int64)
+    masks[:, :16, :16] = 1
+    return masks
+
+
+@pytest.mark.parametrize("case", ["all background", "one object, background ignored", "background is ignore_index",
+                                  "every pixel ignored", "size 1"])
+def test_a_clip_with_fewer_than_two_classes_is_not_scored(case):
+    """One class scores a perfect 1.0 whatever the features (k = 1): nothing to segment."""
+    masks, kw = _two_class_masks(), {}
+    if case == "all background":
+        masks[:] = 0
+    elif case == "one object, background ignored":
+        kw = {"background": "ignore"}
+    elif case == "background is ignore_index":
+        kw = {"ignore_index": 0}
+    elif case == "every pixel ignored":
+        masks[:] = 255
+    else:
+        kw = {"size": 1, "overclustering_k": 2}  # one pixel per frame: one class
+    with pytest.raises(NothingToScore, match="fewer than 2 classes to score"):
+        segment_clip(torch.randn(2, 4, 4, 3), masks, n_init=1, **kw)
+
+
+def test_overclustering_k_above_the_feature_points_is_a_clear_error():
+    """k = 100000 was clamped to the clip's points while the result recorded 100000."""
+    with pytest.raises(ValueError, match=r"overclustering_k \(--overclustering-k\) = 33 is more than the clip's 32 "
+                                         r"feature points \(2 time steps x --size 4²\)"):
+        segment_clip(torch.randn(2, 4, 4, 3), _two_class_masks(), size=4, overclustering_k=33, n_init=1)
+    masks = np.zeros((4, 32, 32), dtype=np.int64)
+    masks[:, :8, :8], masks[:, 8:16, :8] = 1, 2  # 2 feature positions per time step once background is ignored
+    with pytest.raises(NothingToScore, match="4 feature points are scored, fewer than k = 6"):
+        segment_clip(torch.randn(2, 4, 4, 3), masks, size=4, background="ignore", n_init=1)

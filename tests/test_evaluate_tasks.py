@@ -340,6 +340,56 @@ def test_bad_inputs_are_clear_errors(synthetic, checkpoint, tmp_path, capsys):
         segment(checkpoint, davis, progress=False)
 
 
+def _davis(root, synthetic, sequences, frames=4):
+    """A DAVIS-layout folder of the synthetic set's first frames: {name: source clip}, linked."""
+    src = synthetic["davis"]
+    for name, clip in sequences.items():
+        for sub in ("JPEGImages", "Annotations"):
+            os.makedirs(root / sub / name)
+        for i in range(frames):
+            os.link(f"{src}/JPEGImages/{clip}/{i:05d}.jpg", root / "JPEGImages" / name / f"{i:05d}.jpg")
+            os.link(f"{src}/Annotations/{clip}/{i:05d}.png", root / "Annotations" / name / f"{i:05d}.png")
+    return root
+
+
+def _blank_masks(folder):
+    """Every mask of a sequence all background (the file replaced, not the linked original)."""
+    from PIL import Image
+
+    for png in folder.iterdir():
+        png.unlink()
+        Image.fromarray(np.zeros((64, 64), np.uint8), mode="L").save(png)
+
+
+def test_segment_skips_and_counts_clips_with_one_class(synthetic, checkpoint, tmp_path, capsys):
+    """A clip with one class scored a perfect 1.0 (k = 1); now it is skipped, counted and reported."""
+    from sigma.evaluate import segment
+
+    davis = _davis(tmp_path / "davis", synthetic, {"objects": "clip00000", "blank": "clip00001"})
+    _blank_masks(davis / "Annotations" / "blank")
+    r = segment(checkpoint, davis, tmp_path / "out", n_init=1, progress=False)
+    err = capsys.readouterr().err
+    assert r["num_clips"] == 1 and r["num_skipped_clips"] == 1 and set(r["per_sequence"]) == {"objects"}
+    assert r["skipped_clips"][0]["sequence"] == "blank" and "fewer than 2 classes" in r["skipped_clips"][0]["reason"]
+    assert _read(tmp_path / "out" / "segment.json")["num_skipped_clips"] == 1
+    assert "skipped 1 of 2 clips with nothing to segment" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(ValueError, match="nothing to score: none of the 1 clips.*'blank'.*fewer than 2 classes"):
+        segment(checkpoint, davis, sequences=["blank"], n_init=1, progress=False)
+    # background as the ignore index: one object is one class, in every clip
+    rc = main(["segment", "--checkpoint", checkpoint, "--data", str(davis), "--output-dir", str(tmp_path / "o2"),
+               "--ignore-index", "0", "--no-progress"])
+    assert rc == 2 and "error: nothing to score" in capsys.readouterr().err
+
+
+def test_segment_overclustering_k_above_the_feature_points_is_a_clear_error(synthetic, checkpoint, tmp_path, capsys):
+    """k = 100000 was silently clamped to the clip's points while segment.json recorded 100000."""
+    davis = _davis(tmp_path / "davis", synthetic, {"objects": "clip00000"})
+    rc = main(["segment", "--checkpoint", checkpoint, "--data", str(davis), "--output-dir", str(tmp_path / "o"),
+               "--overclustering-k", "100000", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--overclustering-k" in err and "--size 28" in err and "1568 feature points" in err
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_finetune_under_torchrun_two_ranks(synthetic, checkpoint, tmp_path):

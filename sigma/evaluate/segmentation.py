@@ -15,7 +15,9 @@ Per clip, given dense encoder features (T', h, w, C) and ground-truth object mas
    (`scipy.optimize.linear_sum_assignment`, maximising the matched pixel count) for clustering,
    many-to-one by pixel-wise precision (each cluster goes to the class that covers most of its
    pixels) for overclustering — over all frames of the clip at once;
-5. IoU of every class present in the clip's resized ground truth; mIoU = their mean.
+5. IoU of every class present in the clip's resized ground truth; mIoU = their mean. A clip with
+   fewer than two such classes has nothing to segment (one cluster would score 1.0): `segment`
+   skips and counts it (`NothingToScore`).
 
 Choices the paper leaves open (each configurable, and recorded in the result):
 - `background="class"` (default): background (label 0) is one class like the objects, so a clip
@@ -31,6 +33,7 @@ Choices the paper leaves open (each configurable, and recorded in the result):
   (`constant_feature_miou`).
 """
 import math
+import sys
 import warnings
 
 import numpy as np
@@ -46,6 +49,11 @@ REDUCTIONS = ("sequence", "clip", "pooled")
 
 
 KMEANS = ("torch", "sklearn")
+
+
+class NothingToScore(ValueError):
+    """A clip with nothing to segment: fewer than two classes to score (one class is a perfect 1.0
+    whatever the features), or fewer feature points than clusters. `segment` skips and counts it."""
 
 
 def kmeans_labels(points, k, *, seed=0, n_init=10, tol=1e-4, implementation="torch"):
@@ -171,7 +179,9 @@ def segment_clip(features, masks, *, size=28, overclustering_k=6, background="cl
     """Score one clip. features (T', h, w, C) float (dense tokens, (t, h, w) order), masks (T, H, W)
     integer labels with T a multiple of T'; `kmeans`: "torch" or "sklearn" (`kmeans_labels`). Returns a
     dict with miou_clustering, miou_overclustering, k_clustering, classes, and per-setting
-    intersections/unions (for pooled reduction); None when the clip has no class to score."""
+    intersections/unions (for pooled reduction). Raises NothingToScore when fewer than two classes
+    are present (after ignore_index and background="ignore") or fewer feature points are scored
+    than clusters; ValueError when overclustering_k exceeds the T'·size² feature points."""
     if background not in BACKGROUND_MODES:
         raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
     if features.dim() != 4:
@@ -183,10 +193,16 @@ def segment_clip(features, masks, *, size=28, overclustering_k=6, background="cl
     if t % t_feat:
         raise ValueError(f"{t} mask frames are not a multiple of the {t_feat} feature time steps")
     repeat = t // t_feat
+    positions = t_feat * size * size
+    if overclustering_k > positions:
+        raise ValueError(f"overclustering_k (--overclustering-k) = {overclustering_k} is more than the clip's "
+                         f"{positions} feature points ({t_feat} time steps x --size {size}²): lower "
+                         "--overclustering-k or raise --size")
     gt = resize_masks(masks, size).numpy()  # (T, s, s)
     classes = _present_classes(gt, background, ignore_index)
-    if len(classes) == 0:
-        return None
+    if len(classes) < 2:
+        raise NothingToScore(f"fewer than 2 classes to score at --size {size}: found {[int(c) for c in classes]} "
+                             f"(background={background!r}, ignore_index={ignore_index})")
     width = features.shape[-1]
     # resizing is linear and unit-normalising keeps a point in the span: the same distances
     feats = resize_features(token_span(features), size)  # (T', s, s, r)
@@ -200,6 +216,9 @@ def segment_clip(features, masks, *, size=28, overclustering_k=6, background="cl
     # a feature position is clustered if any of its frames is scored
     pos_valid = valid.reshape(t_feat, repeat, size, size).any(axis=1)  # (T', s, s)
     points = feats.reshape(-1, feats.shape[-1])[torch.from_numpy(pos_valid.ravel())]
+    if len(points) < max(len(classes), overclustering_k):
+        raise NothingToScore(f"{len(points)} feature points are scored, fewer than k = "
+                             f"{max(len(classes), overclustering_k)} clusters")
     out = {"classes": [int(c) for c in classes], "k_clustering": len(classes),
            "k_overclustering": int(overclustering_k)}
     for setting, k, matcher in (("clustering", len(classes), match_hungarian),
@@ -373,7 +392,8 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
     size; "center_crop": central square), resized, normalised, and fed to the encoder; its dense
     tokens (T', H', W', C) are scored by `segment_clip` (see the module docstring for the steps and
     the open choices). Returns (and writes to OUTPUT_DIR/segment.json) miou_clustering and
-    miou_overclustering (fractions in [0, 1]) under `reduction`, per-sequence values, and settings.
+    miou_overclustering (fractions in [0, 1]) under `reduction`, per-sequence values, the clips
+    skipped with nothing to segment (`num_skipped_clips`, `skipped_clips`), and settings.
     """
     import time
     from pathlib import Path
@@ -398,6 +418,10 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
     encoder = load_encoder(checkpoint).to(dev)
     require_finite_weights(encoder, checkpoint, "segmentation (k-means on the token features)")
     num_frames, img_size, _ = encoder_input_size(encoder)
+    if overclustering_k > encoder.grid_size[0] * size * size:  # before any clip: every clip would fail
+        raise ValueError(f"overclustering_k (--overclustering-k) = {overclustering_k} is more than a clip's "
+                         f"{encoder.grid_size[0] * size * size} feature points ({encoder.grid_size[0]} time steps x "
+                         f"--size {size}²): lower --overclustering-k or raise --size")
     amp_dtype = amp_policy.amp_dtype(amp, dev)
     clips, skipped = [], []
     it = names
@@ -410,15 +434,26 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
             video, gt = prepare_clip(frames[idx], masks[idx], img_size, frame_mode, IMAGENET_MEAN, IMAGENET_STD)
             with torch.autocast(dev.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 tokens = encoder.forward_features(video.to(dev))[0].float().cpu()
-            r = segment_clip(tokens_to_grid(tokens, encoder.grid_size), gt, size=size,
-                             overclustering_k=overclustering_k, background=background, ignore_index=ignore_index,
-                             seed=seed, n_init=n_init, l2_normalize=l2_normalize, kmeans=kmeans)
-            if r is None:
-                skipped.append({"sequence": name, "frames": [idx[0], idx[-1]], "reason": "no class to score"})
-            else:
-                clips.append((name, r))
+            try:
+                r = segment_clip(tokens_to_grid(tokens, encoder.grid_size), gt, size=size,
+                                 overclustering_k=overclustering_k, background=background, ignore_index=ignore_index,
+                                 seed=seed, n_init=n_init, l2_normalize=l2_normalize, kmeans=kmeans)
+            except NothingToScore as exc:
+                skipped.append({"sequence": name, "frames": [idx[0], idx[-1]], "reason": str(exc)})
+                continue
+            clips.append((name, r))
+    if not clips:
+        first = skipped[0]
+        raise ValueError(f"nothing to score: none of the {len(skipped)} clips has 2 or more classes and enough "
+                         f"feature points (e.g. {first['sequence']!r} frames {first['frames'][0]}-"
+                         f"{first['frames'][1]}: {first['reason']})")
+    if skipped:
+        print(f"[sigma.evaluate segment] skipped {len(skipped)} of {len(skipped) + len(clips)} clips with nothing "
+              "to segment (fewer than 2 classes, or fewer feature points than k); segment.json lists them under "
+              "skipped_clips", file=sys.stderr, flush=True)
     result = {"task": "segment", **reduce_scores(clips, reduction), "per_sequence": per_sequence(clips),
-              "num_sequences": len({n for n, _ in clips}), "num_clips": len(clips), "skipped_clips": skipped,
+              "num_sequences": len({n for n, _ in clips}), "num_clips": len(clips),
+              "num_skipped_clips": len(skipped), "skipped_clips": skipped,
               "settings": {"checkpoint": str(checkpoint), "data": str(data), "split": split,
                            "num_frames": num_frames, "img_size": list(img_size), "frame_stride": frame_stride,
                            "max_clips": max_clips, "frame_mode": frame_mode, "size": size,
