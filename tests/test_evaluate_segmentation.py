@@ -170,3 +170,50 @@ def test_overclustering_k_above_the_feature_points_is_a_clear_error():
     masks[:, :8, :8], masks[:, 8:16, :8] = 1, 2  # 2 feature positions per time step once background is ignored
     with pytest.raises(NothingToScore, match="4 feature points are scored, fewer than k = 6"):
         segment_clip(torch.randn(2, 4, 4, 3), masks, size=4, background="ignore", n_init=1)
+
+
+def _tiny_davis(root, frames=3, size=(24, 16), ext=".jpg"):
+    """A DAVIS-layout folder with one sequence 'seq' of small frames and two-class masks."""
+    from PIL import Image
+
+    for sub in ("JPEGImages", "Annotations"):
+        (root / sub / "seq").mkdir(parents=True)
+    for i in range(frames):
+        frame = np.full((size[1], size[0], 3), 40 * i, np.uint8)
+        Image.fromarray(frame).save(root / "JPEGImages" / "seq" / f"{i:05d}{ext}")
+        mask = np.zeros((size[1], size[0]), np.uint8)
+        mask[:8, :8] = 1
+        Image.fromarray(mask, mode="L").save(root / "Annotations" / "seq" / f"{i:05d}.png")
+    return root / "JPEGImages", root / "Annotations"
+
+
+@pytest.mark.parametrize("case, match", [
+    ("truncated jpeg", r"cannot read frame '.*00001\.jpg' \(OSError: Truncated File Read"),
+    ("empty jpeg", r"cannot read frame '.*00001\.jpg' \(UnidentifiedImageError"),
+    ("truncated png", r"cannot read frame '.*00001\.png' \(OSError"),
+    ("truncated mask", r"cannot read mask '.*Annotations/seq/00001\.png' \(OSError"),
+    ("frame of another size", r"frame '.*00001\.jpg' is 20x16 pixels but 00000\.jpg is 24x16: every frame"),
+    ("mask of another size", r"mask '.*00001\.png' is 20x16 pixels but the frames are 24x16"),
+])
+def test_corrupt_frame_files_are_clear_errors_naming_the_sequence_and_file(tmp_path, case, match):
+    """Were raw tracebacks: `Truncated File Read`, UnidentifiedImageError, `all input arrays must
+    have the same shape`."""
+    from PIL import Image
+
+    from sigma.evaluate.segmentation import read_sequence
+
+    frames_dir, masks_dir = _tiny_davis(tmp_path, ext=".png" if case == "truncated png" else ".jpg")
+    frame = next((frames_dir / "seq").glob("00001.*"))
+    if case in ("truncated jpeg", "truncated png"):
+        frame.write_bytes(frame.read_bytes()[:len(frame.read_bytes()) // 2])
+    elif case == "empty jpeg":
+        frame.write_bytes(b"")
+    elif case == "truncated mask":
+        mask = masks_dir / "seq" / "00001.png"
+        mask.write_bytes(mask.read_bytes()[:60])
+    elif case == "frame of another size":
+        Image.fromarray(np.zeros((16, 20, 3), np.uint8)).save(frame)
+    else:
+        Image.fromarray(np.zeros((16, 20), np.uint8), mode="L").save(masks_dir / "seq" / "00001.png")
+    with pytest.raises(ValueError, match=r"sequence 'seq': " + match):
+        read_sequence(frames_dir, masks_dir, "seq")

@@ -336,9 +336,8 @@ def davis_sequences(root, split=None, sequences=None):
 
 def read_sequence(frames_dir, masks_dir, name):
     """uint8 frames (T, H, W, 3) and int64 masks (T, H, W) of one sequence. The mask folder must
-    hold one PNG per frame with the same file stem and size (clear error otherwise)."""
-    from PIL import Image
-
+    hold one PNG per frame with the same file stem and size (clear error otherwise, as for an
+    unreadable file or frames of different sizes)."""
     fdir, mdir = frames_dir / name, masks_dir / name
     if not fdir.is_dir():
         raise FileNotFoundError(f"sequence {name!r}: frame folder {str(fdir)!r} does not exist")
@@ -353,19 +352,41 @@ def read_sequence(frames_dir, masks_dir, name):
         raise ValueError(f"sequence {name!r}: mask folder {str(mdir)!r} does not match the frames in {str(fdir)!r} "
                          f"({len(frames)} frames; masks missing for {missing[:5]}{'...' if len(missing) > 5 else ''}; "
                          f"masks without a frame: {extra[:5]}{'...' if len(extra) > 5 else ''})")
-    imgs = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in frames])
-    labels = []
+    imgs, labels = [], []
+    for p in frames:
+        imgs.append(_read_image(p, name, "frame", lambda im: np.asarray(im.convert("RGB"))))
+        if imgs[-1].shape != imgs[0].shape:
+            raise ValueError(f"sequence {name!r}: frame {str(p)!r} is {imgs[-1].shape[1]}x{imgs[-1].shape[0]} "
+                             f"pixels but {frames[0].name} is {imgs[0].shape[1]}x{imgs[0].shape[0]}: every frame "
+                             "of a sequence must have the same size")
     for s in stems:
-        m = Image.open(masks[s])
-        # palette PNGs hold class indices; an RGB mask would have to be mapped to indices first
-        if m.mode not in ("P", "L", "I", "I;16"):
-            raise ValueError(f"sequence {name!r}: mask {masks[s].name} has mode {m.mode}, expected an indexed "
-                             "(palette or greyscale) PNG with 0 = background, 1..n = objects")
-        labels.append(np.asarray(m, dtype=np.int64))
-    labels = np.stack(labels)
-    if labels.shape[1:] != imgs.shape[1:3]:
-        raise ValueError(f"sequence {name!r}: masks are {labels.shape[1:]} but frames are {imgs.shape[1:3]}")
-    return imgs, labels
+        labels.append(_read_image(masks[s], name, "mask", lambda im, path=masks[s]: _mask_labels(im, name, path)))
+        if labels[-1].shape != imgs[0].shape[:2]:
+            raise ValueError(f"sequence {name!r}: mask {str(masks[s])!r} is {labels[-1].shape[1]}x"
+                             f"{labels[-1].shape[0]} pixels but the frames are {imgs[0].shape[1]}x{imgs[0].shape[0]}")
+    return np.stack(imgs), np.stack(labels)
+
+
+def _read_image(path, name, what, convert):
+    """convert(PIL image) of the file at path, decoded in full here: a truncated or unreadable file
+    is a ValueError naming the sequence and the file, not PIL's bare OSError."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return convert(im)
+    except (OSError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError; PIL raises SyntaxError too
+        raise ValueError(f"sequence {name!r}: cannot read {what} {str(path)!r} ({type(exc).__name__}: "
+                         f"{exc}); replace or remove the file") from exc
+
+
+def _mask_labels(im, name, path):
+    # palette PNGs hold class indices; an RGB mask would have to be mapped to indices first
+    if im.mode not in ("P", "L", "I", "I;16"):
+        raise ValueError(f"sequence {name!r}: mask {path.name} has mode {im.mode}, expected an indexed "
+                         "(palette or greyscale) PNG with 0 = background, 1..n = objects")
+    return np.asarray(im, dtype=np.int64)
 
 
 def prepare_clip(frames, masks, img_size, frame_mode, mean, std):
