@@ -200,7 +200,9 @@ def test_evaluate_misspelt_key_is_named_with_a_hint(task, key, capsys):
                     f"did you mean {key!r}")
 
 
-@pytest.mark.parametrize("task,key,tp,meta", [(t, *leaf) for t, s in TASKS.items() for leaf in schema_leaves(s)])
+# a list of names takes any word as one name (segment's --sequences): no wrong type to give it
+@pytest.mark.parametrize("task,key,tp,meta", [(t, *leaf) for t, s in TASKS.items() for leaf in schema_leaves(s)
+                                              if leaf[1] != typing.Optional[typing.List[str]]])
 def test_evaluate_wrong_type_is_named(task, key, tp, meta, capsys):
     value, words = _wrong_value(tp, meta)
     prefix = f"python -m sigma.evaluate {task}: error: "
@@ -231,6 +233,15 @@ def test_evaluate_wrong_type_is_named(task, key, tp, meta, capsys):
 def test_evaluate_flags_are_checked_like_keys(argv, words, capsys):
     assert evaluate_main([*argv, "--print-config"]) == 2
     _one_named_line(capsys, f"python -m sigma.evaluate {argv[0]}: error: ", *words)
+
+
+@pytest.mark.parametrize("typed, names", [("clip00003", ["clip00003"]), ("a, b", ["a", "b"]), ("[a, b]", ["a", "b"]),
+                                          ("00003", ["00003"]), ("null", None), ("[]", [])])
+def test_segment_sequences_take_a_bare_name_or_comma_separated_names(typed, names, capsys):
+    """`--sequences clip00003` was refused as not a list; only `[clip00003]` worked."""
+    for argv in (["--sequences", typed], [f"sequences={typed}"]):
+        assert evaluate_main(["segment", *argv, "--print-config"]) == 0
+        assert yaml.safe_load(capsys.readouterr().out)["sequences"] == names
 
 
 def test_evaluate_needs_checkpoint_data_and_output_dir(capsys):

@@ -217,3 +217,15 @@ def test_corrupt_frame_files_are_clear_errors_naming_the_sequence_and_file(tmp_p
         Image.fromarray(np.zeros((16, 20), np.uint8), mode="L").save(masks_dir / "seq" / "00001.png")
     with pytest.raises(ValueError, match=r"sequence 'seq': " + match):
         read_sequence(frames_dir, masks_dir, "seq")
+
+
+def test_sequences_empty_list_is_an_error_and_a_string_is_one_name(tmp_path):
+    """`--sequences "[]"` silently meant every sequence; a string was taken letter by letter."""
+    from sigma.evaluate.segmentation import davis_sequences
+
+    _tiny_davis(tmp_path)
+    with pytest.raises(ValueError, match=r"sequences \(--sequences\): expected one or more sequence names, got an "
+                                         r"empty list; leave it unset for every sequence"):
+        davis_sequences(tmp_path, sequences=[])
+    assert davis_sequences(tmp_path, sequences="seq")[2] == ["seq"]
+    assert davis_sequences(tmp_path)[2] == ["seq"]

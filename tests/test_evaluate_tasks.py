@@ -390,6 +390,17 @@ def test_segment_overclustering_k_above_the_feature_points_is_a_clear_error(synt
     assert rc == 2 and "--overclustering-k" in err and "--size 28" in err and "1568 feature points" in err
 
 
+def test_segment_sequences_by_bare_name_and_never_an_empty_list(synthetic, checkpoint, tmp_path, capsys):
+    davis = _davis(tmp_path / "davis", synthetic, {"one": "clip00000", "two": "clip00001"})
+    rc = main(["segment", "--checkpoint", checkpoint, "--data", str(davis), "--output-dir", str(tmp_path / "o"),
+               "--sequences", "two", "--n-init", "1", "--no-progress"])
+    assert rc == 0 and set(_read(tmp_path / "o" / "segment.json")["per_sequence"]) == {"two"}
+    rc = main(["segment", "--checkpoint", checkpoint, "--data", str(davis), "--output-dir", str(tmp_path / "o"),
+               "--sequences", "[]", "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and "--sequences): expected one or more sequence names" in err
+
+
 @pytest.mark.slow
 @pytest.mark.distributed
 def test_finetune_under_torchrun_two_ranks(synthetic, checkpoint, tmp_path):

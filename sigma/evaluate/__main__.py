@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import json
 import sys
+import typing
 
 from sigma.engine.config import (
     REQUIRED,
@@ -44,9 +45,9 @@ REQUIRED_KEYS = ("checkpoint", "data", "output_dir")
 class _Set(argparse.Action):
     """Appends (option, key, value) to `args.settings`, in command-line order."""
 
-    def __init__(self, option_strings, dest, keys=(), fixed=None, raw=(), **kw):
+    def __init__(self, option_strings, dest, keys=(), fixed=None, raw=(), names=(), **kw):
         super().__init__(option_strings, dest, **kw)
-        self.keys, self.fixed, self.raw = keys, fixed, raw
+        self.keys, self.fixed, self.raw, self.names = keys, fixed, raw, names
 
     def __call__(self, parser, namespace, values, option_string=None):
         items = list(getattr(namespace, self.dest) or [])
@@ -56,8 +57,24 @@ class _Set(argparse.Action):
             values = values if isinstance(values, list) else [values]
             for key, text in zip(self.keys, values):
                 # a path or name stays the text typed; numbers, bools and lists are read as YAML
-                items.append((option_string, key, text if key in self.raw else parse_override(f"{key}={text}")[1]))
+                items.append((option_string, key, text if key in self.raw else _typed(key, text, self.names)))
         setattr(namespace, self.dest, items)
+
+
+def _name_lists(schema):
+    """The keys of the schema typed as a list of strings (segment's sequences)."""
+    inner = {n: unwrap_optional(tp)[0] for n, (tp, _) in schema_fields(schema).items()}
+    return tuple(n for n, tp in inner.items() if typing.get_origin(tp) is list and typing.get_args(tp) == (str,))
+
+
+def _typed(key, text, names):
+    """The value of `key` typed as `text`: read as YAML, except that a list of names (`names`) may
+    also be given bare, `a` or `a,b` (each name kept as typed, so `00003` stays a string); YAML's
+    `[a, b]` and null keep their meaning."""
+    bare = text.strip()
+    if key in names and not bare.startswith("[") and bare not in ("null", "~"):
+        return [n.strip() for n in bare.split(",") if n.strip()]
+    return parse_override(f"{key}={text}")[1]
 
 
 def task_parser(task):
@@ -72,6 +89,7 @@ def task_parser(task):
     p.add_argument("--print-config", action="store_true", help="print the resolved settings and exit")
     fields = {f.name: f for f in dataclasses.fields(schema)}
     raw = tuple(n for n, (tp, _) in schema_fields(schema).items() if unwrap_optional(tp)[0] is str)
+    names = _name_lists(schema)
     for name, (tp, meta) in schema_fields(schema).items():
         default, flag = default_of(fields[name]), "--" + name.replace("_", "-")
         shown = "required" if default == REQUIRED else f"default {default}"
@@ -80,7 +98,8 @@ def task_parser(task):
             p.add_argument(f"--no-{flag[2:]}" if default else flag, action=_Set, dest="settings", nargs=0,
                            keys=(name,), fixed=not default, help=text)
         else:
-            p.add_argument(flag, action=_Set, dest="settings", keys=(name,), raw=raw, metavar=name.upper(), help=text)
+            p.add_argument(flag, action=_Set, dest="settings", keys=(name,), raw=raw, names=names,
+                           metavar=name.upper(), help=text)
     for flag, keys in PAIRS.items():
         if keys[0] in fields:
             p.add_argument(flag, action=_Set, dest="settings", nargs=2, keys=keys, metavar=("CLIPS", "CROPS"),
@@ -106,8 +125,10 @@ def resolve(task, args):
     """The task's settings as a plain dict: dataclass defaults <- --config <- flags <- overrides."""
     layers = inherit_chain(args.config) if args.config else []
     layers += [(option, override_layer(key, value)) for option, key, value in args.settings or []]
+    names = _name_lists(TASKS[task])
     for item in args.overrides:
-        layers.append(("override", override_layer(*parse_override(item))))
+        key, value = parse_override(item)
+        layers.append(("override", override_layer(key, _typed(key, item.split("=", 1)[1], names))))
     settings = compose(TASKS[task], layers)
     if isinstance(settings.get("randaug"), str) and settings["randaug"].lower() == "none":
         settings["randaug"] = None  # the CLI's spelling of "no RandAugment"

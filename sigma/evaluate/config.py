@@ -117,7 +117,9 @@ class SegmentConfig(RunConfig):
     data: str = setting(REQUIRED, help="DAVIS-layout folder: JPEGImages/<seq>/*.jpg and Annotations/<seq>/*.png",
                         check=existing_path)
     split: Optional[str] = setting(None, help="use ImageSets/2017/<split>.txt (default: every sequence)")
-    sequences: Optional[List[str]] = setting(None, help="only these sequences")
+    sequences: Optional[List[str]] = setting(None, help="only these sequences: a name, comma-separated names "
+                                                        "(a,b) or a YAML list ([a, b]); default: every sequence "
+                                                        "(or the split's)")
     frame_stride: int = setting(1, minimum=1)
     max_clips: Optional[int] = setting(None, minimum=1, help="clips per sequence (default: all)")
     frame_mode: str = setting("resize", choices=("resize", "center_crop"))

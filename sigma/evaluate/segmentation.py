@@ -310,7 +310,8 @@ FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 def davis_sequences(root, split=None, sequences=None):
     """(frames_dir, masks_dir, names) of a DAVIS-layout folder: `JPEGImages/<seq>/*.jpg` and
     `Annotations/<seq>/*.png` (also under a `480p` subfolder, as DAVIS ships). Sequences: the given
-    names, else those of `ImageSets/2017/<split>.txt` when split is set, else every folder."""
+    names (a list, or one name as a string; an empty list is an error), else those of
+    `ImageSets/2017/<split>.txt` when split is set, else every folder."""
     from pathlib import Path
 
     root = Path(root)
@@ -320,7 +321,13 @@ def davis_sequences(root, split=None, sequences=None):
                                 "and Annotations/<sequence>/*.png under it")
     if (frames_dir / "480p").is_dir() and (masks_dir / "480p").is_dir():
         frames_dir, masks_dir = frames_dir / "480p", masks_dir / "480p"
-    if sequences:
+    if isinstance(sequences, str):
+        sequences = [sequences]  # one name, not its letters
+    if sequences is not None and not list(sequences):
+        # an empty list read as "every sequence" would silently score what was not asked for
+        raise ValueError("sequences (--sequences): expected one or more sequence names, got an empty list; "
+                         "leave it unset for every sequence")
+    if sequences is not None:
         names = list(sequences)
     elif split:
         listing = root / "ImageSets" / "2017" / f"{split}.txt"
