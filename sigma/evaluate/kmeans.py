@@ -8,7 +8,9 @@ variance of the data, after at most `max_iter`; a cluster left empty takes the p
 its centre; the restart with the lowest inertia wins. Even the random numbers are scikit-learn's:
 the same uniform draws from `numpy.random.RandomState(seed)`, in the same order, so for a seed it
 finds scikit-learn's clustering, up to float rounding (k-means++ runs in float64, Lloyd in float32
-for float32 points; tests compare the two).
+for float32 points; tests compare the two). Rounding matters where the data have many exact ties
+(repeated points, equal distances): a tie broken the other way can end in another partition of
+equal or nearly equal inertia (5 of 240 such fits in a check).
 
 Why not scikit-learn: `segment` runs two k-means of ten restarts on each of its clips, a few
 thousand points each; scikit-learn runs the restarts one after another, each a chain of small

@@ -5,7 +5,7 @@ Per clip, given dense encoder features (T', h, w, C) and ground-truth object mas
 1. features are resized to size × size (28) with bilinear interpolation, the masks with
    nearest-neighbour interpolation;
 2. k-means (k-means++, best of n_init, fixed seed; `sigma.evaluate.kmeans` by default, which is
-   scikit-learn's KMeans draw for draw, or scikit-learn's KMeans with kmeans="sklearn") clusters
+   scikit-learn's KMeans draw for draw up to ties, or scikit-learn's KMeans with kmeans="sklearn") clusters
    the T'·size² feature vectors of the clip, once with k = the clip's class count ("clustering")
    and once with k = 6 ("overclustering"). The vectors are taken in an orthonormal basis of the
    span of the clip's tokens (`token_span`: the same distances, fewer coordinates when tokens <
