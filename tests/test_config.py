@@ -414,3 +414,12 @@ def test_cli_processes_exit_2_with_one_line(cmd, prefix):
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.startswith(prefix) and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_a_mapping_for_a_list_key_is_a_named_config_error(capsys):
+    """Was: a raw TypeError traceback (OmegaConf's 'Cannot merge incompatible container types')."""
+    from sigma.evaluate.__main__ import main
+    rc = main(["finetune", "--checkpoint", "x", "--data", "y", "--output-dir", "z", "betas={a: 1}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "Traceback" not in err
+    assert "incompatible container types" in err and "betas.a" in err

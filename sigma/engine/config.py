@@ -260,13 +260,16 @@ def compose(schema, layers):
         check_keys(schema, update, where)
     try:  # one merge of every layer: OmegaConf copies the whole tree at each merge
         cfg = OmegaConf.merge(_structured(schema), *(update for _, update in layers))
-    except OmegaConfBaseException:
+    except (OmegaConfBaseException, TypeError):  # TypeError: a mapping given for a list, or the reverse
         cfg = _structured(schema)
         for where, update in layers:  # again one layer at a time, to name the one at fault
             try:
                 cfg = OmegaConf.merge(cfg, update)
             except OmegaConfBaseException as e:
                 raise _named(e, schema, where) from None
+            except TypeError as e:
+                raise ConfigError(f"{where}: {first_line(e)} (a mapping where a list or a value is expected, "
+                                  f"or the reverse; it sets {', '.join(_dotted_keys(update))})") from None
         raise
     try:
         plain = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
@@ -274,6 +277,15 @@ def compose(schema, layers):
         raise ConfigError(f"config key {e.full_key!r}: {first_line(e)}") from None
     check_values(schema, plain)
     return plain
+
+
+def _dotted_keys(update, prefix=""):
+    """The dotted keys a layer sets, for naming them in an error."""
+    keys = []
+    for key, value in update.items():
+        name = f"{prefix}{key}"
+        keys += _dotted_keys(value, name + ".") if isinstance(value, dict) and value else [name]
+    return keys
 
 
 @functools.lru_cache(maxsize=None)
