@@ -407,6 +407,30 @@ def prepare_clip(frames, masks, img_size, frame_mode, mean, std):
     return x.permute(1, 0, 2, 3)[None].contiguous(), masks[:, top:top + ch, left:left + cw]
 
 
+def _check_choices(reduction, background, kmeans, frame_mode):
+    """ValueError for a setting outside its choices, before any work."""
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    if background not in BACKGROUND_MODES:
+        raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
+    if kmeans not in KMEANS:
+        raise ValueError(f"kmeans must be one of {KMEANS}, got {kmeans!r}")
+    crop_box(2, 2, frame_mode)  # validates frame_mode
+
+
+def _report_skipped(clips, skipped):
+    """'nothing to score' when no clip was scored; else one stderr line when some were skipped."""
+    if not clips:
+        first = skipped[0]
+        raise ValueError(f"nothing to score: none of the {len(skipped)} clips has 2 or more classes and enough "
+                         f"feature points (e.g. {first['sequence']!r} frames {first['frames'][0]}-"
+                         f"{first['frames'][1]}: {first['reason']})")
+    if skipped:
+        print(f"[sigma.evaluate segment] skipped {len(skipped)} of {len(skipped) + len(clips)} clips with nothing "
+              "to segment (fewer than 2 classes, or fewer feature points than k); segment.json lists them under "
+              "skipped_clips", file=sys.stderr, flush=True)
+
+
 @torch.no_grad()
 @defaults_from(SegmentConfig)
 def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max_clips,
@@ -433,13 +457,7 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
 
     from .common import encoder_input_size, load_encoder, require_finite_weights, write_json
 
-    if reduction not in REDUCTIONS:
-        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
-    if background not in BACKGROUND_MODES:
-        raise ValueError(f"background must be one of {BACKGROUND_MODES}, got {background!r}")
-    if kmeans not in KMEANS:
-        raise ValueError(f"kmeans must be one of {KMEANS}, got {kmeans!r}")
-    crop_box(2, 2, frame_mode)  # validates frame_mode before any work
+    _check_choices(reduction, background, kmeans, frame_mode)
     t0 = time.time()
     frames_dir, masks_dir, names = davis_sequences(data, split, sequences)
     dev = pick_device(device)
@@ -470,15 +488,7 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
                 skipped.append({"sequence": name, "frames": [idx[0], idx[-1]], "reason": str(exc)})
                 continue
             clips.append((name, r))
-    if not clips:
-        first = skipped[0]
-        raise ValueError(f"nothing to score: none of the {len(skipped)} clips has 2 or more classes and enough "
-                         f"feature points (e.g. {first['sequence']!r} frames {first['frames'][0]}-"
-                         f"{first['frames'][1]}: {first['reason']})")
-    if skipped:
-        print(f"[sigma.evaluate segment] skipped {len(skipped)} of {len(skipped) + len(clips)} clips with nothing "
-              "to segment (fewer than 2 classes, or fewer feature points than k); segment.json lists them under "
-              "skipped_clips", file=sys.stderr, flush=True)
+    _report_skipped(clips, skipped)
     result = {"task": "segment", **reduce_scores(clips, reduction), "per_sequence": per_sequence(clips),
               "num_sequences": len({n for n, _ in clips}), "num_clips": len(clips),
               "num_skipped_clips": len(skipped), "skipped_clips": skipped,
