@@ -274,8 +274,14 @@ def test_malformed_files_are_one_error_naming_the_file(tmp_path):
     from sigma.models import load_encoder
     no_config = tmp_path / "no_config.pt"
     torch.save({"format": PRETRAIN_FORMAT, "model": {}}, no_config)
-    with pytest.raises(ValueError, match=r"cannot read .*no_config\.pt as a video model checkpoint: KeyError"):
+    with pytest.raises(ValueError, match=r"cannot read .*no_config\.pt as a sigma\.pretrain checkpoint: its "
+                                         r"'model_config' entry is NoneType"):
         load_encoder(no_config)
+    str_config = tmp_path / "str_config.pt"
+    torch.save({"format": PRETRAIN_FORMAT, "model": {}, "model_config": "x"}, str_config)
+    with pytest.raises(ValueError, match=r"str_config\.pt as a sigma\.pretrain checkpoint: its 'model_config' "
+                                         r"entry is str"):
+        load_encoder(str_config)
     no_mlp = tmp_path / "no_mlp.pth"
     torch.save({"model": {"encoder.patch_embed.proj.weight": torch.zeros(8, 3, 2, 16, 16)}}, no_mlp)
     with pytest.raises(ValueError, match=r"no_mlp\.pth"):

@@ -224,6 +224,10 @@ def _read_any(path):
         return ("ours", *_read_ours(path))
     obj = safe_torch_load(path)
     if isinstance(obj, dict) and obj.get("format") == PRETRAIN_FORMAT:
+        for key in ("model_config", "model"):
+            if not isinstance(obj.get(key), dict):
+                raise ValueError(f"cannot read {path} as a sigma.pretrain checkpoint: its {key!r} entry is "
+                                 f"{type(obj.get(key)).__name__}, not a dict")
         return ("pretrain", obj, None)
     return ("videomae", _videomae_state(obj, str(path)), _videomae_args(obj))
 
