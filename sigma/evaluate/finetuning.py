@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from sigma.engine import amp as amp_policy
-from sigma.engine.checkpoints import load_checkpoint, rng_state, set_rng_state
+from sigma.engine.checkpoints import all_finite, first_non_finite, load_checkpoint, rng_state, set_rng_state
 from sigma.engine.config import config_changes, defaults_from, listed_changes
 from sigma.engine.distributed import (
     DistInfo,
@@ -447,8 +447,9 @@ def require_finite_state(run):
     """FloatingPointError, before a checkpoint would be written, when a weight went NaN or inf: the
     loss is checked every log_every steps only, and a diverged run must not replace its last good
     checkpoint. One host sync per save; every rank holds the same weights, so all raise together."""
-    if not bool(torch.stack([torch.isfinite(p).all() for p in run.model.parameters()]).all()):
-        bad = next(name for name, p in run.model.named_parameters() if not bool(torch.isfinite(p).all()))
+    named = list(run.model.named_parameters())
+    if not bool(all_finite([p for _, p in named])):
+        bad = first_non_finite(named)
         raise FloatingPointError(f"fine-tuning weights are not finite at step {run.step} (first: {bad}); the last "
                                  f"checkpoint ({run.ckpt_path}, if any) is kept; lower --base-lr or set --clip-grad")
 
