@@ -174,6 +174,14 @@ def _present_classes(gt, background, ignore_index, with_counts=False):
     return (vals[keep], counts[keep]) if with_counts else vals[keep]
 
 
+def check_overclustering_k(overclustering_k, t_feat, size):
+    """ValueError when overclustering_k exceeds a clip's t_feat · size² feature points."""
+    if overclustering_k > t_feat * size * size:
+        raise ValueError(f"overclustering_k (--overclustering-k) = {overclustering_k} is more than the clip's "
+                         f"{t_feat * size * size} feature points ({t_feat} time steps x --size {size}²): lower "
+                         "--overclustering-k or raise --size")
+
+
 def segment_clip(features, masks, *, size=28, overclustering_k=6, background="class", ignore_index=255, seed=0,
                  n_init=10, l2_normalize=False, kmeans="torch"):
     """Score one clip. features (T', h, w, C) float (dense tokens, (t, h, w) order), masks (T, H, W)
@@ -193,11 +201,7 @@ def segment_clip(features, masks, *, size=28, overclustering_k=6, background="cl
     if t % t_feat:
         raise ValueError(f"{t} mask frames are not a multiple of the {t_feat} feature time steps")
     repeat = t // t_feat
-    positions = t_feat * size * size
-    if overclustering_k > positions:
-        raise ValueError(f"overclustering_k (--overclustering-k) = {overclustering_k} is more than the clip's "
-                         f"{positions} feature points ({t_feat} time steps x --size {size}²): lower "
-                         "--overclustering-k or raise --size")
+    check_overclustering_k(overclustering_k, t_feat, size)
     gt = resize_masks(masks, size).numpy()  # (T, s, s)
     classes = _present_classes(gt, background, ignore_index)
     if len(classes) < 2:
@@ -464,10 +468,7 @@ def segment(checkpoint, data, output_dir, *, split, sequences, frame_stride, max
     encoder = load_encoder(checkpoint).to(dev)
     require_finite_weights(encoder, checkpoint, "segmentation (k-means on the token features)")
     num_frames, img_size, _ = encoder_input_size(encoder)
-    if overclustering_k > encoder.grid_size[0] * size * size:  # before any clip: every clip would fail
-        raise ValueError(f"overclustering_k (--overclustering-k) = {overclustering_k} is more than a clip's "
-                         f"{encoder.grid_size[0] * size * size} feature points ({encoder.grid_size[0]} time steps x "
-                         f"--size {size}²): lower --overclustering-k or raise --size")
+    check_overclustering_k(overclustering_k, encoder.grid_size[0], size)  # before any clip: each would fail
     amp_dtype = amp_policy.amp_dtype(amp, dev)
     clips, skipped = [], []
     it = names

@@ -174,12 +174,7 @@ def _save_figure(rows, titles, legends, tubelet, path):
                 ax.legend(handles=[Patch(color=np.asarray(rgb) / 255, label=text) for text, rgb in legend],
                           loc="center left", bbox_to_anchor=(1.04, 0.5), fontsize=8, frameon=False,
                           handlelength=1.2, borderaxespad=0)
-    # atomic: a killed run leaves the old picture or the new one, never half of one. format= because
-    # the temporary file's name does not end in .png. No bbox_inches="tight": the width stays FIGURE_W.
-    try:
-        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
-    finally:
-        plt.close(fig)
+    _write_png(fig, path, dpi)  # no bbox_inches="tight": the width stays FIGURE_W
     from PIL import Image
     with Image.open(path) as im:
         return im.size[1], im.size[0]
@@ -194,6 +189,16 @@ def _legend(labels, name, counts_total):
     if len(vals) > LEGEND_MAX:
         entries.append((f"+ {len(vals) - LEGEND_MAX} more", np.array([255, 255, 255], dtype=np.uint8)))
     return entries
+
+
+def _write_png(fig, path, dpi):
+    """Save a matplotlib figure as PNG atomically (a killed run leaves the old picture or the new
+    one, never half of one), then close it. format= because the temporary name has no .png."""
+    import matplotlib.pyplot as plt
+    try:
+        atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    finally:
+        plt.close(fig)
 
 
 def _save_gif(rows, titles, path, fps=8):
@@ -307,11 +312,7 @@ def plot_training_curves(metrics_csv, out_png):
     fig.tight_layout(rect=(0, 0, 1, 1 - 24 / (nrows * PANEL_H)) if constant else None)  # room for the title
     out_png = Path(out_png)
     out_png.parent.mkdir(parents=True, exist_ok=True)
-    # atomic, format= as in _save_figure; no bbox_inches="tight": the size stays ncols·PANEL_W × nrows·PANEL_H
-    try:
-        atomic_write(out_png, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
-    finally:
-        plt.close(fig)
+    _write_png(fig, out_png, 100)  # no bbox_inches="tight": the size stays ncols·PANEL_W × nrows·PANEL_H
     return out_png, (nrows * PANEL_H, ncols * PANEL_W)
 
 
